@@ -1,0 +1,3 @@
+from routined.cli import main
+
+main()

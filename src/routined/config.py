@@ -1,0 +1,207 @@
+"""Configuration: every setting routined reads from its environment, declared once.
+
+Each setting is a `ROUTINED_…` variable (the model API keeps Anthropic's own names)
+with a default and a line of help. A secret may also come from a file named by the
+same variable with `_FILE` appended, and never prints its value.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+
+class Secret:
+    """A value that hides itself when printed or logged."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class ConfigError(ValueError):
+    """A setting has a value routined cannot use."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("ROUTINED_HOME", "./.routined", "Directory for the embedded database and run files."),
+    Setting(
+        "ROUTINED_DATABASE_URL",
+        None,
+        "SQLAlchemy URL of the store; default: SQLite at $ROUTINED_HOME/routined.db. "
+        "Use postgresql+psycopg://… for PostgreSQL.",
+        secret=True,
+    ),
+    Setting("ROUTINED_HOST", "127.0.0.1", "Address `routined serve` listens on."),
+    Setting("ROUTINED_PORT", "8080", "Port `routined serve` listens on."),
+    Setting(
+        "ROUTINED_PUBLIC_URL",
+        None,
+        "Base of the URLs routined hands out (sessions, fire endpoints); "
+        "default: the address `serve` listens on.",
+    ),
+    Setting("ROUTINED_WORKERS", "2", "How many runs one process executes at once."),
+    Setting(
+        "ROUTINED_POLL_INTERVAL",
+        "1.0",
+        "Seconds between looks for queued runs recorded by other processes.",
+    ),
+    Setting(
+        "ROUTINED_RUN_TIMEOUT",
+        "3600",
+        "Seconds an agent session may run before routined stops it.",
+    ),
+    Setting(
+        "ROUTINED_HEARTBEAT_INTERVAL",
+        "10",
+        "Seconds between a worker's heartbeats on the runs it holds.",
+    ),
+    Setting(
+        "ROUTINED_LOST_AFTER",
+        "120",
+        "Seconds without a heartbeat after which an active run is ended as lost.",
+    ),
+    Setting(
+        "ROUTINED_CLAUDE_PATH",
+        None,
+        "Claude Code binary; default: the one bundled with claude-agent-sdk.",
+    ),
+    Setting(
+        "ROUTINED_SECCOMP_HELPER",
+        None,
+        "The sandbox runtime's apply-seccomp binary; default: found under node_modules.",
+    ),
+    Setting("ROUTINED_GIT_AUTHOR_NAME", "routined", "Author of commits routined makes."),
+    Setting("ROUTINED_GIT_AUTHOR_EMAIL", "routined@localhost", "Email of commits routined makes."),
+    Setting(
+        "ANTHROPIC_BASE_URL",
+        "https://api.anthropic.com",
+        "Model API the agent talks to; the only host its sandbox can reach.",
+    ),
+    Setting(
+        "ANTHROPIC_API_KEY",
+        None,
+        "Model API key handed to the agent.",
+        secret=True,
+    ),
+)
+
+
+def _read(env: Mapping[str, str], setting: Setting) -> str | None:
+    value = env.get(setting.name)
+    if value is None and setting.secret:
+        file_name = env.get(setting.name + "_FILE")
+        if file_name:
+            try:
+                value = Path(file_name).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"{setting.name}_FILE: cannot read {file_name}: {exc.strerror}"
+                ) from exc
+    return setting.default if value is None else value
+
+
+def _number(name: str, raw: str, kind: Callable[[str], Any], minimum: float) -> Any:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: Secret
+    host: str
+    port: int
+    public_url: str
+    workers: int
+    poll_interval: float
+    run_timeout: float
+    heartbeat_interval: float
+    lost_after: float
+    claude_path: Path | None
+    seccomp_helper: Path | None
+    git_author_name: str
+    git_author_email: str
+    anthropic_base_url: str
+    anthropic_api_key: Secret
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw = {s.name: _read(env, s) for s in SETTINGS}
+        home = Path(raw["ROUTINED_HOME"] or ".routined").expanduser().absolute()
+        host = raw["ROUTINED_HOST"] or "127.0.0.1"
+        port = _number("ROUTINED_PORT", raw["ROUTINED_PORT"] or "", int, 0)
+        database_url = raw["ROUTINED_DATABASE_URL"] or f"sqlite:///{home / 'routined.db'}"
+        return cls(
+            home=home,
+            database_url=Secret(database_url),
+            host=host,
+            port=port,
+            public_url=(raw["ROUTINED_PUBLIC_URL"] or listen_url(host, port)).rstrip("/"),
+            workers=_number("ROUTINED_WORKERS", raw["ROUTINED_WORKERS"] or "", int, 1),
+            poll_interval=_number(
+                "ROUTINED_POLL_INTERVAL", raw["ROUTINED_POLL_INTERVAL"] or "", float, 0.05
+            ),
+            run_timeout=_number(
+                "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
+            ),
+            heartbeat_interval=_number(
+                "ROUTINED_HEARTBEAT_INTERVAL", raw["ROUTINED_HEARTBEAT_INTERVAL"] or "", float, 0.1
+            ),
+            lost_after=_number("ROUTINED_LOST_AFTER", raw["ROUTINED_LOST_AFTER"] or "", float, 1),
+            claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
+            seccomp_helper=_path(raw["ROUTINED_SECCOMP_HELPER"]),
+            git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
+            git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
+            anthropic_base_url=(raw["ANTHROPIC_BASE_URL"] or "").rstrip("/"),
+            anthropic_api_key=Secret(raw["ANTHROPIC_API_KEY"] or ""),
+        )
+
+    def with_listen_address(self, host: str, port: int, env: Mapping[str, str]) -> Settings:
+        """The settings `serve` runs with once it knows where it listens."""
+        public_url = env.get("ROUTINED_PUBLIC_URL") or listen_url(host, port)
+        return replace(self, host=host, port=port, public_url=public_url.rstrip("/"))
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+
+def listen_url(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - formatting only
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def _path(raw: str | None) -> Path | None:
+    return Path(raw).expanduser().absolute() if raw else None

@@ -1,0 +1,225 @@
+"""The sandbox's only way out: an HTTP proxy that lets through the hosts a run may reach.
+
+Each run gets its own proxy on a Unix socket that is mounted into its sandbox (a
+bridge inside turns it into 127.0.0.1:3128 for HTTP_PROXY). The sandbox has no
+other network, so this is a wall, not a convention. A refused request gets
+`403` with `x-deny-reason: host_not_allowed` and is reported to the run.
+
+Both proxy forms are served: `CONNECT host:port` tunnels (HTTPS) and absolute-form
+requests (`POST http://host/…`), each connection carrying requests for the one
+host that was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+_HEAD_LIMIT = 64 * 1024
+_CONNECT_TIMEOUT = 15.0
+_HOP_BY_HOP = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
+
+
+@dataclass(frozen=True)
+class HostRule:
+    """`host`, `host:port` or `*.domain[:port]`; without a port, any port."""
+
+    host: str
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> HostRule:
+        host, port = _split_host_port(text.strip().lower())
+        if not host:
+            raise ValueError(f"{text!r} names no host")
+        return cls(host, port)
+
+    def matches(self, host: str, port: int) -> bool:
+        if self.port is not None and self.port != port:
+            return False
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and host != self.host[2:]
+        return host == self.host
+
+
+@dataclass(frozen=True)
+class EgressPolicy:
+    rules: tuple[HostRule, ...]
+
+    def allows(self, host: str, port: int) -> bool:
+        host = host.lower().strip("[]")
+        return any(rule.matches(host, port) for rule in self.rules)
+
+    @classmethod
+    def model_api_only(cls, base_url: str) -> EgressPolicy:
+        """Only the model API: the host (and port) of ANTHROPIC_BASE_URL."""
+        parts = urlsplit(base_url)
+        if not parts.hostname:
+            raise ValueError(f"ANTHROPIC_BASE_URL {base_url!r} has no host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls((HostRule(parts.hostname.lower(), port),))
+
+
+@dataclass(frozen=True)
+class EgressDecision:
+    host: str
+    port: int
+    allowed: bool
+    method: str
+
+
+class EgressProxy:
+    """One run's proxy. `on_decision` hears about every request it allows or refuses."""
+
+    def __init__(self, policy: EgressPolicy, on_decision: Callable[[EgressDecision], None]) -> None:
+        self.policy = policy
+        self._on_decision = on_decision
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, socket_path: Path) -> None:
+        # The socket's folder is private to routined; the sandbox sees only the socket.
+        self._server = await asyncio.start_unix_server(
+            self._serve_connection, path=str(socket_path), limit=_HEAD_LIMIT
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._proxy(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        request_line, _, header_block = head.partition(b"\r\n")
+        try:
+            method, target, version = request_line.decode("latin-1").split(" ")
+        except ValueError:
+            await _answer(writer, 400, "malformed request line")
+            return
+        if method == "CONNECT":
+            try:
+                host, port = _split_host_port(target)
+            except ValueError:
+                port = None
+            if port is None:
+                await _answer(writer, 400, "CONNECT needs host:port")
+                return
+        else:
+            parts = urlsplit(target)
+            try:
+                explicit_port = parts.port
+            except ValueError:
+                explicit_port = -1
+            if parts.scheme != "http" or not parts.hostname or explicit_port == -1:
+                await _answer(writer, 400, "send absolute http:// URLs or CONNECT to this proxy")
+                return
+            host, port = parts.hostname, explicit_port or 80
+        allowed = self.policy.allows(host, port)
+        self._on_decision(EgressDecision(host, port, allowed, method))
+        if not allowed:
+            await _answer(
+                writer,
+                403,
+                f"{host}:{port} is not on this run's network allowlist",
+                deny_reason="host_not_allowed",
+            )
+            return
+        try:
+            upstream_reader, upstream_writer = await asyncio.wait_for(
+                asyncio.open_connection(host.strip("[]"), port), _CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            await _answer(writer, 502, f"cannot reach {host}:{port}: {exc}")
+            return
+        if method == "CONNECT":
+            writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            await writer.drain()
+        else:
+            path = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
+            upstream_writer.write(
+                f"{method} {path} {version}\r\n".encode("latin-1")
+                + _forwarded_headers(header_block)
+            )
+        try:
+            await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+        finally:
+            upstream_writer.close()
+
+
+def _forwarded_headers(header_block: bytes) -> bytes:
+    # One request per upstream connection: the connection was checked for one host.
+    kept = [
+        line
+        for line in header_block.split(b"\r\n")
+        if line and line.split(b":", 1)[0].strip().lower() not in _HOP_BY_HOP
+    ]
+    return b"\r\n".join([*kept, b"Connection: close", b"", b""])
+
+
+async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await source.read(65536):
+            sink.write(chunk)
+            await sink.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(OSError, RuntimeError):
+            if sink.can_write_eof():
+                sink.write_eof()
+
+
+async def _answer(
+    writer: asyncio.StreamWriter, status: int, message: str, *, deny_reason: str | None = None
+) -> None:
+    reason = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    body = (message + "\n").encode()
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
+    if deny_reason:
+        lines.append(f"x-deny-reason: {deny_reason}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+
+
+def _split_host_port(authority: str) -> tuple[str, int | None]:
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif authority.count(":") == 1:
+        host, port_text = authority.split(":")
+    else:
+        host, port_text = authority, ""
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{authority!r} has a bad port")
+    return host, int(port_text)

@@ -1,0 +1,281 @@
+"""Routines as code: the YAML format, its validation, and `apply`.
+
+`load` turns a file into a checked `RoutinesFile` or raises `SpecError` naming the
+file, the field and what is wrong. `apply` makes the store match the file, by
+routine name, in one transaction, and reports what it changed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from routined.ids import new_id
+from routined.models import Repository, Routine, Trigger
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+_URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_SCP_LIKE = re.compile(r"^[^/:]+@[^/:]+:")
+
+
+class SpecError(ValueError):
+    """A routines file that cannot be applied; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, frozen=True)
+
+
+class RepositorySpec(_Strict):
+    url: str = Field(min_length=1)
+
+
+class ApiTriggerSpec(_Strict):
+    type: Literal["api"]
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+
+TriggerSpec = Annotated[ApiTriggerSpec, Field(discriminator="type")]
+
+
+class RoutineSpec(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    prompt: str
+    model: str | None = Field(default=None, min_length=1)
+    repositories: list[RepositorySpec] = Field(min_length=1)
+    triggers: list[TriggerSpec] = Field(default_factory=list)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_words(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is blank; say what the agent should do")
+        return value
+
+
+class RoutinesFile(_Strict):
+    routines: list[RoutineSpec]
+
+
+def load(path: Path) -> RoutinesFile:
+    """Read and check a routines file; relative repository paths are taken from its folder."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from exc
+    if not isinstance(document, dict):
+        raise SpecError(f"{path}: expected a mapping with a `routines:` list at the top")
+    try:
+        spec = RoutinesFile.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(_describe(path, document, exc)) from exc
+    return _resolve_paths(path, spec)
+
+
+def _describe(path: Path, document: Any, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        location = _location(document, error["loc"])
+        message = error["msg"]
+        if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            tag = (error.get("ctx") or {}).get("tag")
+            location += ".type"
+            message = (
+                f"unknown trigger type {tag!r}; supported: api"
+                if error["type"] == "union_tag_invalid"
+                else "say which kind of trigger this is with `type:` (supported: api)"
+            )
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling"
+        elif error["type"] == "string_pattern_mismatch":
+            message = (
+                "names use letters, digits, '.', '_' and '-', start with a letter or "
+                "digit, and are at most 100 characters"
+            )
+        elif location.endswith("repositories") and error["type"] in ("list_type", "too_short"):
+            message = "list at least one repository, as `- url: <git URL or path>`"
+        elif error["type"] == "list_type" and error.get("input") is None:
+            message = "is empty; give a list (`- …`) or remove the key"
+        elif error["type"] == "value_error":
+            message = str((error.get("ctx") or {}).get("error", message))
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{path}: {location}: {message}")
+    return "\n".join(lines)
+
+
+def _location(document: Any, loc: tuple[int | str, ...]) -> str:
+    """`routines[0] (docs-nightly).triggers[1].type` from pydantic's location tuple."""
+    parts: list[str] = []
+    node = document
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            if len(parts) == 1 and isinstance(node, dict) and isinstance(node.get("name"), str):
+                parts[-1] += f" ({node['name']})"
+        elif item in ("api",):
+            continue  # the discriminator value pydantic adds; not a field of the file
+        else:
+            parts.append(str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def _resolve_paths(path: Path, spec: RoutinesFile) -> RoutinesFile:
+    base = path.parent.absolute()
+    seen: set[str] = set()
+    routines = []
+    for index, routine in enumerate(spec.routines):
+        label = f"routines[{index}] ({routine.name})"
+        if routine.name in seen:
+            raise SpecError(f"{path}: {label}.name: another routine in this file has this name")
+        seen.add(routine.name)
+        repositories = []
+        for number, repository in enumerate(routine.repositories):
+            url = repository.url
+            if not _URL_SCHEME.match(url) and not _SCP_LIKE.match(url):
+                local = (base / url).resolve()
+                if not local.exists():
+                    raise SpecError(
+                        f"{path}: {label}.repositories[{number}].url: {url!r} is neither a "
+                        f"git URL nor an existing path ({local} does not exist)"
+                    )
+                url = str(local)
+            repositories.append(RepositorySpec(url=url))
+        routines.append(routine.model_copy(update={"repositories": repositories}))
+    return RoutinesFile(routines=routines)
+
+
+@dataclass
+class Change:
+    """What `apply` did to one routine."""
+
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    details: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        suffix = f": {'; '.join(self.details)}" if self.details else ""
+        return f"{self.name} {self.action}{suffix}"
+
+
+def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change]:
+    """Create or update each routine of the file by name; routines not in it stay."""
+    names = [routine.name for routine in spec.routines]
+    existing = {
+        routine.name: routine
+        for routine in session.scalars(
+            select(Routine)
+            .where(Routine.name.in_(names))
+            .options(selectinload(Routine.repositories), selectinload(Routine.triggers))
+        )
+    }
+    changes = []
+    for wanted in spec.routines:
+        current = existing.get(wanted.name)
+        if current is None:
+            changes.append(_create(session, wanted, now))
+        else:
+            changes.append(_update(session, current, wanted, now))
+    return changes
+
+
+def _create(session: Session, wanted: RoutineSpec, now: datetime) -> Change:
+    routine = Routine(
+        id=new_id("rtn"),
+        name=wanted.name,
+        prompt=wanted.prompt,
+        model=wanted.model,
+        created_at=now,
+        updated_at=now,
+    )
+    routine.repositories = [
+        Repository(position=i, url=r.url) for i, r in enumerate(wanted.repositories)
+    ]
+    routine.triggers = [
+        Trigger(id=new_id("trig"), position=i, type=t.type, config=t.config(), created_at=now)
+        for i, t in enumerate(wanted.triggers)
+    ]
+    session.add(routine)
+    details = [_count(len(routine.repositories), "repository", "repositories")]
+    details += [f"trigger {t.type} {t.id}" for t in routine.triggers]
+    return Change(wanted.name, "created", details)
+
+
+def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: datetime) -> Change:
+    details = []
+    if routine.prompt != wanted.prompt:
+        routine.prompt = wanted.prompt
+        details.append("prompt changed")
+    if routine.model != wanted.model:
+        details.append(f"model {routine.model or 'default'} → {wanted.model or 'default'}")
+        routine.model = wanted.model
+    urls = [r.url for r in wanted.repositories]
+    if [r.url for r in routine.repositories] != urls:
+        routine.repositories.clear()
+        session.flush()  # old positions must be gone before new rows reuse them
+        routine.repositories.extend(Repository(position=i, url=u) for i, u in enumerate(urls))
+        details.append("repositories " + ", ".join(urls))
+    details += _update_triggers(session, routine, wanted, now)
+    if details:
+        routine.updated_at = now
+    return Change(wanted.name, "updated" if details else "unchanged", details)
+
+
+def _update_triggers(
+    session: Session, routine: Routine, wanted: RoutineSpec, now: datetime
+) -> list[str]:
+    """Keep trigger ids (and so their tokens) stable: the n-th trigger of a type stays itself."""
+    unclaimed: dict[str, list[Trigger]] = {}
+    for trigger in routine.triggers:
+        unclaimed.setdefault(trigger.type, []).append(trigger)
+    final: list[tuple[Trigger, dict[str, Any], bool]] = []
+    for spec in wanted.triggers:
+        same_type = unclaimed.get(spec.type, [])
+        if same_type:
+            final.append((same_type.pop(0), spec.config(), False))
+        else:
+            fresh = Trigger(id=new_id("trig"), type=spec.type, config={}, created_at=now)
+            final.append((fresh, spec.config(), True))
+    details = []
+    for leftovers in unclaimed.values():
+        for trigger in leftovers:
+            routine.triggers.remove(trigger)
+            details.append(f"trigger {trigger.type} {trigger.id} removed")
+    # Positions are unique per routine: park the survivors out of the way first.
+    for offset, (trigger, _config, is_new) in enumerate(final):
+        if not is_new:
+            trigger.position = -1 - offset
+    session.flush()
+    for position, (trigger, config, is_new) in enumerate(final):
+        trigger.position = position
+        if is_new:
+            trigger.config = config
+            routine.triggers.append(trigger)
+            details.append(f"trigger {trigger.type} {trigger.id} added")
+        elif trigger.config != config:
+            trigger.config = config
+            details.append(f"trigger {trigger.type} {trigger.id} changed")
+    return details
+
+
+def _count(number: int, one: str, many: str) -> str:
+    return f"{number} {one if number == 1 else many}"

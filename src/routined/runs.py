@@ -1,0 +1,247 @@
+"""Runs: their states, the guarded moves between them, and the events that record them.
+
+Every change of state is one `UPDATE … WHERE status = :expected` that must touch
+exactly one row, written in the same transaction as an event row saying why.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from routined.ids import new_id
+from routined.models import Routine, Run, RunEvent
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"  # recorded, waiting for a worker
+    PREPARING = "preparing"  # a worker holds it and is cloning the repositories
+    RUNNING = "running"  # the agent is working inside its sandbox
+    FINISHING = "finishing"  # the agent has stopped; its work is being delivered
+    SUCCEEDED = "succeeded"  # delivered with no infrastructure error
+    FAILED = "failed"  # ended by an error, with the reason in `error`
+    CANCELLED = "cancelled"  # stopped on request before it finished
+
+
+ACTIVE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.FINISHING})
+TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.PREPARING, RunStatus.CANCELLED}),
+    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.RUNNING: frozenset({RunStatus.FINISHING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.FINISHING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED}),
+    RunStatus.SUCCEEDED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELLED: frozenset(),
+}
+
+
+class TransitionRefused(RuntimeError):
+    """The run was not in the expected state (or is held under another lease)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a run: later updates must name the same lease."""
+
+    run_id: str
+    lease: int
+
+
+def add_event(
+    session: Session,
+    run_id: str,
+    kind: str,
+    *,
+    now: datetime,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+) -> RunEvent:
+    # The counter row is locked by this UPDATE until commit, so two writers of
+    # one run's events can never take the same number.
+    session.execute(update(Run).where(Run.id == run_id).values(event_seq=Run.event_seq + 1))
+    seq = session.scalar(select(Run.event_seq).where(Run.id == run_id))
+    if seq is None:
+        raise LookupError(f"run {run_id} does not exist")
+    event = RunEvent(
+        run_id=run_id,
+        seq=seq,
+        at=now,
+        kind=kind,
+        reason=reason,
+        data=data,
+        from_status=from_status,
+        to_status=to_status,
+    )
+    session.add(event)
+    return event
+
+
+def create(
+    session: Session,
+    routine: Routine,
+    *,
+    trigger_type: str,
+    trigger_id: str | None,
+    text: str | None,
+    now: datetime,
+    reason: str,
+) -> Run:
+    run = Run(
+        id=new_id("run"),
+        session_id=new_id("session"),
+        routine_id=routine.id,
+        trigger_id=trigger_id,
+        trigger_type=trigger_type,
+        status=RunStatus.QUEUED,
+        text=text,
+        model=routine.model,
+        created_at=now,
+        branches=[],
+    )
+    session.add(run)
+    session.flush()
+    add_event(session, run.id, "status", now=now, reason=reason, to_status=RunStatus.QUEUED)
+    return run
+
+
+def transition(
+    session: Session,
+    run_id: str,
+    expected: RunStatus,
+    to: RunStatus,
+    *,
+    now: datetime,
+    reason: str,
+    lease: int | None = None,
+    data: dict[str, Any] | None = None,
+    changes: dict[str, Any] | None = None,
+) -> None:
+    """Move a run from `expected` to `to`, or refuse if it is not there (or not ours)."""
+    if to not in ALLOWED[expected]:
+        raise TransitionRefused(f"a run cannot go from {expected} to {to}")
+    values: dict[str, Any] = {"status": to, **(changes or {})}
+    if to in TERMINAL:
+        values.setdefault("finished_at", now)
+    statement = update(Run).where(Run.id == run_id, Run.status == expected)
+    if lease is not None:
+        statement = statement.where(Run.lease == lease)
+    result = session.execute(statement.values(values))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        held = f" under lease {lease}" if lease is not None else ""
+        raise TransitionRefused(
+            f"run {run_id} was not {expected}{held}; it stays as it is instead of becoming {to}"
+        )
+    add_event(
+        session,
+        run_id,
+        "status",
+        now=now,
+        reason=reason,
+        data=data,
+        from_status=expected,
+        to_status=to,
+    )
+
+
+def claim(
+    session: Session, worker_id: str, *, now: datetime, run_id: str | None = None
+) -> Claim | None:
+    """Take the oldest queued run (or the one named) for this worker, if any."""
+    candidates = (
+        select(Run.id, Run.lease)
+        .where(Run.status == RunStatus.QUEUED)
+        .order_by(Run.created_at, Run.id)
+        .limit(1)
+    )
+    if run_id is not None:
+        candidates = candidates.where(Run.id == run_id)
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    row = session.execute(candidates).first()
+    if row is None:
+        return None
+    lease = row.lease + 1
+    transition(
+        session,
+        row.id,
+        RunStatus.QUEUED,
+        RunStatus.PREPARING,
+        now=now,
+        reason=f"claimed by worker {worker_id}",
+        lease=row.lease,
+        changes={"lease": lease, "worker_id": worker_id, "heartbeat_at": now, "started_at": now},
+    )
+    return Claim(row.id, lease)
+
+
+def heartbeat(session: Session, claims: list[Claim], *, now: datetime) -> None:
+    for held in claims:
+        session.execute(
+            update(Run)
+            .where(Run.id == held.run_id, Run.lease == held.lease, Run.status.in_(ACTIVE))
+            .values(heartbeat_at=now)
+        )
+
+
+def end_lost(session: Session, *, now: datetime, lost_after: timedelta) -> list[str]:
+    """End active runs whose worker stopped beating; never re-run them.
+
+    A re-run could push a second time, so a run whose worker vanished is ended
+    with the reason `lost` and left for a person to look at.
+    """
+    stale = session.execute(
+        select(Run.id, Run.status, Run.lease, Run.heartbeat_at, Run.worker_id).where(
+            Run.status.in_(ACTIVE), Run.heartbeat_at < now - lost_after
+        )
+    ).all()
+    ended = []
+    for row in stale:
+        try:
+            transition(
+                session,
+                row.id,
+                RunStatus(row.status),
+                RunStatus.FAILED,
+                now=now,
+                lease=row.lease,
+                reason=(
+                    f"lost: worker {row.worker_id} sent no heartbeat since "
+                    f"{row.heartbeat_at:%Y-%m-%dT%H:%M:%SZ}"
+                ),
+                changes={"error": "lost: the worker running it stopped responding"},
+            )
+        except TransitionRefused:
+            continue  # its worker moved it on after all
+        ended.append(row.id)
+    return ended
+
+
+def summary(run: Run, routine_name: str, *, public_url: str) -> dict[str, Any]:
+    """A run as `routined runs --json` and the session endpoint show it."""
+    return {
+        "id": run.id,
+        "session_id": run.session_id,
+        "session_url": f"{public_url}/sessions/{run.session_id}",
+        "routine": routine_name,
+        "status": run.status,
+        "trigger": run.trigger_type,
+        "trigger_id": run.trigger_id,
+        "branches": run.branches,
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "error": run.error,
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,50 @@
+"""`routined serve`: the HTTP API and a worker in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import uvicorn
+from rich.console import Console
+
+from routined.api import create_app
+from routined.config import Settings
+from routined.db import Store
+from routined.worker import Worker, utcnow
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind first, so the real port (for `--port 0`) is known before the app is built."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    listener.set_inheritable(True)
+    return listener
+
+
+def serve(settings: Settings, *, host: str, port: int, console: Console) -> None:
+    listener = bind(host, port)
+    settings = settings.with_listen_address(host, listener.getsockname()[1], os.environ)
+    store = Store(settings.database_url.reveal())
+    store.migrate()
+    worker = Worker(store, settings)
+    app = create_app(store, settings, clock=utcnow, on_run_created=worker.wake)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    shown_db = store.url.render_as_string(hide_password=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        working = asyncio.create_task(worker.run(stop))
+        console.print(f"routined is serving at [bold]{settings.public_url}[/] (store: {shown_db})")
+        try:
+            await server.serve(sockets=[listener])
+        finally:
+            stop.set()
+            await working
+            store.dispose()
+
+    asyncio.run(main())

@@ -1,0 +1,138 @@
+"""Shared test kit: real stores (SQLite and PostgreSQL), real git origins, the fake model API."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from routined.config import Settings
+from routined.db import Store
+from routined.testing.fake_anthropic import FakeAnthropic
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "ROUTINED_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def _admin_connect() -> psycopg.Connection[tuple[object, ...]]:
+    url = make_url(POSTGRES_ADMIN_URL)
+    return psycopg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, dbname=url.database,
+        password=url.password, autocommit=True,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"routined_test_{secrets.token_hex(6)}"
+    try:
+        admin = _admin_connect()
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is needed for the store tests ({POSTGRES_ADMIN_URL}): {error}; "
+            "set ROUTINED_TEST_POSTGRES_URL to an admin URL"
+        )
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with _admin_connect() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'routined.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    opened = Store(url)
+    opened.migrate()
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(f"sqlite:///{tmp_path / 'routined.db'}")
+    opened.migrate()
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    result = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "Test",
+            "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "Test",
+            "GIT_COMMITTER_EMAIL": "test@example.com",
+        },
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A bare repository with two commits on `main`, like a project's origin."""
+    bare = tmp_path / "origin" / "app.git"
+    bare.parent.mkdir()
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    seed = tmp_path / "origin" / "seed"
+    git("clone", "--quiet", str(bare), str(seed))
+    (seed / "README.md").write_text("# app\n")
+    git("add", "README.md", cwd=seed)
+    git("commit", "--quiet", "-m", "first", cwd=seed)
+    (seed / "CHANGELOG.md").write_text("# Changelog\n")
+    git("add", "CHANGELOG.md", cwd=seed)
+    git("commit", "--quiet", "-m", "second", cwd=seed)
+    git("push", "--quiet", "origin", "main", cwd=seed)
+    return bare
+
+
+def branches(bare: Path) -> dict[str, str]:
+    """Branch name → commit, as the origin has them."""
+    listing = git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads", cwd=bare)
+    return dict(line.split(" ") for line in listing.splitlines())
+
+
+@pytest.fixture(scope="session")
+def fake_api() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic(api_key="sk-ant-test") as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_api: FakeAnthropic) -> Settings:
+    home = tmp_path / "home"
+    return Settings.from_env(
+        {
+            "ROUTINED_HOME": str(home),
+            "ANTHROPIC_BASE_URL": fake_api.base_url,
+            "ANTHROPIC_API_KEY": "sk-ant-test",
+            "ROUTINED_PUBLIC_URL": "http://routined.test",
+            "ROUTINED_HEARTBEAT_INTERVAL": "0.5",
+        }
+    )

@@ -1,0 +1,249 @@
+"""The store on SQLite and PostgreSQL: schema, run states, events, claims, tokens."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
+
+from routined import runs, tokens
+from routined.db import Store
+from routined.ids import new_id
+from routined.models import Base, Routine, Run, RunEvent, Token, Trigger
+from routined.runs import RunStatus, TransitionRefused
+from tests.conftest import T0
+
+
+def make_routine(store: Store, name: str = "nightly") -> Routine:
+    with store.transaction() as session:
+        routine = Routine(
+            id=new_id("rtn"), name=name, prompt="Do it.", model=None, created_at=T0, updated_at=T0
+        )
+        routine.triggers = [
+            Trigger(id=new_id("trig"), position=0, type="api", config={}, created_at=T0)
+        ]
+        session.add(routine)
+    return routine
+
+
+def queue(store: Store, routine: Routine, at: datetime = T0, text: str | None = None) -> Run:
+    with store.transaction() as session:
+        return runs.create(
+            session,
+            routine,
+            trigger_type="manual",
+            trigger_id=None,
+            text=text,
+            now=at,
+            reason="fired in a test",
+        )
+
+
+def events(store: Store, run_id: str) -> list[RunEvent]:
+    with store.transaction() as session:
+        return list(
+            session.scalars(
+                select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.seq)
+            )
+        )
+
+
+def test_migrations_create_exactly_the_models(store: Store) -> None:
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
+def test_migrate_twice_is_a_no_op(store: Store) -> None:
+    make_routine(store)
+    store.migrate()
+    with store.transaction() as session:
+        assert session.scalar(select(Routine.name)) == "nightly"
+
+
+def test_times_come_back_aware_utc_and_naive_ones_are_refused(store: Store) -> None:
+    routine = make_routine(store)
+    run = queue(store, routine, at=T0 + timedelta(microseconds=123))
+    with store.transaction() as session:
+        loaded = session.get(Run, run.id)
+        assert loaded is not None
+        assert loaded.created_at == T0 + timedelta(microseconds=123)
+        assert loaded.created_at.utcoffset() == timedelta(0)
+    with pytest.raises(Exception, match="naive datetime"), store.transaction() as session:
+        session.add(
+            Routine(
+                id=new_id("rtn"),
+                name="naive",
+                prompt="x",
+                created_at=T0.replace(tzinfo=None),
+                updated_at=T0,
+            )
+        )
+
+
+def test_a_run_walks_its_states_with_an_event_and_reason_for_each(store: Store) -> None:
+    run = queue(store, make_routine(store))
+    with store.transaction() as session:
+        claim = runs.claim(session, "w1", now=T0)
+    assert claim is not None and claim.run_id == run.id and claim.lease == 1
+    steps = [
+        (RunStatus.PREPARING, RunStatus.RUNNING, "agent starting"),
+        (RunStatus.RUNNING, RunStatus.FINISHING, "agent done"),
+        (RunStatus.FINISHING, RunStatus.SUCCEEDED, "delivered"),
+    ]
+    for offset, (expected, to, reason) in enumerate(steps, start=1):
+        with store.transaction() as session:
+            runs.transition(
+                session,
+                run.id,
+                expected,
+                to,
+                now=T0 + timedelta(seconds=offset),
+                reason=reason,
+                lease=claim.lease,
+            )
+    recorded = events(store, run.id)
+    assert [(e.seq, e.from_status, e.to_status) for e in recorded] == [
+        (1, None, "queued"),
+        (2, "queued", "preparing"),
+        (3, "preparing", "running"),
+        (4, "running", "finishing"),
+        (5, "finishing", "succeeded"),
+    ]
+    assert all(e.reason for e in recorded)
+    with store.transaction() as session:
+        finished = session.get(Run, run.id)
+        assert finished is not None
+        assert finished.status == "succeeded"
+        assert finished.finished_at == T0 + timedelta(seconds=3)
+        assert finished.worker_id == "w1"
+
+
+def test_a_transition_from_the_wrong_state_changes_nothing(store: Store) -> None:
+    run = queue(store, make_routine(store))
+    with pytest.raises(TransitionRefused, match="was not running"), store.transaction() as session:
+        runs.transition(session, run.id, RunStatus.RUNNING, RunStatus.FINISHING, now=T0, reason="x")
+    refused = pytest.raises(TransitionRefused, match="cannot go from queued to succeeded")
+    with refused, store.transaction() as session:
+        runs.transition(session, run.id, RunStatus.QUEUED, RunStatus.SUCCEEDED, now=T0, reason="x")
+    assert [e.to_status for e in events(store, run.id)] == ["queued"]
+
+
+def test_a_stale_lease_cannot_move_a_run(store: Store) -> None:
+    run = queue(store, make_routine(store))
+    with store.transaction() as session:
+        claim = runs.claim(session, "w1", now=T0)
+    assert claim is not None
+    with pytest.raises(TransitionRefused, match="under lease 0"), store.transaction() as session:
+        runs.transition(
+            session, run.id, RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x", lease=0
+        )
+    with store.transaction() as session:
+        assert session.scalar(select(Run.status).where(Run.id == run.id)) == "preparing"
+
+
+def test_claims_take_the_oldest_queued_run_once(store: Store) -> None:
+    routine = make_routine(store)
+    newer = queue(store, routine, at=T0 + timedelta(seconds=5))
+    older = queue(store, routine, at=T0)
+    with store.transaction() as session:
+        first = runs.claim(session, "w1", now=T0)
+    with store.transaction() as session:
+        second = runs.claim(session, "w2", now=T0)
+    with store.transaction() as session:
+        third = runs.claim(session, "w3", now=T0)
+    assert first is not None and first.run_id == older.id
+    assert second is not None and second.run_id == newer.id
+    assert third is None
+
+
+def test_concurrent_workers_never_claim_the_same_run(store: Store) -> None:
+    routine = make_routine(store)
+    queued = {queue(store, routine, at=T0 + timedelta(milliseconds=i)).id for i in range(30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def work(worker: str) -> None:
+        barrier.wait()
+        while True:
+            try:
+                with store.transaction() as session:
+                    claim = runs.claim(session, worker, now=T0)
+            except TransitionRefused:
+                continue  # another worker won this one between the look and the update
+            if claim is None:
+                return
+            with lock:
+                claimed.append(claim.run_id)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == sorted(queued)
+
+
+def test_runs_without_a_heartbeat_end_as_lost_and_are_not_rerun(store: Store) -> None:
+    routine = make_routine(store)
+    stale, fresh = queue(store, routine), queue(store, routine, at=T0 + timedelta(seconds=1))
+    with store.transaction() as session:
+        stale_claim = runs.claim(session, "w1", now=T0)
+        fresh_claim = runs.claim(session, "w2", now=T0)
+    assert stale_claim is not None and fresh_claim is not None
+    with store.transaction() as session:
+        runs.heartbeat(session, [fresh_claim], now=T0 + timedelta(minutes=5))
+    with store.transaction() as session:
+        ended = runs.end_lost(
+            session, now=T0 + timedelta(minutes=5, seconds=30), lost_after=timedelta(minutes=2)
+        )
+    assert ended == [stale.id]
+    with store.transaction() as session:
+        lost = session.get(Run, stale.id)
+        kept = session.get(Run, fresh.id)
+        assert lost is not None and kept is not None
+        assert (lost.status, kept.status) == ("failed", "preparing")
+        assert lost.error is not None and lost.error.startswith("lost:")
+    assert "no heartbeat" in (events(store, stale.id)[-1].reason or "")
+
+
+def test_tokens_are_stored_as_digests_and_only_the_newest_works(store: Store) -> None:
+    routine = make_routine(store)
+    other = make_routine(store, "other")
+    trigger_id, other_trigger_id = routine.triggers[0].id, other.triggers[0].id
+    with store.transaction() as session:
+        first = tokens.issue(session, trigger_id, now=T0)
+        other_token = tokens.issue(session, other_trigger_id, now=T0)
+    with store.transaction() as session:
+        stored = session.scalars(select(Token)).all()
+        assert all(first not in (t.digest, t.lookup) for t in stored)
+        assert tokens.verify(session, trigger_id, first)
+        assert not tokens.verify(session, trigger_id, other_token)
+    with store.transaction() as session:
+        second = tokens.issue(session, trigger_id, now=T0 + timedelta(hours=1))
+    with store.transaction() as session:
+        assert first.startswith("rtd_") and len(first) == tokens.LENGTH
+        assert not tokens.verify(session, trigger_id, first)
+        assert tokens.verify(session, trigger_id, second)
+        assert not tokens.verify(session, trigger_id, second[:-1] + "!")
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        "",
+        "rtd_",
+        "Bearer",
+        "rtd_" + "a" * 43,
+        "rtd_" + "a" * 45,
+        "xyz_" + "a" * 44,
+        "rtd_" + "é" * 44,
+    ],
+)
+def test_malformed_tokens_are_refused_before_any_lookup(presented: str) -> None:
+    assert tokens.lookup_part(presented) is None
