@@ -2,10 +2,14 @@
 
 Both are measured in one run, interleaved, against the same loopback fake of the
 Messages API. The routined side is what a user gets: a running `routined serve`
-on the embedded store, an HTTP fire, a fresh clone, the sandbox, Claude Code.
+on the embedded store, an HTTP fire, a fresh checkout, the sandbox, Claude Code.
 Prints medians, the ratio of medians (target: at most 1.3) and the machine.
 
-    .venv/bin/python bench/fire_latency.py [--rounds 15]
+By default the origin does not change between fires, so each run takes the
+checkout readied after the previous one. With --cold a commit lands on the
+origin before every fire, so every run clones while the caller waits.
+
+    .venv/bin/python bench/fire_latency.py [--rounds 15] [--cold]
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ PROMPT = "Summarise the repository in one sentence."
 
 def git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def advance(seed: Path, number: int) -> None:
+    """A new commit on the origin: any checkout readied earlier is stale now."""
+    (seed / "counter.txt").write_text(f"{number}\n")
+    git("add", "counter.txt", cwd=seed)
+    git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "--quiet", "-m", "tick", cwd=seed)
+    git("push", "--quiet", "origin", "main", cwd=seed)
 
 
 def make_origin(root: Path) -> Path:
@@ -76,6 +88,14 @@ def bare_claude(fake: FakeAnthropic, workdir: Path, home: Path, marker: str) -> 
     return first_request_after(fake, marker, started)
 
 
+def wait_for_standby(home: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not any(home.glob("standby/*/*/ready")):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not ready a standby checkout within 30 s")
+        time.sleep(0.01)
+
+
 def routined_fire(
     fake: FakeAnthropic, client: httpx.Client, url: str, token: str, marker: str
 ) -> tuple[float, float]:
@@ -98,6 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--cold", action="store_true", help="move the origin before every fire")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="routined-bench-") as folder, FakeAnthropic() as fake:
@@ -139,9 +160,14 @@ def main() -> None:
             whole: list[float] = []
             with httpx.Client(timeout=60) as client:
                 for round_number in range(options.warmup + options.rounds):
+                    if options.cold:
+                        advance(root / "seed", round_number)
                     fire_latency, fire_total = routined_fire(
                         fake, client, url, issued["token"], f"[fire-{round_number}]"
                     )
+                    # The server readies the next checkout after each run; let it
+                    # finish, so that work does not slow the bare measurement.
+                    wait_for_standby(root / "home")
                     bare_latency = bare_claude(
                         fake, workdir, root / "bare-home", f"[bare-{round_number}]"
                     )
@@ -162,6 +188,8 @@ def main() -> None:
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
     print(f"rounds: {options.rounds} (after {options.warmup} warm-up), interleaved")
+    mode = "cloned on every fire (--cold)" if options.cold else "readied after the previous run"
+    print(f"checkouts: {mode}")
     print(f"bare claude -p → first request:   median {bare_median * 1000:6.0f} ms"
           f"  (min {min(bare) * 1000:.0f}, max {max(bare) * 1000:.0f})")  # fmt: skip
     print(f"routined fire → first request:    median {fired_median * 1000:6.0f} ms"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,3 +137,10 @@ def settings(tmp_path: Path, fake_api: FakeAnthropic) -> Settings:
             "ROUTINED_HEARTBEAT_INTERVAL": "0.5",
         }
     )
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Poll for a state another process (or task) brings about, within a deadline."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
+            await asyncio.sleep(0.02)

@@ -46,3 +46,30 @@ def test_messages_become_bounded_json_events() -> None:
 
     kind, data = describe(Odd())
     assert kind == "agent.odd" and "Odd" in data["repr"]
+
+
+def test_only_the_installation_part_of_a_claude_config_is_carried_over() -> None:
+    from routined.agent import installation_config
+
+    config = {
+        "userID": "u1",
+        "machineID": "m1",
+        "firstStartTime": "2026-11-28T19:03:14Z",
+        "migrationVersion": 15,
+        "opusProMigrationComplete": True,
+        "hasResetAutoModeOptInForDefaultOffer": True,
+        "projects": {"/w/app": {"history": ["secret prompt"]}},
+        "oauthAccount": {"emailAddress": "a@b"},
+        "customApiKeyResponses": {"approved": ["abc"]},
+        "numStartups": 3,
+        "evilMigrationComplete": {"nested": "object"},
+    }
+    assert installation_config(config) == {
+        "userID": "u1",
+        "machineID": "m1",
+        "firstStartTime": "2026-11-28T19:03:14Z",
+        "migrationVersion": 15,
+        "opusProMigrationComplete": True,
+        "hasResetAutoModeOptInForDefaultOffer": True,
+    }
+    assert installation_config(["not", "a", "mapping"]) == {}

@@ -204,3 +204,11 @@ def test_unknown_v1_paths_and_methods_use_the_envelope(api: Fixture) -> None:
 
 def test_unknown_sessions_are_404(api: Fixture) -> None:
     assert api.client.get("/sessions/session_nope").status_code == 404
+
+
+def test_an_oversized_body_is_413_and_records_nothing(api: Fixture) -> None:
+    from routined.api import MAX_BODY
+
+    response = api.fire(raw=b'{"text": "' + b"x" * MAX_BODY + b'"}')
+    assert_error(response, 413, "request_too_large", f"over {MAX_BODY} bytes")
+    assert api.runs() == []

@@ -126,3 +126,30 @@ async def test_malformed_requests_get_400(
     head, _ = await exchange(socket_path, request_line)
     assert head.startswith(b"HTTP/1.1 400")
     assert decisions == []
+
+
+async def test_the_host_header_names_the_host_that_was_checked(
+    proxy: tuple[Path, list[EgressDecision]], fake_api: FakeAnthropic
+) -> None:
+    socket_path, _ = proxy
+    body = b'{"model": "m", "messages": []}'
+    request = (
+        f"POST {fake_api.base_url}/v1/messages/count_tokens HTTP/1.1\r\n"
+        "Host: admin.internal\r\nx-api-key: sk-ant-test\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    head, _ = await exchange(socket_path, request)
+    assert head.startswith(b"HTTP/1.1 200")
+    [seen] = [r for r in fake_api.requests if r.body == {"model": "m", "messages": []}]
+    assert seen.headers["host"] == f"127.0.0.1:{fake_api.port}"
+    fake_api.requests.remove(seen)
+
+
+@pytest.mark.parametrize("target", [b"http://[::1/", b"http://127.0.0.1:99999/", b"ftp://x/"])
+async def test_malformed_urls_get_400(
+    proxy: tuple[Path, list[EgressDecision]], target: bytes
+) -> None:
+    socket_path, decisions = proxy
+    head, _ = await exchange(socket_path, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert decisions == []

@@ -1,14 +1,18 @@
 """The real sandbox: what a process inside can and cannot reach.
 
 Each test runs a shell through the same launcher and bubblewrap command line the
-worker builds for Claude Code, with the run's egress proxy behind it.
+worker builds for Claude Code, with the run's egress proxy behind it. A folder of
+the test stands in for a system folder (like /opt), so that hiding inside shown
+folders is tested, not just the absence of folders never shown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ import pytest
 from routined import sandbox, workspace
 from routined.egress import EgressPolicy, EgressProxy
 from routined.testing.fake_anthropic import FakeAnthropic
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
 HELPER = sandbox.seccomp_helper(None)
@@ -37,40 +42,55 @@ class Result:
 
 @dataclass
 class Box:
+    host: Path  # shown inside, like a system folder
     run_dir: Path
     checkout: workspace.Checkout
-    repo: Path
     routined_home: Path
     user_home: Path
+    secret_file: Path
     fake: FakeAnthropic
+
+    @property
+    def repo(self) -> Path:
+        return self.checkout.path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "private" / "agent.pid"
+
+    def launcher(self, socket: Path) -> tuple[Path, dict[str, str]]:
+        """The launcher the worker would write for this run, and the agent's environment."""
+        layout = sandbox.run_layout(
+            run_dir=self.run_dir,
+            cwd=self.repo,
+            protected=workspace.protected_paths(self.checkout),
+            readable=[self.checkout.mirror_objects],
+            masked=[self.routined_home, self.user_home, self.secret_file],
+            egress_socket=socket,
+            seccomp_helper=HELPER,
+        )
+        layout = dataclasses.replace(layout, system_roots=(*layout.system_roots, str(self.host)))
+        env = sandbox.agent_environment(
+            home=self.run_dir / "home",
+            tmp=self.run_dir / "tmp",
+            model_base_url=self.fake.base_url,
+            model_api_key="sk-ant-test",
+            extra={},
+        )
+        launcher = self.run_dir / "private" / "launch-agent"
+        sandbox.write_launcher(
+            launcher,
+            run_id="run_test",
+            command=sandbox.bwrap_command(layout, Path("/bin/sh")),
+            keep=env,
+            pid_file=self.pid_file,
+        )
+        return launcher, env
 
     async def run(self, script: str, *, parent_env: dict[str, str] | None = None) -> Result:
         with tempfile.TemporaryDirectory(prefix="routined-test-") as folder:
             socket = Path(folder) / "egress.sock"
-            layout = sandbox.run_layout(
-                run_dir=self.run_dir,
-                cwd=self.repo,
-                protected=[self.repo / ".git" / "config", self.repo / ".git" / "hooks"],
-                readable=[p for p in (self.checkout.borrowed_objects,) if p is not None],
-                routined_home=self.routined_home,
-                executables=[p for p in (HELPER,) if p is not None],
-                egress_socket=socket,
-                seccomp_helper=HELPER,
-            )
-            env = sandbox.agent_environment(
-                home=self.run_dir / "home",
-                tmp=self.run_dir / "tmp",
-                model_base_url=self.fake.base_url,
-                model_api_key="sk-ant-test",
-                extra={},
-            )
-            launcher = self.run_dir / "private" / "launch"
-            sandbox.write_launcher(
-                launcher,
-                run_id="run_test",
-                command=sandbox.bwrap_command(layout, Path("/bin/sh")),
-                keep=env,
-            )
+            launcher, env = self.launcher(socket)
             proxy = EgressProxy(EgressPolicy.model_api_only(self.fake.base_url), lambda _: None)
             await proxy.start(socket)
             try:
@@ -90,39 +110,52 @@ class Box:
 
 
 @pytest.fixture
-def box(
+async def box(
     tmp_path: Path, fake_api: FakeAnthropic, origin: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Box:
-    user_home = tmp_path / "user-home"
-    user_home.mkdir()
+    host = tmp_path / "host"
+    user_home = host / "user-home"
+    user_home.mkdir(parents=True)
     (user_home / ".netrc").write_text("machine github.com password hunter2\n")
     monkeypatch.setenv("HOME", str(user_home))
-    routined_home = tmp_path / "routined-home"
+    (host / "shared.txt").write_text("anyone may read this\n")
+    secret_file = host / "db-url"
+    secret_file.write_text("postgresql://routined:s3cret@db/routined\n")
+    routined_home = host / "routined-home"
     run_dir = routined_home / "runs" / "run_test"
     for folder in ("workspace", "home", "tmp", "private"):
         (run_dir / folder).mkdir(parents=True)
     (routined_home / "routined.db").write_text("the store")
-    repo = run_dir / "workspace" / "app"
-    checkout = asyncio.run(workspace.clone(str(origin), repo))
-    return Box(run_dir, checkout, repo, routined_home, user_home, fake_api)
+    mirror = await workspace.sync_mirror(str(origin), routined_home / "mirrors")
+    checkout = await workspace.clone(mirror, run_dir / "workspace" / "app")
+    return Box(host, run_dir, checkout, routined_home, user_home, secret_file, fake_api)
 
 
 async def test_the_workspace_is_writable_and_the_system_is_not(box: Box) -> None:
-    result = await box.run("echo made > made.txt && touch /usr/local/routined-probe")
+    result = await box.run("echo made > made.txt; touch /usr/local/routined-probe /planted")
     assert (box.repo / "made.txt").read_text() == "made\n"
-    assert "Read-only file system" in result.err
+    assert result.err.count("Read-only file system") == 2
     assert not Path("/usr/local/routined-probe").exists()
 
 
-async def test_routined_home_and_the_users_home_are_hidden_and_read_only(box: Box) -> None:
+async def test_homes_and_secret_files_are_hidden_inside_shown_folders(box: Box) -> None:
     result = await box.run(
-        f"cat {box.routined_home}/routined.db; cat {box.user_home}/.netrc; "
-        f"ls -A {box.user_home}; echo x > {box.routined_home}/planted"
+        f"cat {box.host}/shared.txt; cat {box.routined_home}/routined.db; "
+        f"cat {box.user_home}/.netrc; cat {box.secret_file}; echo end; "
+        f"echo x > {box.routined_home}/planted"
     )
-    assert "the store" not in result.out and "hunter2" not in result.out
-    assert "No such file" in result.err
+    assert "anyone may read this" in result.out  # the folder is shown ...
+    assert "the store" not in result.out  # ... but not what is masked in it
+    assert "hunter2" not in result.out and "s3cret" not in result.out
+    assert "end" in result.out
     assert "Read-only file system" in result.err
     assert not (box.routined_home / "planted").exists()
+
+
+async def test_folders_outside_the_list_are_not_there(box: Box, origin: Path) -> None:
+    result = await box.run(f"ls /root /home /srv /var/lib 2>&1; ls -A {origin}")
+    assert result.out.count("No such file or directory") == 4
+    assert result.out.split()[-1:] == ["objects"]  # the borrowed objects, and nothing else
 
 
 async def test_tmp_and_run_are_private(box: Box) -> None:
@@ -142,7 +175,15 @@ async def test_git_metadata_that_could_run_code_is_read_only(box: Box) -> None:
     assert not (box.repo / ".git" / "hooks" / "post-commit").exists()
 
 
-async def test_everyday_git_works_inside(box: Box, tmp_path: Path) -> None:
+async def test_borrowed_objects_are_read_only(box: Box) -> None:
+    objects = box.checkout.mirror_objects
+    result = await box.run(f"touch {objects}/planted; git log --oneline | wc -l")
+    assert "Read-only file system" in result.err
+    assert result.out.strip() == "2"  # the history is there, read through the mirror
+    assert not (objects / "planted").exists()
+
+
+async def test_everyday_git_works_inside(box: Box) -> None:
     result = await box.run(
         "git switch --quiet -c claude/fix origin/main && echo fix > fix.txt && git add fix.txt "
         "&& git -c user.name=a -c user.email=a@b commit --quiet -m fix && git log --format=%s -1"
@@ -151,9 +192,17 @@ async def test_everyday_git_works_inside(box: Box, tmp_path: Path) -> None:
 
 
 async def test_only_the_allowed_environment_gets_in(box: Box) -> None:
-    result = await box.run("env", parent_env={"ROUTINED_DATABASE_URL": "postgresql://secret"})
+    result = await box.run(
+        "env",
+        parent_env={
+            "ROUTINED_DATABASE_URL": "postgresql://secret",
+            "DB.PASSWORD": "hunter2",  # not a shell name: bash cannot even unset it
+            "CLAUDE_CODE_OAUTH_TOKEN": "oauth-secret",
+        },
+    )
     seen = dict(line.split("=", 1) for line in result.out.splitlines() if "=" in line)
-    assert "ROUTINED_DATABASE_URL" not in seen and "secret" not in result.out
+    for leaked in ("secret", "hunter2", "oauth-secret"):
+        assert leaked not in result.out
     assert seen["HOME"] == str(box.run_dir / "home")
     assert seen["IS_SANDBOX"] == "1"
     assert seen["ANTHROPIC_BASE_URL"] == box.fake.base_url
@@ -180,3 +229,36 @@ async def test_unix_sockets_cannot_be_created(box: Box) -> None:
     )
     assert "created" not in result.out
     assert "PermissionError" in result.err or "Operation not permitted" in result.err
+
+
+def started(pid_file: Path) -> bool:
+    return pid_file.exists() and pid_file.read_text().strip().isdigit()
+
+
+async def test_stop_ends_the_whole_sandbox(box: Box) -> None:
+    running = asyncio.create_task(box.run("sleep 60 & sleep 60; echo not-stopped"))
+    await wait_until(lambda: started(box.pid_file))
+    await sandbox.stop(box.pid_file)
+    result = await asyncio.wait_for(running, 10)
+    assert "not-stopped" not in result.out
+    assert result.code != 0
+
+
+async def test_a_sandbox_dies_with_routined(box: Box, tmp_path: Path) -> None:
+    """Even when routined is killed outright, none of its sandboxes lives on."""
+    launcher, env = box.launcher(tmp_path / "unused.sock")
+    stand_in = await asyncio.create_subprocess_exec(  # a routined that gets killed
+        sys.executable,
+        "-c",
+        "import subprocess, sys; subprocess.Popen(sys.argv[1:]); sys.stdin.read()",
+        str(launcher),
+        "-c",
+        "sleep 60",
+        env={**os.environ, **env},
+        stdin=asyncio.subprocess.PIPE,
+    )
+    await wait_until(lambda: started(box.pid_file))
+    sandbox_pid = int(box.pid_file.read_text())
+    stand_in.kill()
+    await stand_in.wait()
+    await wait_until(lambda: not Path(f"/proc/{sandbox_pid}").exists())

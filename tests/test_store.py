@@ -171,11 +171,8 @@ def test_concurrent_workers_never_claim_the_same_run(store: Store) -> None:
     def work(worker: str) -> None:
         barrier.wait()
         while True:
-            try:
-                with store.transaction() as session:
-                    claim = runs.claim(session, worker, now=T0)
-            except TransitionRefused:
-                continue  # another worker won this one between the look and the update
+            with store.transaction() as session:
+                claim = runs.claim(session, worker, now=T0)
             if claim is None:
                 return
             with lock:
@@ -247,3 +244,35 @@ def test_tokens_are_stored_as_digests_and_only_the_newest_works(store: Store) ->
 )
 def test_malformed_tokens_are_refused_before_any_lookup(presented: str) -> None:
     assert tokens.lookup_part(presented) is None
+
+
+def test_plain_postgresql_urls_use_psycopg(postgres_url: str) -> None:
+    plain = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    store = Store(plain)
+    try:
+        store.migrate()
+        assert store.url.drivername == "postgresql+psycopg"
+    finally:
+        store.dispose()
+
+
+def test_a_held_run_fails_from_whatever_state_it_is_in(store: Store) -> None:
+    run = queue(store, make_routine(store))
+    with store.transaction() as session:
+        claim = runs.claim(session, "w1", now=T0)
+    assert claim is not None
+    with store.transaction() as session:
+        runs.transition(
+            session, run.id, RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x",
+            lease=claim.lease,
+        )  # fmt: skip
+    with store.transaction() as session:
+        assert not runs.fail(session, runs.Claim(run.id, claim.lease + 1), now=T0, error="stale")
+        assert runs.fail(session, claim, now=T0, error="interrupted: stopped")
+    with store.transaction() as session:
+        assert not runs.fail(session, claim, now=T0, error="twice")
+        ended = session.get(Run, run.id)
+        assert ended is not None and (ended.status, ended.error) == (
+            "failed",
+            "interrupted: stopped",
+        )

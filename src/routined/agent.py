@@ -18,8 +18,28 @@ from typing import Any
 from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
 
 PAYLOAD_TAG = "routine-fire-payload"
+# What a Claude Code config keeps that is about the installation, not a session:
+# its identity and the one-time migrations it has done. Carried from one run's
+# fresh home to the next, it spares each session Claude Code's first-start work.
+_INSTALLATION_KEYS = re.compile(
+    r"userID|machineID|firstStartTime|firstStartVersion|migrationVersion"
+    r"|[A-Za-z]+MigrationComplete|hasReset[A-Za-z]+"
+)
 _TAG_IN_TEXT = re.compile(rf"<(/?)\s*({PAYLOAD_TAG})", re.IGNORECASE)
 _EVENT_LIMIT = 256 * 1024
+
+
+def installation_config(config: object) -> dict[str, Any]:
+    """The installation-level part of a Claude Code config (`~/.claude.json`)."""
+    if not isinstance(config, dict):
+        return {}
+    return {
+        key: value
+        for key, value in config.items()
+        if isinstance(key, str)
+        and _INSTALLATION_KEYS.fullmatch(key)
+        and isinstance(value, str | int | bool)
+    }
 
 
 def build_prompt(routine_prompt: str, text: str | None, *, source: str) -> str:

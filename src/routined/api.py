@@ -29,6 +29,9 @@ from routined.models import Routine, Run, Trigger
 ANTHROPIC_VERSION = "2023-06-01"
 ACCEPTED_BETAS = ("experimental-cc-routine-2026-04-01",)
 MAX_TEXT = 65_536
+# Room for the longest text with every character escaped, and then some; a
+# bigger body is refused before it is read.
+MAX_BODY = 1_048_576
 
 _STATUS_TYPES = {
     400: "invalid_request_error",
@@ -105,7 +108,7 @@ def create_app(
     async def fire(trigger_id: str, request: Request) -> dict[str, str]:
         _check_versions(request)
         token = _bearer_token(request)
-        text = _fire_text(await request.body())
+        text = _fire_text(await _body(request))
         session_id = await anyio.to_thread.run_sync(
             _record_fire, store, trigger_id, token, text, clock()
         )
@@ -148,6 +151,20 @@ def _bearer_token(request: Request) -> str:
     if tokens.lookup_part(token) is None:
         raise ApiError(401, "invalid token for this trigger")
     return token
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise ApiError(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > MAX_BODY:
+            raise ApiError(
+                413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters"
+            )
+    return bytes(received)
 
 
 def _fire_text(body: bytes) -> str | None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
@@ -281,16 +281,24 @@ def runs_(
     if not rows:
         out.print("No runs yet.")
         return
-    table = Table("Run", "Routine", "Status", "Trigger", "Branches", "Created", "Error")
+    # Ids stay whole (people copy them into `routined logs`); the rest wraps.
+    table = Table(
+        Column("Run", no_wrap=True),
+        Column("Routine", overflow="fold"),
+        Column("Status", no_wrap=True),
+        Column("Created (UTC)", no_wrap=True),
+        Column("Result", overflow="fold"),
+    )
     for row in rows:
+        outcome = "\n".join(b["branch"] for b in row["branches"])
+        if row["error"]:
+            outcome = "\n".join(filter(None, [outcome, escape(row["error"])]))
         table.add_row(
             row["id"],
             row["routine"],
             row["status"],
-            row["trigger"],
-            "\n".join(b["branch"] for b in row["branches"]),
-            row["created_at"],
-            escape(row["error"] or ""),
+            row["created_at"][5:16].replace("T", " "),
+            outcome,
         )
     out.print(table)
 

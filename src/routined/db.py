@@ -13,7 +13,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -21,8 +21,8 @@ class Store:
     """Where routined keeps its rows: SQLite by default, PostgreSQL when configured."""
 
     def __init__(self, url: str) -> None:
-        self.url = make_url(url)
-        self.engine = _create_engine(url)
+        self.url = _with_driver(make_url(url))
+        self.engine = _create_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -50,8 +50,16 @@ class Store:
         self.engine.dispose()
 
 
-def _create_engine(url: str) -> Engine:
-    parsed = make_url(url)
+def _with_driver(url: URL) -> URL:
+    # psycopg 3 is the driver routined ships with; a plain postgresql:// URL
+    # would otherwise ask SQLAlchemy for psycopg2.
+    if url.drivername in ("postgresql", "postgres"):
+        return url.set(drivername="postgresql+psycopg")
+    return url
+
+
+def _create_engine(parsed: URL) -> Engine:
+    url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
@@ -60,6 +68,10 @@ def _create_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite opens transactions lazily, at the first write, so a read and the
+        # write that depends on it would not be one transaction. Turn that off and
+        # begin explicitly (below), as SQLAlchemy's documentation recommends.
+        dbapi_connection.isolation_level = None
         # WAL lets the server, its workers and CLI processes read while one writes;
         # busy_timeout makes a writer wait for the lock instead of failing at once.
         cursor = dbapi_connection.cursor()
@@ -68,6 +80,10 @@ def _create_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
 
     return engine
 

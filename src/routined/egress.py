@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 _HEAD_LIMIT = 64 * 1024
+_HEAD_TIMEOUT = 30.0
 _CONNECT_TIMEOUT = 15.0
+# A tunnel that carries nothing for this long is closed; model streams that are
+# thinking send pings well within it.
+_IDLE_TIMEOUT = 600.0
+_MAX_CONNECTIONS = 64
 _HOP_BY_HOP = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
 
 
@@ -102,17 +108,26 @@ class EgressProxy:
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= _MAX_CONNECTIONS:
+            writer.close()  # the sandbox gets no more than this many at once
+            return
         self._connections.add(task)
         try:
             await self._proxy(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
+        except (
+            ConnectionError,
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            asyncio.CancelledError,
+        ):
+            pass  # the client went away, stalled, or the run ended
         finally:
             self._connections.discard(task)
             writer.close()
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _HEAD_TIMEOUT)
         request_line, _, header_block = head.partition(b"\r\n")
         try:
             method, target, version = request_line.decode("latin-1").split(" ")
@@ -128,12 +143,13 @@ class EgressProxy:
                 await _answer(writer, 400, "CONNECT needs host:port")
                 return
         else:
-            parts = urlsplit(target)
             try:
+                parts = urlsplit(target)
                 explicit_port = parts.port
             except ValueError:
-                explicit_port = -1
-            if parts.scheme != "http" or not parts.hostname or explicit_port == -1:
+                await _answer(writer, 400, "malformed URL")
+                return
+            if parts.scheme != "http" or not parts.hostname:
                 await _answer(writer, 400, "send absolute http:// URLs or CONNECT to this proxy")
                 return
             host, port = parts.hostname, explicit_port or 80
@@ -159,29 +175,60 @@ class EgressProxy:
             await writer.drain()
         else:
             path = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
+            shown = f"[{host}]" if ":" in host else host
+            authority = shown if port == 80 else f"{shown}:{port}"
             upstream_writer.write(
                 f"{method} {path} {version}\r\n".encode("latin-1")
-                + _forwarded_headers(header_block)
+                + _forwarded_headers(header_block, authority)
             )
+        activity = _Activity()
         try:
-            await asyncio.gather(_pump(reader, upstream_writer), _pump(upstream_reader, writer))
+            await asyncio.gather(
+                _pump(reader, upstream_writer, activity), _pump(upstream_reader, writer, activity)
+            )
         finally:
             upstream_writer.close()
 
 
-def _forwarded_headers(header_block: bytes) -> bytes:
-    # One request per upstream connection: the connection was checked for one host.
+def _forwarded_headers(header_block: bytes, authority: str) -> bytes:
+    # The Host header names the host that was checked, whatever the client sent:
+    # a shared gateway must not route the request to a neighbour. One request per
+    # upstream connection, for the same reason.
     kept = [
         line
         for line in header_block.split(b"\r\n")
-        if line and line.split(b":", 1)[0].strip().lower() not in _HOP_BY_HOP
+        if line and line.split(b":", 1)[0].strip().lower() not in (*_HOP_BY_HOP, b"host")
     ]
-    return b"\r\n".join([*kept, b"Connection: close", b"", b""])
+    host = f"Host: {authority}".encode("latin-1")
+    return b"\r\n".join([host, *kept, b"Connection: close", b"", b""])
 
 
-async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+class _Activity:
+    """When a tunnel last carried data, in either direction."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last
+
+
+async def _pump(
+    source: asyncio.StreamReader, sink: asyncio.StreamWriter, activity: _Activity
+) -> None:
+    """Copy one direction until it ends, or until neither direction has moved for a while
+    (a request sent, then a long answer streaming back, is not idle)."""
     try:
-        while chunk := await source.read(65536):
+        while True:
+            try:
+                chunk = await asyncio.wait_for(source.read(65536), _IDLE_TIMEOUT)
+            except TimeoutError:
+                if activity.idle_for() < _IDLE_TIMEOUT:
+                    continue
+                break
+            if not chunk:
+                break
+            activity.last = time.monotonic()
             sink.write(chunk)
             await sink.drain()
     except (ConnectionError, OSError):

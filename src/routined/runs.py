@@ -155,32 +155,66 @@ def transition(
 def claim(
     session: Session, worker_id: str, *, now: datetime, run_id: str | None = None
 ) -> Claim | None:
-    """Take the oldest queued run (or the one named) for this worker, if any."""
-    candidates = (
-        select(Run.id, Run.lease)
+    """Take the oldest queued run (or the one named) for this worker, if any.
+
+    One statement picks and takes the run, so two workers can never both take it:
+    on SQLite the UPDATE holds the write lock while its subquery picks; on
+    PostgreSQL the subquery skips rows another worker is taking.
+    """
+    oldest = (
+        select(Run.id)
         .where(Run.status == RunStatus.QUEUED)
         .order_by(Run.created_at, Run.id)
         .limit(1)
     )
     if run_id is not None:
-        candidates = candidates.where(Run.id == run_id)
+        oldest = oldest.where(Run.id == run_id)
     if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    row = session.execute(candidates).first()
-    if row is None:
+        oldest = oldest.with_for_update(skip_locked=True)
+    taken = session.execute(
+        update(Run)
+        .where(Run.id == oldest.scalar_subquery(), Run.status == RunStatus.QUEUED)
+        .values(
+            status=RunStatus.PREPARING,
+            lease=Run.lease + 1,
+            worker_id=worker_id,
+            heartbeat_at=now,
+            started_at=now,
+        )
+        .returning(Run.id, Run.lease)
+    ).first()
+    if taken is None:
         return None
-    lease = row.lease + 1
-    transition(
+    add_event(
         session,
-        row.id,
-        RunStatus.QUEUED,
-        RunStatus.PREPARING,
+        taken.id,
+        "status",
         now=now,
         reason=f"claimed by worker {worker_id}",
-        lease=row.lease,
-        changes={"lease": lease, "worker_id": worker_id, "heartbeat_at": now, "started_at": now},
+        from_status=RunStatus.QUEUED,
+        to_status=RunStatus.PREPARING,
     )
-    return Claim(row.id, lease)
+    return Claim(taken.id, taken.lease)
+
+
+def fail(session: Session, held: Claim, *, now: datetime, error: str) -> bool:
+    """End a run this worker holds as failed, from whatever active state it is in."""
+    status = session.scalar(
+        select(Run.status).where(Run.id == held.run_id, Run.lease == held.lease)
+    )
+    if status is None or RunStatus(status) not in ACTIVE:
+        return False
+    transition(
+        session,
+        held.run_id,
+        RunStatus(status),
+        RunStatus.FAILED,
+        now=now,
+        reason=error,
+        lease=held.lease,
+        changes={"error": error},
+    )
+    return True
 
 
 def heartbeat(session: Session, claims: list[Claim], *, now: datetime) -> None:

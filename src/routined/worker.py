@@ -2,29 +2,33 @@
 
 A worker holds at most `ROUTINED_WORKERS` runs at once, beats a heartbeat on
 them, and ends runs whose worker vanished as `lost`. Every state change goes
-through `routined.runs` under the lease the claim returned.
+through `routined.runs` under the lease the claim returned. The loops survive
+store errors: they log, wait, and try again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import secrets
 import shutil
 import socket
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from routined import agent, runs, sandbox, workspace
-from routined.config import Settings
+from routined import agent, delivery, runs, sandbox, workspace
+from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.egress import EgressDecision, EgressPolicy, EgressProxy
 from routined.ids import short
@@ -35,6 +39,7 @@ Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 _STDERR_LINES = 200
+_DENIALS_RECORDED = 50
 
 
 def utcnow() -> datetime:
@@ -42,17 +47,20 @@ def utcnow() -> datetime:
 
 
 class RunFailure(Exception):
-    """Ends a run as failed; `code` is the short reason shown first in `error`."""
+    """Ends a run as failed with `code: message` as its error."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, pushed: Sequence[delivery.Pushed] = ()):
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.message = message
+        self.pushed = list(pushed)
 
 
 @dataclass(frozen=True)
 class RunContext:
     run_id: str
     session_id: str
+    routine_id: str
     routine: str
     prompt: str
     model: str | None
@@ -60,15 +68,19 @@ class RunContext:
     trigger_type: str
     repositories: tuple[str, ...]
 
+    @property
+    def own_branch(self) -> str:
+        return f"{delivery.BRANCH_PREFIX}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
+
+@dataclass
 class Recorder:
     """Writes one run's events, each in its own short transaction, off the event loop."""
 
-    def __init__(self, store: Store, run_id: str, clock: Clock) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.clock = clock
-        self._pending: set[asyncio.Task[None]] = set()
+    store: Store
+    run_id: str
+    clock: Clock
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
         await asyncio.to_thread(self._write, kind, reason, data or None)
@@ -96,13 +108,16 @@ class Worker:
         *,
         clock: Clock = utcnow,
         worker_id: str | None = None,
+        retry_after_error: float = 5.0,
     ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        self.retry_after_error = retry_after_error
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
         self._claims: dict[str, Claim] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sandbox_checked: asyncio.Task[None] | None = None
@@ -118,21 +133,26 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         beating = asyncio.create_task(self._beat(stop))
-        last_sweep = None
+        last_sweep: datetime | None = None
         try:
             while not stop.is_set():
-                now = self.clock()
-                if last_sweep is None or now - last_sweep > timedelta(seconds=30):
-                    await asyncio.to_thread(self._end_lost_runs)
-                    last_sweep = now
-                while await self.run_once():
-                    pass
+                try:
+                    now = self.clock()
+                    if last_sweep is None or now - last_sweep > timedelta(seconds=30):
+                        await asyncio.to_thread(self._end_lost_runs)
+                        last_sweep = now
+                    while await self.run_once():
+                        pass
+                except Exception:
+                    log.exception("worker %s: looking for runs failed; trying again", self.id)
+                    await _wait(stop, self.retry_after_error)
+                    continue
                 await self._idle(stop)
         finally:
             beating.cancel()
-            for task in list(self._tasks):
+            for task in [*self._tasks, *self._background]:
                 task.cancel()
-            await asyncio.gather(beating, *self._tasks, return_exceptions=True)
+            await asyncio.gather(beating, *self._tasks, *self._background, return_exceptions=True)
 
     async def run_once(self) -> bool:
         """Claim one queued run and start it, if there is a free slot; say whether it did."""
@@ -141,25 +161,7 @@ class Worker:
         claim = await asyncio.to_thread(self._claim, None)
         if claim is None:
             return False
-        self._start(claim)
-        return True
-
-    async def run_claimed(self, run_id: str) -> bool:
-        """Execute this one run here if no other worker has taken it; say whether it did."""
-        self._loop = asyncio.get_running_loop()
-        claim = await asyncio.to_thread(self._claim, run_id)
-        if claim is None:
-            return False
-        stop = asyncio.Event()
-        beating = asyncio.create_task(self._beat(stop))
-        try:
-            await self.execute(claim)
-        finally:
-            stop.set()
-            await beating
-        return True
-
-    def _start(self, claim: Claim) -> None:
+        self._claims[claim.run_id] = claim
         task = asyncio.create_task(self.execute(claim), name=f"run {claim.run_id}")
         self._tasks.add(task)
 
@@ -168,6 +170,23 @@ class Worker:
             self.wake()  # a slot is free
 
         task.add_done_callback(finished)
+        return True
+
+    async def run_claimed(self, run_id: str) -> bool:
+        """Execute this one run here if no other worker has taken it; say whether it did."""
+        self._loop = asyncio.get_running_loop()
+        claim = await asyncio.to_thread(self._claim, run_id)
+        if claim is None:
+            return False
+        self._claims[claim.run_id] = claim
+        stop = asyncio.Event()
+        beating = asyncio.create_task(self._beat(stop))
+        try:
+            await self.execute(claim, standby=False)  # this process will not run the next one
+        finally:
+            stop.set()
+            await beating
+        return True
 
     async def _idle(self, stop: asyncio.Event) -> None:
         assert self._wakeup is not None
@@ -181,17 +200,17 @@ class Worker:
 
     async def _beat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.settings.heartbeat_interval)
-            if self._claims:
+            await _wait(stop, self.settings.heartbeat_interval)
+            if not self._claims:
+                continue
+            try:
                 await asyncio.to_thread(self._heartbeat, list(self._claims.values()))
+            except Exception:
+                log.exception("worker %s: heartbeat failed; trying again", self.id)
 
     def _claim(self, run_id: str | None) -> Claim | None:
         with self.store.transaction() as session:
-            claim = runs.claim(session, self.id, now=self.clock(), run_id=run_id)
-        if claim is not None:
-            self._claims[claim.run_id] = claim
-        return claim
+            return runs.claim(session, self.id, now=self.clock(), run_id=run_id)
 
     def _heartbeat(self, claims: list[Claim]) -> None:
         with self.store.transaction() as session:
@@ -205,34 +224,36 @@ class Worker:
 
     # -- one run ----------------------------------------------------------
 
-    async def execute(self, claim: Claim) -> None:
+    async def execute(self, claim: Claim, *, standby: bool = True) -> None:
         """Carry a claimed run to its end; never raises for the run's own failures."""
         recorder = Recorder(self.store, claim.run_id, self.clock)
-        status = RunStatus.PREPARING
         run_dir = self.settings.runs_dir / claim.run_id
+        context: RunContext | None = None
         try:
             context = await asyncio.to_thread(self._load, claim.run_id)
             checkouts = await self._prepare(context, run_dir)
             cloned = [
                 (
                     "git.clone",
-                    f"cloned {c.url} ({c.default_branch})",
-                    {"repository": c.url, "path": str(c.path), "default_branch": c.default_branch},
+                    f"cloned {c.shown_url} ({c.default_branch})",
+                    {
+                        "repository": c.shown_url,
+                        "path": str(c.path),
+                        "default_branch": c.default_branch,
+                    },
                 )
                 for c in checkouts
             ]
             await self._move(
-                claim, status, RunStatus.RUNNING, "the agent is starting", events=cloned
+                claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting", cloned
             )
-            status = RunStatus.RUNNING
             failure = await self._run_agent(context, claim, checkouts, run_dir, recorder)
             await self._move(
                 claim,
-                status,
+                RunStatus.RUNNING,
                 RunStatus.FINISHING,
                 "the agent stopped: " + (failure or "it finished its session"),
             )
-            status = RunStatus.FINISHING
             pushed = await self._deliver(context, checkouts, run_dir, recorder)
             await asyncio.to_thread(shutil.rmtree, run_dir / "workspace", True)
             branches = [p.as_dict() for p in pushed]
@@ -241,7 +262,7 @@ class Worker:
                 error = f"agent_failed: {failure}"
                 await self._move(
                     claim,
-                    status,
+                    RunStatus.FINISHING,
                     RunStatus.FAILED,
                     f"{error} (delivered: {summary})",
                     changes={"branches": branches, "error": error},
@@ -249,47 +270,80 @@ class Worker:
             else:
                 await self._move(
                     claim,
-                    status,
+                    RunStatus.FINISHING,
                     RunStatus.SUCCEEDED,
                     f"delivered: {summary}",
                     changes={"branches": branches},
                 )
         except asyncio.CancelledError:
-            await self._end_failed(claim, status, "interrupted", "the worker was stopped")
+            await self._end_failed(claim, "interrupted: the worker was stopped")
             raise
         except RunFailure as failure:
-            await self._end_failed(claim, status, failure.code, str(failure).split(": ", 1)[1])
-        except Exception as error:  # noqa: BLE001 - a run ends with the reason, whatever it was
-            await self._end_failed(
-                claim, status, "internal_error", f"{type(error).__name__}: {error}"
-            )
+            await self._end_failed(claim, str(failure), failure.pushed)
+        except Exception as error:
+            log.exception("run %s failed unexpectedly", claim.run_id)
+            await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
             await recorder.flush()
             self._claims.pop(claim.run_id, None)
+            if standby and context is not None:
+                task = asyncio.create_task(self._prepare_standbys(context))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
         await self._check_sandbox()
         for folder in ("workspace", "home", "tmp", "private"):
             (run_dir / folder).mkdir(parents=True, exist_ok=True)
         (run_dir / "private").chmod(0o700)
-        # Claude Code takes a slower first-start path when it finds no config file;
-        # an empty one is a valid config and starts the session sooner.
-        (run_dir / "home" / ".claude.json").write_text("{}\n")
+        # A fresh home, with only the installation part of Claude Code's config
+        # (learned from an earlier run), so the session skips first-start work.
+        (run_dir / "home" / ".claude.json").write_text(json.dumps(self._agent_seed()) + "\n")
         taken: set[str] = set()
         destinations = [
             run_dir / "workspace" / workspace.checkout_name(url, taken)
             for url in context.repositories
         ]
         try:
-            checkouts = await asyncio.gather(
-                *(
-                    workspace.clone(url, path)
-                    for url, path in zip(context.repositories, destinations, strict=True)
+            return list(
+                await asyncio.gather(
+                    *(
+                        self._checkout(context, number, url, destination)
+                        for number, (url, destination) in enumerate(
+                            zip(context.repositories, destinations, strict=True)
+                        )
+                    )
                 )
             )
         except workspace.GitError as error:
             raise RunFailure("clone_failed", str(error)) from error
-        return list(checkouts)
+
+    async def _checkout(
+        self, context: RunContext, number: int, url: str, destination: Path
+    ) -> workspace.Checkout:
+        """The standby checkout if it is current, else a clone made now."""
+        mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
+        standby = self._standby(context, number, url)
+        ready = await workspace.take_standby(mirror, standby, destination)
+        return ready or await workspace.clone(mirror, destination)
+
+    def _standby(self, context: RunContext, number: int, url: str) -> Path:
+        key = hashlib.sha256(url.encode()).hexdigest()[:12]
+        return self.settings.home / "standby" / context.routine_id / f"{number}-{key}"
+
+    async def _prepare_standbys(self, context: RunContext) -> None:
+        """Ready the next run's checkouts, after this run, off its critical path."""
+        wanted = {self._standby(context, n, url) for n, url in enumerate(context.repositories)}
+        folder = self.settings.home / "standby" / context.routine_id
+        for stale in folder.glob("*") if folder.is_dir() else ():
+            if stale not in wanted:
+                await asyncio.to_thread(shutil.rmtree, stale, True)
+        for number, url in enumerate(context.repositories):
+            try:
+                mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
+                await workspace.prepare_standby(mirror, self._standby(context, number, url))
+            except (workspace.GitError, OSError):
+                log.warning("could not ready a standby checkout of %s", url, exc_info=True)
 
     async def _run_agent(
         self,
@@ -299,62 +353,64 @@ class Worker:
         run_dir: Path,
         recorder: Recorder,
     ) -> str | None:
-        """Run the session in its sandbox; return why it failed, or None."""
+        """Run the session in its sandbox; return why it failed, or None.
+
+        However the session ends, its sandbox is gone before this returns: nothing
+        the agent started can touch the workspace while its work is delivered.
+        """
         settings = self.settings
-        if not settings.anthropic_api_key and not os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"):
+        if not settings.anthropic_api_key:
             raise RunFailure("agent_failed", "ANTHROPIC_API_KEY is not set for routined")
-        claude = sandbox.claude_binary(settings.claude_path)
+        try:
+            claude = sandbox.claude_binary(settings.claude_path)
+        except sandbox.SandboxUnavailable as error:
+            raise RunFailure("sandbox_unavailable", str(error)) from error
         helper = sandbox.seccomp_helper(settings.seccomp_helper)
-        socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
-        egress_socket = socket_dir / "egress.sock"
-        denied: list[str] = []
+        env = sandbox.agent_environment(
+            home=run_dir / "home",
+            tmp=run_dir / "tmp",
+            model_base_url=settings.anthropic_base_url,
+            model_api_key=settings.anthropic_api_key.reveal(),
+            extra=self._author_env(),
+        )
+        launcher = run_dir / "private" / "launch-agent"
+        pid_file = run_dir / "private" / "agent.pid"
+        denied: Counter[str] = Counter()
+        stderr: list[str] = []
 
         def on_decision(decision: EgressDecision) -> None:
-            if not decision.allowed:
-                denied.append(f"{decision.host}:{decision.port}")
+            if decision.allowed:
+                return
+            target = f"{decision.host}:{decision.port}"
+            denied[target] += 1
+            if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
                 recorder.event_soon(
                     "egress.denied",
-                    f"blocked {decision.method} to {decision.host}:{decision.port}: "
-                    "host_not_allowed",
+                    f"blocked {decision.method} to {target}: host_not_allowed",
                     host=decision.host,
                     port=decision.port,
                 )
-
-        stderr: list[str] = []
 
         def on_stderr(line: str) -> None:
             if len(stderr) < _STDERR_LINES:
                 stderr.append(line.rstrip())
 
-        proxy = EgressProxy(EgressPolicy.model_api_only(settings.anthropic_base_url), on_decision)
-        home, tmp = run_dir / "home", run_dir / "tmp"
-        layout = sandbox.run_layout(
-            run_dir=run_dir,
-            cwd=checkouts[0].path,
-            protected=[path for c in checkouts for path in workspace.protected_paths(c)],
-            readable=[c.borrowed_objects for c in checkouts if c.borrowed_objects is not None],
-            routined_home=settings.home,
-            executables=[p for p in (claude, helper) if p is not None],
-            egress_socket=egress_socket,
-            seccomp_helper=helper,
-        )
-        own_branch = _own_branch(context)
-        env = sandbox.agent_environment(
-            home=home,
-            tmp=tmp,
-            model_base_url=settings.anthropic_base_url,
-            model_api_key=settings.anthropic_api_key.reveal(),
-            extra=workspace.Author(settings.git_author_name, settings.git_author_email).env(),
-        )
-        launcher = run_dir / "private" / "launch-agent"
-        sandbox.write_launcher(
-            launcher, run_id=context.run_id, command=sandbox.bwrap_command(layout, claude), keep=env
-        )
-
         async def on_message(kind: str, data: dict[str, Any]) -> None:
             await recorder.event(kind, None, **data)
 
+        proxy = EgressProxy(EgressPolicy.model_api_only(settings.anthropic_base_url), on_decision)
+        socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
+        failure: str | None = None
         try:
+            egress_socket = socket_dir / "egress.sock"
+            layout = self._layout(checkouts, run_dir, checkouts[0].path, egress_socket, helper)
+            sandbox.write_launcher(
+                launcher,
+                run_id=context.run_id,
+                command=sandbox.bwrap_command(layout, claude),
+                keep=env,
+                pid_file=pid_file,
+            )
             await proxy.start(egress_socket)
             async with asyncio.timeout(settings.run_timeout):
                 outcome = await agent.run_session(
@@ -363,7 +419,7 @@ class Worker:
                     ),
                     system_addition=agent.system_prompt_addition(
                         routine=context.routine,
-                        own_branch=own_branch,
+                        own_branch=context.own_branch,
                         repositories=[c.path for c in checkouts],
                     ),
                     model=context.model,
@@ -377,18 +433,26 @@ class Worker:
             failure = outcome.error
             if outcome.agent_session_id:
                 await asyncio.to_thread(self._note_agent_session, claim, outcome)
+            self._learn_agent_seed(run_dir / "home" / ".claude.json")
         except TimeoutError:
             failure = f"timeout: stopped after {settings.run_timeout:g} s (ROUTINED_RUN_TIMEOUT)"
         except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
             said = " | ".join(stderr[-5:])
             failure = f"{type(error).__name__}: {error}" + (f" (stderr: {said})" if said else "")
         finally:
+            await sandbox.stop(pid_file)
             await proxy.close()
             shutil.rmtree(socket_dir, ignore_errors=True)
         if stderr:
             await recorder.event("agent.stderr", f"{len(stderr)} lines", lines=stderr)
         if denied:
             await recorder.flush()
+            total = sum(denied.values())
+            await recorder.event(
+                "egress.summary",
+                f"{total} requests blocked to {len(denied)} hosts",
+                blocked=dict(denied.most_common(_DENIALS_RECORDED)),
+            )
         return failure
 
     async def _deliver(
@@ -397,34 +461,107 @@ class Worker:
         checkouts: list[workspace.Checkout],
         run_dir: Path,
         recorder: Recorder,
-    ) -> list[workspace.Pushed]:
+    ) -> list[delivery.Pushed]:
         session_url = f"{self.settings.public_url}/sessions/{context.session_id}"
         message = (
             f"Work left uncommitted by routine {context.routine}\n\n"
             f"Routine-Session: {session_url}\n"
         )
-        author = workspace.Author(self.settings.git_author_name, self.settings.git_author_email)
-        pushed: list[workspace.Pushed] = []
-        for checkout in checkouts:
+        helper = sandbox.seccomp_helper(self.settings.seccomp_helper)
+        env = {
+            "PATH": sandbox.SYSTEM_PATH,
+            "HOME": str(run_dir / "home"),
+            "TMPDIR": str(run_dir / "tmp"),
+            "LANG": "C.UTF-8",
+            **self._author_env(),
+        }
+        pushed: list[delivery.Pushed] = []
+        for number, checkout in enumerate(checkouts):
+            layout = self._layout(checkouts, run_dir, checkout.path, None, helper)
             try:
-                delivered = await workspace.deliver(
+                delivered = await delivery.deliver(
                     checkout,
-                    own_branch=_own_branch(context),
-                    author=author,
+                    sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
+                    env=env,
                     message=message,
-                    scratch=run_dir / "private",
+                    scratch=run_dir / "private" / f"delivery-{number}",
+                    own_branch=context.own_branch,
                     suffix=short(context.run_id),
                 )
-            except workspace.GitError as error:
-                raise RunFailure("delivery_failed", str(error)) from error
+            except (workspace.GitError, TimeoutError) as error:
+                raise RunFailure(
+                    "delivery_failed", str(error) or "timed out", pushed=pushed
+                ) from error
+            if not delivered:
+                await recorder.event("git.push", f"nothing new to push to {checkout.shown_url}")
             for item in delivered:
                 await recorder.event(
                     "git.push", f"pushed {item.branch} ({item.source})", **item.as_dict()
                 )
-            if not delivered:
-                await recorder.event("git.push", f"nothing new to push to {checkout.url}")
             pushed += delivered
         return pushed
+
+    def _layout(
+        self,
+        checkouts: list[workspace.Checkout],
+        run_dir: Path,
+        cwd: Path,
+        egress_socket: Path | None,
+        helper: Path | None,
+    ) -> sandbox.Layout:
+        claude = sandbox.claude_binary(self.settings.claude_path)
+        return sandbox.run_layout(
+            run_dir=run_dir,
+            cwd=cwd,
+            protected=[path for c in checkouts for path in workspace.protected_paths(c)],
+            readable=[claude, *dict.fromkeys(c.mirror_objects for c in checkouts)],
+            masked=self._masked(),
+            egress_socket=egress_socket,
+            seccomp_helper=helper,
+        )
+
+    def _masked(self) -> list[Path]:
+        """What a sandbox must not show even where a system folder would: routined's
+        home, the service user's home, secret files and the store's file."""
+        masked = [self.settings.home, Path.home()]
+        for setting in SETTINGS:
+            named = os.environ.get(setting.name + "_FILE") if setting.secret else None
+            if named:
+                masked.append(Path(named).absolute())
+        database = self.store.url.database
+        if self.store.is_sqlite and database and database != ":memory:":
+            masked.append(Path(database).absolute().parent)
+        return [path for path in masked if path != Path("/")]
+
+    @property
+    def _seed_file(self) -> Path:
+        return self.settings.home / "agent-seed.json"
+
+    def _agent_seed(self) -> dict[str, Any]:
+        try:
+            return agent.installation_config(json.loads(self._seed_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _learn_agent_seed(self, config_file: Path) -> None:
+        """Keep the installation part of a finished session's config for later runs."""
+        try:
+            learned = agent.installation_config(json.loads(config_file.read_text()))
+        except (OSError, ValueError):
+            return
+        if learned and learned != self._agent_seed():
+            partial = self._seed_file.with_suffix(".tmp")
+            partial.write_text(json.dumps(learned))
+            partial.replace(self._seed_file)
+
+    def _author_env(self) -> dict[str, str]:
+        name, email = self.settings.git_author_name, self.settings.git_author_email
+        return {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
 
     # -- store helpers ----------------------------------------------------
 
@@ -444,6 +581,7 @@ class Worker:
             return RunContext(
                 run_id=run.id,
                 session_id=run.session_id,
+                routine_id=routine.id,
                 routine=routine.name,
                 prompt=routine.prompt,
                 model=run.model,
@@ -458,9 +596,9 @@ class Worker:
         expected: RunStatus,
         to: RunStatus,
         reason: str,
+        events: Sequence[tuple[str, str, dict[str, Any]]] = (),
         *,
         changes: dict[str, Any] | None = None,
-        events: Sequence[tuple[str, str, dict[str, Any]]] = (),
     ) -> None:
         """Make the move, with any events that led to it, in one transaction."""
 
@@ -482,19 +620,18 @@ class Worker:
 
         await asyncio.to_thread(write)
 
-    async def _end_failed(self, claim: Claim, status: RunStatus, code: str, message: str) -> None:
+    async def _end_failed(
+        self, claim: Claim, error: str, pushed: Sequence[delivery.Pushed] = ()
+    ) -> None:
+        def write() -> None:
+            with self.store.transaction() as session:
+                if runs.fail(session, claim, now=self.clock(), error=error) and pushed:
+                    run = session.get(Run, claim.run_id)
+                    if run is not None:
+                        run.branches = [p.as_dict() for p in pushed]
+
         try:
-            await asyncio.shield(
-                self._move(
-                    claim,
-                    status,
-                    RunStatus.FAILED,
-                    f"{code}: {message}",
-                    changes={"error": f"{code}: {message}"},
-                )
-            )
-        except runs.TransitionRefused:
-            pass  # another worker or the lost-run sweep ended it already
+            await asyncio.shield(asyncio.to_thread(write))
         except Exception:
             # The store is unreachable: the lost-run sweep will end it later.
             log.exception("could not record the failure of run %s", claim.run_id)
@@ -518,6 +655,6 @@ class Worker:
             raise RunFailure("sandbox_unavailable", str(error)) from error
 
 
-def _own_branch(context: RunContext) -> str:
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in context.routine.lower())
-    return f"{workspace.BRANCH_PREFIX}{slug.strip('-.')}-{short(context.run_id)}"
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

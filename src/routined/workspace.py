@@ -1,30 +1,39 @@
-"""Workspaces: fresh clones before the agent starts, delivery of its work after.
+"""Workspaces: a mirror per origin that routined owns, and fresh checkouts borrowing from it.
 
-Delivery runs outside the sandbox, so it trusts nothing the agent wrote but git
-objects and branch names: it checks that the repository's git metadata is the
-one routined made, runs git with hooks and fsmonitor off, commits leftover
-changes through a private index, and pushes only to branches under the
-repository's prefix (`claude/`), never with force. That rule is enforced here,
-in code the agent cannot reach, whatever the agent tried inside.
+Each repository's objects live in a mirror outside the sandbox: a bare copy
+under `$ROUTINED_HOME/mirrors`, refreshed with `git fetch` before each run, or,
+for an origin that is already a repository on this machine, the origin itself.
+A run's checkout is a `git clone --shared` of the mirror: a fresh checkout of the
+default branch that copies no objects and can write none of the mirror's (the
+sandbox shows the mirror's objects read-only). Credentials in a repository URL
+are used here, outside the sandbox, and never written into a checkout.
+
+So that a run need not wait for its clone, routined keeps one checkout per
+repository of a routine on standby, made after the routine's previous run. A
+run takes it only if the mirror has not moved since it was made (same refs, same
+HEAD): it is then exactly the fresh clone the run would have made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-BRANCH_PREFIX = "claude/"
+from urllib.parse import urlsplit, urlunsplit
 
 _REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/:]+@[^/:]+:)", re.IGNORECASE)
 
-# Options for every git command routined runs on a workspace: nothing in the
-# repository may run code on the host.
+# Options for every git command routined runs: nothing in a repository may run
+# code on the host (routined only runs git in repositories it owns, but says so).
 _SAFE = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 
 
@@ -33,59 +42,26 @@ class GitError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Checkout:
+class Mirror:
     url: str
     path: Path
+    objects: Path
+    default_branch: str | None  # None: the checkout's origin/HEAD says
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A repository cloned for one run."""
+
+    url: str  # as the routine gives it; may hold credentials, never shown
+    path: Path
     default_branch: str
-    base: tuple[str, ...]
-    config_digest: str
-    # A local origin's objects, which the checkout reads instead of copying;
-    # the sandbox shows them read-only.
-    borrowed_objects: Path | None = None
+    base: tuple[str, ...]  # every commit the origin's refs pointed at
+    mirror_objects: Path
 
-
-@dataclass(frozen=True)
-class LocalBranch:
-    name: str
-    sha: str
-    has_new_commits: bool
-
-
-@dataclass(frozen=True)
-class Push:
-    sha: str
-    branch: str
-    source: str
-
-
-@dataclass(frozen=True)
-class Pushed:
-    repository: str
-    branch: str
-    sha: str
-    source: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "repository": self.repository,
-            "branch": self.branch,
-            "sha": self.sha,
-            "source": self.source,
-        }
-
-
-@dataclass(frozen=True)
-class Author:
-    name: str
-    email: str
-
-    def env(self) -> dict[str, str]:
-        return {
-            "GIT_AUTHOR_NAME": self.name,
-            "GIT_AUTHOR_EMAIL": self.email,
-            "GIT_COMMITTER_NAME": self.name,
-            "GIT_COMMITTER_EMAIL": self.email,
-        }
+    @property
+    def shown_url(self) -> str:
+        return display_url(self.url)
 
 
 async def git(
@@ -93,10 +69,13 @@ async def git(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     stdin: bytes | None = None,
+    secret: str | None = None,
 ) -> str:
-    command = ["git", *_SAFE, *args]
+    """Run git; on failure raise GitError with its words (`secret` blotted out)."""
     process = await asyncio.create_subprocess_exec(
-        *command,
+        "git",
+        *_SAFE,
+        *args,
         cwd=cwd,
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})},
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -108,8 +87,38 @@ async def git(
         said = " ".join(
             part.decode(errors="replace").strip() for part in (stdout, stderr) if part.strip()
         )
-        raise GitError(f"git {' '.join(args)} exited {process.returncode}: {said}")
+        message = f"git {' '.join(args)} exited {process.returncode}: {said}"
+        if secret:
+            message = message.replace(secret, display_url(secret))
+        raise GitError(message)
     return stdout.decode(errors="replace")
+
+
+def display_url(url: str) -> str:
+    """The URL without any user name or password in it."""
+    if "://" not in url:
+        return url
+    parts = urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def local_repository(url: str) -> Path | None:
+    """The git folder of a repository given as a local path or file:// URL, if it is one."""
+    if url.startswith("file://"):
+        url = url.removeprefix("file://")
+    elif _REMOTE.match(url):
+        return None
+    root = Path(url)
+    for git_dir in (root, root / ".git"):
+        if (git_dir / "objects").is_dir() and (git_dir / "HEAD").is_file():
+            return git_dir.resolve()
+    return None
 
 
 def checkout_name(url: str, taken: set[str]) -> str:
@@ -123,18 +132,39 @@ def checkout_name(url: str, taken: set[str]) -> str:
     return name
 
 
-async def clone(url: str, destination: Path) -> Checkout:
-    """A fresh checkout of the default branch that shares no writable file with its origin."""
-    # A local origin is already on this machine: the checkout borrows its objects
-    # (--shared) rather than copying them. Never hard links (git's default for
-    # local paths): the agent could write through them into the origin.
-    # The agent cannot change .git/config, so branching from origin/… must not
-    # try to record tracking there.
-    borrowed = local_objects(url)
+async def sync_mirror(url: str, mirrors: Path) -> Mirror:
+    """The mirror of `url`, brought up to date with the origin."""
+    local = local_repository(url)
+    if local is not None:
+        return Mirror(url, local, local / "objects", None)
+    shown = display_url(url)
+    slug = re.sub(r"[^a-z0-9]+", "-", shown.lower().rsplit("/", 2)[-1])[-40:].strip("-")
+    path = mirrors / f"{slug}-{hashlib.sha256(shown.encode()).hexdigest()[:12]}.git"
+    async with _locked(path.with_suffix(".lock")):
+        if not (path / "HEAD").exists():
+            await git("init", "--quiet", "--bare", str(path))
+        advertised = await git("ls-remote", "--symref", url, "HEAD", secret=url)
+        match = re.search(r"^ref: refs/heads/(\S+)\tHEAD$", advertised, re.MULTILINE)
+        branch = match.group(1) if match else "main"
+        await git(
+            "fetch", "--quiet", "--prune", "--no-write-fetch-head", url,
+            "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+            cwd=path, secret=url,
+        )  # fmt: skip
+        await git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=path)
+    return Mirror(url, path, path / "objects", branch)
+
+
+async def clone(mirror: Mirror, destination: Path) -> Checkout:
+    """A fresh checkout of the default branch, borrowing the mirror's objects."""
+    # The agent cannot change .git/config (the sandbox shows it read-only), so
+    # branching from origin/… must not try to record tracking there.
     await git(
-        "clone", "--shared" if borrowed else "--no-local", "--quiet",
-        "--config", "branch.autoSetupMerge=false", "--", url, str(destination),
+        "clone", "--shared", "--quiet", "--config", "branch.autoSetupMerge=false",
+        "--", str(mirror.path), str(destination),
     )  # fmt: skip
+    if local_repository(mirror.url) is None:
+        await git("remote", "set-url", "origin", display_url(mirror.url), cwd=destination)
     # One look at the refs gives both what the origin had and its default branch.
     listing = await git(
         "for-each-ref", "--format=%(objectname) %(refname) %(symref)",
@@ -146,222 +176,93 @@ async def clone(url: str, destination: Path) -> Checkout:
         base.add(sha)
         if name == "refs/remotes/origin/HEAD" and target and target[0]:
             default_branch = target[0].removeprefix("refs/remotes/origin/")
-    if default_branch is None:  # an empty origin has no branches yet
+    if default_branch is None:
+        default_branch = mirror.default_branch
+    if default_branch is None:  # an empty origin: no branch yet, HEAD names the future one
         default_branch = (await git("symbolic-ref", "--short", "HEAD", cwd=destination)).strip()
     return Checkout(
-        url=url,
+        url=mirror.url,
         path=destination,
         default_branch=default_branch,
         base=tuple(sorted(base)),
-        config_digest=_digest(destination / ".git" / "config"),
-        borrowed_objects=borrowed,
+        mirror_objects=mirror.objects,
     )
 
 
-def local_objects(url: str) -> Path | None:
-    """The objects folder of a repository given as a local path (or file:// URL)."""
-    if url.startswith("file://"):
-        url = url.removeprefix("file://")
-    elif _REMOTE.match(url):
+async def mirror_state(mirror: Mirror) -> str:
+    """What a checkout of the mirror depends on: its branches, tags and HEAD."""
+    head, refs = await asyncio.gather(
+        git("symbolic-ref", "--quiet", "HEAD", cwd=mirror.path),
+        git("for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags",
+            cwd=mirror.path),
+    )  # fmt: skip
+    return hashlib.sha256(f"{head}\n{refs}".encode()).hexdigest()
+
+
+async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Checkout | None:
+    """The checkout waiting on standby, moved to `destination`, if it is still current."""
+    taken = standby / f"taken-{secrets.token_hex(4)}"
+    try:
+        (standby / "ready").rename(taken)  # only one run can take it
+    except OSError:
         return None
-    root = Path(url)
-    for objects in (root / "objects", root / ".git" / "objects"):
-        if objects.is_dir():
-            return objects.resolve()
-    return None
+    try:
+        state = json.loads((taken / "state.json").read_text())
+        current = await mirror_state(mirror)
+        if state.get("mirror") != current or state.get("url") != mirror.url:
+            return None
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        (taken / "repo").rename(destination)
+        return Checkout(
+            url=mirror.url,
+            path=destination,
+            default_branch=state["default_branch"],
+            base=tuple(state["base"]),
+            mirror_objects=mirror.objects,
+        )
+    except (OSError, ValueError, KeyError, GitError):
+        return None
+    # What is left in `taken` (a stale checkout) goes when the next one is readied,
+    # not while this run waits.
+
+
+async def prepare_standby(mirror: Mirror, standby: Path) -> None:
+    """Make the checkout the next run will take, unless one is waiting already."""
+    for leftover in standby.glob("taken-*"):
+        await asyncio.to_thread(shutil.rmtree, leftover, True)
+    if (standby / "ready").exists():
+        return
+    standby.mkdir(parents=True, exist_ok=True)
+    building = standby / f"building-{secrets.token_hex(4)}"
+    try:
+        state = await mirror_state(mirror)
+        checkout = await clone(mirror, building / "repo")
+        record = {
+            "url": mirror.url,
+            "mirror": state,
+            "default_branch": checkout.default_branch,
+            "base": list(checkout.base),
+        }
+        (building / "state.json").write_text(json.dumps(record))
+        with contextlib.suppress(OSError):  # another standby got there first
+            building.rename(standby / "ready")
+    finally:
+        await asyncio.to_thread(shutil.rmtree, building, True)
 
 
 def protected_paths(checkout: Checkout) -> list[Path]:
-    """Paths the agent must not change: they would run code when routined uses git."""
+    """Paths the agent must not change: they would run code when git is used on the checkout."""
     git_dir = checkout.path / ".git"
     return [git_dir / "config", git_dir / "hooks"]
 
 
-def check_untouched(checkout: Checkout) -> None:
-    """Refuse to deliver from a repository whose git metadata is not routined's."""
-    git_dir = checkout.path / ".git"
-    if git_dir.is_symlink() or not git_dir.is_dir():
-        raise GitError(f"{checkout.path}: .git is no longer a folder; nothing was pushed")
-    for redirect in ("commondir", "gitdir"):
-        if (git_dir / redirect).exists():
-            raise GitError(f"{checkout.path}: .git/{redirect} appeared; nothing was pushed")
-    if _digest(git_dir / "config") != checkout.config_digest:
-        raise GitError(f"{checkout.path}: .git/config was changed; nothing was pushed")
-
-
-def plan(
-    branches: Sequence[LocalBranch],
-    *,
-    head_branch: str | None,
-    detached_head: LocalBranch | None,
-    snapshot: str | None,
-    own_branch: str,
-    prefix: str = BRANCH_PREFIX,
-) -> list[Push]:
-    """Which commits to push where. Pure: every target is under `prefix`.
-
-    1. Leftover changes, committed by routined on top of HEAD, go to `own_branch`.
-    2. Branches the agent made under the prefix keep their names.
-    3. Work on any other branch (or a detached HEAD) is not lost: it goes under
-       the prefix, as `own_branch` when it is the only such work, otherwise as
-       `own_branch-<name>`. The branch HEAD is on is skipped when the leftover
-       commit already carries its commits.
-    """
-    pushes: list[Push] = []
-    if snapshot is not None:
-        source = f"uncommitted changes on {head_branch or 'a detached HEAD'}"
-        pushes.append(Push(snapshot, own_branch, source))
-    renamed: list[tuple[str, LocalBranch]] = []
-    for branch in branches:
-        if not branch.has_new_commits:
-            continue
-        if branch.name.startswith(prefix) and branch.name != prefix:
-            pushes.append(Push(branch.sha, branch.name, f"branch {branch.name}"))
-        elif not (snapshot is not None and branch.name == head_branch):
-            renamed.append((branch.name, branch))
-    if (
-        detached_head is not None
-        and detached_head.has_new_commits
-        and snapshot is None
-        and all(detached_head.sha != b.sha for b in branches)
-    ):
-        renamed.append(("detached", detached_head))
-    alone = snapshot is None and len(renamed) == 1
-    for label, branch in renamed:
-        target = own_branch if alone else f"{own_branch}-{_slug(label)}"
-        origin = "a detached HEAD" if label == "detached" else f"branch {label}"
-        pushes.append(Push(branch.sha, target, f"{origin} (only {prefix} branches are pushed)"))
-    for push in pushes:
-        if not push.branch.startswith(prefix):
-            raise ValueError(f"refusing to push outside {prefix}: {push.branch}")
-    return pushes
-
-
-async def deliver(
-    checkout: Checkout,
-    *,
-    own_branch: str,
-    author: Author,
-    message: str,
-    scratch: Path,
-    suffix: str,
-    prefix: str = BRANCH_PREFIX,
-) -> list[Pushed]:
-    """Push what the agent left in `checkout` to its origin, under `prefix`.
-
-    `suffix` (the run's short id) tells apart a branch whose name is already taken.
-    """
-    check_untouched(checkout)
-    repo = checkout.path
-    head = await _head(repo)
-    head_branch = await _head_branch(repo)
-    snapshot = await _commit_leftovers(repo, head, author, message, scratch)
-    listing = await git(
-        "for-each-ref", "--format=%(objectname) %(refname:short)", "refs/heads", cwd=repo
-    )
-    tips = [line.split(" ", 1) for line in listing.splitlines() if line]
-    fresh = await _with_new_commits(
-        repo, [sha for sha, _ in tips] + ([head] if head else []), checkout.base
-    )
-    branches = [LocalBranch(name, sha, sha in fresh) for sha, name in tips]
-    detached = LocalBranch("HEAD", head, head in fresh) if head and not head_branch else None
-    pushes = plan(
-        branches,
-        head_branch=head_branch,
-        detached_head=detached,
-        snapshot=snapshot,
-        own_branch=own_branch,
-        prefix=prefix,
-    )
-    if not pushes:
-        return []
-    return await _push(checkout, pushes, prefix=prefix, suffix=suffix)
-
-
-async def _head(repo: Path) -> str | None:
+@contextlib.asynccontextmanager
+async def _locked(lock_file: Path) -> AsyncIterator[None]:
+    """One fetch into a mirror at a time, across processes."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        return (await git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=repo)).strip()
-    except GitError:
-        return None  # an unborn branch: the origin was empty and nothing was committed
-
-
-async def _head_branch(repo: Path) -> str | None:
-    try:
-        return (await git("symbolic-ref", "--quiet", "--short", "HEAD", cwd=repo)).strip()
-    except GitError:
-        return None
-
-
-async def _commit_leftovers(
-    repo: Path, head: str | None, author: Author, message: str, scratch: Path
-) -> str | None:
-    """Commit the work tree as it is, through a private index; HEAD is left alone."""
-    status = await git("status", "--porcelain=v1", "-z", "--untracked-files=all", cwd=repo)
-    if not status:
-        return None
-    index = scratch / f"index-{repo.name}"
-    real_index = repo / ".git" / "index"
-    if real_index.is_file() and not real_index.is_symlink():
-        shutil.copyfile(real_index, index)  # keeps stat data, so unchanged files are not re-read
-    env = {"GIT_INDEX_FILE": str(index), **author.env()}
-    if not index.exists():
-        await git("read-tree", *([head] if head else ["--empty"]), cwd=repo, env=env)
-    await git("add", "--all", cwd=repo, env=env)
-    tree = (await git("write-tree", cwd=repo, env=env)).strip()
-    parents = ["-p", head] if head else []
-    commit = await git("commit-tree", tree, *parents, "-m", message, cwd=repo, env=env)
-    index.unlink(missing_ok=True)
-    return commit.strip()
-
-
-async def _with_new_commits(repo: Path, tips: list[str], base: Sequence[str]) -> set[str]:
-    """The tips that hold at least one commit the origin did not have at clone time."""
-    fresh = set()
-    exclusions = "".join(f"^{sha}\n" for sha in base)
-    for tip in set(tips):
-        count = await git(
-            "rev-list",
-            "--count",
-            "--ignore-missing",
-            "--stdin",
-            cwd=repo,
-            stdin=f"{tip}\n{exclusions}".encode(),
-        )
-        if int(count.strip() or 0) > 0:
-            fresh.add(tip)
-    return fresh
-
-
-async def _push(
-    checkout: Checkout, pushes: list[Push], *, prefix: str, suffix: str
-) -> list[Pushed]:
-    """Push each planned branch, never forcing; a name already taken gets the run's suffix."""
-    pushed = []
-    for push in pushes:
-        for branch in (push.branch, f"{push.branch}-{suffix}"):
-            if not branch.startswith(prefix):
-                raise GitError(f"refusing to push outside {prefix}: {branch}")
-            try:
-                await git(
-                    "push",
-                    "--porcelain",
-                    "--",
-                    checkout.url,
-                    f"{push.sha}:refs/heads/{branch}",
-                    cwd=checkout.path,
-                )
-            except GitError as error:
-                if branch != push.branch or "rejected" not in str(error):
-                    raise
-                continue
-            pushed.append(Pushed(checkout.url, branch, push.sha, push.source))
-            break
-    return pushed
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.").lower() or "work"
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)

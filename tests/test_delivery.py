@@ -1,0 +1,237 @@
+"""Delivery: what gets pushed where, and what the agent cannot make routined do.
+
+The finishing step runs in the real sandbox; pushes go to a real bare origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from routined import delivery, sandbox, workspace
+from routined.delivery import AgentWork, LocalBranch, Push
+from tests.conftest import branches, git
+
+pytestmark = pytest.mark.anyio
+OWN = "claude/nightly-ab12cd34"
+RENAMED = "(only claude/ branches are pushed)"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def work(
+    *branches_: tuple[str, str],
+    head: str | None = None,
+    detached: str | None = None,
+    leftovers: str | None = None,
+) -> AgentWork:
+    return AgentWork(tuple(LocalBranch(n, s) for n, s in branches_), head, detached, leftovers)
+
+
+@pytest.mark.parametrize(
+    ("agent_work", "expected"),
+    [
+        # Nothing new anywhere: nothing to push.
+        (work(head="main"), []),
+        # Leftover changes on main: one commit onto the run's own branch.
+        (work(head=None, leftovers="s1"), [Push("s1", OWN, "uncommitted changes on a detached HEAD")]),
+        (work(("main", "m1"), head="main", leftovers="s1"), [Push("s1", OWN, "uncommitted changes on main")]),
+        # The agent's own claude/ branch keeps its name.
+        (work(("claude/fix", "c1"), head="claude/fix"), [Push("c1", "claude/fix", "branch claude/fix")]),
+        # Commits on main are not lost: pushed under the run's own branch.
+        (work(("main", "m1"), head="main"), [Push("m1", OWN, f"branch main {RENAMED}")]),
+        # Several other branches: each under its own suffix.
+        (work(("feature/x", "f1"), ("main", "m1"), head="main"),
+         [Push("f1", f"{OWN}-feature-x", f"branch feature/x {RENAMED}"),
+          Push("m1", f"{OWN}-main", f"branch main {RENAMED}")]),
+        # Committed on the own branch as told, and left changes too: pushed once.
+        (work((OWN, "o1"), head=OWN, leftovers="s1"), [Push("s1", OWN, f"uncommitted changes on {OWN}")]),
+        # Leftovers on another claude/ branch: both the branch and the leftovers.
+        (work(("claude/fix", "c1"), head="claude/fix", leftovers="s1"),
+         [Push("s1", OWN, "uncommitted changes on claude/fix"), Push("c1", "claude/fix", "branch claude/fix")]),
+        # A detached HEAD with new commits is kept.
+        (work(detached="d1"), [Push("d1", OWN, f"a detached HEAD {RENAMED}")]),
+        # "claude/" alone is not a branch under the prefix.
+        (work(("claude/", "x1"), head="claude/"), [Push("x1", OWN, f"branch claude/ {RENAMED}")]),
+    ],
+)  # fmt: skip
+def test_plan(agent_work: AgentWork, expected: list[Push]) -> None:
+    assert delivery.plan(agent_work, own_branch=OWN) == expected
+
+
+def test_plan_refuses_an_own_branch_outside_the_prefix() -> None:
+    with pytest.raises(ValueError, match="refusing to push outside claude/"):
+        delivery.plan(work(("main", "m1")), own_branch="main")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("docs-nightly", "docs-nightly"), ("a..b", "a-b"), ("Fix.lock", "fix-lock"), ("__", "work")],
+)
+def test_slugs_make_valid_branch_names(name: str, expected: str) -> None:
+    assert delivery.slug(name) == expected
+    git("check-ref-format", f"refs/heads/claude/{delivery.slug(name)}-ab12cd34")
+
+
+@dataclass
+class Run:
+    checkout: workspace.Checkout
+    run_dir: Path
+    origin: Path
+
+    @property
+    def repo(self) -> Path:
+        return self.checkout.path
+
+    async def deliver(self) -> list[delivery.Pushed]:
+        layout = sandbox.run_layout(
+            run_dir=self.run_dir,
+            cwd=self.repo,
+            protected=workspace.protected_paths(self.checkout),
+            readable=[self.checkout.mirror_objects],
+            masked=[],
+            egress_socket=None,
+            seccomp_helper=sandbox.seccomp_helper(None),
+        )
+        env = {
+            "PATH": sandbox.SYSTEM_PATH,
+            "HOME": str(self.run_dir / "home"),
+            "TMPDIR": str(self.run_dir / "tmp"),
+            "GIT_AUTHOR_NAME": "routined",
+            "GIT_AUTHOR_EMAIL": "routined@localhost",
+            "GIT_COMMITTER_NAME": "routined",
+            "GIT_COMMITTER_EMAIL": "routined@localhost",
+        }
+        return await delivery.deliver(
+            self.checkout,
+            sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
+            env=env,
+            message="Leftovers\n\nRoutine-Session: http://x/sessions/s\n",
+            scratch=self.run_dir / "private" / "delivery",
+            own_branch=OWN,
+            suffix="ab12cd34",
+        )
+
+    def commit(self, path: str, content: str, *, branch: str | None = None) -> str:
+        if branch:
+            git("switch", "--quiet", "-c", branch, cwd=self.repo)
+        (self.repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (self.repo / path).write_text(content)
+        git("add", path, cwd=self.repo)
+        git("commit", "--quiet", "-m", f"add {path}", cwd=self.repo)
+        return git("rev-parse", "HEAD", cwd=self.repo)
+
+
+@pytest.fixture
+async def run(origin: Path, tmp_path: Path) -> Run:
+    run_dir = tmp_path / "home" / "runs" / "run_test"
+    for folder in ("workspace", "home", "tmp", "private"):
+        (run_dir / folder).mkdir(parents=True)
+    mirror = await workspace.sync_mirror(str(origin), tmp_path / "home" / "mirrors")
+    checkout = await workspace.clone(mirror, run_dir / "workspace" / "app")
+    return Run(checkout, run_dir, origin)
+
+
+async def test_leftover_changes_land_on_the_own_branch_and_main_is_untouched(run: Run) -> None:
+    before = branches(run.origin)
+    (run.repo / "NOTES.md").write_text("notes\n")
+    (run.repo / "README.md").write_text("# app, edited\n")
+    pushed = await run.deliver()
+    assert [(p.branch, p.source) for p in pushed] == [(OWN, "uncommitted changes on main")]
+    assert branches(run.origin)["main"] == before["main"]
+    assert git("show", f"{OWN}:NOTES.md", cwd=run.origin) == "notes"
+    assert git("log", "-1", "--format=%an|%s", OWN, cwd=run.origin) == "routined|Leftovers"
+    assert git("rev-parse", f"{OWN}^", cwd=run.origin) == before["main"]
+    # HEAD and the real index stay as the agent left them.
+    assert git("status", "--porcelain", cwd=run.repo) == "M README.md\n?? NOTES.md"
+
+
+async def test_agent_branches_keep_their_names_and_other_work_is_renamed(run: Run) -> None:
+    theirs = run.commit("CHANGELOG.md", "# Changelog\n\n- more\n", branch="claude/changelog")
+    git("switch", "--quiet", "main", cwd=run.repo)
+    on_main = run.commit("main.txt", "on main\n")
+    main_before = branches(run.origin)["main"]
+    pushed = await run.deliver()
+    assert sorted(p.branch for p in pushed) == ["claude/changelog", OWN]
+    after = branches(run.origin)
+    assert (after["main"], after["claude/changelog"], after[OWN]) == (main_before, theirs, on_main)
+
+
+async def test_nothing_new_pushes_nothing(run: Run) -> None:
+    before = branches(run.origin)
+    assert await run.deliver() == []
+    assert branches(run.origin) == before
+
+
+async def test_an_existing_branch_is_never_moved_not_even_forward(run: Run) -> None:
+    """Someone's reviewed claude/ branch: the agent builds on it; routined pushes a new one."""
+    seed = run.run_dir.parent.parent.parent / "colleague"
+    git("clone", "--quiet", str(run.origin), str(seed))
+    git("switch", "--quiet", "-c", "claude/reviewed", cwd=seed)
+    (seed / "x.txt").write_text("reviewed\n")
+    git("add", "x.txt", cwd=seed)
+    git("commit", "--quiet", "-m", "reviewed", cwd=seed)
+    git("push", "--quiet", "origin", "claude/reviewed", cwd=seed)
+    reviewed = branches(run.origin)["claude/reviewed"]
+    git("fetch", "--quiet", "origin", cwd=run.repo)
+    git("switch", "--quiet", "-c", "claude/reviewed", "origin/claude/reviewed", cwd=run.repo)
+    sneaky = run.commit("y.txt", "slipped in\n")
+    pushed = await run.deliver()
+    assert [(p.branch, p.sha) for p in pushed] == [("claude/reviewed-ab12cd34", sneaky)]
+    assert branches(run.origin)["claude/reviewed"] == reviewed
+
+
+async def test_nested_repositories_cannot_run_code_on_the_host(run: Run, tmp_path: Path) -> None:
+    """A filter in a nested repository runs when git walks the work tree. It may run
+    inside the sandbox, where it can reach nothing, but never on the host."""
+    marker = tmp_path / "pwned"
+    nested = run.repo / "sub"
+    git("init", "--quiet", str(nested))
+    git("config", "filter.evil.clean", f"sh -c 'touch {marker}; cat'", cwd=nested)
+    (nested / ".gitattributes").write_text("f filter=evil\n")
+    (nested / "f").write_text("one\n")
+    git("add", ".", cwd=nested)
+    git("commit", "--quiet", "-m", "nested", cwd=nested)
+    git("add", "sub", cwd=run.repo)
+    (nested / "f").write_text("two\n")
+    marker.unlink(missing_ok=True)
+    await run.deliver()
+    assert not marker.exists()
+
+
+async def test_hidden_repositories_cannot_be_smuggled_out(run: Run, tmp_path: Path) -> None:
+    """Alternates and a symlinked ref that point at a repository the sandbox hides."""
+    secret = tmp_path / "secret"
+    git("init", "--quiet", str(secret))
+    (secret / "id_rsa").write_text("-----BEGIN PRIVATE KEY-----\n")
+    git("add", "id_rsa", cwd=secret)
+    git("commit", "--quiet", "-m", "key", cwd=secret)
+    alternates = run.repo / ".git" / "objects" / "info" / "alternates"
+    with alternates.open("a") as lines:
+        lines.write(f"{secret / '.git' / 'objects'}\n")
+    (run.repo / ".git" / "refs" / "heads" / "claude").mkdir(parents=True)
+    (run.repo / ".git" / "refs" / "heads" / "claude" / "loot").symlink_to(
+        secret / ".git" / "refs" / "heads" / "main"
+    )
+    with contextlib.suppress(workspace.GitError):  # refusing is as good as skipping
+        await run.deliver()
+    for branch in branches(run.origin):
+        listing = git("ls-tree", "-r", "--name-only", branch, cwd=run.origin)
+        assert "id_rsa" not in listing.split()
+
+
+async def test_planted_hooks_do_not_run_on_the_host(run: Run, tmp_path: Path) -> None:
+    marker = tmp_path / "hook-ran"
+    for hook in ("pre-commit", "pre-push", "post-checkout", "reference-transaction"):
+        path = run.repo / ".git" / "hooks" / hook
+        path.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        path.chmod(0o755)
+    (run.repo / "NOTES.md").write_text("notes\n")
+    assert [p.branch for p in await run.deliver()] == [OWN]
+    assert not marker.exists()
