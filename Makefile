@@ -1,5 +1,5 @@
-# Two commands set everything up on a fresh Debian machine with Python ≥ 3.11,
-# Node.js 20 and git:  `make run`  and  `make test`.
+# Two commands set everything up on a fresh Debian machine with Python ≥ 3.11
+# and git:  `make run`  and  `make test`.
 
 VENV := .venv
 PYTHON := $(VENV)/bin/python
@@ -10,7 +10,7 @@ SYSTEM_TOOLS := bwrap:bubblewrap socat:socat
 run: install
 	$(VENV)/bin/routined serve
 
-test: $(VENV)/.dev-installed node_modules/.installed system-deps
+test: $(VENV)/.dev-installed system-deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
@@ -21,9 +21,9 @@ lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-install: $(VENV)/.installed node_modules/.installed system-deps
+install: $(VENV)/.installed system-deps
 
-bench: $(VENV)/.dev-installed node_modules/.installed system-deps
+bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/fire_latency.py
 
 $(PYTHON):
@@ -37,10 +37,6 @@ $(VENV)/.dev-installed: pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
-node_modules/.installed: package.json package-lock.json
-	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
-	touch $@
-
 # The sandbox needs bubblewrap and socat from Debian; installed only when missing.
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
@@ -53,4 +49,4 @@ system-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -113,6 +113,19 @@ def origin(tmp_path: Path) -> Path:
     return bare
 
 
+def push_commit(origin: Path, clone: Path, path: str, content: str, branch: str = "main") -> str:
+    """Someone else's commit on `branch` of the origin (made in `clone`); its sha."""
+    if not clone.exists():
+        git("clone", "--quiet", str(origin), str(clone))
+    if branch not in git("branch", "--format=%(refname:short)", cwd=clone).split():
+        git("switch", "--quiet", "-c", branch, cwd=clone)
+    (clone / path).write_text(content)
+    git("add", path, cwd=clone)
+    git("commit", "--quiet", "-m", f"add {path}", cwd=clone)
+    git("push", "--quiet", "origin", branch, cwd=clone)
+    return git("rev-parse", "HEAD", cwd=clone)
+
+
 def branches(bare: Path) -> dict[str, str]:
     """Branch name → commit, as the origin has them."""
     listing = git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads", cwd=bare)

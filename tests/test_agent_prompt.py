@@ -48,12 +48,12 @@ def test_messages_become_bounded_json_events() -> None:
     assert kind == "agent.odd" and "Odd" in data["repr"]
 
 
-def test_only_the_installation_part_of_a_claude_config_is_carried_over() -> None:
+def test_only_migration_flags_are_learned_from_a_session() -> None:
     from routined.agent import installation_config
 
     config = {
-        "userID": "u1",
-        "machineID": "m1",
+        "userID": "a" * 64,
+        "machineID": "b" * 64,
         "firstStartTime": "2026-11-28T19:03:14Z",
         "migrationVersion": 15,
         "opusProMigrationComplete": True,
@@ -61,15 +61,24 @@ def test_only_the_installation_part_of_a_claude_config_is_carried_over() -> None
         "projects": {"/w/app": {"history": ["secret prompt"]}},
         "oauthAccount": {"emailAddress": "a@b"},
         "customApiKeyResponses": {"approved": ["abc"]},
-        "numStartups": 3,
         "evilMigrationComplete": {"nested": "object"},
+        "sneakyMigrationComplete": "yes",
     }
     assert installation_config(config) == {
-        "userID": "u1",
-        "machineID": "m1",
-        "firstStartTime": "2026-11-28T19:03:14Z",
         "migrationVersion": 15,
         "opusProMigrationComplete": True,
         "hasResetAutoModeOptInForDefaultOffer": True,
     }
+    assert installation_config({"migrationVersion": 10**9}) == {}
     assert installation_config(["not", "a", "mapping"]) == {}
+
+
+def test_a_seed_has_routined_s_identity_whatever_it_was_given() -> None:
+    from routined.agent import seed_config
+
+    fresh = seed_config({})
+    assert len(fresh["userID"]) == 64 and fresh["userID"] != fresh["machineID"]
+    kept = seed_config({**fresh, "migrationVersion": 15})
+    assert (kept["userID"], kept["migrationVersion"]) == (fresh["userID"], 15)
+    forged = seed_config({"userID": "../../etc", "firstStartTime": "x" * 500})
+    assert forged["userID"] != "../../etc" and forged["firstStartTime"] != "x" * 500

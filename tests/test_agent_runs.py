@@ -247,7 +247,11 @@ def test_the_agent_cannot_read_routined_home_or_reach_other_hosts(
     assert "SQLite format" not in tool_output and "No such file" in tool_output
     assert "status:403" in tool_output
     denied = [e for e in events if e.kind == "egress.denied"]
-    assert denied and denied[0].data == {"host": "127.0.0.2", "port": fake_api.port}
+    assert denied and denied[0].data == {
+        "host": "127.0.0.2",
+        "port": fake_api.port,
+        "deny_reason": "host_not_allowed",
+    }
     assert "host_not_allowed" in (denied[0].reason or "")
 
 

@@ -6,6 +6,8 @@ The finishing step runs in the real sandbox; pushes go to a real bare origin.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from routined import delivery, sandbox, workspace
 from routined.delivery import AgentWork, LocalBranch, Push
-from tests.conftest import branches, git
+from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio
 OWN = "claude/nightly-ab12cd34"
@@ -89,20 +91,17 @@ class Run:
     def repo(self) -> Path:
         return self.checkout.path
 
-    async def deliver(self) -> list[delivery.Pushed]:
-        layout = sandbox.run_layout(
+    async def deliver(self, masked: list[Path] | None = None) -> list[delivery.Pushed]:
+        layout = sandbox.finishing_layout(
             run_dir=self.run_dir,
             cwd=self.repo,
-            protected=workspace.protected_paths(self.checkout),
             readable=[self.checkout.mirror_objects],
-            masked=[],
-            egress_socket=None,
-            seccomp_helper=sandbox.seccomp_helper(None),
+            masked=masked or [],
         )
         env = {
             "PATH": sandbox.SYSTEM_PATH,
-            "HOME": str(self.run_dir / "home"),
-            "TMPDIR": str(self.run_dir / "tmp"),
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
             "GIT_AUTHOR_NAME": "routined",
             "GIT_AUTHOR_EMAIL": "routined@localhost",
             "GIT_COMMITTER_NAME": "routined",
@@ -171,14 +170,8 @@ async def test_nothing_new_pushes_nothing(run: Run) -> None:
 
 async def test_an_existing_branch_is_never_moved_not_even_forward(run: Run) -> None:
     """Someone's reviewed claude/ branch: the agent builds on it; routined pushes a new one."""
-    seed = run.run_dir.parent.parent.parent / "colleague"
-    git("clone", "--quiet", str(run.origin), str(seed))
-    git("switch", "--quiet", "-c", "claude/reviewed", cwd=seed)
-    (seed / "x.txt").write_text("reviewed\n")
-    git("add", "x.txt", cwd=seed)
-    git("commit", "--quiet", "-m", "reviewed", cwd=seed)
-    git("push", "--quiet", "origin", "claude/reviewed", cwd=seed)
-    reviewed = branches(run.origin)["claude/reviewed"]
+    colleague = run.run_dir.parent.parent.parent / "colleague"
+    reviewed = push_commit(run.origin, colleague, "x.txt", "reviewed\n", "claude/reviewed")
     git("fetch", "--quiet", "origin", cwd=run.repo)
     git("switch", "--quiet", "-c", "claude/reviewed", "origin/claude/reviewed", cwd=run.repo)
     sneaky = run.commit("y.txt", "slipped in\n")
@@ -235,3 +228,35 @@ async def test_planted_hooks_do_not_run_on_the_host(run: Run, tmp_path: Path) ->
     (run.repo / "NOTES.md").write_text("notes\n")
     assert [p.branch for p in await run.deliver()] == [OWN]
     assert not marker.exists()
+
+
+async def test_links_planted_in_the_workspace_mount_nothing_during_delivery(
+    run: Run, tmp_path: Path
+) -> None:
+    """After the session, a path in the workspace may be a link to a folder the
+    sandbox hides; delivery must not mount it, nor read the agent's home config."""
+    hidden = tmp_path / "service-home"
+    (hidden / ".ssh").mkdir(parents=True)
+    (hidden / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    hooks = run.repo / ".git" / "hooks"
+    for planted in hooks.iterdir():
+        planted.unlink()
+    hooks.rmdir()
+    hooks.symlink_to(os.path.relpath(hidden, hooks.parent))
+    (run.run_dir / "home" / ".gitconfig").write_text(
+        f"[core]\n\tfsmonitor = cp -r {hidden} {run.repo}/loot\n"
+    )
+    (run.repo / "NOTES.md").write_text("notes\n")
+    layout = sandbox.finishing_layout(
+        run_dir=run.run_dir, cwd=run.repo, readable=[run.checkout.mirror_objects], masked=[hidden]
+    )
+    looked = subprocess.run(
+        [*sandbox.bwrap_command(layout, Path("/bin/cat")), str(hidden / ".ssh" / "id_ed25519")],
+        capture_output=True,
+        text=True,
+    )
+    assert "PRIVATE KEY" not in looked.stdout and "No such file" in looked.stderr
+    pushed = await run.deliver(masked=[hidden])
+    assert [p.branch for p in pushed] == [OWN]
+    listing = git("ls-tree", "-r", "--name-only", OWN, cwd=run.origin).split()
+    assert listing == ["CHANGELOG.md", "NOTES.md", "README.md"]

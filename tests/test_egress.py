@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy, HostRule
+from routined.egress import EgressDecision, EgressPolicy, EgressProxy, HostRule, ModelGateway
 from routined.testing.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.anyio
@@ -39,19 +39,41 @@ def test_host_rules(rule: str, host: str, port: int, allowed: bool) -> None:
     assert EgressPolicy((HostRule.parse(rule),)).allows(host, port) is allowed
 
 
-def test_the_model_api_policy_allows_only_its_host_and_port() -> None:
-    policy = EgressPolicy.model_api_only("https://api.anthropic.com")
-    assert policy.allows("api.anthropic.com", 443)
-    assert not policy.allows("api.anthropic.com", 80)
-    assert not policy.allows("statsig.anthropic.com", 443)
-    local = EgressPolicy.model_api_only("http://127.0.0.1:8765")
-    assert local.allows("127.0.0.1", 8765) and not local.allows("127.0.0.2", 8765)
+def test_an_empty_policy_allows_nothing() -> None:
+    assert not EgressPolicy().allows("api.anthropic.com", 443)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "authority", "prefix", "tls"),
+    [
+        ("https://api.anthropic.com", "api.anthropic.com", "", True),
+        ("http://127.0.0.1:8765", "127.0.0.1:8765", "", False),
+        (
+            "https://gateway.example.com:8443/anthropic/",
+            "gateway.example.com:8443",
+            "/anthropic",
+            True,
+        ),
+    ],
+)
+def test_model_gateways(base_url: str, authority: str, prefix: str, tls: bool) -> None:
+    gateway = ModelGateway(base_url, "k")
+    assert (gateway.authority, gateway.path_prefix, gateway.tls) == (authority, prefix, tls)
+
+
+def test_a_gateway_needs_an_http_url() -> None:
+    with pytest.raises(ValueError, match="is not an http"):
+        ModelGateway("ftp://example.com", "k")
 
 
 @pytest.fixture
 async def proxy(fake_api: FakeAnthropic) -> AsyncIterator[tuple[Path, list[EgressDecision]]]:
     decisions: list[EgressDecision] = []
-    server = EgressProxy(EgressPolicy.model_api_only(fake_api.base_url), decisions.append)
+    server = EgressProxy(
+        EgressPolicy((HostRule("127.0.0.1", fake_api.port),)),
+        decisions.append,
+        ModelGateway(fake_api.base_url, "sk-ant-test"),
+    )
     with tempfile.TemporaryDirectory(prefix="routined-test-") as folder:
         socket_path = Path(folder) / "egress.sock"
         await server.start(socket_path)
@@ -115,10 +137,7 @@ async def test_connect_tunnels_to_an_allowed_host_only(
     assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
 
 
-@pytest.mark.parametrize(
-    "request_line",
-    [b"GARBAGE\r\n\r\n", b"GET /relative HTTP/1.1\r\n\r\n", b"CONNECT nohost HTTP/1.1\r\n\r\n"],
-)
+@pytest.mark.parametrize("request_line", [b"GARBAGE\r\n\r\n", b"CONNECT nohost HTTP/1.1\r\n\r\n"])
 async def test_malformed_requests_get_400(
     proxy: tuple[Path, list[EgressDecision]], request_line: bytes
 ) -> None:
@@ -153,3 +172,49 @@ async def test_malformed_urls_get_400(
     head, _ = await exchange(socket_path, b"GET " + target + b" HTTP/1.1\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert decisions == []
+
+
+@pytest.mark.parametrize("form", ["origin", "absolute"])
+async def test_the_gateway_forwards_model_requests_with_the_real_key(
+    proxy: tuple[Path, list[EgressDecision]], fake_api: FakeAnthropic, form: str
+) -> None:
+    socket_path, decisions = proxy
+    body = b'{"model": "gateway-test", "messages": []}'
+    target = (
+        "/v1/messages/count_tokens"
+        if form == "origin"
+        else "http://127.0.0.1:3128/v1/messages/count_tokens"
+    )
+    request = (
+        f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+        "x-api-key: sk-ant-routined-gateway-holds-the-real-key\r\n"
+        "Authorization: Bearer stolen\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    head, answer = await exchange(socket_path, request)
+    assert head.startswith(b"HTTP/1.1 200") and b"input_tokens" in answer
+    [seen] = [r for r in fake_api.requests if r.body == {"model": "gateway-test", "messages": []}]
+    fake_api.requests.remove(seen)
+    assert seen.headers["x-api-key"] == "sk-ant-test"
+    assert "authorization" not in seen.headers
+    assert seen.headers["host"] == f"127.0.0.1:{fake_api.port}"
+    assert decisions == []
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "GET /v1/models",
+        "POST /v1/files",
+        "POST /v1/messages/batches",
+        "GET /v1/messages",
+        "POST /api/x",
+    ],
+)
+async def test_the_gateway_passes_only_what_claude_code_needs(
+    proxy: tuple[Path, list[EgressDecision]], request_line: str
+) -> None:
+    socket_path, decisions = proxy
+    head, _ = await exchange(socket_path, f"{request_line} HTTP/1.1\r\n\r\n".encode())
+    assert head.startswith(b"HTTP/1.1 403") and b"x-deny-reason: path_not_allowed" in head
+    assert [d.reason for d in decisions] == ["path_not_allowed"]

@@ -9,6 +9,7 @@ folders is tested, not just the absence of folders never shown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -20,12 +21,11 @@ from pathlib import Path
 import pytest
 
 from routined import sandbox, workspace
-from routined.egress import EgressPolicy, EgressProxy
+from routined.egress import EgressPolicy, EgressProxy, ModelGateway
 from routined.testing.fake_anthropic import FakeAnthropic
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio
-HELPER = sandbox.seccomp_helper(None)
 
 
 @pytest.fixture
@@ -54,10 +54,6 @@ class Box:
     def repo(self) -> Path:
         return self.checkout.path
 
-    @property
-    def pid_file(self) -> Path:
-        return self.run_dir / "private" / "agent.pid"
-
     def launcher(self, socket: Path) -> tuple[Path, dict[str, str]]:
         """The launcher the worker would write for this run, and the agent's environment."""
         layout = sandbox.run_layout(
@@ -67,15 +63,10 @@ class Box:
             readable=[self.checkout.mirror_objects],
             masked=[self.routined_home, self.user_home, self.secret_file],
             egress_socket=socket,
-            seccomp_helper=HELPER,
         )
         layout = dataclasses.replace(layout, system_roots=(*layout.system_roots, str(self.host)))
         env = sandbox.agent_environment(
-            home=self.run_dir / "home",
-            tmp=self.run_dir / "tmp",
-            model_base_url=self.fake.base_url,
-            model_api_key="sk-ant-test",
-            extra={},
+            home=self.run_dir / "home", tmp=self.run_dir / "tmp", extra={}
         )
         launcher = self.run_dir / "private" / "launch-agent"
         sandbox.write_launcher(
@@ -83,7 +74,6 @@ class Box:
             run_id="run_test",
             command=sandbox.bwrap_command(layout, Path("/bin/sh")),
             keep=env,
-            pid_file=self.pid_file,
         )
         return launcher, env
 
@@ -91,7 +81,9 @@ class Box:
         with tempfile.TemporaryDirectory(prefix="routined-test-") as folder:
             socket = Path(folder) / "egress.sock"
             launcher, env = self.launcher(socket)
-            proxy = EgressProxy(EgressPolicy.model_api_only(self.fake.base_url), lambda _: None)
+            proxy = EgressProxy(
+                EgressPolicy(), lambda _: None, ModelGateway(self.fake.base_url, "sk-ant-test")
+            )
             await proxy.start(socket)
             try:
                 process = await asyncio.create_subprocess_exec(
@@ -205,60 +197,109 @@ async def test_only_the_allowed_environment_gets_in(box: Box) -> None:
         assert leaked not in result.out
     assert seen["HOME"] == str(box.run_dir / "home")
     assert seen["IS_SANDBOX"] == "1"
-    assert seen["ANTHROPIC_BASE_URL"] == box.fake.base_url
+    assert seen["ANTHROPIC_BASE_URL"] == sandbox.MODEL_GATEWAY_URL
+    assert seen["ANTHROPIC_API_KEY"] == sandbox.GATEWAY_API_KEY  # not the real one
     assert seen["HTTPS_PROXY"] == sandbox.PROXY_URL
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-async def test_the_network_is_the_model_api_through_the_proxy_and_nothing_else(box: Box) -> None:
+async def test_the_network_is_the_model_gateway_and_nothing_else(box: Box) -> None:
     port = box.fake.port
+    body = '{"model": "m", "messages": []}'
     result = await box.run(
-        f"curl -s -o /dev/null -w 'model:%{{http_code}}\\n' http://127.0.0.1:{port}/v1/models; "
+        f"curl -s -o /dev/null -w 'gateway:%{{http_code}}\\n' -X POST "
+        f"-H 'x-api-key: sk-stolen' -d '{body}' $ANTHROPIC_BASE_URL/v1/messages/count_tokens; "
+        f"curl -s -D - -o /dev/null $ANTHROPIC_BASE_URL/v1/files | tr -d '\\r'; "
         f"curl -s -D - -o /dev/null http://127.0.0.2:{port}/ | tr -d '\\r'; "
         f"curl -s --noproxy '*' -m 5 http://127.0.0.1:{port}/ || echo direct:refused"
     )
-    assert "model:404" in result.out  # the fake's answer: the request got there
+    assert "gateway:200" in result.out  # the fake accepted: the real key was added
+    [seen] = [r for r in box.fake.requests if r.body == {"model": "m", "messages": []}]
+    assert seen.headers["x-api-key"] == "sk-ant-test"
+    box.fake.requests.remove(seen)
+    assert "x-deny-reason: path_not_allowed" in result.out  # the key is for Claude Code's calls
     assert "HTTP/1.1 403" in result.out and "x-deny-reason: host_not_allowed" in result.out
     assert "direct:refused" in result.out
 
 
-@pytest.mark.skipif(HELPER is None, reason="the sandbox runtime's seccomp helper is not installed")
-async def test_unix_sockets_cannot_be_created(box: Box) -> None:
+async def test_no_capabilities_and_no_namespaces_of_its_own(box: Box) -> None:
     result = await box.run(
-        "python3 -c 'import socket; socket.socket(socket.AF_UNIX)' && echo created"
+        "grep CapEff /proc/self/status; unshare -U true || echo no-userns; "
+        "unshare -m true || echo no-mountns"
     )
-    assert "created" not in result.out
-    assert "PermissionError" in result.err or "Operation not permitted" in result.err
-
-
-def started(pid_file: Path) -> bool:
-    return pid_file.exists() and pid_file.read_text().strip().isdigit()
+    assert "CapEff:\t0000000000000000" in result.out
+    assert "no-userns" in result.out and "no-mountns" in result.out
 
 
 async def test_stop_ends_the_whole_sandbox(box: Box) -> None:
-    running = asyncio.create_task(box.run("sleep 60 & sleep 60; echo not-stopped"))
-    await wait_until(lambda: started(box.pid_file))
-    await sandbox.stop(box.pid_file)
+    started = box.repo / "started"
+    running = asyncio.create_task(
+        box.run(f"setsid sleep 60 & touch {started}; sleep 60; echo not-stopped")
+    )
+    await wait_until(started.exists)
+    await sandbox.stop(f"{box.run_dir}/")
     result = await asyncio.wait_for(running, 10)
     assert "not-stopped" not in result.out
     assert result.code != 0
+    assert run_processes(box.run_dir) == []
+
+
+def run_processes(run_dir: Path) -> list[int]:
+    """Processes whose command line names this run's folder (its sandboxes)."""
+    marker = f"{run_dir}/".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+    return found
 
 
 async def test_a_sandbox_dies_with_routined(box: Box, tmp_path: Path) -> None:
     """Even when routined is killed outright, none of its sandboxes lives on."""
-    launcher, env = box.launcher(tmp_path / "unused.sock")
+    unused = tmp_path / "unused.sock"
+    unused.touch()
+    launcher, env = box.launcher(unused)
+    started = box.repo / "started"
     stand_in = await asyncio.create_subprocess_exec(  # a routined that gets killed
         sys.executable,
         "-c",
         "import subprocess, sys; subprocess.Popen(sys.argv[1:]); sys.stdin.read()",
         str(launcher),
         "-c",
-        "sleep 60",
+        f"touch {started}; sleep 60",
         env={**os.environ, **env},
         stdin=asyncio.subprocess.PIPE,
     )
-    await wait_until(lambda: started(box.pid_file))
-    sandbox_pid = int(box.pid_file.read_text())
+    await wait_until(started.exists)
     stand_in.kill()
     await stand_in.wait()
-    await wait_until(lambda: not Path(f"/proc/{sandbox_pid}").exists())
+    await wait_until(lambda: not run_processes(box.run_dir))
+
+
+async def test_orphaned_sandboxes_are_reaped(box: Box, tmp_path: Path) -> None:
+    """A sandbox whose starter died as it started (so bubblewrap never heard) is ended
+    by the next sweep."""
+    unused = tmp_path / "unused.sock"
+    unused.touch()
+    launcher, env = box.launcher(unused)
+    started = box.repo / "started"
+    orphaning = await asyncio.create_subprocess_exec(  # starts it, detached, and leaves
+        sys.executable,
+        "-c",
+        "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True)",
+        "setsid",
+        "--fork",
+        str(launcher),
+        "-c",
+        f"touch {started}; sleep 60",
+        env={**os.environ, **env},
+    )
+    await orphaning.wait()
+    await wait_until(started.exists)
+    runs_dir = box.run_dir.parent
+    assert run_processes(box.run_dir)
+    reaped = sandbox.reap_orphans(runs_dir)
+    assert reaped
+    await wait_until(lambda: not run_processes(box.run_dir))

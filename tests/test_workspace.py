@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from routined import workspace
-from tests.conftest import branches, git
+from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio
 
@@ -56,12 +57,7 @@ async def test_mirrors_of_network_origins(tmp_path: Path, origin: Path) -> None:
         assert mirror.path.parent == mirrors and mirror.default_branch == "main"
         assert git("rev-parse", "main", cwd=mirror.path) == branches(origin)["main"]
         # New commits at the origin reach the next checkout.
-        seed = tmp_path / "seed"
-        git("clone", "--quiet", str(origin), str(seed))
-        (seed / "NEW.md").write_text("new\n")
-        git("add", "NEW.md", cwd=seed)
-        git("commit", "--quiet", "-m", "new", cwd=seed)
-        git("push", "--quiet", "origin", "main", cwd=seed)
+        push_commit(origin, tmp_path / "seed", "NEW.md", "new\n")
         mirror = await workspace.sync_mirror(url, mirrors)
         checkout = await workspace.clone(mirror, tmp_path / "ws" / "app")
     assert (checkout.path / "NEW.md").read_text() == "new\n"
@@ -144,13 +140,28 @@ async def test_a_standby_checkout_is_refused_once_the_origin_moved(
     elif move == "new tag":
         git("tag", "v1", "main", cwd=origin)
     else:
-        seed = tmp_path / "seed2"
-        git("clone", "--quiet", str(origin), str(seed))
-        (seed / "NEW.md").write_text("new\n")
-        git("add", "NEW.md", cwd=seed)
-        git("commit", "--quiet", "-m", "new", cwd=seed)
-        git("push", "--quiet", "origin", "main", cwd=seed)
+        push_commit(origin, tmp_path / "seed", "NEW.md", "new\n")
     destination = tmp_path / "run" / "app"
     assert await workspace.take_standby(mirror, standby, destination) is None
     assert not destination.exists()
     assert not (standby / "ready").exists()  # the stale one is not offered again
+
+
+async def test_credentials_never_reach_a_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Other local users can read command lines; git gets the secret URL through
+    its environment instead."""
+    seen: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recording(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
+        seen.append((args, dict(kwargs["env"])))  # type: ignore[call-overload]
+        return await spawn(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording)
+    url = "https://x:ghs_SECRET@127.0.0.1:9/acme/app.git"
+    with pytest.raises(workspace.GitError):
+        await workspace.git("ls-remote", url, secret=url, time_limit=20)
+    [(args, env)] = seen
+    assert not any("ghs_SECRET" in arg for arg in args)
+    assert "https://127.0.0.1:9/acme/app.git" in args
+    assert env["GIT_CONFIG_KEY_0"] == f"url.{url}.insteadOf"

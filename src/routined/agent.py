@@ -10,35 +10,59 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
+from claude_agent_sdk._cli_version import __cli_version__
 
 PAYLOAD_TAG = "routine-fire-payload"
-# What a Claude Code config keeps that is about the installation, not a session:
-# its identity and the one-time migrations it has done. Carried from one run's
-# fresh home to the next, it spares each session Claude Code's first-start work.
-_INSTALLATION_KEYS = re.compile(
-    r"userID|machineID|firstStartTime|firstStartVersion|migrationVersion"
-    r"|[A-Za-z]+MigrationComplete|hasReset[A-Za-z]+"
-)
+# A fresh home with no Claude Code config makes each session do first-start work
+# (an identity, one-time migrations). routined seeds it: an identity of its own,
+# and the migration flags an earlier session recorded. Those flags are all an
+# agent can influence, and all they do is spare work a fresh home has no need of.
+_MIGRATION_FLAG = re.compile(r"[A-Za-z]{1,60}MigrationComplete|hasReset[A-Za-z]{1,60}")
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
 _TAG_IN_TEXT = re.compile(rf"<(/?)\s*({PAYLOAD_TAG})", re.IGNORECASE)
 _EVENT_LIMIT = 256 * 1024
 
 
 def installation_config(config: object) -> dict[str, Any]:
-    """The installation-level part of a Claude Code config (`~/.claude.json`)."""
+    """The migration flags of a Claude Code config (`~/.claude.json`), checked."""
     if not isinstance(config, dict):
         return {}
-    return {
-        key: value
+    flags: dict[str, Any] = {
+        key: True
         for key, value in config.items()
-        if isinstance(key, str)
-        and _INSTALLATION_KEYS.fullmatch(key)
-        and isinstance(value, str | int | bool)
+        if isinstance(key, str) and _MIGRATION_FLAG.fullmatch(key) and value is True
+    }
+    version = config.get("migrationVersion")
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= 10_000:
+        flags["migrationVersion"] = version
+    return flags
+
+
+def seed_config(stored: object) -> dict[str, Any]:
+    """The config a run's fresh home starts with: routined's identity for Claude Code
+    (kept from `stored` when well-formed, else new) and the known migration flags."""
+    stored = stored if isinstance(stored, dict) else {}
+    identity = {
+        key: value if isinstance(value, str) and _HEX_ID.fullmatch(value) else secrets.token_hex(32)
+        for key in ("userID", "machineID")
+        for value in [stored.get(key)]
+    }
+    started = stored.get("firstStartTime")
+    if not (isinstance(started, str) and re.fullmatch(r"[0-9T:.Z-]{10,30}", started)):
+        started = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        **identity,
+        "firstStartTime": started,
+        "firstStartVersion": __cli_version__,
+        **installation_config(stored),
     }
 
 

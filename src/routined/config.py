@@ -89,22 +89,18 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Claude Code binary; default: the one bundled with claude-agent-sdk.",
     ),
-    Setting(
-        "ROUTINED_SECCOMP_HELPER",
-        None,
-        "The sandbox runtime's apply-seccomp binary; default: found under node_modules.",
-    ),
     Setting("ROUTINED_GIT_AUTHOR_NAME", "routined", "Author of commits routined makes."),
     Setting("ROUTINED_GIT_AUTHOR_EMAIL", "routined@localhost", "Email of commits routined makes."),
     Setting(
         "ANTHROPIC_BASE_URL",
         "https://api.anthropic.com",
-        "Model API the agent talks to; the only host its sandbox can reach.",
+        "Model API the agent's requests go to, through routined's gateway.",
     ),
     Setting(
         "ANTHROPIC_API_KEY",
         None,
-        "Model API key handed to the agent.",
+        "Model API key. The agent never holds it: routined's gateway adds it to the "
+        "agent's model requests.",
         secret=True,
     ),
 )
@@ -147,7 +143,6 @@ class Settings:
     heartbeat_interval: float
     lost_after: float
     claude_path: Path | None
-    seccomp_helper: Path | None
     git_author_name: str
     git_author_email: str
     anthropic_base_url: str
@@ -179,7 +174,6 @@ class Settings:
             ),
             lost_after=_number("ROUTINED_LOST_AFTER", raw["ROUTINED_LOST_AFTER"] or "", float, 1),
             claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
-            seccomp_helper=_path(raw["ROUTINED_SECCOMP_HELPER"]),
             git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
             git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
             anthropic_base_url=(raw["ANTHROPIC_BASE_URL"] or "").rstrip("/"),

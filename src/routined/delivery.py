@@ -17,28 +17,44 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from routined.workspace import Checkout, GitError, git
+from routined.workspace import Checkout, GitError, git, remove
 
 BRANCH_PREFIX = "claude/"
 FINISH_TIMEOUT = 600.0
 LEFTOVERS = "refs/routined/leftovers"
-_BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 DETACHED = "refs/routined/detached"
+_BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+_SAID_LIMIT = 65536
+BUNDLE_LIMIT = 2 * 1024**3
+MAX_PUSHES = 50
+# For every git command of the finishing script: no configuration but the
+# repository's own (read-only during the session), no hooks, no fsmonitor.
+_FINISH_GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_1": "false",
+}
 
 # Runs inside the sandbox, in the repository: `bash -c FINISH_SCRIPT finish MESSAGE`, with
 # the commits the origin had as `^sha` lines on stdin. The bundle goes to stdout;
 # HEAD's branch is the last `routined-head:` line on stderr.
 FINISH_SCRIPT = r"""
-set -u
+set -euo pipefail
 message=$1
 {
   head_branch=$(git symbolic-ref --quiet --short HEAD) || head_branch=
   head=$(git rev-parse --quiet --verify 'HEAD^{commit}') || head=
-  if [ -n "$(git status --porcelain --untracked-files=all)" ]; then
+  changes=$(git status --porcelain --untracked-files=all --ignore-submodules=all)
+  if [ -n "$changes" ]; then
     export GIT_INDEX_FILE="$TMPDIR/routined-index"
     cp .git/index "$GIT_INDEX_FILE" 2>/dev/null || git read-tree ${head:-"--empty"}
     git add --all
@@ -114,14 +130,65 @@ async def deliver(
     network) in the checkout; `scratch` a folder only routined can reach.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
-    bundle = scratch / "agent.bundle"
-    said = await finish(sandboxed, env, message, checkout, bundle)
-    outbox = scratch / "outbox.git"
-    work = await collect(checkout, bundle=bundle, said=said, outbox=outbox)
-    if work is None:
-        return []
-    pushes = plan(work, own_branch=own_branch, prefix=prefix)
-    return await push(checkout, outbox, pushes, suffix=suffix, prefix=prefix)
+    try:
+        bundle = scratch / "agent.bundle"
+        said = await finish(sandboxed, env, message, checkout, bundle)
+        outbox = scratch / "outbox.git"
+        work = await collect(checkout, bundle=bundle, said=said, outbox=outbox)
+        if work is None:
+            return []
+        pushes = plan(work, own_branch=own_branch, prefix=prefix)
+        if len(pushes) > MAX_PUSHES:
+            raise GitError(
+                f"{checkout.shown_url}: the agent left {len(pushes)} branches to deliver; "
+                f"at most {MAX_PUSHES} are pushed per repository"
+            )
+        return await push(checkout, outbox, pushes, suffix=suffix, prefix=prefix)
+    finally:
+        await remove(scratch)
+
+
+async def finish(
+    command: list[str],
+    env: dict[str, str],
+    message: str,
+    checkout: Checkout,
+    bundle: Path,
+) -> str:
+    """Run the finishing script in a sandbox; its bundle goes to `bundle`, and the end
+    of what it said on stderr comes back. Everything is bounded (time, the bundle's
+    size, what is kept of stderr): the workspace is the agent's."""
+    with bundle.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            "-c",
+            FINISH_SCRIPT,
+            "finish",
+            message,
+            env={**env, **_FINISH_GIT_ENV},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=sink,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_limit_file_size,
+        )
+        assert process.stdin is not None and process.stderr is not None
+        said = bytearray()
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT):
+                process.stdin.write("".join(f"^{sha}\n" for sha in checkout.base).encode())
+                process.stdin.close()
+                while chunk := await process.stderr.read(65536):
+                    said = (said + chunk)[-_SAID_LIMIT:]
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    return said.decode(errors="replace")
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (BUNDLE_LIMIT, BUNDLE_LIMIT))
 
 
 def plan(work: AgentWork, *, own_branch: str, prefix: str = BRANCH_PREFIX) -> list[Push]:
@@ -176,7 +243,7 @@ async def collect(checkout: Checkout, *, bundle: Path, said: str, outbox: Path) 
     (outbox / "objects" / "info" / "alternates").write_text(f"{checkout.mirror_objects}\n")
     await git(
         "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-write-fetch-head",
-        str(bundle), "+refs/*:refs/agent/*", cwd=outbox,
+        str(bundle), "+refs/*:refs/agent/*", cwd=outbox, confined=True,
     )  # fmt: skip
     listing = await git(
         "for-each-ref", "--format=%(objectname) %(refname)", "refs/agent", cwd=outbox
@@ -222,43 +289,6 @@ async def push(
             pushed.append(Pushed(checkout.shown_url, branch, planned.sha, planned.source))
             break
     return pushed
-
-
-async def finish(
-    command: list[str],
-    env: dict[str, str],
-    message: str,
-    checkout: Checkout,
-    bundle: Path,
-) -> str:
-    """Run the finishing script in a sandbox; its bundle goes to `bundle`, and the end
-    of what it said on stderr comes back (bounded: the workspace is the agent's)."""
-    with bundle.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            "-c",
-            FINISH_SCRIPT,
-            "finish",
-            message,
-            env=env,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=sink,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert process.stdin is not None and process.stderr is not None
-        said = bytearray()
-        try:
-            async with asyncio.timeout(FINISH_TIMEOUT):
-                process.stdin.write("".join(f"^{sha}\n" for sha in checkout.base).encode())
-                process.stdin.close()
-                while chunk := await process.stderr.read(65536):
-                    said = (said + chunk)[-65536:]
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    return said.decode(errors="replace")
 
 
 def slug(text: str) -> str:

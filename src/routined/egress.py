@@ -1,19 +1,25 @@
-"""The sandbox's only way out: an HTTP proxy that lets through the hosts a run may reach.
+"""The sandbox's only way out: one proxy per run, and the agent's model API gateway.
 
 Each run gets its own proxy on a Unix socket that is mounted into its sandbox (a
-bridge inside turns it into 127.0.0.1:3128 for HTTP_PROXY). The sandbox has no
-other network, so this is a wall, not a convention. A refused request gets
-`403` with `x-deny-reason: host_not_allowed` and is reported to the run.
+bridge inside turns it into 127.0.0.1:3128). The sandbox has no other network,
+so this is a wall, not a convention. It serves three kinds of request:
 
-Both proxy forms are served: `CONNECT host:port` tunnels (HTTPS) and absolute-form
-requests (`POST http://host/…`), each connection carrying requests for the one
-host that was checked.
+- Plain requests to itself (`POST /v1/messages`): the model API gateway. They go
+  to the real model API with the real key added; the agent holds only a
+  placeholder, so a key it never had cannot leak through its work. Only the
+  endpoints Claude Code needs pass.
+- `CONNECT host:port` tunnels (HTTPS) and absolute-form requests
+  (`GET http://host/…`) to hosts on the run's allowlist, each connection
+  carrying requests for the one host that was checked.
+- Anything else gets `403` with an `x-deny-reason` header and is reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +34,12 @@ _CONNECT_TIMEOUT = 15.0
 _IDLE_TIMEOUT = 600.0
 _MAX_CONNECTIONS = 64
 _HOP_BY_HOP = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
+_CREDENTIALS = (b"x-api-key", b"authorization")
+# What Claude Code asks of the model API; the key is good for more, the agent is not.
+_GATEWAY_ENDPOINTS = re.compile(r"POST /v1/messages(/count_tokens)?(\?[^ ]*)?")
+# Inside the sandbox, the bridge serves this proxy at this port on loopback.
+PROXY_PORT = 3128
+_GATEWAY_AUTHORITIES = (("127.0.0.1", PROXY_PORT), ("localhost", PROXY_PORT))
 
 
 @dataclass(frozen=True)
@@ -54,20 +66,45 @@ class HostRule:
 
 @dataclass(frozen=True)
 class EgressPolicy:
-    rules: tuple[HostRule, ...]
+    rules: tuple[HostRule, ...] = ()
 
     def allows(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]")
         return any(rule.matches(host, port) for rule in self.rules)
 
-    @classmethod
-    def model_api_only(cls, base_url: str) -> EgressPolicy:
-        """Only the model API: the host (and port) of ANTHROPIC_BASE_URL."""
-        parts = urlsplit(base_url)
-        if not parts.hostname:
-            raise ValueError(f"ANTHROPIC_BASE_URL {base_url!r} has no host")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls((HostRule(parts.hostname.lower(), port),))
+
+@dataclass(frozen=True)
+class ModelGateway:
+    """Where the agent's model requests really go, and the key they carry there."""
+
+    base_url: str
+    api_key: str
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"ANTHROPIC_BASE_URL {self.base_url!r} is not an http(s) URL")
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        return _authority(self.host, self.port, 443 if self.tls else 80)
+
+    @property
+    def path_prefix(self) -> str:
+        return urlsplit(self.base_url).path.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -76,13 +113,20 @@ class EgressDecision:
     port: int
     allowed: bool
     method: str
+    reason: str = "host_not_allowed"
 
 
 class EgressProxy:
     """One run's proxy. `on_decision` hears about every request it allows or refuses."""
 
-    def __init__(self, policy: EgressPolicy, on_decision: Callable[[EgressDecision], None]) -> None:
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        on_decision: Callable[[EgressDecision], None],
+        gateway: ModelGateway | None = None,
+    ) -> None:
         self.policy = policy
+        self.gateway = gateway
         self._on_decision = on_decision
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -117,6 +161,7 @@ class EgressProxy:
         except (
             ConnectionError,
             TimeoutError,
+            ssl.SSLError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
             asyncio.CancelledError,
@@ -133,6 +178,9 @@ class EgressProxy:
             method, target, version = request_line.decode("latin-1").split(" ")
         except ValueError:
             await _answer(writer, 400, "malformed request line")
+            return
+        if target.startswith("/"):
+            await self._gateway(reader, writer, method, target, version, header_block)
             return
         if method == "CONNECT":
             try:
@@ -153,6 +201,10 @@ class EgressProxy:
                 await _answer(writer, 400, "send absolute http:// URLs or CONNECT to this proxy")
                 return
             host, port = parts.hostname, explicit_port or 80
+            if (host, port) in _GATEWAY_AUTHORITIES:
+                path = parts._replace(scheme="", netloc="").geturl() or "/"
+                await self._gateway(reader, writer, method, path, version, header_block)
+                return
         allowed = self.policy.allows(host, port)
         self._on_decision(EgressDecision(host, port, allowed, method))
         if not allowed:
@@ -163,44 +215,99 @@ class EgressProxy:
                 deny_reason="host_not_allowed",
             )
             return
-        try:
-            upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection(host.strip("[]"), port), _CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            await _answer(writer, 502, f"cannot reach {host}:{port}: {exc}")
+        upstream = await _connect(writer, host, port, tls=False)
+        if upstream is None:
             return
         if method == "CONNECT":
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await writer.drain()
         else:
             path = urlsplit(target)._replace(scheme="", netloc="").geturl() or "/"
-            shown = f"[{host}]" if ":" in host else host
-            authority = shown if port == 80 else f"{shown}:{port}"
-            upstream_writer.write(
+            upstream[1].write(
                 f"{method} {path} {version}\r\n".encode("latin-1")
-                + _forwarded_headers(header_block, authority)
+                + _forwarded_headers(header_block, _authority(host, port, 80))
             )
-        activity = _Activity()
-        try:
-            await asyncio.gather(
-                _pump(reader, upstream_writer, activity), _pump(upstream_reader, writer, activity)
+        await _relay(reader, writer, *upstream)
+
+    async def _gateway(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        version: str,
+        header_block: bytes,
+    ) -> None:
+        """Forward a model API request to the real API, with the real key."""
+        gateway = self.gateway
+        if gateway is None or not _GATEWAY_ENDPOINTS.fullmatch(f"{method} {path}"):
+            self._on_decision(
+                EgressDecision("model-gateway", 0, False, f"{method} {path}", "path_not_allowed")
             )
-        finally:
-            upstream_writer.close()
+            await _answer(
+                writer,
+                403,
+                f"{method} {path} is not an endpoint the agent may call",
+                deny_reason="path_not_allowed",
+            )
+            return
+        upstream = await _connect(writer, gateway.host, gateway.port, tls=gateway.tls)
+        if upstream is None:
+            return
+        key = f"x-api-key: {gateway.api_key}".encode("latin-1")
+        upstream[1].write(
+            f"{method} {gateway.path_prefix}{path} {version}\r\n".encode("latin-1")
+            + _forwarded_headers(header_block, gateway.authority, extra=key)
+        )
+        await _relay(reader, writer, *upstream)
 
 
-def _forwarded_headers(header_block: bytes, authority: str) -> bytes:
+async def _connect(
+    writer: asyncio.StreamWriter, host: str, port: int, *, tls: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    try:
+        return await asyncio.wait_for(
+            asyncio.open_connection(
+                host.strip("[]"),
+                port,
+                ssl=ssl.create_default_context() if tls else None,
+                server_hostname=host.strip("[]") if tls else None,
+            ),
+            _CONNECT_TIMEOUT,
+        )
+    except (OSError, TimeoutError) as exc:
+        await _answer(writer, 502, f"cannot reach {host}:{port}: {exc}")
+        return None
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    upstream_reader: asyncio.StreamReader,
+    upstream_writer: asyncio.StreamWriter,
+) -> None:
+    activity = _Activity()
+    try:
+        await asyncio.gather(
+            _pump(reader, upstream_writer, activity), _pump(upstream_reader, writer, activity)
+        )
+    finally:
+        upstream_writer.close()
+
+
+def _forwarded_headers(header_block: bytes, authority: str, *, extra: bytes | None = None) -> bytes:
     # The Host header names the host that was checked, whatever the client sent:
     # a shared gateway must not route the request to a neighbour. One request per
-    # upstream connection, for the same reason.
+    # upstream connection, for the same reason. Credentials the client sent are
+    # dropped where routined supplies its own.
+    dropped = (*_HOP_BY_HOP, b"host", *(_CREDENTIALS if extra else ()))
     kept = [
         line
         for line in header_block.split(b"\r\n")
-        if line and line.split(b":", 1)[0].strip().lower() not in (*_HOP_BY_HOP, b"host")
+        if line and line.split(b":", 1)[0].strip().lower() not in dropped
     ]
     host = f"Host: {authority}".encode("latin-1")
-    return b"\r\n".join([host, *kept, b"Connection: close", b"", b""])
+    return b"\r\n".join([host, *kept, *([extra] if extra else []), b"Connection: close", b"", b""])
 
 
 class _Activity:
@@ -255,6 +362,11 @@ async def _answer(
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
     with contextlib.suppress(ConnectionError):
         await writer.drain()
+
+
+def _authority(host: str, port: int, default_port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port == default_port else f"{shown}:{port}"
 
 
 def _split_host_port(authority: str) -> tuple[str, int | None]:

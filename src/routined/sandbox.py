@@ -7,8 +7,9 @@ the objects the run's checkouts borrow from their mirrors. Everything else
 (other users' homes, routined's home, `/srv`, `/var`, `/tmp`) is simply not
 there. It has its own empty network namespace: its only way out is the run's
 egress proxy (`routined.egress`), reached through a Unix socket that a small
-bridge inside serves as 127.0.0.1:3128. Where the sandbox runtime's seccomp
-helper is installed, nothing inside can create Unix sockets.
+bridge inside serves as 127.0.0.1:3128. That proxy is also the agent's model
+API: the agent holds no real API key. Inside, no process has any capability
+and none can make a user namespace of its own.
 
 The Agent SDK starts Claude Code by running a file; routined writes one per run
 (`write_launcher`) that strips the environment down to what the agent may see
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-import platform
 import shlex
 import shutil
 import signal
@@ -30,9 +31,16 @@ from pathlib import Path
 
 import claude_agent_sdk
 
+from routined.egress import PROXY_PORT
+
+log = logging.getLogger(__name__)
+
 SOCKET_INSIDE = "/run/routined/egress.sock"
-PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
+# The agent's model API: the egress proxy answers plain requests itself and
+# forwards them to the real one, adding the key the agent never sees.
+MODEL_GATEWAY_URL = PROXY_URL
+GATEWAY_API_KEY = "sk-ant-routined-gateway-holds-the-real-key"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # What every sandbox shows, read-only: where software lives.
@@ -70,12 +78,9 @@ SDK_VARIABLES = (
     "CLAUDE_AGENT_SDK_DERIVED_CLIENT_APP",
 )
 
-
 # bubblewrap's --die-with-parent ends the sandbox when bubblewrap ends; this ends
 # bubblewrap when routined does, even if routined is killed outright.
-_DIE_WITH_ROUTINED = (
-    "/usr/bin/setpriv --pdeathsig KILL -- " if Path("/usr/bin/setpriv").exists() else ""
-)
+_SETPRIV = Path("/usr/bin/setpriv")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -92,7 +97,6 @@ class Layout:
     read_only_inside: tuple[Path, ...]
     masked: tuple[Path, ...]
     egress_socket: Path | None
-    seccomp_helper: Path | None
     system_roots: tuple[str, ...] = SYSTEM_ROOTS
 
 
@@ -104,14 +108,14 @@ def run_layout(
     readable: Iterable[Path],
     masked: Iterable[Path],
     egress_socket: Path | None,
-    seccomp_helper: Path | None,
 ) -> Layout:
-    """A run's sandbox: its folders under `run_dir` are all it may change.
+    """The agent's sandbox: its folders under `run_dir` are all it may change.
 
     `readable` are shown read-only (the agent's binary, borrowed objects);
     `masked` are hidden even where a system folder would show them (secret
     files, routined's home); `protected` are made read-only inside the
-    writable folders (git metadata that would run code).
+    writable folders (git metadata that would run code). Every path given
+    here must be routined's own: bubblewrap follows links in them.
     """
     return Layout(
         cwd=cwd,
@@ -120,22 +124,43 @@ def run_layout(
         read_only_inside=tuple(path for path in protected if path.exists()),
         masked=tuple(masked),
         egress_socket=egress_socket,
-        seccomp_helper=seccomp_helper,
+    )
+
+
+def finishing_layout(
+    *, run_dir: Path, cwd: Path, readable: Iterable[Path], masked: Iterable[Path]
+) -> Layout:
+    """The sandbox that packs the agent's work: the workspace only, and no network.
+
+    Nothing is mounted from inside the workspace: after the agent, any path
+    there may be a link the agent planted to a folder the sandbox hides.
+    """
+    return Layout(
+        cwd=cwd,
+        writable=(run_dir / "workspace",),
+        readable=tuple(readable),
+        read_only_inside=(),
+        masked=tuple(masked),
+        egress_socket=None,
     )
 
 
 def bwrap_command(layout: Layout, program: Path) -> list[str]:
-    """The bubblewrap command line that runs `program` (arguments follow) in the sandbox."""
+    """The command line that runs `program` (arguments follow) in the sandbox.
+
+    It dies with the process that starts it.
+    """
     args = [
         "bwrap",
         "--die-with-parent",
         "--new-session",
         "--unshare-all",
         # Root would otherwise keep the host's user namespace; an own one is what
-        # makes the capability drop below real.
+        # makes the capability drop below real, and no further one may be made.
         "--unshare-user",
+        "--disable-userns",
     ]
-    args += ["--dev", "/dev", "--proc", "/proc", "--ro-bind-try", "/sys", "/sys"]
+    args += ["--dev", "/dev", "--proc", "/proc"]
     args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]  # noqa: S108 - private
     for root in layout.system_roots:
         path = Path(root)
@@ -154,38 +179,27 @@ def bwrap_command(layout: Layout, program: Path) -> list[str]:
     for path in layout.masked:
         if path.exists() and not path.is_dir():
             args += ["--ro-bind", "/dev/null", str(path)]
-    helper = (layout.seccomp_helper,) if layout.seccomp_helper is not None else ()
-    for path in dict.fromkeys((*layout.readable, *helper)):
+    for path in dict.fromkeys(layout.readable):
         args += ["--ro-bind", str(path), str(path)]
     for path in layout.writable:
         args += ["--bind", str(path), str(path)]
     for path in layout.read_only_inside:
         args += ["--ro-bind", str(path), str(path)]
     command = [str(program)]
-    if layout.seccomp_helper is not None:
-        # The helper maps root in a nested user namespace, which needs this one
-        # capability; it drops everything before it runs the program.
-        command = [str(layout.seccomp_helper), *command]
     if layout.egress_socket is not None:
         args += ["--bind", str(layout.egress_socket), SOCKET_INSIDE]
         command = ["/bin/bash", "-c", _BRIDGE, "routined-sandbox", *command]
     for name in emptied:
         args += ["--remount-ro", name]
-    args += ["--remount-ro", "/", "--cap-drop", "ALL"]
-    if layout.seccomp_helper is not None:
-        args += ["--cap-add", "CAP_SETFCAP"]
-    args += ["--chdir", str(layout.cwd), "--", *command]
-    return args
+    args += ["--remount-ro", "/", "--cap-drop", "ALL", "--chdir", str(layout.cwd)]
+    return [*_dies_with_routined(), *args, "--", *command]
 
 
-def agent_environment(
-    *,
-    home: Path,
-    tmp: Path,
-    model_base_url: str,
-    model_api_key: str,
-    extra: dict[str, str],
-) -> dict[str, str]:
+def _dies_with_routined() -> list[str]:
+    return [str(_SETPRIV), "--pdeathsig", "KILL", "--"] if _SETPRIV.exists() else []
+
+
+def agent_environment(*, home: Path, tmp: Path, extra: dict[str, str]) -> dict[str, str]:
     """Everything the agent's process sees in its environment, and nothing else."""
     env = {
         "PATH": SYSTEM_PATH,
@@ -194,7 +208,8 @@ def agent_environment(
         "LANG": os.environ.get("LANG", "C.UTF-8"),
         "TERM": "dumb",
         "IS_SANDBOX": "1",
-        "ANTHROPIC_BASE_URL": model_base_url,
+        "ANTHROPIC_BASE_URL": MODEL_GATEWAY_URL,
+        "ANTHROPIC_API_KEY": GATEWAY_API_KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_AUTOUPDATER": "1",
@@ -202,9 +217,10 @@ def agent_environment(
         "HTTPS_PROXY": PROXY_URL,
         "http_proxy": PROXY_URL,
         "https_proxy": PROXY_URL,
+        # The gateway is reached directly, not through the proxy it is part of.
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
     }
-    if model_api_key:
-        env["ANTHROPIC_API_KEY"] = model_api_key
     # Certificate paths, for operators whose traffic passes a company proxy.
     for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "TZ"):
         if name in os.environ:
@@ -213,15 +229,12 @@ def agent_environment(
     return env
 
 
-def write_launcher(
-    path: Path, *, run_id: str, command: list[str], keep: Iterable[str], pid_file: Path
-) -> None:
+def write_launcher(path: Path, *, run_id: str, command: list[str], keep: Iterable[str]) -> None:
     """Write the file the Agent SDK runs as Claude Code; it holds no secret values.
 
-    It records its process id (bubblewrap's, after `exec`) so routined can stop
-    the sandbox itself; asks the kernel to kill it if routined dies; and removes
-    every variable not kept by name. Values never appear on a command line,
-    where other local users could read them.
+    It removes every variable not kept by name (values never appear on a
+    command line, where other local users could read them), then becomes the
+    sandbox.
     """
     names = " ".join(sorted({*keep, *SDK_VARIABLES}))
     path.write_text(
@@ -229,7 +242,6 @@ def write_launcher(
         f"# Written by routined for run {run_id}: the Agent SDK runs this file as\n"
         "# Claude Code. It keeps only the environment the agent may see, then\n"
         "# starts the agent inside the run's sandbox.\n"
-        f"echo $$ > {shlex.quote(str(pid_file))}\n"
         f"keep=' {names} '\n"
         "drop=()\n"
         "while IFS= read -r -d '' entry; do\n"
@@ -237,51 +249,92 @@ def write_launcher(
         '  case "$keep" in *" $name "*) continue ;; esac\n'
         '  drop+=(-u "$name")\n'
         "done < <(/usr/bin/env -0)\n"
-        f'exec {_DIE_WITH_ROUTINED}/usr/bin/env "${{drop[@]}}" {shlex.join(command)} "$@"\n'
+        f'exec /usr/bin/env "${{drop[@]}}" {shlex.join(command)} "$@"\n'
     )
     path.chmod(0o700)
 
 
-async def stop(pid_file: Path) -> None:
-    """Kill a sandbox started by a launcher of this process, and wait until it is gone.
+async def stop(marker: str) -> None:
+    """Kill every sandbox this process started whose command line holds `marker`
+    (a run's folder), with everything below it, and wait until all are gone.
 
-    The launcher's process becomes bubblewrap. Killing bubblewrap normally takes
-    the sandbox's whole process namespace down with it, but not if it is killed
-    in the instant before its child asked to die with it; so every process
-    below it is killed too, deepest first, until none is left.
+    Killing bubblewrap normally takes the sandbox's process namespace down with
+    it, but not if it is killed in the instant before its child asked to die with
+    it, nor before the launcher has become bubblewrap; so the whole tree goes.
     """
-    try:
-        pid = int(pid_file.read_text().strip())
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, ValueError):
-        return
-    # Only a child of this process: a process id reused by another is left alone.
-    if f"\nPPid:\t{os.getpid()}\n" not in status:
-        return
     for _ in range(500):
-        family = [*reversed(_descendants(pid)), pid]
+        roots = [pid for pid in _children(os.getpid()) if marker in _cmdline(pid)]
+        family = [member for root in roots for member in (root, *_descendants(root))]
         alive = [member for member in family if _running(member)]
         if not alive:
             return
-        for member in alive:
+        _kill_all(alive)
+        await asyncio.sleep(0.01)  # the kernel is tearing the namespaces down
+    log.warning("processes of %s survived SIGKILL for 5 s", marker)
+
+
+def reap_orphans(runs_dir: Path) -> list[int]:
+    """Kill sandboxes of runs under `runs_dir` whose starter is gone.
+
+    A sandbox dies with the routined process that started it, except if that
+    process died in the instant the sandbox was starting, before bubblewrap's
+    child asked to die with its parent. Such orphans are found by their command
+    line and ended here, when a worker starts and every so often after.
+    """
+    marker = f"{runs_dir}/"
+    parents = _processes()
+    orphans = [
+        pid
+        for pid, ppid in parents.items()
+        if ppid == 1
+        and marker in _cmdline(pid)
+        and _cmdline(pid).split(" ", 1)[0].endswith("bwrap")
+    ]
+    _kill_all([member for root in orphans for member in (root, *_descendants(root))])
+    return orphans
+
+
+def _kill_all(pids: list[int]) -> None:
+    """Freeze every process first, so none can react to another's death, then kill."""
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGKILL)
-        await asyncio.sleep(0.01)  # the kernel is tearing the namespace down
+                os.kill(pid, sig)
+
+
+def _processes() -> dict[int, int]:
+    """Every process id with its parent's."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _children(parent: int) -> list[int]:
+    return [pid for pid, ppid in _processes().items() if ppid == parent]
 
 
 def _descendants(root: int) -> list[int]:
     """Every process below `root`, parents before children."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for pid, ppid in _processes().items():
+        children.setdefault(ppid, []).append(pid)
     found, queue = [], [root]
     while queue:
         for child in children.get(queue.pop(0), []):
             found.append(child)
             queue.append(child)
     return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
 
 
 def _running(pid: int) -> bool:
@@ -304,24 +357,7 @@ def claude_binary(configured: Path | None) -> Path:
     return bundled
 
 
-def seccomp_helper(configured: Path | None) -> Path | None:
-    """The sandbox runtime's apply-seccomp for this machine, if installed."""
-    if configured is not None:
-        return configured
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
-        platform.machine().lower()
-    )
-    if arch is None:
-        return None
-    relative = Path("node_modules/@anthropic-ai/sandbox-runtime/vendor/seccomp") / arch
-    for root in (Path.cwd(), *Path(__file__).resolve().parents):
-        candidate = root / relative / "apply-seccomp"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-async def check_available(helper: Path | None) -> None:
+async def check_available() -> None:
     """Start an empty sandbox once, so a machine that cannot is reported plainly."""
     missing = [tool for tool in ("bwrap", "socat") if shutil.which(tool) is None]
     if missing:
@@ -330,13 +366,7 @@ async def check_available(helper: Path | None) -> None:
             "bubblewrap and socat (`make run` does)"
         )
     probe = Layout(
-        cwd=Path("/"),
-        writable=(),
-        readable=(),
-        read_only_inside=(),
-        masked=(),
-        egress_socket=None,
-        seccomp_helper=helper,
+        cwd=Path("/"), writable=(), readable=(), read_only_inside=(), masked=(), egress_socket=None
     )
     process = await asyncio.create_subprocess_exec(
         *bwrap_command(probe, Path("/bin/true")),
@@ -345,8 +375,10 @@ async def check_available(helper: Path | None) -> None:
     )
     _, stderr = await process.communicate()
     if process.returncode != 0:
-        raise SandboxUnavailable(
-            "bubblewrap cannot start a sandbox here: "
-            + (stderr.decode(errors="replace").strip() or f"exit {process.returncode}")
-            + " (user namespaces must be enabled)"
+        said = stderr.decode(errors="replace").strip() or f"exit {process.returncode}"
+        need = (
+            "bubblewrap 0.8 or newer"
+            if "disable-userns" in said
+            else "unprivileged user namespaces enabled"
         )
+        raise SandboxUnavailable(f"bubblewrap cannot start a sandbox here: {said} (needs {need})")

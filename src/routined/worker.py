@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from sqlalchemy import select
 from routined import agent, delivery, runs, sandbox, workspace
 from routined.config import SETTINGS, Settings
 from routined.db import Store
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy
+from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
 from routined.ids import short
 from routined.models import Repository, Routine, Run
 from routined.runs import Claim, RunStatus
@@ -217,6 +218,8 @@ class Worker:
             runs.heartbeat(session, claims, now=self.clock())
 
     def _end_lost_runs(self) -> None:
+        for pid in sandbox.reap_orphans(self.settings.runs_dir):
+            log.warning("killed sandbox %s, orphaned by a worker that died", pid)
         with self.store.transaction() as session:
             runs.end_lost(
                 session, now=self.clock(), lost_after=timedelta(seconds=self.settings.lost_after)
@@ -229,6 +232,7 @@ class Worker:
         recorder = Recorder(self.store, claim.run_id, self.clock)
         run_dir = self.settings.runs_dir / claim.run_id
         context: RunContext | None = None
+        delivered = False
         try:
             context = await asyncio.to_thread(self._load, claim.run_id)
             checkouts = await self._prepare(context, run_dir)
@@ -255,7 +259,7 @@ class Worker:
                 "the agent stopped: " + (failure or "it finished its session"),
             )
             pushed = await self._deliver(context, checkouts, run_dir, recorder)
-            await asyncio.to_thread(shutil.rmtree, run_dir / "workspace", True)
+            delivered = True
             branches = [p.as_dict() for p in pushed]
             summary = ", ".join(p.branch for p in pushed) or "no changes to deliver"
             if failure:
@@ -286,6 +290,11 @@ class Worker:
         finally:
             await recorder.flush()
             self._claims.pop(claim.run_id, None)
+            # The home keeps Claude Code's transcript; delivered work is on the
+            # origin; undelivered work stays for a person to look at.
+            await workspace.remove(run_dir / "tmp")
+            if delivered:
+                await workspace.remove(run_dir / "workspace")
             if standby and context is not None:
                 task = asyncio.create_task(self._prepare_standbys(context))
                 self._background.add(task)
@@ -337,7 +346,7 @@ class Worker:
         folder = self.settings.home / "standby" / context.routine_id
         for stale in folder.glob("*") if folder.is_dir() else ():
             if stale not in wanted:
-                await asyncio.to_thread(shutil.rmtree, stale, True)
+                await workspace.remove(stale)
         for number, url in enumerate(context.repositories):
             try:
                 mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
@@ -363,18 +372,13 @@ class Worker:
             raise RunFailure("agent_failed", "ANTHROPIC_API_KEY is not set for routined")
         try:
             claude = sandbox.claude_binary(settings.claude_path)
-        except sandbox.SandboxUnavailable as error:
+            gateway = ModelGateway(settings.anthropic_base_url, settings.anthropic_api_key.reveal())
+        except (sandbox.SandboxUnavailable, ValueError) as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
-        helper = sandbox.seccomp_helper(settings.seccomp_helper)
         env = sandbox.agent_environment(
-            home=run_dir / "home",
-            tmp=run_dir / "tmp",
-            model_base_url=settings.anthropic_base_url,
-            model_api_key=settings.anthropic_api_key.reveal(),
-            extra=self._author_env(),
+            home=run_dir / "home", tmp=run_dir / "tmp", extra=self._author_env()
         )
         launcher = run_dir / "private" / "launch-agent"
-        pid_file = run_dir / "private" / "agent.pid"
         denied: Counter[str] = Counter()
         stderr: list[str] = []
 
@@ -386,9 +390,10 @@ class Worker:
             if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
                 recorder.event_soon(
                     "egress.denied",
-                    f"blocked {decision.method} to {target}: host_not_allowed",
+                    f"blocked {decision.method} to {target}: {decision.reason}",
                     host=decision.host,
                     port=decision.port,
+                    deny_reason=decision.reason,
                 )
 
         def on_stderr(line: str) -> None:
@@ -398,18 +403,24 @@ class Worker:
         async def on_message(kind: str, data: dict[str, Any]) -> None:
             await recorder.event(kind, None, **data)
 
-        proxy = EgressProxy(EgressPolicy.model_api_only(settings.anthropic_base_url), on_decision)
+        proxy = EgressProxy(EgressPolicy(), on_decision, gateway)
         socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
         failure: str | None = None
         try:
             egress_socket = socket_dir / "egress.sock"
-            layout = self._layout(checkouts, run_dir, checkouts[0].path, egress_socket, helper)
+            layout = sandbox.run_layout(
+                run_dir=run_dir,
+                cwd=checkouts[0].path,
+                protected=[path for c in checkouts for path in workspace.protected_paths(c)],
+                readable=[claude, *self._borrowed(checkouts)],
+                masked=self._masked(),
+                egress_socket=egress_socket,
+            )
             sandbox.write_launcher(
                 launcher,
                 run_id=context.run_id,
                 command=sandbox.bwrap_command(layout, claude),
                 keep=env,
-                pid_file=pid_file,
             )
             await proxy.start(egress_socket)
             async with asyncio.timeout(settings.run_timeout):
@@ -433,16 +444,17 @@ class Worker:
             failure = outcome.error
             if outcome.agent_session_id:
                 await asyncio.to_thread(self._note_agent_session, claim, outcome)
-            self._learn_agent_seed(run_dir / "home" / ".claude.json")
         except TimeoutError:
             failure = f"timeout: stopped after {settings.run_timeout:g} s (ROUTINED_RUN_TIMEOUT)"
         except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
             said = " | ".join(stderr[-5:])
             failure = f"{type(error).__name__}: {error}" + (f" (stderr: {said})" if said else "")
         finally:
-            await sandbox.stop(pid_file)
+            await sandbox.stop(f"{run_dir}/")
             await proxy.close()
             shutil.rmtree(socket_dir, ignore_errors=True)
+        if failure is None:
+            await asyncio.to_thread(self._learn_agent_seed, run_dir / "home" / ".claude.json")
         if stderr:
             await recorder.event("agent.stderr", f"{len(stderr)} lines", lines=stderr)
         if denied:
@@ -467,17 +479,23 @@ class Worker:
             f"Work left uncommitted by routine {context.routine}\n\n"
             f"Routine-Session: {session_url}\n"
         )
-        helper = sandbox.seccomp_helper(self.settings.seccomp_helper)
+        # A home of its own (the sandbox's private /tmp): the agent's home may
+        # hold configuration planted for whatever runs after it.
         env = {
             "PATH": sandbox.SYSTEM_PATH,
-            "HOME": str(run_dir / "home"),
-            "TMPDIR": str(run_dir / "tmp"),
+            "HOME": "/tmp",  # noqa: S108 - the sandbox's own, empty
+            "TMPDIR": "/tmp",  # noqa: S108
             "LANG": "C.UTF-8",
             **self._author_env(),
         }
         pushed: list[delivery.Pushed] = []
         for number, checkout in enumerate(checkouts):
-            layout = self._layout(checkouts, run_dir, checkout.path, None, helper)
+            layout = sandbox.finishing_layout(
+                run_dir=run_dir,
+                cwd=checkout.path,
+                readable=self._borrowed(checkouts),
+                masked=self._masked(),
+            )
             try:
                 delivered = await delivery.deliver(
                     checkout,
@@ -501,24 +519,10 @@ class Worker:
             pushed += delivered
         return pushed
 
-    def _layout(
-        self,
-        checkouts: list[workspace.Checkout],
-        run_dir: Path,
-        cwd: Path,
-        egress_socket: Path | None,
-        helper: Path | None,
-    ) -> sandbox.Layout:
-        claude = sandbox.claude_binary(self.settings.claude_path)
-        return sandbox.run_layout(
-            run_dir=run_dir,
-            cwd=cwd,
-            protected=[path for c in checkouts for path in workspace.protected_paths(c)],
-            readable=[claude, *dict.fromkeys(c.mirror_objects for c in checkouts)],
-            masked=self._masked(),
-            egress_socket=egress_socket,
-            seccomp_helper=helper,
-        )
+    @staticmethod
+    def _borrowed(checkouts: list[workspace.Checkout]) -> list[Path]:
+        """The mirrors' objects the checkouts read, each once."""
+        return list(dict.fromkeys(c.mirror_objects for c in checkouts))
 
     def _masked(self) -> list[Path]:
         """What a sandbox must not show even where a system folder would: routined's
@@ -539,19 +543,19 @@ class Worker:
 
     def _agent_seed(self) -> dict[str, Any]:
         try:
-            return agent.installation_config(json.loads(self._seed_file.read_text()))
+            return agent.seed_config(json.loads(self._seed_file.read_text()))
         except (OSError, ValueError):
-            return {}
+            return agent.seed_config({})
 
     def _learn_agent_seed(self, config_file: Path) -> None:
-        """Keep the installation part of a finished session's config for later runs."""
-        try:
-            learned = agent.installation_config(json.loads(config_file.read_text()))
-        except (OSError, ValueError):
-            return
-        if learned and learned != self._agent_seed():
+        """Keep what a finished session's Claude Code config says about migrations
+        done, for later runs' fresh homes. The file is the agent's: it is read
+        without following links, as a regular file of bounded size."""
+        learned = agent.installation_config(_read_small_file(config_file))
+        seed = self._agent_seed()
+        if learned and {**seed, **learned} != seed:
             partial = self._seed_file.with_suffix(".tmp")
-            partial.write_text(json.dumps(learned))
+            partial.write_text(json.dumps({**seed, **learned}))
             partial.replace(self._seed_file)
 
     def _author_env(self) -> dict[str, str]:
@@ -647,12 +651,27 @@ class Worker:
     async def _check_sandbox(self) -> None:
         # Once per worker: a machine that cannot sandbox fails every run the same way.
         if self._sandbox_checked is None:
-            helper = sandbox.seccomp_helper(self.settings.seccomp_helper)
-            self._sandbox_checked = asyncio.ensure_future(sandbox.check_available(helper))
+            self._sandbox_checked = asyncio.ensure_future(sandbox.check_available())
         try:
             await asyncio.shield(self._sandbox_checked)
         except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
+
+
+def _read_small_file(path: Path, limit: int = 65536) -> object:
+    """JSON from a file someone else controls: no links, no FIFOs, no giants."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return json.loads(os.read(descriptor, limit + 1)[:limit])
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(descriptor)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

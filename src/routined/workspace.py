@@ -23,12 +23,16 @@ import hashlib
 import json
 import os
 import re
+import resource
 import secrets
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+GIT_TIMEOUT = 900.0
+CONFINED_MEMORY = 4 * 1024**3
+CONFINED_CPU_SECONDS = 300
 
 _REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/:]+@[^/:]+:)", re.IGNORECASE)
 
@@ -70,19 +74,44 @@ async def git(
     env: dict[str, str] | None = None,
     stdin: bytes | None = None,
     secret: str | None = None,
+    time_limit: float = GIT_TIMEOUT,
+    confined: bool = False,
 ) -> str:
-    """Run git; on failure raise GitError with its words (`secret` blotted out)."""
+    """Run git; on failure raise GitError with its words.
+
+    `secret`, a URL with credentials, never appears on the command line (where
+    other local users could read it) nor in errors: git is given the URL
+    without them and told, through its environment, to use the one with them.
+    `confined` caps memory and CPU time, for git reading data the agent made.
+    """
+    extra = dict(env or {})
+    if secret:
+        shown = display_url(secret)
+        args = tuple(shown if arg == secret else arg for arg in args)
+        if shown != secret:
+            extra |= {
+                "GIT_CONFIG_COUNT": "1",
+                "GIT_CONFIG_KEY_0": f"url.{secret}.insteadOf",
+                "GIT_CONFIG_VALUE_0": shown,
+            }
     process = await asyncio.create_subprocess_exec(
         "git",
         *_SAFE,
         *args,
         cwd=cwd,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **(env or {})},
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **extra},
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_confine if confined else None,  # only resource limits: safe after fork
     )
-    stdout, stderr = await process.communicate(stdin)
+    try:
+        async with asyncio.timeout(time_limit):
+            stdout, stderr = await process.communicate(stdin)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise GitError(f"git {' '.join(args)} took longer than {time_limit:g} s") from None
     if process.returncode != 0:
         said = " ".join(
             part.decode(errors="replace").strip() for part in (stdout, stderr) if part.strip()
@@ -92,6 +121,13 @@ async def git(
             message = message.replace(secret, display_url(secret))
         raise GitError(message)
     return stdout.decode(errors="replace")
+
+
+def _confine() -> None:
+    """Limits for git working on what the agent made: a crafted pack cannot
+    take the host's memory or a core for ever."""
+    resource.setrlimit(resource.RLIMIT_AS, (CONFINED_MEMORY, CONFINED_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (CONFINED_CPU_SECONDS, CONFINED_CPU_SECONDS))
 
 
 def display_url(url: str) -> str:
@@ -213,6 +249,8 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
             return None
         destination.parent.mkdir(parents=True, exist_ok=True)
         (taken / "repo").rename(destination)
+        if not (destination / ".git" / "HEAD").is_file():
+            return None
         return Checkout(
             url=mirror.url,
             path=destination,
@@ -222,14 +260,17 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
         )
     except (OSError, ValueError, KeyError, GitError):
         return None
-    # What is left in `taken` (a stale checkout) goes when the next one is readied,
-    # not while this run waits.
+    finally:
+        # What is left (a stale checkout) is thrown away when the next one is
+        # readied, not while this run waits.
+        with contextlib.suppress(OSError):
+            taken.rename(standby / f"trash-{secrets.token_hex(4)}")
 
 
 async def prepare_standby(mirror: Mirror, standby: Path) -> None:
     """Make the checkout the next run will take, unless one is waiting already."""
-    for leftover in standby.glob("taken-*"):
-        await asyncio.to_thread(shutil.rmtree, leftover, True)
+    for leftover in standby.glob("trash-*"):
+        await remove(leftover)
     if (standby / "ready").exists():
         return
     standby.mkdir(parents=True, exist_ok=True)
@@ -247,7 +288,16 @@ async def prepare_standby(mirror: Mirror, standby: Path) -> None:
         with contextlib.suppress(OSError):  # another standby got there first
             building.rename(standby / "ready")
     finally:
-        await asyncio.to_thread(shutil.rmtree, building, True)
+        await remove(building)
+
+
+async def remove(path: Path) -> None:
+    """Delete a folder tree, however deep, without following links in it."""
+    process = await asyncio.create_subprocess_exec(
+        "rm", "-rf", "--one-file-system", "--", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await process.wait()
 
 
 def protected_paths(checkout: Checkout) -> list[Path]:
