@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -85,20 +84,3 @@ async def test_a_run_taken_by_another_worker_is_left_alone(
     assert await Worker(store, settings).run_claimed(run_id) is False
     with store.transaction() as session:
         assert session.scalar(select(Run.worker_id).where(Run.id == run_id)) == "elsewhere"
-
-
-def test_files_the_agent_controls_are_read_without_following_or_blocking(tmp_path: Path) -> None:
-    from routined.worker import _read_small_file
-
-    good = tmp_path / "good.json"
-    good.write_text('{"migrationVersion": 15}')
-    assert _read_small_file(good) == {"migrationVersion": 15}
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    assert _read_small_file(fifo) is None  # would block a plain read for ever
-    link = tmp_path / "link"
-    link.symlink_to(good)
-    assert _read_small_file(link) is None
-    huge = tmp_path / "huge.json"
-    huge.write_text('{"x": "' + "y" * 100_000 + '"}')
-    assert _read_small_file(huge) is None  # cut at the limit: not valid JSON

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import secrets
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -64,6 +66,48 @@ def seed_config(stored: object) -> dict[str, Any]:
         "firstStartVersion": __cli_version__,
         **installation_config(stored),
     }
+
+
+def seed_home(home: Path, seed_file: Path) -> None:
+    """Give a fresh home the seed of Claude Code's config (see `seed_config`)."""
+    try:
+        stored = json.loads(seed_file.read_text())
+    except (OSError, ValueError):
+        stored = {}
+    (home / ".claude.json").write_text(json.dumps(seed_config(stored)) + "\n")
+
+
+def learn_seed(home: Path, seed_file: Path) -> None:
+    """Keep the migration flags a finished session recorded in its home's config.
+
+    The file is the agent's: read without following links, as a regular file of
+    bounded size, so it can neither block nor point routined at another file.
+    """
+    learned = installation_config(_read_small_json(home / ".claude.json"))
+    try:
+        seed = seed_config(json.loads(seed_file.read_text()))
+    except (OSError, ValueError):
+        seed = seed_config({})
+    if learned and {**seed, **learned} != seed:
+        partial = seed_file.with_suffix(".tmp")
+        partial.write_text(json.dumps({**seed, **learned}))
+        partial.replace(seed_file)
+
+
+def _read_small_json(path: Path, limit: int = 65536) -> object:
+    """JSON from a file someone else controls: no links, no FIFOs, no giants."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        return json.loads(os.read(descriptor, limit + 1)[:limit])
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(descriptor)
 
 
 def build_prompt(routine_prompt: str, text: str | None, *, source: str) -> str:

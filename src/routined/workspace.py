@@ -109,9 +109,11 @@ async def git(
         async with asyncio.timeout(time_limit):
             stdout, stderr = await process.communicate(stdin)
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise GitError(f"git {' '.join(args)} took longer than {time_limit:g} s") from None
+    finally:
+        if process.returncode is None:  # timed out, or the caller was cancelled
+            process.kill()
+            await asyncio.shield(process.wait())
     if process.returncode != 0:
         said = " ".join(
             part.decode(errors="replace").strip() for part in (stdout, stderr) if part.strip()
@@ -297,7 +299,7 @@ async def remove(path: Path) -> None:
         "rm", "-rf", "--one-file-system", "--", str(path),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    await process.wait()
+    await asyncio.shield(process.wait())  # half a removal is worse than a late one
 
 
 def protected_paths(checkout: Checkout) -> list[Path]:

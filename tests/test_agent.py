@@ -1,7 +1,8 @@
-"""What the model is told: the task, and the fire's text as a labelled untrusted block."""
+"""The agent: what the model is told, and the seed of a fresh home."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from routined.agent import build_prompt, describe, system_prompt_addition
@@ -82,3 +83,20 @@ def test_a_seed_has_routined_s_identity_whatever_it_was_given() -> None:
     assert (kept["userID"], kept["migrationVersion"]) == (fresh["userID"], 15)
     forged = seed_config({"userID": "../../etc", "firstStartTime": "x" * 500})
     assert forged["userID"] != "../../etc" and forged["firstStartTime"] != "x" * 500
+
+
+def test_files_the_agent_controls_are_read_without_following_or_blocking(tmp_path: Path) -> None:
+    from routined.agent import _read_small_json
+
+    good = tmp_path / "good.json"
+    good.write_text('{"migrationVersion": 15}')
+    assert _read_small_json(good) == {"migrationVersion": 15}
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert _read_small_json(fifo) is None  # would block a plain read for ever
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    assert _read_small_json(link) is None
+    huge = tmp_path / "huge.json"
+    huge.write_text('{"x": "' + "y" * 100_000 + '"}')
+    assert _read_small_json(huge) is None  # cut at the limit: not valid JSON

@@ -1,0 +1,525 @@
+"""Executing one run: from its claim, through preparing, running and finishing, to its end.
+
+The `Executor` carries a claimed run through its stages: checkouts (from standby
+or cloned), the agent's session in its sandbox, delivery of the work. Every state
+change goes through `routined.runs` under the lease the claim returned; a run's
+own failures end it as failed with the reason, never as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from routined import agent, delivery, runs, sandbox, workspace
+from routined.config import SETTINGS, Settings
+from routined.db import Store
+from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
+from routined.ids import short
+from routined.models import Repository, Routine, Run
+from routined.runs import Claim, RunStatus
+
+Clock = Callable[[], datetime]
+log = logging.getLogger(__name__)
+
+_STDERR_LINES = 200
+_DENIALS_RECORDED = 50
+
+
+class RunFailure(Exception):
+    """Ends a run as failed with `code: message` as its error."""
+
+    def __init__(self, code: str, message: str, *, pushed: Sequence[delivery.Pushed] = ()):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.pushed = list(pushed)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    run_id: str
+    session_id: str
+    routine_id: str
+    routine: str
+    prompt: str
+    model: str | None
+    text: str | None
+    trigger_type: str
+    repositories: tuple[str, ...]
+
+    @property
+    def own_branch(self) -> str:
+        return f"{delivery.BRANCH_PREFIX}{delivery.slug(self.routine)}-{short(self.run_id)}"
+
+
+@dataclass
+class Recorder:
+    """Writes one run's events, each in its own short transaction, off the event loop."""
+
+    store: Store
+    run_id: str
+    clock: Clock
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
+        await asyncio.to_thread(self._write, kind, reason, data or None)
+
+    def event_soon(self, kind: str, reason: str | None = None, **data: Any) -> None:
+        """For callbacks that cannot wait; `flush` waits for these."""
+        task = asyncio.get_running_loop().create_task(self.event(kind, reason, **data))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    def _write(self, kind: str, reason: str | None, data: dict[str, Any] | None) -> None:
+        with self.store.transaction() as session:
+            runs.add_event(session, self.run_id, kind, now=self.clock(), reason=reason, data=data)
+
+
+class Executor:
+    """Runs claimed runs for one worker; readies the next checkouts in the background."""
+
+    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+        self._sandbox_checked: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Stop background work (standby checkouts); they are only ever a head start."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def execute(self, claim: Claim, *, standby: bool = True) -> None:
+        """Carry a claimed run to its end; never raises for the run's own failures.
+
+        With `standby`, the checkouts the routine's next run will need are readied
+        afterwards, in the background.
+        """
+        recorder = Recorder(self.store, claim.run_id, self.clock)
+        run_dir = self.settings.runs_dir / claim.run_id
+        context: RunContext | None = None
+        delivered = False
+        try:
+            context = await asyncio.to_thread(self._load, claim.run_id)
+            checkouts = await self._prepare(context, run_dir)
+            cloned = [
+                (
+                    "git.clone",
+                    f"cloned {c.shown_url} ({c.default_branch})",
+                    {
+                        "repository": c.shown_url,
+                        "path": str(c.path),
+                        "default_branch": c.default_branch,
+                    },
+                )
+                for c in checkouts
+            ]
+            await self._move(
+                claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting", cloned
+            )
+            failure = await self._run_agent(context, claim, checkouts, run_dir, recorder)
+            await self._move(
+                claim,
+                RunStatus.RUNNING,
+                RunStatus.FINISHING,
+                "the agent stopped: " + (failure or "it finished its session"),
+            )
+            pushed = await self._deliver(context, checkouts, run_dir, recorder)
+            delivered = True
+            branches = [p.as_dict() for p in pushed]
+            summary = ", ".join(p.branch for p in pushed) or "no changes to deliver"
+            if failure:
+                error = f"agent_failed: {failure}"
+                await self._move(
+                    claim,
+                    RunStatus.FINISHING,
+                    RunStatus.FAILED,
+                    f"{error} (delivered: {summary})",
+                    changes={"branches": branches, "error": error},
+                )
+            else:
+                await self._move(
+                    claim,
+                    RunStatus.FINISHING,
+                    RunStatus.SUCCEEDED,
+                    f"delivered: {summary}",
+                    changes={"branches": branches},
+                )
+        except asyncio.CancelledError:
+            await self._end_failed(claim, "interrupted: the worker was stopped")
+            raise
+        except RunFailure as failure:
+            await self._end_failed(claim, str(failure), failure.pushed)
+        except Exception as error:
+            log.exception("run %s failed unexpectedly", claim.run_id)
+            await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
+        finally:
+            await recorder.flush()
+            # The home keeps Claude Code's transcript; delivered work is on the
+            # origin; undelivered work stays for a person to look at.
+            await workspace.remove(run_dir / "tmp")
+            if delivered:
+                await workspace.remove(run_dir / "workspace")
+            if standby and context is not None:
+                task = asyncio.create_task(self._prepare_standbys(context))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
+        await self._check_sandbox()
+        for folder in ("workspace", "home", "tmp", "private"):
+            (run_dir / folder).mkdir(parents=True, exist_ok=True)
+        (run_dir / "private").chmod(0o700)
+        # A fresh home, with only the installation part of Claude Code's config
+        # (learned from an earlier run), so the session skips first-start work.
+        agent.seed_home(run_dir / "home", self._seed_file)
+        taken: set[str] = set()
+        destinations = [
+            run_dir / "workspace" / workspace.checkout_name(url, taken)
+            for url in context.repositories
+        ]
+        try:
+            return list(
+                await asyncio.gather(
+                    *(
+                        self._checkout(context, number, url, destination)
+                        for number, (url, destination) in enumerate(
+                            zip(context.repositories, destinations, strict=True)
+                        )
+                    )
+                )
+            )
+        except workspace.GitError as error:
+            raise RunFailure("clone_failed", str(error)) from error
+
+    async def _checkout(
+        self, context: RunContext, number: int, url: str, destination: Path
+    ) -> workspace.Checkout:
+        """The standby checkout if it is current, else a clone made now."""
+        mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
+        standby = self._standby(context, number, url)
+        ready = await workspace.take_standby(mirror, standby, destination)
+        return ready or await workspace.clone(mirror, destination)
+
+    def _standby(self, context: RunContext, number: int, url: str) -> Path:
+        key = hashlib.sha256(url.encode()).hexdigest()[:12]
+        return self.settings.home / "standby" / context.routine_id / f"{number}-{key}"
+
+    async def _prepare_standbys(self, context: RunContext) -> None:
+        """Ready the next run's checkouts, after this run, off its critical path."""
+        wanted = {self._standby(context, n, url) for n, url in enumerate(context.repositories)}
+        folder = self.settings.home / "standby" / context.routine_id
+        for stale in folder.glob("*") if folder.is_dir() else ():
+            if stale not in wanted:
+                await workspace.remove(stale)
+        for number, url in enumerate(context.repositories):
+            try:
+                mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
+                await workspace.prepare_standby(mirror, self._standby(context, number, url))
+            except (workspace.GitError, OSError):
+                log.warning("could not ready a standby checkout of %s", url, exc_info=True)
+
+    async def _run_agent(
+        self,
+        context: RunContext,
+        claim: Claim,
+        checkouts: list[workspace.Checkout],
+        run_dir: Path,
+        recorder: Recorder,
+    ) -> str | None:
+        """Run the session in its sandbox; return why it failed, or None.
+
+        However the session ends, its sandbox is gone before this returns: nothing
+        the agent started can touch the workspace while its work is delivered.
+        """
+        settings = self.settings
+        if not settings.anthropic_api_key:
+            raise RunFailure("agent_failed", "ANTHROPIC_API_KEY is not set for routined")
+        try:
+            claude = sandbox.claude_binary(settings.claude_path)
+            gateway = ModelGateway(settings.anthropic_base_url, settings.anthropic_api_key.reveal())
+        except (sandbox.SandboxUnavailable, ValueError) as error:
+            raise RunFailure("sandbox_unavailable", str(error)) from error
+        env = sandbox.agent_environment(
+            home=run_dir / "home", tmp=run_dir / "tmp", extra=self._author_env()
+        )
+        launcher = run_dir / "private" / "launch-agent"
+        denied: Counter[str] = Counter()
+        stderr: list[str] = []
+
+        def on_decision(decision: EgressDecision) -> None:
+            if decision.allowed:
+                return
+            target = f"{decision.host}:{decision.port}"
+            denied[target] += 1
+            if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
+                recorder.event_soon(
+                    "egress.denied",
+                    f"blocked {decision.method} to {target}: {decision.reason}",
+                    host=decision.host,
+                    port=decision.port,
+                    deny_reason=decision.reason,
+                )
+
+        def on_stderr(line: str) -> None:
+            if len(stderr) < _STDERR_LINES:
+                stderr.append(line.rstrip())
+
+        async def on_message(kind: str, data: dict[str, Any]) -> None:
+            await recorder.event(kind, None, **data)
+
+        proxy = EgressProxy(EgressPolicy(), on_decision, gateway)
+        socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
+        failure: str | None = None
+        try:
+            egress_socket = socket_dir / "egress.sock"
+            layout = sandbox.run_layout(
+                run_dir=run_dir,
+                cwd=checkouts[0].path,
+                protected=[path for c in checkouts for path in workspace.protected_paths(c)],
+                readable=[claude, *self._borrowed(checkouts)],
+                masked=self._masked(),
+                egress_socket=egress_socket,
+            )
+            sandbox.write_launcher(
+                launcher,
+                run_id=context.run_id,
+                command=sandbox.bwrap_command(layout, claude),
+                keep=env,
+            )
+            await proxy.start(egress_socket)
+            async with asyncio.timeout(settings.run_timeout):
+                outcome = await agent.run_session(
+                    prompt=agent.build_prompt(
+                        context.prompt, context.text, source=context.trigger_type
+                    ),
+                    system_addition=agent.system_prompt_addition(
+                        routine=context.routine,
+                        own_branch=context.own_branch,
+                        repositories=[c.path for c in checkouts],
+                    ),
+                    model=context.model,
+                    launcher=launcher,
+                    cwd=checkouts[0].path,
+                    add_dirs=[c.path for c in checkouts[1:]],
+                    env=env,
+                    on_message=on_message,
+                    on_stderr=on_stderr,
+                )
+            failure = outcome.error
+            if outcome.agent_session_id:
+                await asyncio.to_thread(self._note_agent_session, claim, outcome)
+        except TimeoutError:
+            failure = f"timeout: stopped after {settings.run_timeout:g} s (ROUTINED_RUN_TIMEOUT)"
+        except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
+            said = " | ".join(stderr[-5:])
+            failure = f"{type(error).__name__}: {error}" + (f" (stderr: {said})" if said else "")
+        finally:
+            await sandbox.stop(f"{run_dir}/")
+            await proxy.close()
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        if failure is None:
+            await asyncio.to_thread(agent.learn_seed, run_dir / "home", self._seed_file)
+        if stderr:
+            await recorder.event("agent.stderr", f"{len(stderr)} lines", lines=stderr)
+        if denied:
+            await recorder.flush()
+            total = sum(denied.values())
+            await recorder.event(
+                "egress.summary",
+                f"{total} requests blocked to {len(denied)} hosts",
+                blocked=dict(denied.most_common(_DENIALS_RECORDED)),
+            )
+        return failure
+
+    async def _deliver(
+        self,
+        context: RunContext,
+        checkouts: list[workspace.Checkout],
+        run_dir: Path,
+        recorder: Recorder,
+    ) -> list[delivery.Pushed]:
+        session_url = f"{self.settings.public_url}/sessions/{context.session_id}"
+        message = (
+            f"Work left uncommitted by routine {context.routine}\n\n"
+            f"Routine-Session: {session_url}\n"
+        )
+        # A home of its own (the sandbox's private /tmp): the agent's home may
+        # hold configuration planted for whatever runs after it.
+        env = {
+            "PATH": sandbox.SYSTEM_PATH,
+            "HOME": "/tmp",  # noqa: S108 - the sandbox's own, empty
+            "TMPDIR": "/tmp",  # noqa: S108
+            "LANG": "C.UTF-8",
+            **self._author_env(),
+        }
+        pushed: list[delivery.Pushed] = []
+        for number, checkout in enumerate(checkouts):
+            layout = sandbox.finishing_layout(
+                run_dir=run_dir,
+                cwd=checkout.path,
+                readable=self._borrowed(checkouts),
+                masked=self._masked(),
+            )
+            try:
+                delivered = await delivery.deliver(
+                    checkout,
+                    sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
+                    env=env,
+                    message=message,
+                    scratch=run_dir / "private" / f"delivery-{number}",
+                    own_branch=context.own_branch,
+                    suffix=short(context.run_id),
+                )
+            except (workspace.GitError, TimeoutError) as error:
+                raise RunFailure(
+                    "delivery_failed", str(error) or "timed out", pushed=pushed
+                ) from error
+            if not delivered:
+                await recorder.event("git.push", f"nothing new to push to {checkout.shown_url}")
+            for item in delivered:
+                await recorder.event(
+                    "git.push", f"pushed {item.branch} ({item.source})", **item.as_dict()
+                )
+            pushed += delivered
+        return pushed
+
+    @staticmethod
+    def _borrowed(checkouts: list[workspace.Checkout]) -> list[Path]:
+        """The mirrors' objects the checkouts read, each once."""
+        return list(dict.fromkeys(c.mirror_objects for c in checkouts))
+
+    def _masked(self) -> list[Path]:
+        """What a sandbox must not show even where a system folder would: routined's
+        home, the service user's home, secret files and the store's file."""
+        masked = [self.settings.home, Path.home()]
+        for setting in SETTINGS:
+            named = os.environ.get(setting.name + "_FILE") if setting.secret else None
+            if named:
+                masked.append(Path(named).absolute())
+        database = self.store.url.database
+        if self.store.is_sqlite and database and database != ":memory:":
+            masked.append(Path(database).absolute().parent)
+        return [path for path in masked if path != Path("/")]
+
+    @property
+    def _seed_file(self) -> Path:
+        return self.settings.home / "agent-seed.json"
+
+    def _author_env(self) -> dict[str, str]:
+        name, email = self.settings.git_author_name, self.settings.git_author_email
+        return {
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
+        }
+
+    # -- store helpers ----------------------------------------------------
+
+    def _load(self, run_id: str) -> RunContext:
+        with self.store.transaction() as session:
+            run = session.get(Run, run_id)
+            if run is None:
+                raise RunFailure("internal_error", f"run {run_id} disappeared")
+            routine = session.get(Routine, run.routine_id)
+            if routine is None:
+                raise RunFailure("internal_error", f"routine of run {run_id} disappeared")
+            urls = session.scalars(
+                select(Repository.url)
+                .where(Repository.routine_id == routine.id)
+                .order_by(Repository.position)
+            ).all()
+            return RunContext(
+                run_id=run.id,
+                session_id=run.session_id,
+                routine_id=routine.id,
+                routine=routine.name,
+                prompt=routine.prompt,
+                model=run.model,
+                text=run.text,
+                trigger_type=run.trigger_type,
+                repositories=tuple(urls),
+            )
+
+    async def _move(
+        self,
+        claim: Claim,
+        expected: RunStatus,
+        to: RunStatus,
+        reason: str,
+        events: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        *,
+        changes: dict[str, Any] | None = None,
+    ) -> None:
+        """Make the move, with any events that led to it, in one transaction."""
+
+        def write() -> None:
+            with self.store.transaction() as session:
+                now = self.clock()
+                for kind, why, data in events:
+                    runs.add_event(session, claim.run_id, kind, now=now, reason=why, data=data)
+                runs.transition(
+                    session,
+                    claim.run_id,
+                    expected,
+                    to,
+                    now=now,
+                    reason=reason,
+                    lease=claim.lease,
+                    changes=changes,
+                )
+
+        await asyncio.to_thread(write)
+
+    async def _end_failed(
+        self, claim: Claim, error: str, pushed: Sequence[delivery.Pushed] = ()
+    ) -> None:
+        def write() -> None:
+            with self.store.transaction() as session:
+                if runs.fail(session, claim, now=self.clock(), error=error) and pushed:
+                    run = session.get(Run, claim.run_id)
+                    if run is not None:
+                        run.branches = [p.as_dict() for p in pushed]
+
+        try:
+            await asyncio.shield(asyncio.to_thread(write))
+        except Exception:
+            # The store is unreachable: the lost-run sweep will end it later.
+            log.exception("could not record the failure of run %s", claim.run_id)
+
+    def _note_agent_session(self, claim: Claim, outcome: agent.SessionOutcome) -> None:
+        with self.store.transaction() as session:
+            run = session.get(Run, claim.run_id)
+            if run is not None and run.lease == claim.lease:
+                run.agent_session_id = outcome.agent_session_id
+                if outcome.result is not None:
+                    run.cost_usd = outcome.result.total_cost_usd
+
+    async def _check_sandbox(self) -> None:
+        # Once per worker: a machine that cannot sandbox fails every run the same way.
+        if self._sandbox_checked is None:
+            self._sandbox_checked = asyncio.ensure_future(sandbox.check_available())
+        try:
+            await asyncio.shield(self._sandbox_checked)
+        except sandbox.SandboxUnavailable as error:
+            raise RunFailure("sandbox_unavailable", str(error)) from error
