@@ -43,9 +43,7 @@ class RunFailure(Exception):
 
     def __init__(self, code: str, message: str, *, pushed: Sequence[delivery.Pushed] = ()):
         super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.pushed = list(pushed)
+        self.pushed = list(pushed)  # branches delivered before the failure
 
 
 @dataclass(frozen=True)
@@ -189,8 +187,8 @@ class Executor:
         for folder in ("workspace", "home", "tmp", "private"):
             (run_dir / folder).mkdir(parents=True, exist_ok=True)
         (run_dir / "private").chmod(0o700)
-        # A fresh home, with only the installation part of Claude Code's config
-        # (learned from an earlier run), so the session skips first-start work.
+        # A fresh home, with only a seed of Claude Code's config, so the session
+        # skips first-start work.
         agent.seed_home(run_dir / "home", self._seed_file)
         taken: set[str] = set()
         destinations = [
