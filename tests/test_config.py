@@ -42,6 +42,10 @@ def test_secrets_hide_themselves_and_can_come_from_files(tmp_path: Path) -> None
         ({"ROUTINED_PORT": "eighty"}, "ROUTINED_PORT: 'eighty' is not a number"),
         ({"ROUTINED_WORKERS": "0"}, "ROUTINED_WORKERS: must be at least 1"),
         ({"ANTHROPIC_API_KEY_FILE": "/nonexistent/key"}, "ANTHROPIC_API_KEY_FILE: cannot read"),
+        (
+            {"ANTHROPIC_BASE_URL": "api.anthropic.com"},
+            "ANTHROPIC_BASE_URL: 'api.anthropic.com' is not an http",
+        ),
     ],
 )
 def test_bad_values_name_the_setting(env: dict[str, str], says: str) -> None:

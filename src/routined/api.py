@@ -17,7 +17,6 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from routined import runs, tokens
@@ -116,7 +115,7 @@ def create_app(
         return {
             "type": "routine_fire",
             "claude_code_session_id": session_id,
-            "claude_code_session_url": f"{settings.public_url}/sessions/{session_id}",
+            "claude_code_session_url": runs.session_url(settings.public_url, session_id),
         }
 
     @app.get("/sessions/{session_id}")
@@ -154,16 +153,16 @@ def _bearer_token(request: Request) -> str:
 
 
 async def _body(request: Request) -> bytes:
+    """The body, refused as soon as it is known to be too big (declared or sent)."""
+    too_big = ApiError(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
-        raise ApiError(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
+        raise too_big
     received = bytearray()
     async for chunk in request.stream():
         received += chunk
         if len(received) > MAX_BODY:
-            raise ApiError(
-                413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters"
-            )
+            raise too_big
     return bytes(received)
 
 
@@ -209,9 +208,7 @@ def _record_fire(store: Store, trigger_id: str, token: str, text: str | None, no
 
 def _session(store: Store, session_id: str, public_url: str) -> dict[str, Any] | None:
     with store.transaction() as session:
-        row = session.execute(
-            select(Run, Routine.name).join(Routine).where(Run.session_id == session_id)
-        ).first()
+        row = session.execute(runs.with_routine_name().where(Run.session_id == session_id)).first()
         if row is None:
             return None
         return runs.summary(row[0], row[1], public_url=public_url)

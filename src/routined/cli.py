@@ -232,7 +232,7 @@ def fire(
                 now=utcnow(),
                 reason="fired from the command line",
             )
-        url = f"{config.public_url}/sessions/{run.session_id}"
+        url = runs.session_url(config.public_url, run.session_id)
         if not wait:
             if as_json:
                 print_json({"run_id": run.id, "session_id": run.session_id, "session_url": url})
@@ -266,7 +266,7 @@ def runs_(
 ) -> None:
     """List runs, newest first."""
     with opened() as (config, store):
-        statement = select(Run, Routine.name).join(Routine).order_by(Run.created_at.desc())
+        statement = runs.with_routine_name().order_by(Run.created_at.desc())
         if routine is not None:
             find_routine(store, routine)
             statement = statement.where(Routine.name == routine)
@@ -351,9 +351,7 @@ def _events_after(store: Store, run_id: str, seq: int) -> tuple[list[RunEvent], 
 
 def _run_summary(store: Store, config: Settings, run_id: str) -> dict[str, Any]:
     with store.transaction() as session:
-        run, name = session.execute(
-            select(Run, Routine.name).join(Routine).where(Run.id == run_id)
-        ).one()
+        run, name = session.execute(runs.with_routine_name().where(Run.id == run_id)).one()
         return runs.summary(run, name, public_url=config.public_url)
 
 

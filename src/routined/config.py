@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class Secret:
@@ -176,7 +177,7 @@ class Settings:
             claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
             git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
             git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
-            anthropic_base_url=(raw["ANTHROPIC_BASE_URL"] or "").rstrip("/"),
+            anthropic_base_url=_http_url("ANTHROPIC_BASE_URL", raw["ANTHROPIC_BASE_URL"] or ""),
             anthropic_api_key=Secret(raw["ANTHROPIC_API_KEY"] or ""),
         )
 
@@ -195,6 +196,15 @@ def listen_url(host: str, port: int) -> str:
     if ":" in shown:
         shown = f"[{shown}]"
     return f"http://{shown}:{port}"
+
+
+def _http_url(name: str, raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{name}: {raw!r} is not an http(s) URL such as https://api.anthropic.com"
+        )
+    return raw.rstrip("/")
 
 
 def _path(raw: str | None) -> Path | None:

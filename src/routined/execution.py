@@ -9,6 +9,7 @@ own failures end it as failed with the reason, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import os
@@ -230,8 +231,10 @@ class Executor:
             if stale not in wanted:
                 await workspace.remove(stale)
         for number, url in enumerate(context.repositories):
+            # The mirror as this run fetched it: the run that takes the checkout
+            # fetches anyway, and takes it only if nothing moved.
+            mirror = workspace.mirror_of(url, self.settings.home / "mirrors")
             try:
-                mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
                 await workspace.prepare_standby(mirror, self._standby(context, number, url))
             except (workspace.GitError, OSError):
                 log.warning("could not ready a standby checkout of %s", url, exc_info=True)
@@ -254,9 +257,9 @@ class Executor:
             raise RunFailure("agent_failed", "ANTHROPIC_API_KEY is not set for routined")
         try:
             claude = sandbox.claude_binary(settings.claude_path)
-            gateway = ModelGateway(settings.anthropic_base_url, settings.anthropic_api_key.reveal())
-        except (sandbox.SandboxUnavailable, ValueError) as error:
+        except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
+        gateway = ModelGateway(settings.anthropic_base_url, settings.anthropic_api_key.reveal())
         env = sandbox.agent_environment(
             home=run_dir / "home", tmp=run_dir / "tmp", extra=self._author_env()
         )
@@ -295,7 +298,7 @@ class Executor:
                 cwd=checkouts[0].path,
                 protected=[path for c in checkouts for path in workspace.protected_paths(c)],
                 readable=[claude, *self._borrowed(checkouts)],
-                masked=self._masked(),
+                masked=self._masked,
                 egress_socket=egress_socket,
             )
             sandbox.write_launcher(
@@ -356,7 +359,7 @@ class Executor:
         run_dir: Path,
         recorder: Recorder,
     ) -> list[delivery.Pushed]:
-        session_url = f"{self.settings.public_url}/sessions/{context.session_id}"
+        session_url = runs.session_url(self.settings.public_url, context.session_id)
         message = (
             f"Work left uncommitted by routine {context.routine}\n\n"
             f"Routine-Session: {session_url}\n"
@@ -376,7 +379,7 @@ class Executor:
                 run_dir=run_dir,
                 cwd=checkout.path,
                 readable=self._borrowed(checkouts),
-                masked=self._masked(),
+                masked=self._masked,
             )
             try:
                 delivered = await delivery.deliver(
@@ -406,6 +409,7 @@ class Executor:
         """The mirrors' objects the checkouts read, each once."""
         return list(dict.fromkeys(c.mirror_objects for c in checkouts))
 
+    @functools.cached_property
     def _masked(self) -> list[Path]:
         """What a sandbox must not show even where a system folder would: routined's
         home, the service user's home, secret files and the store's file."""

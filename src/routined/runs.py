@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from routined.ids import new_id
@@ -259,12 +259,21 @@ def end_lost(session: Session, *, now: datetime, lost_after: timedelta) -> list[
     return ended
 
 
+def session_url(public_url: str, session_id: str) -> str:
+    return f"{public_url}/sessions/{session_id}"
+
+
+def with_routine_name() -> Select[Run, str]:
+    """Runs with their routine's name, for `summary`."""
+    return select(Run, Routine.name).join(Routine)
+
+
 def summary(run: Run, routine_name: str, *, public_url: str) -> dict[str, Any]:
     """A run as `routined runs --json` and the session endpoint show it."""
     return {
         "id": run.id,
         "session_id": run.session_id,
-        "session_url": f"{public_url}/sessions/{run.session_id}",
+        "session_url": session_url(public_url, run.session_id),
         "routine": routine_name,
         "status": run.status,
         "trigger": run.trigger_type,

@@ -14,16 +14,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from routined import runs, sandbox
 from routined.config import Settings
 from routined.db import Store
-from routined.execution import Executor
+from routined.execution import Clock, Executor
 from routined.runs import Claim
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 

@@ -170,14 +170,23 @@ def checkout_name(url: str, taken: set[str]) -> str:
     return name
 
 
-async def sync_mirror(url: str, mirrors: Path) -> Mirror:
-    """The mirror of `url`, brought up to date with the origin."""
+def mirror_of(url: str, mirrors: Path) -> Mirror:
+    """The mirror of `url` as it stands, without asking the origin."""
     local = local_repository(url)
     if local is not None:
         return Mirror(url, local, local / "objects", None)
     shown = display_url(url)
     slug = re.sub(r"[^a-z0-9]+", "-", shown.lower().rsplit("/", 2)[-1])[-40:].strip("-")
     path = mirrors / f"{slug}-{hashlib.sha256(shown.encode()).hexdigest()[:12]}.git"
+    return Mirror(url, path, path / "objects", None)
+
+
+async def sync_mirror(url: str, mirrors: Path) -> Mirror:
+    """The mirror of `url`, brought up to date with the origin."""
+    mirror = mirror_of(url, mirrors)
+    if local_repository(url) is not None:
+        return mirror  # a local origin is its own mirror: always current
+    path = mirror.path
     async with _locked(path.with_suffix(".lock")):
         if not (path / "HEAD").exists():
             await git("init", "--quiet", "--bare", str(path))
@@ -190,7 +199,7 @@ async def sync_mirror(url: str, mirrors: Path) -> Mirror:
             cwd=path, secret=url,
         )  # fmt: skip
         await git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=path)
-    return Mirror(url, path, path / "objects", branch)
+    return Mirror(url, path, mirror.objects, branch)
 
 
 async def clone(mirror: Mirror, destination: Path) -> Checkout:
