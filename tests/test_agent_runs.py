@@ -338,3 +338,50 @@ def test_a_whole_run_on_postgresql(
         assert {"agent.assistant", "agent.result", "git.push"} <= set(kinds)
     finally:
         store.dispose()
+
+
+def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:cancel]"
+    fake_api.script(
+        marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
+    )
+    store = applied_store(settings, tmp_path, origin, f"Hang. {marker}")
+
+    async def scenario() -> Run:
+        since = time.time()
+        with store.transaction() as session:
+            routine = session.scalar(select(Routine))
+            assert routine is not None
+            run = runs.create(
+                session, routine, trigger_type="manual", trigger_id=None, text=None,
+                now=utcnow(), reason="test",
+            )  # fmt: skip
+        working = asyncio.create_task(Worker(store, settings).run_claimed(run.id))
+        # Its first model request means the session runs inside the sandbox.
+        arrived = await asyncio.to_thread(
+            fake_api.wait_for_request, marker, after=since, timeout=60
+        )
+        assert arrived is not None
+        with store.transaction() as session:
+            assert runs.cancel(session, run.id, now=utcnow(), reason="test: no longer wanted") == (
+                "requested"
+            )
+        async with asyncio.timeout(30):
+            assert await working
+        with store.transaction() as session:
+            ended = session.get(Run, run.id)
+            assert ended is not None
+            return ended
+
+    ended = asyncio.run(scenario())
+    assert ended.status == "cancelled"
+    assert ended.error == "cancelled: test: no longer wanted"
+    assert ended.branches == [] and branches(origin).keys() == {"main"}
+    kinds = [(e.kind, e.to_status) for e in stored_events(settings, ended.id)]
+    assert ("cancel.requested", None) in kinds and kinds[-1] == ("status", "cancelled")
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"{settings.runs_dir / ended.id}/"], capture_output=True, text=True
+    )
+    assert leftover.stdout == ""  # nothing of its sandbox survives

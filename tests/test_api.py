@@ -66,7 +66,7 @@ def api(store: Store, tmp_path: Path, origin: Path) -> Iterator[Fixture]:
         f"  - {{name: second, prompt: Go., repositories: [{{url: {origin}}}], triggers: [{{type: api}}]}}\n"
     )
     with store.transaction() as session:
-        routines.apply(session, routines.load(path), now=T0)
+        routines.apply(session, routines.load(path, now=T0), now=T0)
     with store.transaction() as session:
         from routined.models import Trigger
 
@@ -212,3 +212,26 @@ def test_an_oversized_body_is_413_and_records_nothing(api: Fixture) -> None:
     response = api.fire(raw=b'{"text": "' + b"x" * MAX_BODY + b'"}')
     assert_error(response, 413, "request_too_large", f"over {MAX_BODY} bytes")
     assert api.runs() == []
+
+
+def test_a_paused_routine_refuses_fires_and_records_why(api: Fixture) -> None:
+    from routined.models import Fire, Routine, Trigger
+
+    with api.store.transaction() as session:
+        routine = session.get_one(Trigger, api.trigger_id).routine
+        routine.paused_at = T0
+        name = routine.name
+    assert_error(
+        api.fire({"text": "hi"}), 400, "invalid_request_error", f"routine {name} is paused"
+    )
+    assert api.runs() == [] and api.woken == []
+    with api.store.transaction() as session:
+        [fire] = session.scalars(select(Fire))
+        assert (fire.trigger_id, fire.outcome, fire.run_id) == (api.trigger_id, "refused", None)
+        assert f"routined resume {name}" in fire.reason
+        session.get_one(Routine, fire.routine_id).paused_at = None
+    assert api.fire().status_code == 200
+    with api.store.transaction() as session:
+        assert [f.outcome for f in session.scalars(select(Fire).order_by(Fire.id))] == [
+            "refused", "fired",
+        ]  # fmt: skip

@@ -56,7 +56,7 @@ def test_apply_list_token_fire_runs(tmp_path: Path, origin: Path) -> None:
         "nightly", "queued", "manual", [],
     )  # fmt: skip
     logs = runner.invoke(app, ["logs", run["session_id"]])
-    assert "queued" in logs.output and "fired from the command line" in logs.output
+    assert "queued" in logs.output and "fired by hand" in logs.output
 
 
 def test_an_invalid_file_exits_non_zero_and_changes_nothing(tmp_path: Path, origin: Path) -> None:

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from routined import runs, tokens
+from routined import fires, runs, tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
@@ -194,16 +194,38 @@ def _record_fire(store: Store, trigger_id: str, token: str, text: str | None, no
             raise ApiError(401, "invalid token for this trigger")
         routine = session.get(Routine, trigger.routine_id)
         assert routine is not None
-        run = runs.create(
+        if routine.paused_at is None:
+            reason = f"fired over the API through trigger {trigger.id}"
+            run = runs.create(
+                session,
+                routine,
+                trigger_type="api",
+                trigger_id=trigger.id,
+                text=text,
+                now=now,
+                reason=reason,
+            )
+            outcome, run_id, session_id = fires.Outcome.FIRED, run.id, run.session_id
+        else:
+            reason = (
+                f"routine {routine.name} is paused; resume it (routined resume "
+                f"{routine.name}) to fire it"
+            )
+            outcome, run_id, session_id = fires.Outcome.REFUSED, None, None
+        # The refusal is recorded too: it answers "why did my call not run?".
+        fires.record(
             session,
-            routine,
-            trigger_type="api",
+            routine_id=routine.id,
             trigger_id=trigger.id,
-            text=text,
+            trigger_type="api",
+            outcome=outcome,
+            reason=reason,
             now=now,
-            reason=f"fired over the API through trigger {trigger.id}",
+            run_id=run_id,
         )
-        return run.session_id
+    if session_id is None:
+        raise ApiError(400, reason)
+    return session_id
 
 
 def _session(store: Store, session_id: str, public_url: str) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class Secret:
@@ -68,7 +69,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ROUTINED_POLL_INTERVAL",
         "1.0",
-        "Seconds between looks for queued runs recorded by other processes.",
+        "Most seconds before runs queued and schedules changed by other processes are seen.",
+    ),
+    Setting(
+        "ROUTINED_TIMEZONE",
+        "UTC",
+        "IANA time zone of schedule triggers that do not name one.",
+    ),
+    Setting(
+        "ROUTINED_MIN_SCHEDULE_INTERVAL",
+        "3600",
+        "Seconds a schedule must leave between two fires; `apply` refuses faster ones.",
+    ),
+    Setting(
+        "ROUTINED_SCHEDULE_GRACE",
+        "300",
+        "Seconds after its instant a scheduled fire still counts as on time; later "
+        "(after downtime) the routine's catch_up policy decides.",
     ),
     Setting(
         "ROUTINED_RUN_TIMEOUT",
@@ -140,6 +157,9 @@ class Settings:
     public_url: str
     workers: int
     poll_interval: float
+    timezone: str
+    min_schedule_interval: float
+    schedule_grace: float
     run_timeout: float
     heartbeat_interval: float
     lost_after: float
@@ -166,6 +186,16 @@ class Settings:
             workers=_number("ROUTINED_WORKERS", raw["ROUTINED_WORKERS"] or "", int, 1),
             poll_interval=_number(
                 "ROUTINED_POLL_INTERVAL", raw["ROUTINED_POLL_INTERVAL"] or "", float, 0.05
+            ),
+            timezone=_zone("ROUTINED_TIMEZONE", raw["ROUTINED_TIMEZONE"] or "UTC"),
+            min_schedule_interval=_number(
+                "ROUTINED_MIN_SCHEDULE_INTERVAL",
+                raw["ROUTINED_MIN_SCHEDULE_INTERVAL"] or "",
+                float,
+                60,
+            ),
+            schedule_grace=_number(
+                "ROUTINED_SCHEDULE_GRACE", raw["ROUTINED_SCHEDULE_GRACE"] or "", float, 1
             ),
             run_timeout=_number(
                 "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
@@ -205,6 +235,16 @@ def _http_url(name: str, raw: str) -> str:
             f"{name}: {raw!r} is not an http(s) URL such as https://api.anthropic.com"
         )
     return raw.rstrip("/")
+
+
+def _zone(name: str, raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{name}: {raw!r} is not an IANA time zone; use a name such as Europe/Berlin"
+        ) from None
+    return raw
 
 
 def _path(raw: str | None) -> Path | None:

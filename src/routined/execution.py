@@ -35,6 +35,8 @@ from routined.runs import Claim, RunStatus
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
+# The checkouts a run worked in, and why its agent failed (None: it did not).
+_Worked = tuple[list["workspace.Checkout"], str | None]
 _STDERR_LINES = 200
 _DENIALS_RECORDED = 50
 
@@ -100,6 +102,8 @@ class Executor:
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
         self._sandbox_checked: asyncio.Task[None] | None = None
+        self._cancellable: dict[str, asyncio.Task[_Worked]] = {}
+        self._cancel_reasons: dict[str, str] = {}
 
     async def close(self) -> None:
         """Stop background work (standby checkouts); they are only ever a head start."""
@@ -119,23 +123,14 @@ class Executor:
         delivered = False
         try:
             context = await asyncio.to_thread(self._load, claim.run_id)
-            checkouts = await self._prepare(context, run_dir)
-            cloned = [
-                (
-                    "git.clone",
-                    f"cloned {c.shown_url} ({c.default_branch})",
-                    {
-                        "repository": c.shown_url,
-                        "path": str(c.path),
-                        "default_branch": c.default_branch,
-                    },
-                )
-                for c in checkouts
-            ]
-            await self._move(
-                claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting", cloned
-            )
-            failure = await self._run_agent(context, claim, checkouts, run_dir, recorder)
+            # Until delivery starts, a cancel request stops the run: this part
+            # runs as a task of its own that `cancel` can cancel.
+            work = asyncio.create_task(self._prepare_and_run(context, claim, run_dir, recorder))
+            self._cancellable[claim.run_id] = work
+            try:
+                checkouts, failure = await work
+            finally:
+                self._cancellable.pop(claim.run_id, None)
             await self._move(
                 claim,
                 RunStatus.RUNNING,
@@ -164,14 +159,19 @@ class Executor:
                     changes={"branches": branches},
                 )
         except asyncio.CancelledError:
-            await self._end_failed(claim, "interrupted: the worker was stopped")
-            raise
+            reason = self._cancel_reasons.pop(claim.run_id, None)
+            current = asyncio.current_task()
+            if reason is None or (current is not None and current.cancelling()):
+                await self._end_failed(claim, "interrupted: the worker was stopped")
+                raise
+            await self._end_cancelled(claim, reason)
         except RunFailure as failure:
             await self._end_failed(claim, str(failure), failure.pushed)
         except Exception as error:
             log.exception("run %s failed unexpectedly", claim.run_id)
             await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
+            self._cancel_reasons.pop(claim.run_id, None)
             await recorder.flush()
             # The home keeps Claude Code's transcript; delivered work is on the
             # origin; undelivered work stays for a person to look at.
@@ -182,6 +182,37 @@ class Executor:
                 task = asyncio.create_task(self._prepare_standbys(context))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+
+    def cancel(self, run_id: str, reason: str) -> bool:
+        """Stop a run this executor is preparing or running; say whether it was."""
+        work = self._cancellable.get(run_id)
+        if work is None or work.done():
+            return False
+        self._cancel_reasons[run_id] = reason
+        work.cancel()
+        return True
+
+    async def _prepare_and_run(
+        self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
+    ) -> _Worked:
+        checkouts = await self._prepare(context, run_dir)
+        cloned = [
+            (
+                "git.clone",
+                f"cloned {c.shown_url} ({c.default_branch})",
+                {
+                    "repository": c.shown_url,
+                    "path": str(c.path),
+                    "default_branch": c.default_branch,
+                },
+            )
+            for c in checkouts
+        ]
+        await self._move(
+            claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting", cloned
+        )
+        failure = await self._run_agent(context, claim, checkouts, run_dir, recorder)
+        return checkouts, failure
 
     async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
         await self._check_sandbox()
@@ -508,6 +539,13 @@ class Executor:
         except Exception:
             # The store is unreachable: the lost-run sweep will end it later.
             log.exception("could not record the failure of run %s", claim.run_id)
+
+    async def _end_cancelled(self, claim: Claim, reason: str) -> None:
+        def write() -> None:
+            with self.store.transaction() as session:
+                runs.end_cancelled(session, claim, now=self.clock(), reason=reason)
+
+        await asyncio.shield(asyncio.to_thread(write))
 
     def _note_agent_session(self, claim: Claim, outcome: agent.SessionOutcome) -> None:
         with self.store.transaction() as session:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -67,6 +68,13 @@ class Routine(Base):
     model: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    paused_at: Mapped[datetime | None]
+    # What the schedule does after downtime and while a run is active; see
+    # `routined.fires.Policy`.
+    catch_up: Mapped[str] = mapped_column(String(10), default="latest", server_default="latest")
+    catch_up_window: Mapped[int] = mapped_column(default=604_800, server_default="604800")
+    overlap: Mapped[str] = mapped_column(String(20), default="skip", server_default="skip")
+    stagger: Mapped[int] = mapped_column(default=0, server_default="0")
 
     repositories: Mapped[list[Repository]] = relationship(
         back_populates="routine", order_by="Repository.position", cascade="all, delete-orphan"
@@ -98,6 +106,10 @@ class Trigger(Base):
     type: Mapped[str] = mapped_column(String(20))
     config: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    # Schedule triggers only: the next instant to decide, and when to decide it
+    # (the instant plus the routine's stagger). Both empty once a schedule is done.
+    next_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
 
     routine: Mapped[Routine] = relationship(back_populates="triggers")
 
@@ -141,6 +153,9 @@ class Run(Base):
     agent_session_id: Mapped[str | None] = mapped_column(String(64))
     cost_usd: Mapped[float | None]
     event_seq: Mapped[int] = mapped_column(default=0)
+    # A serial run starts only when no other run of its routine is active.
+    serial: Mapped[bool] = mapped_column(default=False, server_default=false())
+    cancel_requested_at: Mapped[datetime | None]
 
 
 class RunEvent(Base):
@@ -158,3 +173,28 @@ class RunEvent(Base):
     to_status: Mapped[str | None] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None]
+
+
+class Fire(Base):
+    """One decision about one firing of a trigger: fired, caught up, skipped, missed….
+
+    A scheduled slot is decided once: (trigger, scheduled instant) is unique, so
+    schedulers racing on one database cannot both fire it.
+    """
+
+    __tablename__ = "fires"
+    __table_args__ = (
+        UniqueConstraint("trigger_id", "scheduled_at"),
+        Index(None, "routine_id", "decided_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    routine_id: Mapped[str] = mapped_column(ForeignKey("routines.id", ondelete="CASCADE"))
+    # History outlives a trigger removed from the routine.
+    trigger_id: Mapped[str | None] = mapped_column(ForeignKey("triggers.id", ondelete="SET NULL"))
+    trigger_type: Mapped[str] = mapped_column(String(20))
+    scheduled_at: Mapped[datetime | None]
+    decided_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))

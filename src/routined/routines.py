@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,8 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Repository, Routine, Trigger
+from routined.schedule import (
+    Schedule,
+    ScheduleError,
+    check_interval,
+    format_duration,
+    parse,
+    parse_duration,
+    zone,
+)
+from routined.scheduler import arm, restagger
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -45,7 +56,71 @@ class ApiTriggerSpec(_Strict):
         return {}
 
 
-TriggerSpec = Annotated[ApiTriggerSpec, Field(discriminator="type")]
+class ScheduleTriggerSpec(_Strict):
+    """Exactly one of `schedule` (a preset), `cron` or `once`, read in `timezone`."""
+
+    type: Literal["schedule"]
+    schedule: str | None = None
+    cron: str | None = None
+    once: str | None = None
+    timezone: str | None = None
+
+    @field_validator("once", mode="before")
+    @classmethod
+    def _once_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-12-01T09:00:00 as a datetime, 2026-12-01 as a date.
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        return value
+
+    @field_validator("schedule", "cron", "once")
+    @classmethod
+    def _parses(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            prefix = "" if info.field_name == "schedule" else info.field_name
+            parse(f"{prefix} {value}", "UTC")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            zone(value)
+        return value
+
+    @property
+    def kind(self) -> str:
+        given = [name for name in ("schedule", "cron", "once") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of `schedule:` (such as 'weekdays at 09:00'), `cron:` or `once:`"
+            )
+        return given[0]
+
+    @property
+    def spec(self) -> str:
+        kind = self.kind
+        value = getattr(self, kind)
+        return value if kind == "schedule" else f"{kind} {value}"
+
+    def parsed(self) -> Schedule:
+        return parse(self.spec, self.timezone or "UTC")
+
+    def config(self) -> dict[str, Any]:
+        return {"spec": self.spec, "timezone": self.timezone or "UTC"}
+
+
+TriggerSpec = Annotated[ApiTriggerSpec | ScheduleTriggerSpec, Field(discriminator="type")]
+TRIGGER_TYPES = "api, schedule"
+
+
+def _seconds(value: Any, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("give a duration such as 90s, 15m, 2h or 7d")
+    seconds = int(parse_duration(value, what).total_seconds())
+    if seconds < minimum:
+        raise ValueError(f"must be at least {format_duration(timedelta(seconds=minimum))}")
+    return seconds
 
 
 class RoutineSpec(_Strict):
@@ -54,6 +129,20 @@ class RoutineSpec(_Strict):
     model: str | None = Field(default=None, min_length=1)
     repositories: list[RepositorySpec] = Field(min_length=1)
     triggers: list[TriggerSpec] = Field(default_factory=list)
+    catch_up: CatchUp = CatchUp.LATEST
+    catch_up_window: int = 604_800  # seconds; written as a duration such as 7d
+    overlap: Overlap = Overlap.SKIP
+    stagger: int = 0  # seconds; written as a duration such as 10m
+
+    @field_validator("catch_up_window", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> int:
+        return _seconds(value, "catch_up_window", 60)
+
+    @field_validator("stagger", mode="before")
+    @classmethod
+    def _stagger(cls, value: Any) -> int:
+        return _seconds(value, "stagger", 0)
 
     @field_validator("prompt")
     @classmethod
@@ -67,8 +156,19 @@ class RoutinesFile(_Strict):
     routines: list[RoutineSpec]
 
 
-def load(path: Path) -> RoutinesFile:
-    """Read and check a routines file; relative repository paths are taken from its folder."""
+def load(
+    path: Path,
+    *,
+    now: datetime,
+    timezone: str = "UTC",
+    min_interval: timedelta = timedelta(hours=1),
+) -> RoutinesFile:
+    """Read and check a routines file.
+
+    Relative repository paths are taken from the file's folder; schedule
+    triggers without a `timezone` get `timezone`, and may fire no more often
+    than `min_interval`.
+    """
     try:
         text = path.read_text()
     except OSError as exc:
@@ -86,7 +186,7 @@ def load(path: Path) -> RoutinesFile:
         spec = RoutinesFile.model_validate(document)
     except ValidationError as exc:
         raise SpecError(_describe(path, document, exc)) from exc
-    return _resolve_paths(path, spec)
+    return _check(path, spec, now=now, timezone=timezone, min_interval=min_interval)
 
 
 def _describe(path: Path, document: Any, exc: ValidationError) -> str:
@@ -98,9 +198,9 @@ def _describe(path: Path, document: Any, exc: ValidationError) -> str:
             tag = (error.get("ctx") or {}).get("tag")
             location += ".type"
             message = (
-                f"unknown trigger type {tag!r}; supported: api"
+                f"unknown trigger type {tag!r}; supported: {TRIGGER_TYPES}"
                 if error["type"] == "union_tag_invalid"
-                else "say which kind of trigger this is with `type:` (supported: api)"
+                else f"say which kind of trigger this is with `type:` (supported: {TRIGGER_TYPES})"
             )
         elif error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
@@ -125,21 +225,26 @@ def _location(document: Any, loc: tuple[int | str, ...]) -> str:
     """`routines[0] (docs-nightly).triggers[1].type` from pydantic's location tuple."""
     parts: list[str] = []
     node = document
+    tag_next = False
     for item in loc:
         if isinstance(item, int):
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
             node = node[item] if isinstance(node, list) and item < len(node) else None
             if len(parts) == 1 and isinstance(node, dict) and isinstance(node.get("name"), str):
                 parts[-1] += f" ({node['name']})"
-        elif item in ("api",):
-            continue  # the discriminator value pydantic adds; not a field of the file
+            tag_next = parts[-1].startswith("triggers[")
+        elif tag_next:
+            tag_next = False  # the trigger type pydantic adds; not a field of the file
         else:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, dict) else None
     return ".".join(parts)
 
 
-def _resolve_paths(path: Path, spec: RoutinesFile) -> RoutinesFile:
+def _check(
+    path: Path, spec: RoutinesFile, *, now: datetime, timezone: str, min_interval: timedelta
+) -> RoutinesFile:
+    """What one field alone cannot tell: names, paths, and what schedules compute to."""
     base = path.parent.absolute()
     seen: set[str] = set()
     routines = []
@@ -160,8 +265,36 @@ def _resolve_paths(path: Path, spec: RoutinesFile) -> RoutinesFile:
                     )
                 url = str(local)
             repositories.append(RepositorySpec(url=url))
-        routines.append(routine.model_copy(update={"repositories": repositories}))
+        triggers: list[ApiTriggerSpec | ScheduleTriggerSpec] = []
+        for number, trigger in enumerate(routine.triggers):
+            if isinstance(trigger, ScheduleTriggerSpec):
+                trigger = _check_schedule(
+                    f"{path}: {label}.triggers[{number}]", trigger, now, timezone, min_interval
+                )
+            triggers.append(trigger)
+        routines.append(
+            routine.model_copy(update={"repositories": repositories, "triggers": triggers})
+        )
     return RoutinesFile(routines=routines)
+
+
+def _check_schedule(
+    where: str,
+    trigger: ScheduleTriggerSpec,
+    now: datetime,
+    timezone: str,
+    min_interval: timedelta,
+) -> ScheduleTriggerSpec:
+    try:
+        kind = trigger.kind
+    except ValueError as error:
+        raise SpecError(f"{where}: {error}") from None
+    trigger = trigger.model_copy(update={"timezone": trigger.timezone or timezone})
+    try:
+        check_interval(trigger.parsed(), min_interval, start=now)
+    except ScheduleError as error:
+        raise SpecError(f"{where}.{kind}: {error}") from None
+    return trigger
 
 
 @dataclass
@@ -178,7 +311,11 @@ class Change:
 
 
 def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change]:
-    """Create or update each routine of the file by name; routines not in it stay."""
+    """Create or update each routine of the file by name; routines not in it stay.
+
+    A new or changed schedule trigger is armed at its first instant after `now`;
+    an unchanged one keeps its place (a `once` that ran stays done).
+    """
     names = [routine.name for routine in spec.routines]
     existing = {
         routine.name: routine
@@ -206,6 +343,7 @@ def _create(session: Session, wanted: RoutineSpec, now: datetime) -> Change:
         model=wanted.model,
         created_at=now,
         updated_at=now,
+        **_policy(wanted),
     )
     routine.repositories = [
         Repository(position=i, url=r.url) for i, r in enumerate(wanted.repositories)
@@ -214,10 +352,45 @@ def _create(session: Session, wanted: RoutineSpec, now: datetime) -> Change:
         Trigger(id=new_id("trig"), position=i, type=t.type, config=t.config(), created_at=now)
         for i, t in enumerate(wanted.triggers)
     ]
+    for number, trigger in enumerate(routine.triggers):
+        _arm(wanted, number, trigger, now)
     session.add(routine)
     details = [_count(len(routine.repositories), "repository", "repositories")]
-    details += [f"trigger {t.type} {t.id}" for t in routine.triggers]
+    details += [_describe_trigger(t) for t in routine.triggers]
     return Change(wanted.name, "created", details)
+
+
+def _policy(wanted: RoutineSpec) -> dict[str, Any]:
+    return {
+        "catch_up": wanted.catch_up.value,
+        "catch_up_window": wanted.catch_up_window,
+        "overlap": wanted.overlap.value,
+        "stagger": wanted.stagger,
+    }
+
+
+def _arm(wanted: RoutineSpec, number: int, trigger: Trigger, now: datetime) -> None:
+    """Point a new or changed schedule trigger at its first instant; refuse a past `once`."""
+    if trigger.type != "schedule":
+        return
+    arm(trigger, timedelta(seconds=wanted.stagger), now=now)
+    if trigger.next_at is None:
+        spec = trigger.config["spec"]
+        raise SpecError(
+            f"routines ({wanted.name}).triggers[{number}]: {spec!r} "
+            f"({trigger.config['timezone']}) is in the past; give a future time"
+        )
+
+
+def _describe_trigger(trigger: Trigger) -> str:
+    if trigger.type == "schedule" and trigger.next_at is not None:
+        where = zone(trigger.config["timezone"])
+        local = trigger.next_at.astimezone(where)
+        return (
+            f"trigger schedule {trigger.id} ({trigger.config['spec']}, next "
+            f"{local:%Y-%m-%d %H:%M} {where.key})"
+        )
+    return f"trigger {trigger.type} {trigger.id}"
 
 
 def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: datetime) -> Change:
@@ -234,7 +407,15 @@ def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: dateti
         session.flush()  # old positions must be gone before new rows reuse them
         routine.repositories.extend(Repository(position=i, url=u) for i, u in enumerate(urls))
         details.append("repositories " + ", ".join(urls))
+    policy = _policy(wanted)
+    for name, value in policy.items():
+        if getattr(routine, name) != value:
+            details.append(f"{name} {getattr(routine, name)} → {value}")
+            setattr(routine, name, value)
     details += _update_triggers(session, routine, wanted, now)
+    if "stagger" in policy and any(d.startswith("stagger") for d in details):
+        for trigger in routine.triggers:
+            restagger(trigger, timedelta(seconds=wanted.stagger))
     if details:
         routine.updated_at = now
     return Change(wanted.name, "updated" if details else "unchanged", details)
@@ -269,11 +450,13 @@ def _update_triggers(
         trigger.position = position
         if is_new:
             trigger.config = config
+            _arm(wanted, position, trigger, now)
             routine.triggers.append(trigger)
-            details.append(f"trigger {trigger.type} {trigger.id} added")
+            details.append(f"{_describe_trigger(trigger)} added")
         elif trigger.config != config:
             trigger.config = config
-            details.append(f"trigger {trigger.type} {trigger.id} changed")
+            _arm(wanted, position, trigger, now)
+            details.append(f"{_describe_trigger(trigger)} changed")
     return details
 
 

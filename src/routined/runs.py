@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
@@ -29,6 +29,8 @@ class RunStatus(enum.StrEnum):
 
 
 ACTIVE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.FINISHING})
+# Past these a run's work is being delivered; a cancel request no longer stops it.
+CANCELLABLE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING})
 TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
@@ -94,6 +96,7 @@ def create(
     text: str | None,
     now: datetime,
     reason: str,
+    serial: bool = False,
 ) -> Run:
     run = Run(
         id=new_id("run"),
@@ -106,6 +109,7 @@ def create(
         model=routine.model,
         created_at=now,
         branches=[],
+        serial=serial,
     )
     session.add(run)
     session.flush()
@@ -159,16 +163,26 @@ def claim(
 
     One statement picks and takes the run, so two workers can never both take it:
     on SQLite the UPDATE holds the write lock while its subquery picks; on
-    PostgreSQL the subquery skips rows another worker is taking.
+    PostgreSQL the subquery skips rows another worker is taking. A serial run
+    waits while another run of its routine is active.
     """
+    candidate, other = aliased(Run), aliased(Run)
+    routine_busy = (
+        select(other.id)
+        .where(other.routine_id == candidate.routine_id, other.status.in_(ACTIVE))
+        .exists()
+    )
     oldest = (
-        select(Run.id)
-        .where(Run.status == RunStatus.QUEUED)
-        .order_by(Run.created_at, Run.id)
+        select(candidate.id)
+        .where(
+            candidate.status == RunStatus.QUEUED,
+            or_(candidate.serial.is_(False), ~routine_busy),
+        )
+        .order_by(candidate.created_at, candidate.id)
         .limit(1)
     )
     if run_id is not None:
-        oldest = oldest.where(Run.id == run_id)
+        oldest = oldest.where(candidate.id == run_id)
     if session.get_bind().dialect.name == "postgresql":
         oldest = oldest.with_for_update(skip_locked=True)
     taken = session.execute(
@@ -215,6 +229,80 @@ def fail(session: Session, held: Claim, *, now: datetime, error: str) -> bool:
         changes={"error": error},
     )
     return True
+
+
+def end_cancelled(session: Session, held: Claim, *, now: datetime, reason: str) -> bool:
+    """End a run this worker holds as cancelled, if it has not reached delivery."""
+    status = session.scalar(
+        select(Run.status).where(Run.id == held.run_id, Run.lease == held.lease)
+    )
+    if status is None or RunStatus(status) not in CANCELLABLE:
+        return False
+    transition(
+        session,
+        held.run_id,
+        RunStatus(status),
+        RunStatus.CANCELLED,
+        now=now,
+        reason=reason,
+        lease=held.lease,
+        changes={"error": f"cancelled: {reason}"},
+    )
+    return True
+
+
+def cancel(session: Session, run_id: str, *, now: datetime, reason: str) -> str | None:
+    """Cancel a queued run at once, or ask the worker of an active one to stop it.
+
+    Returns `cancelled`, `requested`, or None when the run is past stopping
+    (delivering or ended). The worker holding an active run sees the request
+    with its next heartbeat.
+    """
+    status = session.scalar(select(Run.status).where(Run.id == run_id))
+    if status == RunStatus.QUEUED:
+        try:
+            transition(
+                session,
+                run_id,
+                RunStatus.QUEUED,
+                RunStatus.CANCELLED,
+                now=now,
+                reason=reason,
+                changes={"error": f"cancelled: {reason}"},
+            )
+            return "cancelled"
+        except TransitionRefused:
+            pass  # a worker took it meanwhile: ask that worker instead
+    asked = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(CANCELLABLE), Run.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=now)
+    )
+    if asked.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    add_event(session, run_id, "cancel.requested", now=now, reason=reason)
+    return "requested"
+
+
+def cancel_requests(session: Session, claims: list[Claim]) -> dict[str, str]:
+    """Runs among these claims someone asked to cancel, with the reason they gave."""
+    asked: dict[str, str] = {}
+    for held in claims:
+        requested = session.scalar(
+            select(Run.cancel_requested_at).where(
+                Run.id == held.run_id, Run.lease == held.lease, Run.status.in_(CANCELLABLE)
+            )
+        )
+        if requested is None:
+            continue
+        reason = session.scalar(
+            select(RunEvent.reason)
+            .where(RunEvent.run_id == held.run_id, RunEvent.kind == "cancel.requested")
+            .order_by(RunEvent.seq.desc())
+            .limit(1)
+        )
+        asked[held.run_id] = reason or "cancelled on request"
+    return asked
 
 
 def heartbeat(session: Session, claims: list[Claim], *, now: datetime) -> None:

@@ -1,4 +1,4 @@
-"""`routined serve`: the HTTP API and a worker in one process."""
+"""`routined serve`: the HTTP API, the scheduler and a worker in one process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from rich.console import Console
 from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
+from routined.scheduler import Scheduler
 from routined.worker import Worker, utcnow
 
 
@@ -32,6 +33,7 @@ def serve(settings: Settings, *, host: str, port: int, console: Console) -> None
     store = Store(settings.database_url.reveal())
     store.migrate()
     worker = Worker(store, settings)
+    scheduler = Scheduler(store, settings, clock=utcnow, on_run_created=worker.wake)
     app = create_app(store, settings, clock=utcnow, on_run_created=worker.wake)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     shown_db = store.url.render_as_string(hide_password=True)
@@ -39,12 +41,13 @@ def serve(settings: Settings, *, host: str, port: int, console: Console) -> None
     async def main() -> None:
         stop = asyncio.Event()
         working = asyncio.create_task(worker.run(stop))
+        scheduling = asyncio.create_task(scheduler.run(stop))
         console.print(f"routined is serving at [bold]{settings.public_url}[/] (store: {shown_db})")
         try:
             await server.serve(sockets=[listener])
         finally:
             stop.set()
-            await working
+            await asyncio.gather(working, scheduling)
             store.dispose()
 
     asyncio.run(main())

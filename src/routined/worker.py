@@ -1,9 +1,9 @@
 """Workers: claim queued runs and hand each to the executor.
 
 A worker holds at most `ROUTINED_WORKERS` runs at once, beats a heartbeat on
-them, and ends runs whose worker vanished as `lost` (and any sandbox such a
-worker left behind). The loops survive store errors: they log, wait, and try
-again.
+them (and learns with it which of them to cancel), and ends runs whose worker
+vanished as `lost` (and any sandbox such a worker left behind). The loops
+survive store errors: they log, wait, and try again.
 """
 
 from __future__ import annotations
@@ -131,17 +131,22 @@ class Worker:
             if not self._claims:
                 continue
             try:
-                await asyncio.to_thread(self._heartbeat, list(self._claims.values()))
+                asked = await asyncio.to_thread(self._heartbeat, list(self._claims.values()))
             except Exception:
                 log.exception("worker %s: heartbeat failed; trying again", self.id)
+                continue
+            for run_id, reason in asked.items():
+                self.executor.cancel(run_id, reason)
 
     def _claim(self, run_id: str | None) -> Claim | None:
         with self.store.transaction() as session:
             return runs.claim(session, self.id, now=self.clock(), run_id=run_id)
 
-    def _heartbeat(self, claims: list[Claim]) -> None:
+    def _heartbeat(self, claims: list[Claim]) -> dict[str, str]:
+        """Beat for these runs; return the ones someone asked to cancel, with why."""
         with self.store.transaction() as session:
             runs.heartbeat(session, claims, now=self.clock())
+            return runs.cancel_requests(session, claims)
 
     def _end_lost_runs(self) -> None:
         for pid in sandbox.reap_orphans(self.settings.runs_dir):

@@ -1,0 +1,148 @@
+"""Commands about schedules and fire decisions: preview, events, scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy import select
+
+from routined.cli.common import JsonFlag, app, fail, find_routine, opened, out, print_json, settings
+from routined.models import Fire, Routine
+from routined.schedule import ScheduleError, check_interval, iso, parse, zone
+from routined.scheduler import Scheduler
+from routined.worker import utcnow
+
+
+@app.command()
+def preview(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help='A preset ("weekdays at 09:00"), a cron expression or "once 2026-12-01T09:00".'
+        ),
+    ],
+    tz: Annotated[
+        str | None, typer.Option("--tz", help="IANA time zone; default: ROUTINED_TIMEZONE.")
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", help="Start after this time (ISO 8601; no offset: in --tz)."),
+    ] = None,
+    count: Annotated[int, typer.Option(min=1, max=1000, help="How many instants.")] = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the instants a schedule would fire at, to check it before saving it."""
+    config = settings()
+    zone_name = tz or config.timezone
+    try:
+        schedule = parse(spec, zone_name)
+        after = _instant(start, schedule.zone) if start else utcnow()
+    except ScheduleError as error:
+        fail(str(error))
+    instants = schedule.upcoming(after, count)
+    if as_json:
+        print_json(
+            {
+                "schedule": spec,
+                "timezone": schedule.zone.key,
+                "from": iso(after),
+                "instants": [iso(moment) for moment in instants],
+                "local": [moment.astimezone(schedule.zone).isoformat() for moment in instants],
+            }
+        )
+    else:
+        table = Table("UTC", f"Local ({schedule.zone.key})")
+        for moment in instants:
+            table.add_row(iso(moment), f"{moment.astimezone(schedule.zone):%a %Y-%m-%d %H:%M %Z}")
+        out.print(table)
+    # What `apply` would refuse, refused here too: that is what a preview is for.
+    if not instants:
+        fail(f"{spec!r} never fires after {iso(after)}; a once time must be in the future")
+    try:
+        check_interval(schedule, timedelta(seconds=config.min_schedule_interval), start=instants[0])
+    except ScheduleError as error:
+        fail(str(error))
+
+
+def _instant(text: str, where: ZoneInfo) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ScheduleError(
+            f"--from: {text!r} is not an ISO 8601 time such as 2027-03-27T00:00:00Z"
+        ) from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=where)).astimezone(UTC)
+
+
+@app.command()
+def events(
+    routine: Annotated[str | None, typer.Argument(help="Only this routine's decisions.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """Every decision about a fire (fired, caught up, skipped, missed…) and why."""
+    with opened() as (_config, store):
+        statement = (
+            select(Fire, Routine.name)
+            .join(Routine)
+            .order_by(Fire.decided_at.desc(), Fire.id.desc())
+            .limit(limit)
+        )
+        if routine is not None:
+            statement = statement.where(Fire.routine_id == find_routine(store, routine).id)
+        with store.transaction() as session:
+            rows = [_fire_view(fire, name) for fire, name in session.execute(statement)]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("No fire decisions yet.")
+        return
+    # A line per decision and its reason beneath: reasons are long, terminals narrow.
+    for row in reversed(rows):
+        instant = f"for {row['scheduled_at']}" if row["scheduled_at"] else ""
+        run = f"→ {row['run_id']}" if row["run_id"] else ""
+        out.print(
+            f"[dim]{row['decided_at']}[/] {escape(row['routine'])} {row['trigger_type']} "
+            f"[bold]{row['outcome']}[/] {instant} {run}".rstrip()
+        )
+        out.print(f"    {escape(row['reason'])}")
+
+
+def _fire_view(fire: Fire, routine_name: str) -> dict[str, Any]:
+    return {
+        "routine": routine_name,
+        "trigger_id": fire.trigger_id,
+        "trigger_type": fire.trigger_type,
+        "scheduled_at": iso(fire.scheduled_at) if fire.scheduled_at else None,
+        "decided_at": iso(fire.decided_at),
+        "outcome": fire.outcome,
+        "reason": fire.reason,
+        "run_id": fire.run_id,
+    }
+
+
+@app.command()
+def scheduler() -> None:
+    """Run only the scheduler: queue the runs of due schedules (no API, no worker).
+
+    For deployments that split roles; `routined serve` includes a scheduler.
+    """
+    with opened() as (config, store):
+        out.print(f"routined scheduler is running (time zone default {zone(config.timezone).key})")
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for number in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(number, stop.set)
+            await Scheduler(store, config, clock=utcnow).run(stop)
+
+        asyncio.run(main())

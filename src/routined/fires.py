@@ -1,0 +1,267 @@
+"""Fire decisions: what happened each time a trigger could fire, and why.
+
+`plan` is the pure part: given the slots of a schedule that are due, the
+routine's policies and its runs in flight, it decides for each slot whether it
+fires, is caught up, skipped, missed or coalesced, with a reason a person can
+read. `record` stores a decision; a scheduled slot is stored at most once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from routined.models import Fire, Routine
+from routined.schedule import format_duration
+
+
+class Outcome(enum.StrEnum):
+    FIRED = "fired"  # a run was started for it, on time (or by hand, or over the API)
+    CAUGHT_UP = "caught_up"  # missed while routined was down, fired late by `catch_up`
+    SKIPPED = "skipped"  # not fired: the routine was paused, or a run was active
+    MISSED = "missed"  # not fired: missed while routined was down, not caught up
+    COALESCED = "coalesced"  # not fired: a run was already waiting to start
+    REFUSED = "refused"  # a fire over the API that was answered with an error
+
+
+STARTS_RUN = frozenset({Outcome.FIRED, Outcome.CAUGHT_UP})
+
+
+class CatchUp(enum.StrEnum):
+    LATEST = "latest"  # after downtime, fire the most recent missed slot once
+    SKIP = "skip"  # after downtime, fire nothing missed
+    ALL = "all"  # after downtime, fire every missed slot within the window
+
+
+class Overlap(enum.StrEnum):
+    SKIP = "skip"  # do not start while a run of the routine is queued or active
+    QUEUE_ONE = "queue_one"  # let one run wait for the active one; merge the rest into it
+    CANCEL_PREVIOUS = "cancel_previous"  # cancel the runs in flight, then start
+    ALLOW = "allow"  # start regardless
+
+
+@dataclass(frozen=True)
+class Policy:
+    catch_up: CatchUp = CatchUp.LATEST
+    catch_up_window: timedelta = timedelta(days=7)
+    overlap: Overlap = Overlap.SKIP
+    stagger: timedelta = timedelta(0)
+
+    @classmethod
+    def of(cls, routine: Routine) -> Policy:
+        return cls(
+            catch_up=CatchUp(routine.catch_up),
+            catch_up_window=timedelta(seconds=routine.catch_up_window),
+            overlap=Overlap(routine.overlap),
+            stagger=timedelta(seconds=routine.stagger),
+        )
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A run of the routine that is queued or active when a decision is made."""
+
+    run_id: str
+    status: str
+    serial: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    slot: datetime
+    outcome: Outcome
+    reason: str
+    serial: bool = False  # the run it starts waits for the routine's active runs
+
+    @property
+    def starts_run(self) -> bool:
+        return self.outcome in STARTS_RUN
+
+
+@dataclass(frozen=True)
+class Plan:
+    decisions: list[Decision]
+    cancel: list[str]  # runs to cancel first (overlap: cancel_previous)
+
+
+def plan(
+    slots: Sequence[datetime],
+    *,
+    now: datetime,
+    zone: ZoneInfo,
+    policy: Policy,
+    grace: timedelta,
+    paused: bool,
+    in_flight: Sequence[InFlight],
+    offset: timedelta = timedelta(0),
+) -> Plan:
+    """Decide every due slot of one schedule trigger, oldest first.
+
+    1. A paused routine skips every slot.
+    2. A slot decided within `grace` of its due time (instant + `offset`, the
+       stagger) is on time. Later ones were missed while routined was down and
+       follow `catch_up`; those older than its window are missed in any case.
+    3. The slots that should start a run then meet `overlap`, judged against the
+       runs in flight before this decision. Runs started under any policy but
+       `allow` are serial, so slots fired together never overlap each other.
+    """
+    if paused:
+        return Plan(
+            [
+                Decision(
+                    slot,
+                    Outcome.SKIPPED,
+                    f"due at {_local(slot, zone)} while the routine was paused; "
+                    "resuming it does not fire skipped slots",
+                )
+                for slot in slots
+            ],
+            [],
+        )
+    decisions: dict[datetime, Decision] = {}
+    wanted: list[Decision] = []
+    late = [s for s in slots if now - (s + offset) > grace]
+    on_time = [s for s in slots if s not in late]
+    in_window = [s for s in late if now - s <= policy.catch_up_window]
+    for slot in late:
+        shown = _local(slot, zone)
+        if slot not in in_window:
+            window = format_duration(policy.catch_up_window)
+            decisions[slot] = Decision(
+                slot,
+                Outcome.MISSED,
+                f"missed at {shown} while routined was not running; more than "
+                f"catch_up_window ({window}) ago when it came back",
+            )
+        elif policy.catch_up == CatchUp.SKIP:
+            decisions[slot] = Decision(
+                slot,
+                Outcome.MISSED,
+                f"missed at {shown} while routined was not running; catch_up: skip "
+                "fires no missed slots",
+            )
+        elif policy.catch_up == CatchUp.ALL or (slot == in_window[-1] and not on_time):
+            wanted.append(
+                Decision(
+                    slot,
+                    Outcome.CAUGHT_UP,
+                    f"missed at {shown} while routined was not running; fired "
+                    f"{format_duration(now - slot)} late by catch_up: {policy.catch_up}",
+                )
+            )
+        else:
+            newest = on_time[-1] if on_time else in_window[-1]
+            decisions[slot] = Decision(
+                slot,
+                Outcome.MISSED,
+                f"missed at {shown} while routined was not running; catch_up: latest "
+                f"fires only the most recent slot ({_local(newest, zone)})",
+            )
+    for slot in on_time:
+        wanted.append(Decision(slot, Outcome.FIRED, f"scheduled for {_local(slot, zone)}"))
+    started, cancel = _overlap(wanted, policy.overlap, in_flight)
+    for decision in started:
+        decisions[decision.slot] = decision
+    return Plan([decisions[s] for s in slots], cancel)
+
+
+def _overlap(
+    wanted: list[Decision], overlap: Overlap, in_flight: Sequence[InFlight]
+) -> tuple[list[Decision], list[str]]:
+    if not wanted or overlap == Overlap.ALLOW:
+        return wanted, []
+    serial = [_with(d, serial=True) for d in wanted]
+    if not in_flight:
+        return serial, []
+    first = in_flight[0]
+    if overlap == Overlap.CANCEL_PREVIOUS:
+        ids = ", ".join(r.run_id for r in in_flight)
+        note = f"; cancelled {ids} (overlap: cancel_previous)"
+        return [_with(d, reason=d.reason + note) for d in serial], [r.run_id for r in in_flight]
+    if overlap == Overlap.SKIP:
+        return [
+            _with(
+                d,
+                outcome=Outcome.SKIPPED,
+                reason=f"{d.reason}; not started: run {first.run_id} is still "
+                f"{first.status} (overlap: skip)",
+            )
+            for d in wanted
+        ], []
+    waiting = next((r for r in in_flight if r.status == "queued" and r.serial), None)
+    decided = []
+    for decision in serial:
+        if waiting is None and decision is serial[-1]:
+            decided.append(
+                _with(decision, reason=f"{decision.reason}; waits for run {first.run_id}")
+            )
+        else:
+            behind = waiting.run_id if waiting else "the newest slot's run"
+            decided.append(
+                _with(
+                    decision,
+                    outcome=Outcome.COALESCED,
+                    reason=f"{decision.reason}; merged into {behind}, already waiting "
+                    f"for run {first.run_id} (overlap: queue_one)",
+                )
+            )
+    return decided, []
+
+
+def _with(decision: Decision, **changes: Any) -> Decision:
+    return Decision(
+        changes.get("slot", decision.slot),
+        changes.get("outcome", decision.outcome),
+        changes.get("reason", decision.reason),
+        changes.get("serial", decision.serial),
+    )
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> str:
+    local = moment.astimezone(zone)
+    return f"{local:%Y-%m-%d %H:%M} {zone.key} ({moment:%H:%M}Z)"
+
+
+def record(
+    session: Session,
+    *,
+    routine_id: str,
+    trigger_id: str | None,
+    trigger_type: str,
+    outcome: Outcome,
+    reason: str,
+    now: datetime,
+    scheduled_at: datetime | None = None,
+    run_id: str | None = None,
+) -> int | None:
+    """Store a decision; None if this trigger's slot was already decided elsewhere."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(Fire)
+        .values(
+            routine_id=routine_id,
+            trigger_id=trigger_id,
+            trigger_type=trigger_type,
+            scheduled_at=scheduled_at,
+            decided_at=now,
+            outcome=outcome,
+            reason=reason,
+            run_id=run_id,
+        )
+        .on_conflict_do_nothing(index_elements=["trigger_id", "scheduled_at"])
+        .returning(Fire.id)
+    )
+    inserted: int | None = session.scalar(statement)
+    return inserted
+
+
+def attach_run(session: Session, fire_id: int, run_id: str) -> None:
+    session.execute(update(Fire).where(Fire.id == fire_id).values(run_id=run_id))

@@ -1,0 +1,263 @@
+"""The scheduler: decides schedule triggers when they fall due, and queues their runs.
+
+Each schedule trigger carries its next instant (`next_at`) and when to decide it
+(`due_at`: the instant plus the routine's stagger). The scheduler sleeps until the
+earliest `due_at`, decides every slot that is due in one transaction per batch,
+and moves each trigger's cursor on with a guarded update. A slot's decision is a
+`fires` row unique per (trigger, instant), so several schedulers sharing one
+PostgreSQL database never fire a slot twice; there, each takes its batch with
+`FOR UPDATE SKIP LOCKED` and they split the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from routined import fires, runs
+from routined.config import Settings
+from routined.db import Store
+from routined.fires import InFlight, Outcome, Policy
+from routined.models import Run, Trigger
+from routined.schedule import Schedule, format_duration, parse, stagger_offset
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+_BATCH = 200
+# Enough slots to decide one trigger after any downtime within the catch-up
+# window; a longer gap is summarised in one row.
+_MAX_SLOTS = 1000
+
+
+def schedule_of(trigger: Trigger | dict[str, Any]) -> Schedule:
+    config = trigger.config if isinstance(trigger, Trigger) else trigger
+    return parse(config["spec"], config["timezone"])
+
+
+def arm(trigger: Trigger, stagger: timedelta, *, now: datetime) -> None:
+    """Point a schedule trigger at its first instant after `now`."""
+    next_at = schedule_of(trigger).next_after(now)
+    trigger.next_at = next_at
+    trigger.due_at = None if next_at is None else next_at + stagger_offset(trigger.id, stagger)
+
+
+def restagger(trigger: Trigger, stagger: timedelta) -> None:
+    """Keep the instant, move when it is decided (the routine's stagger changed)."""
+    if trigger.next_at is not None:
+        trigger.due_at = trigger.next_at + stagger_offset(trigger.id, stagger)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        *,
+        clock: Clock,
+        on_run_created: Callable[[], None] = lambda: None,
+        retry_after_error: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.on_run_created = on_run_created
+        self.retry_after_error = retry_after_error
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Look at the schedules again now (they changed); safe from any thread."""
+        if self._loop is not None and self._wakeup is not None:
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Decide due slots, then sleep until the next one is due.
+
+        Changes made by other processes (`routined apply`, another scheduler) are
+        seen within `ROUTINED_POLL_INTERVAL`: the sleep is never longer, and
+        looking costs one indexed query.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        while not stop.is_set():
+            try:
+                next_due = await asyncio.to_thread(self.run_due)
+            except Exception:
+                log.exception("scheduler: deciding due schedules failed; trying again")
+                await _sleep(stop, self._wakeup, self.retry_after_error)
+                continue
+            delay = self.settings.poll_interval
+            if next_due is not None:
+                delay = min(delay, (next_due - self.clock()).total_seconds())
+            await _sleep(stop, self._wakeup, max(delay, 0.0))
+
+    def run_due(self) -> datetime | None:
+        """Decide everything due now; return when the next decision is due."""
+        while True:
+            now = self.clock()
+            with self.store.transaction() as session:
+                decided, started = decide_due(session, now=now, settings=self.settings)
+            if started:
+                self.on_run_created()
+            if decided < _BATCH:
+                break
+        with self.store.transaction() as session:
+            return session.scalar(select(func.min(Trigger.due_at)))
+
+
+def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[int, int]:
+    """Decide one batch of due triggers; return how many triggers and runs started."""
+    query = (
+        select(Trigger)
+        .where(Trigger.due_at <= now)
+        .order_by(Trigger.due_at)
+        .limit(_BATCH)
+        .options(selectinload(Trigger.routine))
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Trigger)
+    due = session.scalars(query).all()
+    started = 0
+    for trigger in due:
+        started += _decide(session, trigger, now=now, settings=settings)
+    return len(due), started
+
+
+def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Settings) -> int:
+    routine = trigger.routine
+    policy = Policy.of(routine)
+    schedule = schedule_of(trigger)
+    offset = stagger_offset(trigger.id, policy.stagger)
+    previous = trigger.next_at
+    assert previous is not None  # due_at is set only with next_at
+    oldest_kept = now - policy.catch_up_window - offset
+    cursor: datetime | None = previous
+    if previous < oldest_kept:
+        cursor = _summarise_gap(session, trigger, schedule, previous, oldest_kept, now)
+    slots: list[datetime] = []
+    while cursor is not None and cursor + offset <= now and len(slots) < _MAX_SLOTS:
+        slots.append(cursor)
+        cursor = schedule.next_after(cursor)
+    in_flight = [
+        InFlight(row.id, row.status, row.serial)
+        for row in session.execute(
+            select(Run.id, Run.status, Run.serial)
+            .where(
+                Run.routine_id == routine.id,
+                Run.status.in_([runs.RunStatus.QUEUED, *runs.ACTIVE]),
+            )
+            .order_by(Run.created_at)
+        )
+    ]
+    planned = fires.plan(
+        slots,
+        now=now,
+        zone=schedule.zone,
+        policy=policy,
+        grace=timedelta(seconds=settings.schedule_grace),
+        paused=routine.paused_at is not None,
+        in_flight=in_flight,
+        offset=offset,
+    )
+    # The cursor moves only from where this scheduler found it: a routine
+    # re-applied meanwhile keeps its new schedule.
+    moved = session.execute(
+        update(Trigger)
+        .where(Trigger.id == trigger.id, Trigger.next_at == previous)
+        .values(next_at=cursor, due_at=None if cursor is None else cursor + offset)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return 0
+    for run_id in planned.cancel:
+        runs.cancel(session, run_id, now=now, reason="superseded by a newer scheduled fire")
+    started = 0
+    for decision in planned.decisions:
+        fire_id = fires.record(
+            session,
+            routine_id=routine.id,
+            trigger_id=trigger.id,
+            trigger_type="schedule",
+            scheduled_at=decision.slot,
+            outcome=decision.outcome,
+            reason=decision.reason,
+            now=now,
+        )
+        if fire_id is None or not decision.starts_run:
+            continue
+        run = runs.create(
+            session,
+            routine,
+            trigger_type="schedule",
+            trigger_id=trigger.id,
+            text=None,
+            now=now,
+            reason=f"{decision.outcome}: {decision.reason}",
+            serial=decision.serial,
+        )
+        fires.attach_run(session, fire_id, run.id)
+        started += 1
+    return started
+
+
+def _summarise_gap(
+    session: Session,
+    trigger: Trigger,
+    schedule: Schedule,
+    first: datetime,
+    oldest_kept: datetime,
+    now: datetime,
+) -> datetime | None:
+    """Record the slots older than the catch-up window as one row; return the next slot."""
+    count = 0
+    cursor: datetime | None = first
+    last = first
+    while cursor is not None and cursor < oldest_kept and count < _MAX_SLOTS:
+        count += 1
+        last = cursor
+        cursor = schedule.next_after(cursor)
+    counted = f"{count} slot{'s' if count != 1 else ''}"
+    if cursor is not None and cursor < oldest_kept:  # too many to count one by one
+        counted = f"more than {count} slots"
+        last = oldest_kept
+        cursor = schedule.next_after(oldest_kept - timedelta(microseconds=1))
+    window = format_duration(now - oldest_kept)
+    fires.record(
+        session,
+        routine_id=trigger.routine_id,
+        trigger_id=trigger.id,
+        trigger_type="schedule",
+        scheduled_at=first,
+        outcome=Outcome.MISSED,
+        reason=(
+            f"{counted} from {first:%Y-%m-%d %H:%M}Z to "
+            f"{last:%Y-%m-%d %H:%M}Z missed while routined was not running; more than "
+            f"catch_up_window ({window}) ago when it came back"
+        ),
+        now=now,
+    )
+    return cursor
+
+
+def next_instants(trigger: Trigger, *, count: int) -> list[datetime]:
+    """The next `count` instants a schedule trigger fires at, its pending one first."""
+    if trigger.next_at is None:
+        return []
+    return [trigger.next_at, *schedule_of(trigger).upcoming(trigger.next_at, count - 1)]
+
+
+async def _sleep(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wakeup.wait())]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    wakeup.clear()
