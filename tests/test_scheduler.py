@@ -269,6 +269,9 @@ def test_overlap_cancel_previous_cancels_queued_and_asks_active_runs_to_stop(
     decide(store, settings, at("2026-11-28T15:00:00Z"))
     first, second, third = all_runs(store)
     assert (first.status, second.status, third.status) == ("preparing", "cancelled", "queued")
+    reasons = [reason for _, _, reason in decisions(store)]
+    assert f"asked run {first.id} to stop" in reasons[1]
+    assert f"cancelled run {second.id}" in reasons[2] and f"asked run {first.id}" not in reasons[2]
     assert first.cancel_requested_at == at("2026-11-28T14:00:00Z")
     with store.transaction() as session:
         asked = runs.cancel_requests(session, [active])
@@ -343,3 +346,111 @@ def test_a_slot_is_recorded_once_whoever_records_it(
                 )
             )
     assert recorded[0] is not None and recorded[1] is None
+
+
+def test_resuming_after_downtime_fires_nothing_that_fell_due_while_paused(
+    store: Store, settings: Settings, tmp_path: Path, origin: Path
+) -> None:
+    from routined.scheduler import resume
+
+    apply(store, tmp_path, origin, "{type: schedule, schedule: hourly}")
+    routine_id = schedule_trigger(store).routine_id
+    with store.transaction() as session:
+        session.get_one(Routine, routine_id).paused_at = T0
+    # Paused, then down from 12:00 to 15:30, then resumed before any scheduler ran.
+    with store.transaction() as session:
+        routine = session.get_one(Routine, routine_id)
+        resume(session, routine, now=at("2026-11-28T15:30:00Z"), settings=settings)
+    assert decide(store, settings, at("2026-11-28T15:30:01Z")) == 0
+    assert [(i, o) for i, o, _ in decisions(store)] == [
+        ("28 13:00", "skipped"), ("28 14:00", "skipped"), ("28 15:00", "skipped"),
+    ]  # fmt: skip
+    assert decide(store, settings, at("2026-11-28T16:00:00Z")) == 1
+
+
+def test_reordering_triggers_keeps_each_one_and_a_once_that_ran_stays_done(
+    store: Store, settings: Settings, tmp_path: Path, origin: Path
+) -> None:
+    once = "{type: schedule, once: '2026-12-01T09:00'}"
+    daily = "{type: schedule, schedule: daily at 07:00}"
+    apply(store, tmp_path, origin, once)
+    ran = schedule_trigger(store).id
+    assert decide(store, settings, at("2026-12-01T09:00:00Z")) == 1
+    # A day later a trigger is added above it: the once keeps its id and stays done.
+    apply(store, tmp_path, origin, f"{daily}, {once}", now=at("2026-12-02T00:00:00Z"))
+    with store.transaction() as session:
+        triggers = {t.config["spec"]: t for t in session.scalars(select(Trigger))}
+    assert triggers["once 2026-12-01T09:00"].id == ran
+    assert triggers["once 2026-12-01T09:00"].next_at is None
+    assert triggers["daily at 07:00"].next_at == at("2026-12-02T07:00:00Z")
+
+
+def test_catch_up_latest_fires_the_newest_slot_however_many_were_missed(
+    store: Store, settings: Settings, tmp_path: Path, origin: Path
+) -> None:
+    apply(
+        store, tmp_path, origin, "{type: schedule, schedule: hourly}", policy="catch_up_window: 60d"
+    )
+    # Down 59 days: 1,416 hourly slots in the window, more than are decided one by one.
+    assert decide(store, settings, at("2027-01-26T12:30:00Z")) == 1
+    found = decisions(store)
+    caught_up = [(i, o) for i, o, _ in found if o == "caught_up"]
+    assert caught_up == [("26 12:00", "caught_up")]
+    assert found[0][2].startswith("416 slots from 2026-11-28 13:00Z")
+    assert "only the latest 1000 slots are decided one by one" in found[0][2]
+    assert len(found) == 1001
+
+
+def test_on_postgresql_two_claims_never_start_two_serial_runs_of_one_routine(
+    postgres_url: str, settings: Settings, tmp_path: Path, origin: Path
+) -> None:
+    store = Store(postgres_url)
+    store.migrate()
+    try:
+        apply(store, tmp_path, origin, "{type: schedule, schedule: hourly}", policy="catch_up: all")
+        assert decide(store, settings, at("2026-11-28T15:00:01Z")) == 3  # three serial runs
+        with store.transaction() as first:
+            taken = runs.claim(first, "worker-a", now=at("2026-11-28T15:00:02Z"))
+            assert taken is not None
+            # Another worker, while the first claim is not committed yet.
+            with store.transaction() as second:
+                assert runs.claim(second, "worker-b", now=at("2026-11-28T15:00:02Z")) is None
+        with store.transaction() as second:
+            assert runs.claim(second, "worker-b", now=at("2026-11-28T15:00:03Z")) is None
+        assert [r.status for r in all_runs(store)] == ["preparing", "queued", "queued"]
+    finally:
+        store.dispose()
+
+
+def test_on_sqlite_a_transaction_that_read_first_can_still_write(sqlite_store: Store) -> None:
+    """A write committed by another connection between this transaction's read and its
+    write would make SQLite refuse the write at once; transactions take the lock first."""
+    import threading
+
+    from routined.ids import new_id
+
+    def add_routine(name: str) -> None:
+        with sqlite_store.transaction() as session:
+            session.add(
+                Routine(id=new_id("rtn"), name=name, prompt="p", created_at=T0, updated_at=T0)
+            )
+
+    committed = threading.Event()
+
+    def other_writer() -> None:
+        add_routine("other")
+        committed.set()
+
+    other = threading.Thread(target=other_writer)
+    with sqlite_store.transaction() as session:
+        assert session.scalar(select(Routine)) is None
+        other.start()
+        # The other writer must wait for this transaction: it cannot commit meanwhile.
+        assert not committed.wait(timeout=1.0)
+        session.add(
+            Routine(id=new_id("rtn"), name="mine", prompt="p", created_at=T0, updated_at=T0)
+        )
+    other.join(timeout=30)
+    assert committed.is_set()
+    with sqlite_store.transaction(readonly=True) as session:
+        assert sorted(session.scalars(select(Routine.name))) == ["mine", "other"]

@@ -229,7 +229,7 @@ def _record_fire(store: Store, trigger_id: str, token: str, text: str | None, no
 
 
 def _session(store: Store, session_id: str, public_url: str) -> dict[str, Any] | None:
-    with store.transaction() as session:
+    with store.transaction(readonly=True) as session:
         row = session.execute(runs.with_routine_name().where(Run.session_id == session_id)).first()
         if row is None:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+# Whether the SQLite transaction being opened only reads (see `Store.transaction`).
+_reading: ContextVar[bool] = ContextVar("reading", default=False)
 
 
 class Store:
@@ -30,10 +34,21 @@ class Store:
         return self.url.get_backend_name() == "sqlite"
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """One unit of work: committed when the block ends, rolled back if it raises."""
-        with self._sessions.begin() as session:
-            yield session
+    def transaction(self, *, readonly: bool = False) -> Iterator[Session]:
+        """One unit of work: committed when the block ends, rolled back if it raises.
+
+        On SQLite a transaction that may write takes the write lock when it begins
+        (BEGIN IMMEDIATE), waiting up to the busy timeout for it: one that read first
+        could not write after another connection committed, and would fail at once.
+        `readonly` transactions take no lock and never wait for writers.
+        """
+        reading = _reading.set(readonly)
+        try:
+            with self._sessions.begin() as session:
+                session.connection()  # begin now, while the flag says how
+                yield session
+        finally:
+            _reading.reset(reading)
 
     def migrate(self) -> None:
         """Bring the schema to the newest migration; cheap when it is already there."""
@@ -83,7 +98,7 @@ def _create_engine(parsed: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql("BEGIN" if _reading.get() else "BEGIN IMMEDIATE")
 
     return engine
 

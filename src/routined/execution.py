@@ -186,8 +186,8 @@ class Executor:
     def cancel(self, run_id: str, reason: str) -> bool:
         """Stop a run this executor is preparing or running; say whether it was."""
         work = self._cancellable.get(run_id)
-        if work is None or work.done():
-            return False
+        if work is None or work.done() or run_id in self._cancel_reasons:
+            return False  # asked once is enough: again could cut its clean-up short
         self._cancel_reasons[run_id] = reason
         work.cancel()
         return True
@@ -470,7 +470,7 @@ class Executor:
     # -- store helpers ----------------------------------------------------
 
     def _load(self, run_id: str) -> RunContext:
-        with self.store.transaction() as session:
+        with self.store.transaction(readonly=True) as session:
             run = session.get(Run, run_id)
             if run is None:
                 raise RunFailure("internal_error", f"run {run_id} disappeared")
@@ -543,9 +543,14 @@ class Executor:
     async def _end_cancelled(self, claim: Claim, reason: str) -> None:
         def write() -> None:
             with self.store.transaction() as session:
-                runs.end_cancelled(session, claim, now=self.clock(), reason=reason)
+                if not runs.end_cancelled(session, claim, now=self.clock(), reason=reason):
+                    log.warning("run %s could not be marked cancelled", claim.run_id)
 
-        await asyncio.shield(asyncio.to_thread(write))
+        try:
+            await asyncio.shield(asyncio.to_thread(write))
+        except Exception:
+            # The store is unreachable: the lost-run sweep will end it later.
+            log.exception("could not record the cancellation of run %s", claim.run_id)
 
     def _note_agent_session(self, claim: Claim, outcome: agent.SessionOutcome) -> None:
         with self.store.transaction() as session:

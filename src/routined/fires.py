@@ -130,7 +130,7 @@ def plan(
     wanted: list[Decision] = []
     late = [s for s in slots if now - (s + offset) > grace]
     on_time = [s for s in slots if s not in late]
-    in_window = [s for s in late if now - s <= policy.catch_up_window]
+    in_window = [s for s in late if now - (s + offset) <= policy.catch_up_window]
     for slot in late:
         shown = _local(slot, zone)
         if slot not in in_window:
@@ -183,9 +183,8 @@ def _overlap(
         return serial, []
     first = in_flight[0]
     if overlap == Overlap.CANCEL_PREVIOUS:
-        ids = ", ".join(r.run_id for r in in_flight)
-        note = f"; cancelled {ids} (overlap: cancel_previous)"
-        return [_with(d, reason=d.reason + note) for d in serial], [r.run_id for r in in_flight]
+        # The scheduler adds to the reasons what became of each cancelled run.
+        return serial, [r.run_id for r in in_flight]
     if overlap == Overlap.SKIP:
         return [
             _with(

@@ -114,12 +114,13 @@ TriggerSpec = Annotated[ApiTriggerSpec | ScheduleTriggerSpec, Field(discriminato
 TRIGGER_TYPES = "api, schedule"
 
 
-def _seconds(value: Any, what: str, minimum: int) -> int:
+def _seconds(value: Any, what: str, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("give a duration such as 90s, 15m, 2h or 7d")
     seconds = int(parse_duration(value, what).total_seconds())
-    if seconds < minimum:
-        raise ValueError(f"must be at least {format_duration(timedelta(seconds=minimum))}")
+    if not minimum <= seconds <= maximum:
+        low, high = (format_duration(timedelta(seconds=n)) for n in (minimum, maximum))
+        raise ValueError(f"must be between {low} and {high}")
     return seconds
 
 
@@ -137,12 +138,12 @@ class RoutineSpec(_Strict):
     @field_validator("catch_up_window", mode="before")
     @classmethod
     def _window(cls, value: Any) -> int:
-        return _seconds(value, "catch_up_window", 60)
+        return _seconds(value, "catch_up_window", 60, 90 * 86400)
 
     @field_validator("stagger", mode="before")
     @classmethod
     def _stagger(cls, value: Any) -> int:
-        return _seconds(value, "stagger", 0)
+        return _seconds(value, "stagger", 0, 86400)
 
     @field_validator("prompt")
     @classmethod
@@ -323,19 +324,23 @@ def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change
             select(Routine)
             .where(Routine.name.in_(names))
             .options(selectinload(Routine.repositories), selectinload(Routine.triggers))
+            # A scheduler deciding one of these routines finishes first; then it
+            # skips them until this apply commits (see `scheduler.decide_due`).
+            .with_for_update(key_share=True)
         )
     }
     changes = []
-    for wanted in spec.routines:
+    for index, wanted in enumerate(spec.routines):
         current = existing.get(wanted.name)
+        label = f"routines[{index}] ({wanted.name})"
         if current is None:
-            changes.append(_create(session, wanted, now))
+            changes.append(_create(session, wanted, now, label))
         else:
-            changes.append(_update(session, current, wanted, now))
+            changes.append(_update(session, current, wanted, now, label))
     return changes
 
 
-def _create(session: Session, wanted: RoutineSpec, now: datetime) -> Change:
+def _create(session: Session, wanted: RoutineSpec, now: datetime, label: str) -> Change:
     routine = Routine(
         id=new_id("rtn"),
         name=wanted.name,
@@ -353,7 +358,7 @@ def _create(session: Session, wanted: RoutineSpec, now: datetime) -> Change:
         for i, t in enumerate(wanted.triggers)
     ]
     for number, trigger in enumerate(routine.triggers):
-        _arm(wanted, number, trigger, now)
+        _arm(wanted, f"{label}.triggers[{number}]", trigger, now)
     session.add(routine)
     details = [_count(len(routine.repositories), "repository", "repositories")]
     details += [_describe_trigger(t) for t in routine.triggers]
@@ -369,7 +374,7 @@ def _policy(wanted: RoutineSpec) -> dict[str, Any]:
     }
 
 
-def _arm(wanted: RoutineSpec, number: int, trigger: Trigger, now: datetime) -> None:
+def _arm(wanted: RoutineSpec, where: str, trigger: Trigger, now: datetime) -> None:
     """Point a new or changed schedule trigger at its first instant; refuse a past `once`."""
     if trigger.type != "schedule":
         return
@@ -377,8 +382,7 @@ def _arm(wanted: RoutineSpec, number: int, trigger: Trigger, now: datetime) -> N
     if trigger.next_at is None:
         spec = trigger.config["spec"]
         raise SpecError(
-            f"routines ({wanted.name}).triggers[{number}]: {spec!r} "
-            f"({trigger.config['timezone']}) is in the past; give a future time"
+            f"{where}: {spec!r} ({trigger.config['timezone']}) is in the past; give a future time"
         )
 
 
@@ -393,7 +397,9 @@ def _describe_trigger(trigger: Trigger) -> str:
     return f"trigger {trigger.type} {trigger.id}"
 
 
-def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: datetime) -> Change:
+def _update(
+    session: Session, routine: Routine, wanted: RoutineSpec, now: datetime, label: str
+) -> Change:
     details = []
     if routine.prompt != wanted.prompt:
         routine.prompt = wanted.prompt
@@ -412,7 +418,7 @@ def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: dateti
         if getattr(routine, name) != value:
             details.append(f"{name} {getattr(routine, name)} → {value}")
             setattr(routine, name, value)
-    details += _update_triggers(session, routine, wanted, now)
+    details += _update_triggers(session, routine, wanted, now, label)
     if "stagger" in policy and any(d.startswith("stagger") for d in details):
         for trigger in routine.triggers:
             restagger(trigger, timedelta(seconds=wanted.stagger))
@@ -422,17 +428,30 @@ def _update(session: Session, routine: Routine, wanted: RoutineSpec, now: dateti
 
 
 def _update_triggers(
-    session: Session, routine: Routine, wanted: RoutineSpec, now: datetime
+    session: Session, routine: Routine, wanted: RoutineSpec, now: datetime, label: str
 ) -> list[str]:
-    """Keep trigger ids (and so their tokens) stable: the n-th trigger of a type stays itself."""
+    """Keep trigger ids (and so their tokens and history) stable.
+
+    A wanted trigger keeps the existing one with the same type and configuration
+    wherever it moved in the list; the rest pair up by order within their type.
+    """
     unclaimed: dict[str, list[Trigger]] = {}
     for trigger in routine.triggers:
         unclaimed.setdefault(trigger.type, []).append(trigger)
+    same: dict[int, Trigger] = {}
+    for index, spec in enumerate(wanted.triggers):
+        pool = unclaimed.get(spec.type, [])
+        match = next((t for t in pool if t.config == spec.config()), None)
+        if match is not None:
+            pool.remove(match)
+            same[index] = match
     final: list[tuple[Trigger, dict[str, Any], bool]] = []
-    for spec in wanted.triggers:
-        same_type = unclaimed.get(spec.type, [])
-        if same_type:
-            final.append((same_type.pop(0), spec.config(), False))
+    for index, spec in enumerate(wanted.triggers):
+        pool = unclaimed.get(spec.type, [])
+        if index in same:
+            final.append((same[index], spec.config(), False))
+        elif pool:
+            final.append((pool.pop(0), spec.config(), False))
         else:
             fresh = Trigger(id=new_id("trig"), type=spec.type, config={}, created_at=now)
             final.append((fresh, spec.config(), True))
@@ -450,12 +469,12 @@ def _update_triggers(
         trigger.position = position
         if is_new:
             trigger.config = config
-            _arm(wanted, position, trigger, now)
+            _arm(wanted, f"{label}.triggers[{position}]", trigger, now)
             routine.triggers.append(trigger)
             details.append(f"{_describe_trigger(trigger)} added")
         elif trigger.config != config:
             trigger.config = config
-            _arm(wanted, position, trigger, now)
+            _arm(wanted, f"{label}.triggers[{position}]", trigger, now)
             details.append(f"{_describe_trigger(trigger)} changed")
     return details
 

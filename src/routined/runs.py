@@ -174,6 +174,7 @@ def claim(
     )
     oldest = (
         select(candidate.id)
+        .join(Routine, Routine.id == candidate.routine_id)
         .where(
             candidate.status == RunStatus.QUEUED,
             or_(candidate.serial.is_(False), ~routine_busy),
@@ -184,7 +185,11 @@ def claim(
     if run_id is not None:
         oldest = oldest.where(candidate.id == run_id)
     if session.get_bind().dialect.name == "postgresql":
-        oldest = oldest.with_for_update(skip_locked=True)
+        # Locking the routine too makes claims of one routine's runs (and the
+        # scheduler's decisions about it) take turns: a claimer that could not
+        # yet see another's claim would start a second serial run. NO KEY
+        # UPDATE: new runs may still reference the routine meanwhile.
+        oldest = oldest.with_for_update(skip_locked=True, key_share=True, of=[candidate, Routine])
     taken = session.execute(
         update(Run)
         .where(Run.id == oldest.scalar_subquery(), Run.status == RunStatus.QUEUED)
@@ -233,22 +238,24 @@ def fail(session: Session, held: Claim, *, now: datetime, error: str) -> bool:
 
 def end_cancelled(session: Session, held: Claim, *, now: datetime, reason: str) -> bool:
     """End a run this worker holds as cancelled, if it has not reached delivery."""
-    status = session.scalar(
-        select(Run.status).where(Run.id == held.run_id, Run.lease == held.lease)
-    )
-    if status is None or RunStatus(status) not in CANCELLABLE:
-        return False
-    transition(
-        session,
-        held.run_id,
-        RunStatus(status),
-        RunStatus.CANCELLED,
-        now=now,
-        reason=reason,
-        lease=held.lease,
-        changes={"error": f"cancelled: {reason}"},
-    )
-    return True
+    # Tried from each state in turn: a move the worker made just before the
+    # cancel landed may have committed after the worker last looked.
+    for status in (RunStatus.RUNNING, RunStatus.PREPARING):
+        try:
+            transition(
+                session,
+                held.run_id,
+                status,
+                RunStatus.CANCELLED,
+                now=now,
+                reason=reason,
+                lease=held.lease,
+                changes={"error": f"cancelled: {reason}"},
+            )
+        except TransitionRefused:
+            continue
+        return True
+    return False
 
 
 def cancel(session: Session, run_id: str, *, now: datetime, reason: str) -> str | None:

@@ -25,7 +25,7 @@ from routined import fires, runs
 from routined.config import Settings
 from routined.db import Store
 from routined.fires import InFlight, Outcome, Policy
-from routined.models import Run, Trigger
+from routined.models import Routine, Run, Trigger
 from routined.schedule import Schedule, format_duration, parse, stagger_offset
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Scheduler:
                 self.on_run_created()
             if decided < _BATCH:
                 break
-        with self.store.transaction() as session:
+        with self.store.transaction(readonly=True) as session:
             return session.scalar(select(func.min(Trigger.due_at)))
 
 
@@ -117,13 +117,16 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
     """Decide one batch of due triggers; return how many triggers and runs started."""
     query = (
         select(Trigger)
+        .join(Routine)
         .where(Trigger.due_at <= now)
         .order_by(Trigger.due_at)
         .limit(_BATCH)
         .options(selectinload(Trigger.routine))
     )
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Trigger)
+        # The routine is locked with its triggers: its runs in flight (for
+        # `overlap`) cannot change under a decision, and `apply` waits for it.
+        query = query.with_for_update(skip_locked=True, key_share=True, of=[Trigger, Routine])
     due = session.scalars(query).all()
     started = 0
     for trigger in due:
@@ -131,7 +134,24 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
     return len(due), started
 
 
-def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Settings) -> int:
+def _decide(
+    session: Session,
+    trigger: Trigger,
+    *,
+    now: datetime,
+    settings: Settings,
+    paused: bool | None = None,
+) -> int:
+    """Decide every due slot of one trigger; return how many runs it started.
+
+    1. Slots older than the catch-up window are summarised in one `missed` row.
+    2. The due slots left (at most `_MAX_SLOTS`, the newest) are planned by
+       `fires.plan` against the routine's runs in flight.
+    3. The cursor moves past them with a guarded update; if another scheduler
+       moved it first, nothing is recorded here.
+    4. Runs to supersede are cancelled, then each decision is recorded, and a
+       run is created for each that fires; the decision row is unique per slot.
+    """
     routine = trigger.routine
     policy = Policy.of(routine)
     schedule = schedule_of(trigger)
@@ -141,11 +161,21 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
     oldest_kept = now - policy.catch_up_window - offset
     cursor: datetime | None = previous
     if previous < oldest_kept:
-        cursor = _summarise_gap(session, trigger, schedule, previous, oldest_kept, now)
+        cursor = _summarise(
+            session, trigger, schedule, previous, before=oldest_kept, now=now,
+            why=f"more than catch_up_window ({format_duration(policy.catch_up_window)}) "
+            "ago when it came back",
+        )  # fmt: skip
     slots: list[datetime] = []
-    while cursor is not None and cursor + offset <= now and len(slots) < _MAX_SLOTS:
+    while cursor is not None and cursor + offset <= now:
         slots.append(cursor)
         cursor = schedule.next_after(cursor)
+    if len(slots) > _MAX_SLOTS:
+        _summarise(
+            session, trigger, schedule, slots[0], before=slots[-_MAX_SLOTS], now=now,
+            why=f"only the latest {_MAX_SLOTS} slots are decided one by one",
+        )  # fmt: skip
+        slots = slots[-_MAX_SLOTS:]
     in_flight = [
         InFlight(row.id, row.status, row.serial)
         for row in session.execute(
@@ -163,7 +193,7 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
         zone=schedule.zone,
         policy=policy,
         grace=timedelta(seconds=settings.schedule_grace),
-        paused=routine.paused_at is not None,
+        paused=routine.paused_at is not None if paused is None else paused,
         in_flight=in_flight,
         offset=offset,
     )
@@ -177,10 +207,10 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return 0
-    for run_id in planned.cancel:
-        runs.cancel(session, run_id, now=now, reason="superseded by a newer scheduled fire")
+    superseded = _supersede(session, planned.cancel, now=now)
     started = 0
     for decision in planned.decisions:
+        reason = decision.reason + (superseded if decision.starts_run else "")
         fire_id = fires.record(
             session,
             routine_id=routine.id,
@@ -188,7 +218,7 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
             trigger_type="schedule",
             scheduled_at=decision.slot,
             outcome=decision.outcome,
-            reason=decision.reason,
+            reason=reason,
             now=now,
         )
         if fire_id is None or not decision.starts_run:
@@ -200,7 +230,7 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
             trigger_id=trigger.id,
             text=None,
             now=now,
-            reason=f"{decision.outcome}: {decision.reason}",
+            reason=f"{decision.outcome}: {reason}",
             serial=decision.serial,
         )
         fires.attach_run(session, fire_id, run.id)
@@ -208,28 +238,53 @@ def _decide(session: Session, trigger: Trigger, *, now: datetime, settings: Sett
     return started
 
 
-def _summarise_gap(
+def _supersede(session: Session, run_ids: list[str], *, now: datetime) -> str:
+    """Cancel the runs `cancel_previous` replaces; say what became of each."""
+    said = []
+    for run_id in run_ids:
+        result = runs.cancel(
+            session, run_id, now=now, reason="superseded by a newer scheduled fire"
+        )
+        if result == "cancelled":
+            said.append(f"cancelled run {run_id}")
+        elif result == "requested":
+            said.append(f"asked run {run_id} to stop")
+        else:
+            said.append(f"run {run_id} is delivering its work and was left to finish")
+    return f"; {', '.join(said)} (overlap: cancel_previous)" if said else ""
+
+
+def resume(session: Session, routine: Routine, *, now: datetime, settings: Settings) -> None:
+    """Unpause a routine: slots that fell due while it was paused stay skipped."""
+    for trigger in routine.triggers:
+        if trigger.type == "schedule" and trigger.due_at is not None and trigger.due_at <= now:
+            _decide(session, trigger, now=now, settings=settings, paused=True)
+    routine.paused_at = None
+
+
+def _summarise(
     session: Session,
     trigger: Trigger,
     schedule: Schedule,
     first: datetime,
-    oldest_kept: datetime,
+    *,
+    before: datetime,
     now: datetime,
+    why: str,
 ) -> datetime | None:
-    """Record the slots older than the catch-up window as one row; return the next slot."""
+    """Record the slots from `first` up to `before` as one `missed` row; return the next slot."""
     count = 0
     cursor: datetime | None = first
     last = first
-    while cursor is not None and cursor < oldest_kept and count < _MAX_SLOTS:
+    while cursor is not None and cursor < before and count < _MAX_SLOTS:
         count += 1
         last = cursor
         cursor = schedule.next_after(cursor)
     counted = f"{count} slot{'s' if count != 1 else ''}"
-    if cursor is not None and cursor < oldest_kept:  # too many to count one by one
+    if cursor is not None and cursor < before:  # too many to count one by one
         counted = f"more than {count} slots"
-        last = oldest_kept
-        cursor = schedule.next_after(oldest_kept - timedelta(microseconds=1))
-    window = format_duration(now - oldest_kept)
+        last = before
+        cursor = schedule.next_after(before - timedelta(microseconds=1))
     fires.record(
         session,
         routine_id=trigger.routine_id,
@@ -238,9 +293,8 @@ def _summarise_gap(
         scheduled_at=first,
         outcome=Outcome.MISSED,
         reason=(
-            f"{counted} from {first:%Y-%m-%d %H:%M}Z to "
-            f"{last:%Y-%m-%d %H:%M}Z missed while routined was not running; more than "
-            f"catch_up_window ({window}) ago when it came back"
+            f"{counted} from {first:%Y-%m-%d %H:%M}Z to {last:%Y-%m-%d %H:%M}Z missed "
+            f"while routined was not running; {why}"
         ),
         now=now,
     )

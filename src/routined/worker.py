@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -113,6 +114,10 @@ class Worker:
         finally:
             stop.set()
             await beating
+            # The caller's event loop usually ends right after this. Pipes of the
+            # agent's process that are garbage by now are closed while it runs.
+            gc.collect()
+            await asyncio.sleep(0)
         return True
 
     async def _idle(self, stop: asyncio.Event) -> None:

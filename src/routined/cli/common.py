@@ -68,7 +68,7 @@ def print_json(value: Any) -> None:
 
 
 def find_routine(store: Store, name: str) -> Routine:
-    with store.transaction() as session:
+    with store.transaction(readonly=True) as session:
         routine = session.scalar(
             select(Routine)
             .where(Routine.name == name)

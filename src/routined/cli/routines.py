@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
@@ -12,7 +13,7 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import api, routines, tokens
+from routined import api, routines, scheduler, tokens
 from routined.cli.common import JsonFlag, app, fail, find_routine, opened, out, print_json, settings
 from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, Token, Trigger
@@ -64,7 +65,7 @@ def apply_(
 @app.command("list")
 def list_(as_json: JsonFlag = False) -> None:
     """List routines with their triggers, next scheduled run (in its zone) and latest run."""
-    with opened() as (_config, store), store.transaction() as session:
+    with opened() as (_config, store), store.transaction(readonly=True) as session:
         rows = [view(session, routine, next_count=1) for routine in _routines(session)]
     if as_json:
         print_json(rows)
@@ -88,7 +89,7 @@ def show(routine: str, as_json: JsonFlag = False) -> None:
     """Show one routine: policies, triggers with their next five runs, latest run."""
     with opened() as (_config, store):
         found = find_routine(store, routine)
-        with store.transaction() as session:
+        with store.transaction(readonly=True) as session:
             row = view(session, session.merge(found, load=False), next_count=5)
     if as_json:
         print_json(row)
@@ -123,14 +124,15 @@ def resume(routine: str) -> None:
 
 
 def _set_paused(name: str, *, paused: bool) -> None:
-    with opened() as (_config, store):
+    with opened() as (config, store):
         found = find_routine(store, name)
         with store.transaction() as session:
-            routine = session.get(Routine, found.id)
-            assert routine is not None
+            routine = session.get_one(Routine, found.id)
             changed = (routine.paused_at is None) == paused
-            if changed:
-                routine.paused_at = utcnow() if paused else None
+            if changed and paused:
+                routine.paused_at = utcnow()
+            elif changed:
+                scheduler.resume(session, routine, now=utcnow(), settings=config)
     state = "paused" if paused else "resumed"
     out.print(f"{escape(name)} {state}" if changed else f"{escape(name)} was already {state}")
 
@@ -215,10 +217,14 @@ def _schedule_view(
         "timezone": where.key,
         "state": state,
         "next_runs": [iso(moment) for moment in upcoming],
-        "next_runs_local": [
-            f"{moment.astimezone(where):%Y-%m-%d %H:%M %Z} ({where.key})" for moment in upcoming
-        ],
+        "next_runs_local": [_local(moment, where) for moment in upcoming],
     }
+
+
+def _local(moment: datetime, where: ZoneInfo) -> str:
+    local = moment.astimezone(where)
+    name = local.tzname()
+    return f"{local:%Y-%m-%d %H:%M} {name}" + ("" if name == where.key else f" ({where.key})")
 
 
 def _trigger_line(trigger: dict[str, Any]) -> str:

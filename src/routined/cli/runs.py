@@ -88,7 +88,7 @@ async def _run_and_follow(
 @app.command("runs")
 def runs_(
     routine: Annotated[str | None, typer.Argument(help="Only this routine's runs.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
     """List runs, newest first."""
@@ -97,7 +97,7 @@ def runs_(
         if routine is not None:
             find_routine(store, routine)
             statement = statement.where(Routine.name == routine)
-        with store.transaction() as session:
+        with store.transaction(readonly=True) as session:
             rows = [
                 runs.summary(run, name, public_url=config.public_url)
                 for run, name in session.execute(statement.limit(limit)).all()
@@ -138,7 +138,7 @@ def logs(
 ) -> None:
     """Show a run's events: state changes, git work and every agent message."""
     with opened() as (_config, store):
-        with store.transaction() as session:
+        with store.transaction(readonly=True) as session:
             run_id = session.scalar(select(Run.id).where((Run.id == run) | (Run.session_id == run)))
         if run_id is None:
             fail(f"no run or session {run!r}; `routined runs` lists them")
@@ -166,7 +166,7 @@ async def _follow(store: Store, run_id: str, *, quiet: bool, as_json: bool = Fal
 
 
 def _events_after(store: Store, run_id: str, seq: int) -> tuple[list[RunEvent], str | None]:
-    with store.transaction() as session:
+    with store.transaction(readonly=True) as session:
         events = session.scalars(
             select(RunEvent)
             .where(RunEvent.run_id == run_id, RunEvent.seq > seq)
@@ -177,7 +177,7 @@ def _events_after(store: Store, run_id: str, seq: int) -> tuple[list[RunEvent], 
 
 
 def _run_summary(store: Store, config: Settings, run_id: str) -> dict[str, Any]:
-    with store.transaction() as session:
+    with store.transaction(readonly=True) as session:
         run, name = session.execute(runs.with_routine_name().where(Run.id == run_id)).one()
         return runs.summary(run, name, public_url=config.public_url)
 

@@ -84,7 +84,7 @@ def _instant(text: str, where: ZoneInfo) -> datetime:
 @app.command()
 def events(
     routine: Annotated[str | None, typer.Argument(help="Only this routine's decisions.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
     """Every decision about a fire (fired, caught up, skipped, missed…) and why."""
@@ -97,7 +97,7 @@ def events(
         )
         if routine is not None:
             statement = statement.where(Fire.routine_id == find_routine(store, routine).id)
-        with store.transaction() as session:
+        with store.transaction(readonly=True) as session:
             rows = [_fire_view(fire, name) for fire, name in session.execute(statement)]
     if as_json:
         print_json(rows)
