@@ -25,6 +25,7 @@ install: $(VENV)/.installed system-deps
 
 bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/fire_latency.py
+	$(PYTHON) bench/scheduler.py
 
 $(PYTHON):
 	python3 -m venv $(VENV)

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -129,11 +128,11 @@ def plan(
     decisions: dict[datetime, Decision] = {}
     wanted: list[Decision] = []
     late = [s for s in slots if now - (s + offset) > grace]
-    on_time = [s for s in slots if s not in late]
+    on_time = [s for s in slots if now - (s + offset) <= grace]
     in_window = [s for s in late if now - (s + offset) <= policy.catch_up_window]
     for slot in late:
         shown = _local(slot, zone)
-        if slot not in in_window:
+        if now - (slot + offset) > policy.catch_up_window:
             window = format_duration(policy.catch_up_window)
             decisions[slot] = Decision(
                 slot,
@@ -243,8 +242,10 @@ def record(
 ) -> int | None:
     """Store a decision; None if this trigger's slot was already decided elsewhere."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    # On the table, not the entity: a plain insert, without the ORM's bookkeeping.
+    table = Fire.__table__
     statement = (
-        dialect.insert(Fire)
+        dialect.insert(table)
         .values(
             routine_id=routine_id,
             trigger_id=trigger_id,
@@ -256,11 +257,7 @@ def record(
             run_id=run_id,
         )
         .on_conflict_do_nothing(index_elements=["trigger_id", "scheduled_at"])
-        .returning(Fire.id)
+        .returning(table.c.id)
     )
     inserted: int | None = session.scalar(statement)
     return inserted
-
-
-def attach_run(session: Session, fire_id: int, run_id: str) -> None:
-    session.execute(update(Fire).where(Fire.id == fire_id).values(run_id=run_id))

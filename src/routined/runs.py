@@ -110,10 +110,12 @@ def create(
         created_at=now,
         branches=[],
         serial=serial,
+        event_seq=1,  # its first event, below: nobody else can write to it yet
     )
     session.add(run)
-    session.flush()
-    add_event(session, run.id, "status", now=now, reason=reason, to_status=RunStatus.QUEUED)
+    session.add(
+        RunEvent(run_id=run.id, seq=1, at=now, kind="status", reason=reason, to_status=run.status)
+    )
     return run
 
 

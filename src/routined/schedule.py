@@ -72,9 +72,10 @@ class Schedule:
             if moment > after:
                 yield moment
             return
-        # Start a little before `after` on the wall clock: a time the clock
-        # jumped over maps to an instant later than itself.
-        local = after.astimezone(self.zone).replace(tzinfo=None) - timedelta(hours=3)
+        # Wall-clock times before `after`'s own never map after it: a time the
+        # clock jumps over maps to the jump, and if `after` is before the jump
+        # its wall time is before the gap too.
+        local = after.astimezone(self.zone).replace(tzinfo=None)
         last = after
         try:
             for wall in CronSim(self.expression, local):

@@ -12,7 +12,6 @@ PostgreSQL database never fire a slot twice; there, each takes its batch with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,11 +26,14 @@ from routined.db import Store
 from routined.fires import InFlight, Outcome, Policy
 from routined.models import Routine, Run, Trigger
 from routined.schedule import Schedule, format_duration, parse, stagger_offset
+from routined.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_BATCH = 200
+# Decisions of one batch commit together: small enough that the first run of a
+# batch is not held back long by the last.
+_BATCH = 50
 # Enough slots to decide one trigger after any downtime within the catch-up
 # window; a longer gap is summarised in one row.
 _MAX_SLOTS = 1000
@@ -70,13 +72,11 @@ class Scheduler:
         self.clock = clock
         self.on_run_created = on_run_created
         self.retry_after_error = retry_after_error
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
         """Look at the schedules again now (they changed); safe from any thread."""
-        if self._loop is not None and self._wakeup is not None:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+        self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Decide due slots, then sleep until the next one is due.
@@ -85,32 +85,39 @@ class Scheduler:
         seen within `ROUTINED_POLL_INTERVAL`: the sleep is never longer, and
         looking costs one indexed query.
         """
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
+        self._wakeup.bind()
         while not stop.is_set():
             try:
-                next_due = await asyncio.to_thread(self.run_due)
+                next_due = await asyncio.to_thread(self.run_due, stop.is_set)
             except Exception:
                 log.exception("scheduler: deciding due schedules failed; trying again")
-                await _sleep(stop, self._wakeup, self.retry_after_error)
+                await self._wakeup.sleep(stop, self.retry_after_error)
                 continue
             delay = self.settings.poll_interval
             if next_due is not None:
                 delay = min(delay, (next_due - self.clock()).total_seconds())
-            await _sleep(stop, self._wakeup, max(delay, 0.0))
+            await self._wakeup.sleep(stop, max(delay, 0.0))
 
-    def run_due(self) -> datetime | None:
-        """Decide everything due now; return when the next decision is due."""
+    def run_due(self, stopping: Callable[[], bool] = lambda: False) -> datetime | None:
+        """Decide everything due now; return when the next decision is due.
+
+        Looking is a read that takes no lock; the write transaction (and on
+        SQLite the write lock) is taken only when something is due.
+        """
         while True:
+            with self.store.transaction(readonly=True) as session:
+                next_due = session.scalar(select(func.min(Trigger.due_at)))
             now = self.clock()
+            if next_due is None or next_due > now:
+                return next_due
             with self.store.transaction() as session:
                 decided, started = decide_due(session, now=now, settings=self.settings)
             if started:
                 self.on_run_created()
-            if decided < _BATCH:
-                break
-        with self.store.transaction(readonly=True) as session:
-            return session.scalar(select(func.min(Trigger.due_at)))
+            if stopping():
+                return None
+            if decided == 0:
+                return None  # due, but another scheduler is deciding it: look again soon
 
 
 def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[int, int]:
@@ -211,7 +218,20 @@ def _decide(
     started = 0
     for decision in planned.decisions:
         reason = decision.reason + (superseded if decision.starts_run else "")
-        fire_id = fires.record(
+        run = None
+        if decision.starts_run:
+            run = runs.create(
+                session,
+                routine,
+                trigger_type="schedule",
+                trigger_id=trigger.id,
+                text=None,
+                now=now,
+                reason=f"{decision.outcome}: {reason}",
+                serial=decision.serial,
+            )
+            session.flush()  # the decision row refers to it
+        recorded = fires.record(
             session,
             routine_id=routine.id,
             trigger_id=trigger.id,
@@ -220,21 +240,12 @@ def _decide(
             outcome=decision.outcome,
             reason=reason,
             now=now,
+            run_id=None if run is None else run.id,
         )
-        if fire_id is None or not decision.starts_run:
-            continue
-        run = runs.create(
-            session,
-            routine,
-            trigger_type="schedule",
-            trigger_id=trigger.id,
-            text=None,
-            now=now,
-            reason=f"{decision.outcome}: {reason}",
-            serial=decision.serial,
-        )
-        fires.attach_run(session, fire_id, run.id)
-        started += 1
+        if run is not None and recorded is None:
+            session.delete(run)  # the slot was decided elsewhere: this run never was
+        elif run is not None:
+            started += 1
     return started
 
 
@@ -306,12 +317,3 @@ def next_instants(trigger: Trigger, *, count: int) -> list[datetime]:
     if trigger.next_at is None:
         return []
     return [trigger.next_at, *schedule_of(trigger).upcoming(trigger.next_at, count - 1)]
-
-
-async def _sleep(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
-    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wakeup.wait())]
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in waiters:
-        waiter.cancel()
-    wakeup.clear()

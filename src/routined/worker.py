@@ -22,6 +22,7 @@ from routined.config import Settings
 from routined.db import Store
 from routined.execution import Clock, Executor
 from routined.runs import Claim
+from routined.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,14 @@ class Worker:
         self.executor = Executor(store, settings, clock)
         self._claims: dict[str, Claim] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wakeup: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = Wakeup()
 
     def wake(self) -> None:
         """Look for queued runs now; safe to call from any thread."""
-        if self._loop is not None and self._wakeup is not None:
-            self._loop.call_soon_threadsafe(self._wakeup.set)
+        self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._wakeup = asyncio.Event()
+        self._wakeup.bind()
         beating = asyncio.create_task(self._beat(stop))
         last_sweep: datetime | None = None
         try:
@@ -74,7 +72,7 @@ class Worker:
                     log.exception("worker %s: looking for runs failed; trying again", self.id)
                     await _wait(stop, self.retry_after_error)
                     continue
-                await self._idle(stop)
+                await self._wakeup.sleep(stop, self.settings.poll_interval)
         finally:
             beating.cancel()
             for task in self._tasks:
@@ -102,7 +100,7 @@ class Worker:
 
     async def run_claimed(self, run_id: str) -> bool:
         """Execute this one run here if no other worker has taken it; say whether it did."""
-        self._loop = asyncio.get_running_loop()
+        self._wakeup.bind()
         claim = await asyncio.to_thread(self._claim, run_id)
         if claim is None:
             return False
@@ -119,16 +117,6 @@ class Worker:
             gc.collect()
             await asyncio.sleep(0)
         return True
-
-    async def _idle(self, stop: asyncio.Event) -> None:
-        assert self._wakeup is not None
-        waiters = [asyncio.create_task(self._wakeup.wait()), asyncio.create_task(stop.wait())]
-        await asyncio.wait(
-            waiters, timeout=self.settings.poll_interval, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiter in waiters:
-            waiter.cancel()
-        self._wakeup.clear()
 
     async def _beat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
