@@ -98,7 +98,8 @@ def test_a_once_trigger_starts_its_run_at_its_instant(
     env = environment(settings)
     servers.append(start_server(env))
     # Applied while the server runs, from another process: the server must notice.
-    instant = (datetime.now(UTC) + timedelta(seconds=4)).replace(microsecond=0)
+    # Far enough ahead for `apply` on a loaded machine; it refuses a past instant.
+    instant = (datetime.now(UTC) + timedelta(seconds=10)).replace(microsecond=0)
     once = f"{{type: schedule, once: '{instant:%Y-%m-%dT%H:%M:%S}', timezone: UTC}}"
     apply(env, tmp_path / "r.yaml", "routines:\n" + routine_yaml(origin, "soon", once))
     store = Store(settings.database_url.reveal())
@@ -128,13 +129,13 @@ def test_a_crash_across_a_daily_instant_catches_up_once_under_latest_and_not_und
 ) -> None:
     env = environment(settings, ROUTINED_SCHEDULE_GRACE="1")
     zone_name = "Europe/Berlin"
+    servers.append(start_server(env))
     now = datetime.now(UTC)
     instant = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
-    if instant - now < timedelta(seconds=8):
-        instant += timedelta(minutes=1)  # time enough to start, apply and crash before it
+    if instant - now < timedelta(seconds=12):
+        instant += timedelta(minutes=1)  # time enough to apply and crash before it
     local = instant.astimezone(__import__("zoneinfo").ZoneInfo(zone_name))
     daily = f"{{type: schedule, schedule: 'daily at {local:%H:%M}', timezone: {zone_name}}}"
-    servers.append(start_server(env))
     apply(
         env,
         tmp_path / "r.yaml",
@@ -143,6 +144,7 @@ def test_a_crash_across_a_daily_instant_catches_up_once_under_latest_and_not_und
         + routine_yaml(origin, "skip", daily, "    catch_up: skip\n"),
     )
     stop(servers[0], signal.SIGKILL)  # a crash, not a shutdown
+    assert datetime.now(UTC) < instant, "the server was not down across the instant"
     time.sleep(max(0.0, (instant - datetime.now(UTC)).total_seconds()) + 2.5)  # down across it
     servers.append(start_server(env))
     store = Store(settings.database_url.reveal())
@@ -175,7 +177,8 @@ def test_two_schedulers_on_one_postgresql_store_fire_a_thousand_slots_once_each(
     store.migrate()
     count = 1000
     now = datetime.now(UTC)
-    slot = now - timedelta(seconds=5)  # due, and on time (within the default grace)
+    # Due, on time (within the default grace), and the only slot of each trigger.
+    slot = now - timedelta(seconds=5)
     try:
         with store.transaction() as session:
             for number in range(count):
