@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,174 @@ def test_a_paused_routine_refuses_fires_and_records_why(api: Fixture) -> None:
         assert [f.outcome for f in session.scalars(select(Fire).order_by(Fire.id))] == [
             "refused", "fired",
         ]  # fmt: skip
+
+
+def with_settings(api: Fixture, clock: Any = None, **env: str) -> Fixture:
+    """The same store and triggers behind an app with other settings (and clock)."""
+    settings = Settings.from_env({"ROUTINED_PUBLIC_URL": "https://routined.example.com", **env})
+    app = create_app(api.store, settings, clock=clock or (lambda: T0), on_run_created=lambda: None)
+    client = TestClient(app, raise_server_exceptions=False)
+    return Fixture(client, api.store, api.trigger_id, api.token, api.other_token, [])
+
+
+def over_plan(api: Fixture) -> None:
+    set_account(api, plan="pro")
+    queue_runs(api, 5)
+
+
+def set_account(api: Fixture, **values: Any) -> str:
+    from routined.models import Account, Trigger
+
+    with api.store.transaction() as session:
+        account = session.get_one(Trigger, api.trigger_id).routine
+        row = session.get_one(Account, account.account_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+        return row.name
+
+
+def pause(api: Fixture) -> None:
+    from routined.models import Trigger
+
+    with api.store.transaction() as session:
+        session.get_one(Trigger, api.trigger_id).routine.paused_at = T0
+
+
+def queue_runs(api: Fixture, count: int) -> None:
+    for _ in range(count):
+        assert api.fire(token=api.other_token, trigger_id=other_trigger(api)).status_code == 200
+
+
+def other_trigger(api: Fixture) -> str:
+    from routined.models import Token
+
+    with api.store.transaction() as session:
+        return next(
+            t.trigger_id
+            for t in session.scalars(select(Token))
+            if tokens.verify(session, t.trigger_id, api.other_token)
+        )
+
+
+def revoke(api: Fixture) -> None:
+    with api.store.transaction() as session:
+        tokens.issue(session, api.trigger_id, now=T0)
+
+
+# Every row of the fire endpoint's error matrix: (setup, request changes, status, type, says).
+ERROR_MATRIX: list[tuple[str, Any, dict[str, Any], int, str, str]] = [
+    ("version missing", None, {"headers": {"anthropic-version": ""}}, 400, "invalid_request_error", "anthropic-version: missing"),
+    ("version unknown", None, {"headers": {"anthropic-version": "2024-01-01"}}, 400, "invalid_request_error", "send anthropic-version: 2023-06-01"),
+    ("beta missing", None, {"headers": {"anthropic-beta": ""}}, 400, "invalid_request_error", "experimental-cc-routine-2026-04-01"),
+    ("beta unknown", None, {"headers": {"anthropic-beta": "experimental-cc-routine-2099-01-01"}}, 400, "invalid_request_error", "one of: experimental-cc-routine-2026-04-01"),
+    ("body not JSON", None, {"raw": b"{nope"}, 400, "invalid_request_error", "not valid JSON"),
+    ("body not an object", None, {"raw": b"[1]"}, 400, "invalid_request_error", "must be a JSON object"),
+    ("text not a string", None, {"body": {"text": 5}}, 400, "invalid_request_error", "text: must be a string"),
+    ("text too long", None, {"body": {"text": "x" * 65_537}}, 400, "invalid_request_error", "65537 characters is over the limit"),
+    ("bad idempotency key", None, {"headers": {"idempotency-key": "x" * 256}}, 400, "invalid_request_error", "Idempotency-Key"),
+    ("routine paused", pause, {}, 400, "invalid_request_error", "is paused"),
+    ("no token", None, {"headers": {"authorization": ""}}, 401, "authentication_error", "Authorization: Bearer"),
+    ("malformed token", None, {"token": "rtd_short"}, 401, "authentication_error", "invalid token"),
+    ("revoked token", revoke, {}, 401, "authentication_error", "invalid token"),
+    ("another trigger's token", None, {"token": "OTHER"}, 401, "authentication_error", "invalid token"),
+    ("account disabled", lambda api: set_account(api, disabled_at=T0), {}, 403, "permission_error", "is disabled"),
+    ("unknown trigger", None, {"trigger_id": "trig_doesnotexist"}, 404, "not_found_error", "no API trigger"),
+    ("daily limit", over_plan, {}, 429, "rate_limit_error", "plan pro's limit of 5 a day"),
+    ("queue full", lambda api: queue_runs(api, 3), {"env": {"ROUTINED_MAX_QUEUED_RUNS": "3"}}, 503, "overloaded_error", "ROUTINED_MAX_QUEUED_RUNS"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("setup", "changes", "status", "kind", "says"),
+    [pytest.param(*row[1:], id=row[0]) for row in ERROR_MATRIX],
+)
+def test_the_error_matrix(
+    api: Fixture, setup: Any, changes: dict[str, Any], status: int, kind: str, says: str
+) -> None:
+    if setup is not None:
+        setup(api)
+    changes = dict(changes)
+    client = with_settings(api, **changes.pop("env", {}))
+    if changes.get("token") == "OTHER":
+        changes["token"] = api.other_token
+    before = len(client.runs())
+    response = client.fire(**changes)
+    assert_error(response, status, kind, says)
+    assert len(client.runs()) == before  # nothing started
+    if status in (429, 503):
+        assert int(response.headers["retry-after"]) > 0
+    else:
+        assert "retry-after" not in response.headers
+
+
+def test_a_plan_of_two_a_day_refuses_the_third_until_the_day_resets(api: Fixture) -> None:
+    from routined.models import Fire
+
+    now = datetime(2026, 11, 28, 22, 15, 30, tzinfo=UTC)
+    client = with_settings(api, lambda: now, ROUTINED_PLANS="small:2,unlimited:none")
+    name = set_account(api, plan="small")
+    assert [client.fire().status_code for _ in range(2)] == [200, 200]
+    refused = client.fire()
+    assert_error(refused, 429, "rate_limit_error", f"account {name} has started 2 runs today")
+    # The day (UTC by default) ends at midnight: 1 h 44 min 30 s from now.
+    assert refused.headers["retry-after"] == str(6270)
+    assert "resets at 2026-11-29T00:00:00Z" in refused.json()["error"]["message"]
+    # Days begin in ROUTINED_TIMEZONE: at 23:15Z a new day has begun in Berlin (00:15),
+    # not in UTC.
+    later = datetime(2026, 11, 28, 23, 15, tzinfo=UTC)
+    plans = "small:2,unlimited:none"
+    assert with_settings(api, lambda: later, ROUTINED_PLANS=plans).fire().status_code == 429
+    berlin = with_settings(
+        api, lambda: later, ROUTINED_PLANS=plans, ROUTINED_TIMEZONE="Europe/Berlin"
+    )
+    assert berlin.fire().status_code == 200
+    set_account(api, extra_usage=True)
+    allowed = client.fire()
+    assert allowed.status_code == 200
+    with api.store.transaction() as session:
+        outcomes = [(f.outcome, f.reason) for f in session.scalars(select(Fire).order_by(Fire.id))]
+    assert [o for o, _ in outcomes] == ["fired", "fired", "refused", "refused", "fired", "fired"]
+    assert "extra usage is on" in outcomes[-1][1]
+
+
+def test_the_hourly_caps_refuse_with_the_time_to_the_next_hour(api: Fixture) -> None:
+    now = datetime(2026, 11, 28, 22, 59, 0, tzinfo=UTC)
+    client = with_settings(api, lambda: now, ROUTINED_ROUTINE_HOURLY_CAP="1")
+    assert client.fire().status_code == 200
+    refused = client.fire()
+    assert_error(refused, 429, "rate_limit_error", "ROUTINED_ROUTINE_HOURLY_CAP")
+    assert refused.headers["retry-after"] == "60"
+    per_account = with_settings(api, lambda: now, ROUTINED_ACCOUNT_API_HOURLY_CAP="1")
+    assert_error(
+        per_account.fire(token=api.other_token, trigger_id=other_trigger(api)),
+        429,
+        "rate_limit_error",
+        "ROUTINED_ACCOUNT_API_HOURLY_CAP",
+    )
+
+
+def test_an_idempotency_key_returns_the_first_session_for_a_day(api: Fixture) -> None:
+    clock = [T0]
+    client = with_settings(api, lambda: clock[0])
+    first = client.fire({"text": "a"}, headers={"idempotency-key": "k-1"})
+    again = client.fire({"text": "b"}, headers={"idempotency-key": "k-1"})
+    other = client.fire({"text": "c"}, headers={"idempotency-key": "k-2"})
+    assert first.status_code == again.status_code == other.status_code == 200
+    assert again.json() == first.json()
+    assert other.json()["claude_code_session_id"] != first.json()["claude_code_session_id"]
+    assert sorted(run.text or "" for run in client.runs()) == ["a", "c"]
+    clock[0] = T0 + timedelta(hours=24)
+    later = client.fire({"text": "d"}, headers={"idempotency-key": "k-1"})
+    assert later.json()["claude_code_session_id"] != first.json()["claude_code_session_id"]
+
+
+def test_the_newest_three_dated_betas_are_accepted(api: Fixture) -> None:
+    betas = "experimental-cc-routine-2026-04-01,experimental-cc-routine-2026-09-01,experimental-cc-routine-2027-01-01,experimental-cc-routine-2026-11-01"
+    client = with_settings(api, ROUTINED_ACCEPTED_BETAS=betas)
+    for beta, status in [
+        ("experimental-cc-routine-2027-01-01", 200),
+        ("experimental-cc-routine-2026-11-01", 200),
+        ("experimental-cc-routine-2026-09-01", 200),
+        ("experimental-cc-routine-2026-04-01", 400),
+    ]:
+        assert client.fire(headers={"anthropic-beta": beta}).status_code == status, beta

@@ -8,25 +8,33 @@ answers errors in Anthropic's envelope:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from routined import fires, runs, tokens
+from routined import limits as limits_
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
-from routined.models import Routine, Run, Trigger
+from routined.limits import Limits
+from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
 
 ANTHROPIC_VERSION = "2023-06-01"
-ACCEPTED_BETAS = ("experimental-cc-routine-2026-04-01",)
+MAX_IDEMPOTENCY_KEY = 255
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+OVERLOADED_RETRY_AFTER = 5  # seconds; workers take queued runs in about that
 MAX_TEXT = 65_536
 # Room for the longest text with every character escaped, and then some; a
 # bigger body is refused before it is read.
@@ -103,15 +111,28 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    limits = Limits.of(settings)
+
     @app.post("/v1/claude_code/routines/{trigger_id}/fire")
     async def fire(trigger_id: str, request: Request) -> dict[str, str]:
-        _check_versions(request)
-        token = _bearer_token(request)
-        text = _fire_text(await _body(request))
-        session_id = await anyio.to_thread.run_sync(
-            _record_fire, store, trigger_id, token, text, clock()
+        _check_versions(request, settings.accepted_betas)
+        fired = FireRequest(
+            trigger_id=trigger_id,
+            token=_bearer_token(request),
+            idempotency_key=_idempotency_key(request),
+            text=_fire_text(await _body(request)),
         )
-        on_run_created()
+        record = functools.partial(
+            _record_fire,
+            store,
+            fired,
+            now=clock(),
+            limits=limits,
+            max_queued=settings.max_queued_runs,
+        )
+        session_id, created = await anyio.to_thread.run_sync(record)
+        if created:
+            on_run_created()
         return {
             "type": "routine_fire",
             "claude_code_session_id": session_id,
@@ -128,7 +149,7 @@ def create_app(
     return app
 
 
-def _check_versions(request: Request) -> None:
+def _check_versions(request: Request, accepted_betas: tuple[str, ...]) -> None:
     version = request.headers.get("anthropic-version")
     if version != ANTHROPIC_VERSION:
         shown = "missing" if version is None else f"{version!r}"
@@ -136,10 +157,23 @@ def _check_versions(request: Request) -> None:
             400, f"anthropic-version: {shown}; send anthropic-version: {ANTHROPIC_VERSION}"
         )
     betas = [b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()]
-    if not any(beta in ACCEPTED_BETAS for beta in betas):
+    if not any(beta in accepted_betas for beta in betas):
         shown = "missing" if not betas else ", ".join(repr(b) for b in betas)
-        accepted = ", ".join(ACCEPTED_BETAS)
+        accepted = ", ".join(accepted_betas)
         raise ApiError(400, f"anthropic-beta: {shown}; send anthropic-beta with one of: {accepted}")
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
+        raise ApiError(
+            400,
+            f"Idempotency-Key: give 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
+            "such as a UUID",
+        )
+    return key
 
 
 def _bearer_token(request: Request) -> str:
@@ -185,47 +219,129 @@ def _fire_text(body: bytes) -> str | None:
     return text
 
 
-def _record_fire(store: Store, trigger_id: str, token: str, text: str | None, now: datetime) -> str:
+@dataclass(frozen=True)
+class FireRequest:
+    trigger_id: str
+    token: str
+    text: str | None
+    idempotency_key: str | None
+
+
+def _record_fire(
+    store: Store, request: FireRequest, *, now: datetime, limits: Limits, max_queued: int
+) -> tuple[str, bool]:
+    """Record the fire: the session it started (or started before), and whether it is new.
+
+    A refusal is recorded too, with its reason, and then raised: it answers
+    "why did my call not start a run?" in `routined events`.
+    """
     with store.transaction() as session:
-        trigger = session.get(Trigger, trigger_id)
+        trigger = session.get(Trigger, request.trigger_id)
         if trigger is None or trigger.type != "api":
-            raise ApiError(404, f"no API trigger {trigger_id}")
-        if not tokens.verify(session, trigger_id, token):
+            raise ApiError(404, f"no API trigger {request.trigger_id}")
+        if not tokens.verify(session, trigger.id, request.token):
             raise ApiError(401, "invalid token for this trigger")
-        routine = session.get(Routine, trigger.routine_id)
-        assert routine is not None
-        if routine.paused_at is None:
+        routine = session.get_one(Routine, trigger.routine_id)
+        account = limits_.hold_account(session, routine)
+        refusal = _refusal(session, routine, account, now=now, limits=limits, max_queued=max_queued)
+        if refusal is None and request.idempotency_key is not None:
+            earlier = _earlier_fire(session, trigger.id, request.idempotency_key, now)
+            if earlier is not None:
+                return earlier, False
+        if refusal is None:
+            verdict = limits_.check(session, routine, account, "api", limits=limits, now=now)
+            if not verdict.allowed:
+                headers = {"retry-after": str(verdict.retry_after)}
+                refusal = ApiError(429, verdict.reason, headers=headers)
+        if refusal is not None:
+            fires.record(
+                session,
+                routine_id=routine.id,
+                trigger_id=trigger.id,
+                trigger_type="api",
+                outcome=fires.Outcome.REFUSED,
+                reason=f"{refusal.status}: {refusal.message}",
+                now=now,
+            )
+        else:
             reason = f"fired over the API through trigger {trigger.id}"
+            if verdict.reason:
+                reason += f"; {verdict.reason}"
             run = runs.create(
                 session,
                 routine,
                 trigger_type="api",
                 trigger_id=trigger.id,
-                text=text,
+                text=request.text,
                 now=now,
                 reason=reason,
             )
-            outcome, run_id, session_id = fires.Outcome.FIRED, run.id, run.session_id
-        else:
-            reason = (
-                f"routine {routine.name} is paused; resume it (routined resume "
-                f"{routine.name}) to fire it"
+            session.flush()
+            fires.record(
+                session,
+                routine_id=routine.id,
+                trigger_id=trigger.id,
+                trigger_type="api",
+                outcome=fires.Outcome.FIRED,
+                reason=reason,
+                now=now,
+                run_id=run.id,
             )
-            outcome, run_id, session_id = fires.Outcome.REFUSED, None, None
-        # The refusal is recorded too: it answers "why did my call not run?".
-        fires.record(
-            session,
-            routine_id=routine.id,
-            trigger_id=trigger.id,
-            trigger_type="api",
-            outcome=outcome,
-            reason=reason,
-            now=now,
-            run_id=run_id,
+            if request.idempotency_key is not None:
+                session.add(
+                    IdempotencyKey(
+                        trigger_id=trigger.id,
+                        key=request.idempotency_key,
+                        run_id=run.id,
+                        created_at=now,
+                    )
+                )
+            return run.session_id, True
+    raise refusal
+
+
+def _refusal(
+    session: Session,
+    routine: Routine,
+    account: Account,
+    *,
+    now: datetime,
+    limits: Limits,
+    max_queued: int,
+) -> ApiError | None:
+    if account.disabled_at is not None:
+        return ApiError(403, f"account {account.name} is disabled; its routines cannot be fired")
+    if routine.paused_at is not None:
+        return ApiError(
+            400,
+            f"routine {routine.name} is paused; resume it (routined resume {routine.name}) "
+            "to fire it",
         )
-    if session_id is None:
-        raise ApiError(400, reason)
-    return session_id
+    queued = session.scalar(select(func.count(Run.id)).where(Run.status == runs.RunStatus.QUEUED))
+    if (queued or 0) >= max_queued:
+        return ApiError(
+            503,
+            f"{queued} runs are waiting to start, the most this server queues "
+            "(ROUTINED_MAX_QUEUED_RUNS); try again shortly",
+            headers={"retry-after": str(OVERLOADED_RETRY_AFTER)},
+        )
+    return None
+
+
+def _earlier_fire(session: Session, trigger_id: str, key: str, now: datetime) -> str | None:
+    """The session an earlier fire with this key started, if it is less than a day old."""
+    earlier = session.scalar(
+        select(IdempotencyKey).where(
+            IdempotencyKey.trigger_id == trigger_id, IdempotencyKey.key == key
+        )
+    )
+    if earlier is None:
+        return None
+    if now - earlier.created_at >= IDEMPOTENCY_WINDOW:
+        session.delete(earlier)
+        session.flush()  # the key is free for this fire
+        return None
+    return session.scalar(select(Run.session_id).where(Run.id == earlier.run_id))
 
 
 def _session(store: Store, session_id: str, public_url: str) -> dict[str, Any] | None:

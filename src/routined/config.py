@@ -8,6 +8,7 @@ same variable with `_FILE` appended, and never prints its value.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +89,32 @@ SETTINGS: tuple[Setting, ...] = (
         "(after downtime) the routine's catch_up policy decides.",
     ),
     Setting(
+        "ROUTINED_ACCEPTED_BETAS",
+        "experimental-cc-routine-2026-04-01",
+        "Dated `anthropic-beta` versions of the fire API, comma-separated; the newest "
+        "and the two before it are accepted.",
+    ),
+    Setting(
+        "ROUTINED_PLANS",
+        "pro:5,max:15,team:25,enterprise:25,unlimited:none",
+        "Plans as NAME:RUNS_PER_DAY (or NAME:none), comma-separated.",
+    ),
+    Setting(
+        "ROUTINED_ROUTINE_HOURLY_CAP",
+        "30",
+        "Runs a routine may start in a clock hour by hand and over the API together.",
+    ),
+    Setting(
+        "ROUTINED_ACCOUNT_API_HOURLY_CAP",
+        "100",
+        "Runs an account may start in a clock hour over the API.",
+    ),
+    Setting(
+        "ROUTINED_MAX_QUEUED_RUNS",
+        "1000",
+        "Queued runs beyond which the fire API answers 503 overloaded_error.",
+    ),
+    Setting(
         "ROUTINED_RUN_TIMEOUT",
         "3600",
         "Seconds an agent session may run before routined stops it.",
@@ -160,6 +187,11 @@ class Settings:
     timezone: str
     min_schedule_interval: float
     schedule_grace: float
+    accepted_betas: tuple[str, ...]
+    plans: str
+    routine_hourly_cap: int
+    account_api_hourly_cap: int
+    max_queued_runs: int
     run_timeout: float
     heartbeat_interval: float
     lost_after: float
@@ -196,6 +228,20 @@ class Settings:
             ),
             schedule_grace=_number(
                 "ROUTINED_SCHEDULE_GRACE", raw["ROUTINED_SCHEDULE_GRACE"] or "", float, 1
+            ),
+            accepted_betas=_betas(raw["ROUTINED_ACCEPTED_BETAS"] or ""),
+            plans=_plans(raw["ROUTINED_PLANS"] or ""),
+            routine_hourly_cap=_number(
+                "ROUTINED_ROUTINE_HOURLY_CAP", raw["ROUTINED_ROUTINE_HOURLY_CAP"] or "", int, 0
+            ),
+            account_api_hourly_cap=_number(
+                "ROUTINED_ACCOUNT_API_HOURLY_CAP",
+                raw["ROUTINED_ACCOUNT_API_HOURLY_CAP"] or "",
+                int,
+                0,
+            ),
+            max_queued_runs=_number(
+                "ROUTINED_MAX_QUEUED_RUNS", raw["ROUTINED_MAX_QUEUED_RUNS"] or "", int, 1
             ),
             run_timeout=_number(
                 "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
@@ -235,6 +281,32 @@ def _http_url(name: str, raw: str) -> str:
             f"{name}: {raw!r} is not an http(s) URL such as https://api.anthropic.com"
         )
     return raw.rstrip("/")
+
+
+_DATED = re.compile(r".*-(\d{4}-\d{2}-\d{2})")
+
+
+def _betas(raw: str) -> tuple[str, ...]:
+    """The newest three dated versions: a new one keeps the two before it working."""
+    betas = [beta.strip() for beta in raw.split(",") if beta.strip()]
+    undated = [beta for beta in betas if not _DATED.fullmatch(beta)]
+    if not betas or undated:
+        raise ConfigError(
+            f"ROUTINED_ACCEPTED_BETAS: {', '.join(undated) or 'empty'}: give dated versions "
+            "such as experimental-cc-routine-2026-04-01"
+        )
+    newest = sorted(set(betas), key=lambda beta: _DATED.fullmatch(beta).group(1))  # type: ignore[union-attr]
+    return tuple(newest[-3:])
+
+
+def _plans(raw: str) -> str:
+    from routined.limits import PlanError, parse_plans
+
+    try:
+        parse_plans(raw)
+    except PlanError as error:
+        raise ConfigError(f"ROUTINED_PLANS: {error}") from None
+    return raw
 
 
 def _zone(name: str, raw: str) -> str:

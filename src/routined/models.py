@@ -59,10 +59,33 @@ class Base(DeclarativeBase):
     }
 
 
+DEFAULT_ACCOUNT_ID = "acct_default"
+
+
+class Account(Base):
+    """Who owns routines, with the plan that bounds how many runs they may start."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    plan: Mapped[str] = mapped_column(String(40))
+    # Runs may go on past the plan's daily limit (metered elsewhere).
+    extra_usage: Mapped[bool] = mapped_column(default=False)
+    disabled_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
 class Routine(Base):
     __tablename__ = "routines"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id"),
+        default=DEFAULT_ACCOUNT_ID,
+        server_default=DEFAULT_ACCOUNT_ID,
+        index=True,
+    )
     name: Mapped[str] = mapped_column(String(100), unique=True)
     prompt: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(100))
@@ -156,6 +179,20 @@ class Run(Base):
     # A serial run starts only when no other run of its routine is active.
     serial: Mapped[bool] = mapped_column(default=False, server_default=false())
     cancel_requested_at: Mapped[datetime | None]
+
+
+class IdempotencyKey(Base):
+    """A fire's `Idempotency-Key`: the same key on the same trigger within a day is
+    answered with the first fire's session instead of a new run."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("trigger_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger_id: Mapped[str] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime]
 
 
 class RunEvent(Base):

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
-from routined.models import Repository, Routine, Trigger
+from routined.models import Account, Repository, Routine, Trigger
 from routined.schedule import (
     Schedule,
     ScheduleError,
@@ -126,6 +126,7 @@ def _seconds(value: Any, what: str, minimum: int, maximum: int) -> int:
 
 class RoutineSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
+    account: str = Field(default="default", pattern=NAME_PATTERN)
     prompt: str
     model: str | None = Field(default=None, min_length=1)
     repositories: list[RepositorySpec] = Field(min_length=1)
@@ -329,20 +330,30 @@ def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change
             .with_for_update(key_share=True)
         )
     }
+    accounts = {name: id_ for name, id_ in session.execute(select(Account.name, Account.id))}
     changes = []
     for index, wanted in enumerate(spec.routines):
         current = existing.get(wanted.name)
         label = f"routines[{index}] ({wanted.name})"
+        account_id = accounts.get(wanted.account)
+        if account_id is None:
+            raise SpecError(
+                f"{label}.account: there is no account {wanted.account!r}; create it with "
+                f"`routined account create {wanted.account} --plan PLAN`"
+            )
         if current is None:
-            changes.append(_create(session, wanted, now, label))
+            changes.append(_create(session, wanted, now, label, account_id))
         else:
-            changes.append(_update(session, current, wanted, now, label))
+            changes.append(_update(session, current, wanted, now, label, account_id))
     return changes
 
 
-def _create(session: Session, wanted: RoutineSpec, now: datetime, label: str) -> Change:
+def _create(
+    session: Session, wanted: RoutineSpec, now: datetime, label: str, account_id: str
+) -> Change:
     routine = Routine(
         id=new_id("rtn"),
+        account_id=account_id,
         name=wanted.name,
         prompt=wanted.prompt,
         model=wanted.model,
@@ -398,9 +409,17 @@ def _describe_trigger(trigger: Trigger) -> str:
 
 
 def _update(
-    session: Session, routine: Routine, wanted: RoutineSpec, now: datetime, label: str
+    session: Session,
+    routine: Routine,
+    wanted: RoutineSpec,
+    now: datetime,
+    label: str,
+    account_id: str,
 ) -> Change:
     details = []
+    if routine.account_id != account_id:
+        routine.account_id = account_id
+        details.append(f"account → {wanted.account}")
     if routine.prompt != wanted.prompt:
         routine.prompt = wanted.prompt
         details.append("prompt changed")

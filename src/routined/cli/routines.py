@@ -255,7 +255,7 @@ def token(routine: str, as_json: JsonFlag = False) -> None:
     out.print(
         f"  curl -X POST {url} \\\n"
         f'    -H "Authorization: Bearer {secret}" \\\n'
-        f'    -H "anthropic-beta: {api.ACCEPTED_BETAS[-1]}" \\\n'
+        f'    -H "anthropic-beta: {config.accepted_betas[-1]}" \\\n'
         f'    -H "anthropic-version: {api.ANTHROPIC_VERSION}" \\\n'
         '    -H "Content-Type: application/json" \\\n'
         '    -d \'{"text": "optional context for this run"}\''

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 from sqlalchemy import select
 
-from routined import api, fires, runs
+from routined import api, fires, limits, runs
 from routined.cli.common import JsonFlag, app, fail, find_routine, opened, out, print_json
 from routined.config import Settings
 from routined.db import Store
@@ -37,28 +37,40 @@ def fire(
         found = find_routine(store, routine)
         with store.transaction() as session:
             now = utcnow()
-            reason = "fired by hand (routined fire); schedules are not affected"
-            if found.paused_at is not None:
-                reason += "; the routine is paused, which stops only its triggers"
-            run = runs.create(
-                session,
-                session.merge(found, load=False),
-                trigger_type="manual",
-                trigger_id=None,
-                text=text,
-                now=now,
-                reason=reason,
+            chosen = session.get_one(Routine, found.id)
+            account = limits.hold_account(session, chosen)
+            verdict = limits.check(
+                session, chosen, account, "manual", limits=limits.Limits.of(config), now=now
             )
+            reason = "fired by hand (routined fire); schedules are not affected"
+            if chosen.paused_at is not None:
+                reason += "; the routine is paused, which stops only its triggers"
+            if verdict.reason:
+                reason += f"; {verdict.reason}"
+            run = None
+            if verdict.allowed:
+                run = runs.create(
+                    session,
+                    chosen,
+                    trigger_type="manual",
+                    trigger_id=None,
+                    text=text,
+                    now=now,
+                    reason=reason,
+                )
+                session.flush()  # the decision row refers to it
             fires.record(
                 session,
-                routine_id=found.id,
+                routine_id=chosen.id,
                 trigger_id=None,
                 trigger_type="manual",
-                outcome=fires.Outcome.FIRED,
+                outcome=fires.Outcome.FIRED if run else fires.Outcome.REFUSED,
                 reason=reason,
                 now=now,
-                run_id=run.id,
+                run_id=run.id if run else None,
             )
+        if run is None:
+            fail(f"not started: {verdict.reason}")
         url = runs.session_url(config.public_url, run.session_id)
         if not wait:
             if as_json:

@@ -1,0 +1,261 @@
+"""Plans and usage limits: how many runs an account and a routine may start.
+
+Limits count runs in fixed windows (the clock hour, the calendar day in
+`ROUTINED_TIMEZONE`), so a refusal can say when the window resets. `decide` is
+pure; `check` counts in the store and decides; `usage` reports what is used
+and what remains.
+
+- A plan bounds an account's runs a day (every kind of run); an account with
+  `extra_usage` may go past it.
+- Each routine may start `ROUTINED_ROUTINE_HOURLY_CAP` runs an hour by hand and
+  over the API together; each account `ROUTINED_ACCOUNT_API_HOURLY_CAP` over the
+  API.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from routined.config import Settings
+from routined.models import Account, Routine, Run
+from routined.schedule import format_duration, iso, to_utc
+
+DEFAULT_PLANS = "pro:5,max:15,team:25,enterprise:25,unlimited:none"
+LIMITED_KINDS = frozenset({"api", "manual"})
+
+
+class PlanError(ValueError):
+    """A plan list or plan name routined cannot use."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    runs_per_day: int | None  # None: no daily limit
+
+
+def parse_plans(text: str) -> dict[str, Plan]:
+    """`pro:5,max:15,unlimited:none` → plans by name."""
+    plans: dict[str, Plan] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, limit = item.partition(":")
+        name, limit = name.strip(), limit.strip().lower()
+        if not name or not (limit.isdigit() or limit == "none"):
+            raise PlanError(
+                f"{item!r} is not a plan; write NAME:RUNS_PER_DAY or NAME:none, such as pro:5"
+            )
+        plans[name] = Plan(name, None if limit == "none" else int(limit))
+    if not plans:
+        raise PlanError("no plans; give at least one, such as unlimited:none")
+    return plans
+
+
+@dataclass(frozen=True)
+class Limits:
+    plans: Mapping[str, Plan]
+    routine_hourly: int  # runs by hand and over the API, per routine
+    account_api_hourly: int  # runs over the API, per account
+    zone: ZoneInfo  # where days begin
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            plans=parse_plans(settings.plans),
+            routine_hourly=settings.routine_hourly_cap,
+            account_api_hourly=settings.account_api_hourly_cap,
+            zone=ZoneInfo(settings.timezone),
+        )
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            known = ", ".join(self.plans)
+            raise PlanError(f"unknown plan {name!r}; the plans are: {known}") from None
+
+
+@dataclass(frozen=True)
+class Windows:
+    hour_start: datetime
+    hour_end: datetime
+    day_start: datetime
+    day_end: datetime
+
+
+def windows(now: datetime, zone: ZoneInfo) -> Windows:
+    """The clock hour and the calendar day (in `zone`) that `now` falls in, in UTC."""
+    hour_start = now.replace(minute=0, second=0, microsecond=0)
+    local = now.astimezone(zone)
+    # Midnights are found on the wall clock and converted on their own: a day
+    # with a daylight saving change is 23 or 25 hours long.
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    following = midnight + timedelta(days=1)
+    return Windows(
+        hour_start=hour_start,
+        hour_end=hour_start + timedelta(hours=1),
+        day_start=to_utc(midnight, zone),
+        day_end=to_utc(following, zone),
+    )
+
+
+@dataclass(frozen=True)
+class Counts:
+    account_today: int  # runs of the account's routines today
+    account_api_hour: int  # of those, over the API this hour
+    routine_hour: int  # the routine's runs by hand or over the API this hour
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str  # why it was refused, or a note on an allowance ("" for none)
+    retry_after: int | None = None  # seconds until the window that refused resets
+
+
+def decide(
+    kind: str,
+    counts: Counts,
+    *,
+    account: str,
+    plan: Plan,
+    extra_usage: bool,
+    limits: Limits,
+    now: datetime,
+) -> Verdict:
+    """Whether one more run of `kind` (api, manual, schedule) may start now."""
+    window = windows(now, limits.zone)
+    if kind == "api" and counts.account_api_hour >= limits.account_api_hourly:
+        return _refused(
+            f"account {account} has started {counts.account_api_hour} runs over the API "
+            f"this hour, its limit (ROUTINED_ACCOUNT_API_HOURLY_CAP)",
+            window.hour_end,
+            now,
+        )
+    if kind in LIMITED_KINDS and counts.routine_hour >= limits.routine_hourly:
+        return _refused(
+            f"the routine has started {counts.routine_hour} runs by hand and over the API "
+            f"this hour, its limit (ROUTINED_ROUTINE_HOURLY_CAP)",
+            window.hour_end,
+            now,
+        )
+    if plan.runs_per_day is not None and counts.account_today >= plan.runs_per_day:
+        used = f"account {account} has started {counts.account_today} runs today"
+        if extra_usage:
+            return Verdict(
+                True, f"{used}, past plan {plan.name}'s {plan.runs_per_day}: extra usage is on"
+            )
+        return _refused(
+            f"{used}, plan {plan.name}'s limit of {plan.runs_per_day} a day",
+            window.day_end,
+            now,
+        )
+    return Verdict(True, "")
+
+
+def _refused(why: str, resets: datetime, now: datetime) -> Verdict:
+    seconds = max(1, math.ceil((resets - now).total_seconds()))
+    wait = format_duration(timedelta(seconds=seconds))
+    return Verdict(False, f"{why}; it resets at {iso(resets)} (in {wait})", seconds)
+
+
+def count(
+    session: Session, account_id: str, routine_id: str, now: datetime, zone: ZoneInfo
+) -> Counts:
+    window = windows(now, zone)
+    of_account = (
+        select(func.count(Run.id))
+        .join(Routine, Routine.id == Run.routine_id)
+        .where(Routine.account_id == account_id)
+    )
+    return Counts(
+        account_today=session.scalar(of_account.where(Run.created_at >= window.day_start)) or 0,
+        account_api_hour=session.scalar(
+            of_account.where(Run.created_at >= window.hour_start, Run.trigger_type == "api")
+        )
+        or 0,
+        routine_hour=session.scalar(
+            select(func.count(Run.id)).where(
+                Run.routine_id == routine_id,
+                Run.created_at >= window.hour_start,
+                Run.trigger_type.in_(LIMITED_KINDS),
+            )
+        )
+        or 0,
+    )
+
+
+def hold_account(session: Session, routine: Routine) -> Account:
+    """The routine's account, held until commit: fires racing for its last run take
+    turns (on SQLite every write transaction already does)."""
+    account = session.scalar(
+        select(Account).where(Account.id == routine.account_id).with_for_update(key_share=True)
+    )
+    assert account is not None  # a foreign key
+    return account
+
+
+def check(
+    session: Session,
+    routine: Routine,
+    account: Account,
+    kind: str,
+    *,
+    limits: Limits,
+    now: datetime,
+) -> Verdict:
+    """Count the runs in the current windows and decide; hold the account first."""
+    counts = count(session, account.id, routine.id, now, limits.zone)
+    return decide(
+        kind,
+        counts,
+        account=account.name,
+        plan=limits.plan(account.plan),
+        extra_usage=account.extra_usage,
+        limits=limits,
+        now=now,
+    )
+
+
+def usage(session: Session, account: Account, *, limits: Limits, now: datetime) -> dict[str, Any]:
+    """What an account has used in the current windows, and what remains."""
+    window = windows(now, limits.zone)
+    plan = limits.plan(account.plan)
+    routines = session.execute(
+        select(Routine.id, Routine.name)
+        .where(Routine.account_id == account.id)
+        .order_by(Routine.name)
+    ).all()
+    totals = count(session, account.id, "", now, limits.zone)
+    per_routine = []
+    for routine_id, name in routines:
+        used = count(session, account.id, routine_id, now, limits.zone).routine_hour
+        per_routine.append(
+            {
+                "routine": name,
+                "manual_and_api_this_hour": used,
+                "remaining_this_hour": max(0, limits.routine_hourly - used),
+            }
+        )
+    daily = plan.runs_per_day
+    return {
+        "account": account.name,
+        "plan": plan.name,
+        "extra_usage": account.extra_usage,
+        "disabled": account.disabled_at is not None,
+        "runs_today": totals.account_today,
+        "runs_per_day": daily,
+        "remaining_today": None if daily is None else max(0, daily - totals.account_today),
+        "day_resets_at": iso(window.day_end),
+        "api_runs_this_hour": totals.account_api_hour,
+        "api_runs_per_hour": limits.account_api_hourly,
+        "hour_resets_at": iso(window.hour_end),
+        "routines": per_routine,
+    }
