@@ -454,3 +454,57 @@ def test_on_sqlite_a_transaction_that_read_first_can_still_write(sqlite_store: S
     assert committed.is_set()
     with sqlite_store.transaction(readonly=True) as session:
         assert sorted(session.scalars(select(Routine.name))) == ["mine", "other"]
+
+
+def test_a_scheduled_fire_over_the_daily_limit_waits_for_the_next_day(
+    store: Store, tmp_path: Path, origin: Path, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    from routined.models import Account
+
+    limited = replace(settings, plans="tiny:1,unlimited:none")
+    apply(
+        store,
+        tmp_path,
+        origin,
+        "{type: schedule, schedule: daily at 21:00}",
+        policy="catch_up: skip;overlap: allow",
+    )
+    with store.transaction() as session:
+        session.get_one(Account, "acct_default").plan = "tiny"
+        routine = session.scalar(select(Routine))
+        assert routine is not None
+        runs.create(
+            session,
+            routine,
+            trigger_type="manual",
+            trigger_id=None,
+            text=None,
+            now=at("2026-11-28T12:30:00Z"),
+            reason="test",
+        )
+
+    with store.transaction() as session:
+        assert decide_due(session, now=at("2026-11-28T21:00:00Z"), settings=limited) == (1, 0)
+    waiting = schedule_trigger(store)
+    # Held at its instant until the (UTC) day resets; catch_up: skip does not drop it then.
+    assert (waiting.next_at, waiting.due_at) == (
+        at("2026-11-28T21:00:00Z"),
+        at("2026-11-29T00:00:00Z"),
+    )
+    [(instant, outcome, reason)] = decisions(store)
+    assert (instant, outcome) == (
+        "28 21:00",
+        "waiting",
+    ) and "plan tiny's limit of 1 a day" in reason
+    assert decide(store, limited, at("2026-11-28T23:59:59Z")) == 0
+
+    assert decide(store, limited, at("2026-11-29T00:00:00Z")) == 1
+    [(instant, outcome, reason)] = decisions(store)
+    assert (instant, outcome) == ("28 21:00", "fired")
+    assert reason.startswith("waited for the daily limit") and "; then scheduled for" in reason
+    assert schedule_trigger(store).next_at == at("2026-11-29T21:00:00Z")
+    # The new day's limit is used by it: the next slot waits again.
+    assert decide(store, limited, at("2026-11-29T21:00:00Z")) == 0
+    assert decisions(store)[-1][:2] == ("29 21:00", "waiting")

@@ -28,7 +28,8 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # not fired: the routine was paused, or a run was active
     MISSED = "missed"  # not fired: missed while routined was down, not caught up
     COALESCED = "coalesced"  # not fired: a run was already waiting to start
-    REFUSED = "refused"  # a fire over the API that was answered with an error
+    WAITING = "waiting"  # over the account's daily limit: decided again when it resets
+    REFUSED = "refused"  # a fire by hand or over the API that was refused
 
 
 STARTS_RUN = frozenset({Outcome.FIRED, Outcome.CAUGHT_UP})
@@ -101,13 +102,15 @@ def plan(
     paused: bool,
     in_flight: Sequence[InFlight],
     offset: timedelta = timedelta(0),
+    waited: frozenset[datetime] = frozenset(),
 ) -> Plan:
     """Decide every due slot of one schedule trigger, oldest first.
 
     1. A paused routine skips every slot.
     2. A slot decided within `grace` of its due time (instant + `offset`, the
-       stagger) is on time. Later ones were missed while routined was down and
-       follow `catch_up`; those older than its window are missed in any case.
+       stagger) is on time, and so is one that `waited` for a limit to reset.
+       Later ones were missed while routined was down and follow `catch_up`;
+       those older than its window are missed in any case.
     3. The slots that should start a run then meet `overlap`, judged against the
        runs in flight before this decision. Runs started under any policy but
        `allow` are serial, so slots fired together never overlap each other.
@@ -127,8 +130,8 @@ def plan(
         )
     decisions: dict[datetime, Decision] = {}
     wanted: list[Decision] = []
-    late = [s for s in slots if now - (s + offset) > grace]
-    on_time = [s for s in slots if now - (s + offset) <= grace]
+    late = [s for s in slots if s not in waited and now - (s + offset) > grace]
+    on_time = [s for s in slots if s in waited or now - (s + offset) <= grace]
     in_window = [s for s in late if now - (s + offset) <= policy.catch_up_window]
     for slot in late:
         shown = _local(slot, zone)
@@ -240,24 +243,33 @@ def record(
     scheduled_at: datetime | None = None,
     run_id: str | None = None,
 ) -> int | None:
-    """Store a decision; None if this trigger's slot was already decided elsewhere."""
+    """Store a decision; None if this trigger's slot was already decided elsewhere.
+
+    A slot recorded as `waiting` is decided again later: that decision replaces
+    the row, keeping what it waited for in the reason.
+    """
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     # On the table, not the entity: a plain insert, without the ORM's bookkeeping.
     table = Fire.__table__
-    statement = (
-        dialect.insert(table)
-        .values(
-            routine_id=routine_id,
-            trigger_id=trigger_id,
-            trigger_type=trigger_type,
-            scheduled_at=scheduled_at,
-            decided_at=now,
-            outcome=outcome,
-            reason=reason,
-            run_id=run_id,
-        )
-        .on_conflict_do_nothing(index_elements=["trigger_id", "scheduled_at"])
-        .returning(table.c.id)
+    insert = dialect.insert(table).values(
+        routine_id=routine_id,
+        trigger_id=trigger_id,
+        trigger_type=trigger_type,
+        scheduled_at=scheduled_at,
+        decided_at=now,
+        outcome=outcome,
+        reason=reason,
+        run_id=run_id,
     )
+    statement = insert.on_conflict_do_update(
+        index_elements=["trigger_id", "scheduled_at"],
+        set_={
+            "decided_at": insert.excluded.decided_at,
+            "outcome": insert.excluded.outcome,
+            "reason": table.c.reason + "; then " + insert.excluded.reason,
+            "run_id": insert.excluded.run_id,
+        },
+        where=table.c.outcome == Outcome.WAITING,
+    ).returning(table.c.id)
     inserted: int | None = session.scalar(statement)
     return inserted

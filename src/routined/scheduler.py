@@ -21,10 +21,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from routined import fires, runs
+from routined import limits as limits_
 from routined.config import Settings
 from routined.db import Store
 from routined.fires import InFlight, Outcome, Policy
-from routined.models import Routine, Run, Trigger
+from routined.models import Account, Fire, Routine, Run, Trigger
 from routined.schedule import Schedule, format_duration, parse, stagger_offset
 from routined.wakeup import Wakeup
 
@@ -135,9 +136,10 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
         # `overlap`) cannot change under a decision, and `apply` waits for it.
         query = query.with_for_update(skip_locked=True, key_share=True, of=[Trigger, Routine])
     due = session.scalars(query).all()
+    limits = limits_.Limits.of(settings)
     started = 0
     for trigger in due:
-        started += _decide(session, trigger, now=now, settings=settings)
+        started += _decide(session, trigger, now=now, settings=settings, limits=limits)
     return len(due), started
 
 
@@ -147,6 +149,7 @@ def _decide(
     *,
     now: datetime,
     settings: Settings,
+    limits: limits_.Limits,
     paused: bool | None = None,
 ) -> int:
     """Decide every due slot of one trigger; return how many runs it started.
@@ -194,6 +197,15 @@ def _decide(
             .order_by(Run.created_at)
         )
     ]
+    waited = frozenset(
+        session.scalars(
+            select(Fire.scheduled_at).where(
+                Fire.trigger_id == trigger.id,
+                Fire.scheduled_at == previous,
+                Fire.outcome == Outcome.WAITING,
+            )
+        )
+    )
     planned = fires.plan(
         slots,
         now=now,
@@ -203,6 +215,7 @@ def _decide(
         paused=routine.paused_at is not None if paused is None else paused,
         in_flight=in_flight,
         offset=offset,
+        waited=frozenset(slot for slot in waited if slot is not None),
     )
     # The cursor moves only from where this scheduler found it: a routine
     # re-applied meanwhile keeps its new schedule.
@@ -214,12 +227,22 @@ def _decide(
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return 0
-    superseded = _supersede(session, planned.cancel, now=now)
+    superseded: str | None = None
+    account: Account | None = None
     started = 0
     for decision in planned.decisions:
-        reason = decision.reason + (superseded if decision.starts_run else "")
         run = None
         if decision.starts_run:
+            account = account or limits_.hold_account(session, routine)
+            verdict = limits_.check(session, routine, account, "schedule", limits=limits, now=now)
+            if not verdict.allowed:
+                _wait(session, trigger, decision.slot, verdict, offset=offset, now=now)
+                break  # this slot and those after it are decided when the limit resets
+            if superseded is None:
+                superseded = _supersede(session, planned.cancel, now=now)
+            reason = decision.reason + superseded
+            if verdict.reason:
+                reason += f"; {verdict.reason}"
             run = runs.create(
                 session,
                 routine,
@@ -231,6 +254,8 @@ def _decide(
                 serial=decision.serial,
             )
             session.flush()  # the decision row refers to it
+        else:
+            reason = decision.reason
         recorded = fires.record(
             session,
             routine_id=routine.id,
@@ -247,6 +272,40 @@ def _decide(
         elif run is not None:
             started += 1
     return started
+
+
+def _wait(
+    session: Session,
+    trigger: Trigger,
+    slot: datetime,
+    verdict: limits_.Verdict,
+    *,
+    offset: timedelta,
+    now: datetime,
+) -> None:
+    """Hold a slot over the account's daily limit until the limit resets.
+
+    The cursor goes back to the slot (this transaction holds the trigger), and
+    the slot is decided again, as on time, when the window resets.
+    """
+    assert verdict.retry_after is not None
+    resets = now + timedelta(seconds=verdict.retry_after)
+    session.execute(
+        update(Trigger)
+        .where(Trigger.id == trigger.id)
+        .values(next_at=slot, due_at=max(resets, slot + offset))
+        .execution_options(synchronize_session=False)
+    )
+    fires.record(
+        session,
+        routine_id=trigger.routine_id,
+        trigger_id=trigger.id,
+        trigger_type="schedule",
+        scheduled_at=slot,
+        outcome=Outcome.WAITING,
+        reason=f"waited for the daily limit: {verdict.reason}",
+        now=now,
+    )
 
 
 def _supersede(session: Session, run_ids: list[str], *, now: datetime) -> str:
@@ -269,7 +328,14 @@ def resume(session: Session, routine: Routine, *, now: datetime, settings: Setti
     """Unpause a routine: slots that fell due while it was paused stay skipped."""
     for trigger in routine.triggers:
         if trigger.type == "schedule" and trigger.due_at is not None and trigger.due_at <= now:
-            _decide(session, trigger, now=now, settings=settings, paused=True)
+            _decide(
+                session,
+                trigger,
+                now=now,
+                settings=settings,
+                limits=limits_.Limits.of(settings),
+                paused=True,
+            )
     routine.paused_at = None
 
 
