@@ -115,6 +115,16 @@ SETTINGS: tuple[Setting, ...] = (
         "Queued runs beyond which the fire API answers 503 overloaded_error.",
     ),
     Setting(
+        "ROUTINED_GATE_MODEL",
+        "claude-haiku-4-5",
+        "Model that answers triage gates (`gate:` on a trigger).",
+    ),
+    Setting(
+        "ROUTINED_GATE_BASE_URL",
+        None,
+        "Messages API the gate asks; default: ANTHROPIC_BASE_URL.",
+    ),
+    Setting(
         "ROUTINED_RUN_TIMEOUT",
         "3600",
         "Seconds an agent session may run before routined stops it.",
@@ -192,6 +202,8 @@ class Settings:
     routine_hourly_cap: int
     account_api_hourly_cap: int
     max_queued_runs: int
+    gate_model: str
+    gate_base_url: str
     run_timeout: float
     heartbeat_interval: float
     lost_after: float
@@ -209,6 +221,7 @@ class Settings:
         host = raw["ROUTINED_HOST"] or "127.0.0.1"
         port = _number("ROUTINED_PORT", raw["ROUTINED_PORT"] or "", int, 0)
         database_url = raw["ROUTINED_DATABASE_URL"] or f"sqlite:///{home / 'routined.db'}"
+        model_api = _http_url("ANTHROPIC_BASE_URL", raw["ANTHROPIC_BASE_URL"] or "")
         return cls(
             home=home,
             database_url=Secret(database_url),
@@ -243,6 +256,12 @@ class Settings:
             max_queued_runs=_number(
                 "ROUTINED_MAX_QUEUED_RUNS", raw["ROUTINED_MAX_QUEUED_RUNS"] or "", int, 1
             ),
+            gate_model=raw["ROUTINED_GATE_MODEL"] or "claude-haiku-4-5",
+            gate_base_url=(
+                _http_url("ROUTINED_GATE_BASE_URL", raw["ROUTINED_GATE_BASE_URL"])
+                if raw["ROUTINED_GATE_BASE_URL"]
+                else model_api
+            ),
             run_timeout=_number(
                 "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
             ),
@@ -253,7 +272,7 @@ class Settings:
             claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
             git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
             git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
-            anthropic_base_url=_http_url("ANTHROPIC_BASE_URL", raw["ANTHROPIC_BASE_URL"] or ""),
+            anthropic_base_url=model_api,
             anthropic_api_key=Secret(raw["ANTHROPIC_API_KEY"] or ""),
         )
 

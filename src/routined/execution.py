@@ -24,12 +24,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from routined import agent, delivery, runs, sandbox, workspace
+from routined import agent, delivery, fires, gate, runs, sandbox, workspace
 from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
 from routined.ids import short
-from routined.models import Repository, Routine, Run
+from routined.models import Repository, Routine, Run, Trigger
 from routined.runs import Claim, RunStatus
 
 Clock = Callable[[], datetime]
@@ -60,6 +60,7 @@ class RunContext:
     text: str | None
     trigger_type: str
     repositories: tuple[str, ...]
+    gate: dict[str, Any] | None = None  # the trigger's triage gate, if it has one
 
     @property
     def own_branch(self) -> str:
@@ -123,6 +124,8 @@ class Executor:
         delivered = False
         try:
             context = await asyncio.to_thread(self._load, claim.run_id)
+            if context.gate is not None and not await self._passes_gate(context, claim, recorder):
+                return
             # Until delivery starts, a cancel request stops the run: this part
             # runs as a task of its own that `cancel` can cancel.
             work = asyncio.create_task(self._prepare_and_run(context, claim, run_dir, recorder))
@@ -182,6 +185,38 @@ class Executor:
                 task = asyncio.create_task(self._prepare_standbys(context))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+
+    async def _passes_gate(self, context: RunContext, claim: Claim, recorder: Recorder) -> bool:
+        """Ask the trigger's gate; a run it turns away ends as skipped, with its answer."""
+        assert context.gate is not None
+        result = await gate.evaluate(
+            prompt=context.gate["prompt"],
+            text=context.text,
+            source=context.trigger_type,
+            on_error=context.gate.get("on_error", "closed"),
+            base_url=self.settings.gate_base_url,
+            api_key=self.settings.anthropic_api_key.reveal(),
+            model=self.settings.gate_model,
+        )
+        if result.proceed:
+            await recorder.event("gate.passed", result.reason)
+            return True
+
+        def write() -> None:
+            with self.store.transaction() as session:
+                runs.transition(
+                    session,
+                    claim.run_id,
+                    RunStatus.PREPARING,
+                    RunStatus.SKIPPED,
+                    now=self.clock(),
+                    reason=f"skipped: gate: {result.reason}",
+                    lease=claim.lease,
+                )
+                fires.skipped_by_gate(session, claim.run_id, result.reason)
+
+        await asyncio.to_thread(write)
+        return False
 
     def cancel(self, run_id: str, reason: str) -> bool:
         """Stop a run this executor is preparing or running; say whether it was."""
@@ -482,6 +517,7 @@ class Executor:
                 .where(Repository.routine_id == routine.id)
                 .order_by(Repository.position)
             ).all()
+            trigger = session.get(Trigger, run.trigger_id) if run.trigger_id else None
             return RunContext(
                 run_id=run.id,
                 session_id=run.session_id,
@@ -492,6 +528,7 @@ class Executor:
                 text=run.text,
                 trigger_type=run.trigger_type,
                 repositories=tuple(urls),
+                gate=trigger.config.get("gate") if trigger is not None else None,
             )
 
     async def _move(

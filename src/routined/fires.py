@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -273,3 +274,13 @@ def record(
     ).returning(table.c.id)
     inserted: int | None = session.scalar(statement)
     return inserted
+
+
+def skipped_by_gate(session: Session, run_id: str, answer: str) -> None:
+    """The fire that queued this run was turned away by its trigger's gate."""
+    session.execute(
+        update(Fire)
+        .where(Fire.run_id == run_id)
+        .values(outcome=Outcome.SKIPPED, reason=Fire.reason + "; then skipped: gate: " + answer)
+        .execution_options(synchronize_session=False)
+    )

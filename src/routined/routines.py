@@ -49,11 +49,19 @@ class RepositorySpec(_Strict):
     url: str = Field(min_length=1)
 
 
+class GateSpec(_Strict):
+    """A rule a small model checks each fire's text against before its run starts."""
+
+    prompt: str = Field(min_length=1)
+    on_error: Literal["open", "closed"] = "closed"
+
+
 class ApiTriggerSpec(_Strict):
     type: Literal["api"]
+    gate: GateSpec | None = None
 
     def config(self) -> dict[str, Any]:
-        return {}
+        return {"gate": self.gate.model_dump()} if self.gate else {}
 
 
 class ScheduleTriggerSpec(_Strict):

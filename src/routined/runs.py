@@ -26,21 +26,27 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"  # delivered with no infrastructure error
     FAILED = "failed"  # ended by an error, with the reason in `error`
     CANCELLED = "cancelled"  # stopped on request before it finished
+    SKIPPED = "skipped"  # never started: its trigger's gate said no
 
 
 ACTIVE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.FINISHING})
 # Past these a run's work is being delivered; a cancel request no longer stops it.
 CANCELLABLE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING})
-TERMINAL = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+)
 
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.QUEUED: frozenset({RunStatus.PREPARING, RunStatus.CANCELLED}),
-    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED}),
+    RunStatus.PREPARING: frozenset(
+        {RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+    ),
     RunStatus.RUNNING: frozenset({RunStatus.FINISHING, RunStatus.FAILED, RunStatus.CANCELLED}),
     RunStatus.FINISHING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED}),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELLED: frozenset(),
+    RunStatus.SKIPPED: frozenset(),
 }
 
 

@@ -1,9 +1,10 @@
 """A scripted stand-in for Anthropic's Messages API, on loopback, for tests and benchmarks.
 
 It speaks the published contract closely enough to drive the real Claude Code
-binary: `POST /v1/messages` with `x-api-key`, answered as server-sent events
-(`message_start`, `ping`, `content_block_start` / `_delta` / `_stop`,
-`message_delta`, `message_stop`) or as one JSON message when `stream` is false;
+binary and the Python SDK: `POST /v1/messages` with `x-api-key` (or
+`Authorization: Bearer`), answered as server-sent events (`message_start`,
+`ping`, `content_block_start` / `_delta` / `_stop`, `message_delta`,
+`message_stop`) or as one JSON message when `stream` is false;
 `POST /v1/messages/count_tokens`; errors in the `{"type": "error", …}` envelope.
 
 What the model "says" is scripted: a script is a list of turns, each a list of
@@ -11,7 +12,8 @@ content blocks (`text(…)`, `tool_use(…)`). The turn answered is the number o
 assistant messages already in the conversation, so retries and parallel
 sessions stay in step. A script is chosen by a marker string found in the
 conversation's user text; requests that offer no tools (side calls such as
-titles) get a short text answer.
+titles) get a short text answer, and routined's triage gate questions the answer
+set with `gate(marker, …)` (YES by default).
 
 Run it by hand: `python -m routined.testing.fake_anthropic --port 8765 [--script FILE]`
 where FILE is JSON: `{"marker": [[block, …], …], "": [[…]]}` ("" is the default).
@@ -78,6 +80,8 @@ class FakeAnthropic:
     api_key: str | None = None
     scripts: dict[str, list[Turn]] = field(default_factory=dict)
     default: list[Turn] = field(default_factory=lambda: [[text("Done.")]])
+    # Answers to routined's triage gate (asked without tools), by marker.
+    gates: dict[str, Turn] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 0
@@ -125,6 +129,11 @@ class FakeAnthropic:
         with self._lock:
             self.scripts[marker] = [list(turn) for turn in turns]
 
+    def gate(self, marker: str, answer: Turn) -> None:
+        """Gate questions whose text contains `marker` get `answer` (default: YES)."""
+        with self._lock:
+            self.gates[marker] = list(answer)
+
     def wait_for_request(self, marker: str, *, after: float, timeout: float) -> float | None:
         """When the first model request of a conversation with `marker` arrived after
         `after` (both `time.time()`), or None if none came within `timeout` seconds."""
@@ -157,9 +166,15 @@ class FakeAnthropic:
             self._arrived.notify_all()
 
     def _turn_for(self, body: Mapping[str, Any]) -> Turn:
-        if not body.get("tools"):
-            return [text("Routine run.")]
         conversation = _user_text(body)
+        if not body.get("tools"):
+            if "triage gate" in str(body.get("system", "")):
+                with self._lock:
+                    return next(
+                        (turn for marker, turn in self.gates.items() if marker in conversation),
+                        [text("YES. Nothing scripted says otherwise.")],
+                    )
+            return [text("Routine run.")]
         with self._lock:
             script = next(
                 (turns for marker, turns in self.scripts.items() if marker in conversation),
@@ -196,7 +211,10 @@ class _Handler(BaseHTTPRequestHandler):
                 time.time(), self.path, {k.lower(): v for k, v in self.headers.items()}, body
             )
         )
-        if owner.api_key is not None and self.headers.get("x-api-key") != owner.api_key:
+        # Keys come as x-api-key or, from newer SDKs, as a bearer token.
+        bearer = self.headers.get("authorization", "").removeprefix("Bearer ")
+        key = self.headers.get("x-api-key") or bearer
+        if owner.api_key is not None and key != owner.api_key:
             self._error(401, "authentication_error", "invalid x-api-key")
             return
         path = self.path.split("?", 1)[0]

@@ -1,0 +1,750 @@
+"""The fire endpoint under sustained load, beside an empty endpoint of the same server.
+
+Targets: p99 under 25 ms at 200 fires/s, and a most-fires-a-second at least half
+the empty endpoint's requests a second.
+
+One real `routined serve` (uvicorn, FastAPI, the store) runs with a routine that
+has an API trigger, set up with the real CLI (`routined apply`, `routined
+token`). A second process, this script with --generate, sends the requests on
+loopback. Each round has four phases, and the order of fire and empty swaps from
+round to round, so drift on the machine lands on both sides:
+
+1. open loop at --rate requests a second: request i is due at t0 + i/rate and is
+   sent then whatever came back before, over a pool of keep-alive connections
+   (a new one opens when every open one is busy). Latency runs from when the
+   request was due to its whole response, so a stall is charged to every
+   request it delayed (no coordinated omission). Both `POST
+   /v1/claude_code/routines/{trigger_id}/fire` and `GET /healthz`.
+2. closed loop: --clients connections, each sending its next request when the
+   previous one answered, for the most requests a second; both endpoints.
+
+Each phase runs --warmup seconds unmeasured, then --duration seconds measured.
+The generator is a small HTTP/1.1 client on asyncio streams rather than httpx, so
+that on a small machine it takes little of the CPU the server would use: its own
+CPU, the server's and the whole machine's are reported beside each phase.
+
+Limits stay out of the way: the hourly caps and ROUTINED_MAX_QUEUED_RUNS are set
+to 10,000,000, so every fire is accepted and queues a run. No run may execute an
+agent meanwhile, and how the worker is kept from doing so is --worker:
+
+- held (default, the faithful case): ROUTINED_WORKERS=1, and before the phases a
+  run of a second routine takes the worker's only slot and keeps it: its
+  repository is an HTTP origin on loopback that accepts the connection and never
+  answers, so `git fetch` waits. That is a server at 200 fires/s in production:
+  agent sessions last minutes, so every worker slot is busy, the queue only
+  grows, and what the worker does meanwhile is wake on each fire, find no free
+  slot, and beat a heartbeat every few seconds.
+- failing: ROUTINED_WORKERS=1 and no ANTHROPIC_API_KEY, so the worker claims
+  queued runs one after another and each fails at the start of its session,
+  after its checkout (a `git clone --shared` of the local origin, or the standby
+  one) and three transactions. A worst case: the worker churns through the queue
+  on the same two cores and takes SQLite's write lock between fires. The runs it
+  ended in each phase are reported.
+
+Every accepted fire leaves a queued run, so the store grows phase by phase
+(tens of thousands of runs in a default run); the runs in the store before each
+phase are reported, since counting them is part of every fire's work.
+
+    .venv/bin/python bench/fire_load.py [--rate 200] [--duration 20] [--warmup 3]
+        [--rounds 3] [--clients 16] [--worker held|failing]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--quick] [--json]
+
+With --database-url (an admin URL) the server runs on a PostgreSQL database the
+benchmark creates there and drops afterwards; by default on the embedded SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from routined.db import Store
+from routined.models import Routine, Run
+
+ROUTINED = str(Path(sys.executable).with_name("routined"))
+BETA = "experimental-cc-routine-2026-04-01"
+HUGE = "10000000"
+TICKS = os.sysconf("SC_CLK_TCK")
+REQUEST_TIMEOUT = 30.0
+# Open loop: past this many connections a due request waits for one to free up
+# (and its latency shows it) rather than the generator opening without bound.
+MAX_CONNECTIONS = 256
+STOP_TIMEOUT = 30.0
+
+
+def progress(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest rank: the smallest value at least `fraction` of the values do not exceed."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
+
+
+# -- the load generator (a process of its own) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    request: bytes  # the whole HTTP/1.1 request, sent as is every time
+    expect: bytes  # in every 200 response's body
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    server: float  # CPU seconds of the server process, every thread
+    client: float  # CPU seconds of this generator
+    machine: float  # CPU seconds of the whole machine, every core, busy
+    wall: float
+
+
+def cpu_sample(server_pid: int) -> CpuSample:
+    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime and stime, fields 14 and 15 of proc(5); the split starts at field 3.
+    server = (int(fields[11]) + int(fields[12])) / TICKS
+    user, nice, system, _idle, _iowait, irq, softirq = (
+        int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+    )
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return CpuSample(
+        server=server,
+        client=own.ru_utime + own.ru_stime,
+        machine=(user + nice + system + irq + softirq) / TICKS,
+        wall=time.monotonic(),
+    )
+
+
+def cpu_percent(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Percent of one core, except `machine`: percent of all cores."""
+    wall = after.wall - before.wall
+    cores = os.cpu_count() or 1
+    return {
+        "server_cpu_percent": 100 * (after.server - before.server) / wall,
+        "client_cpu_percent": 100 * (after.client - before.client) / wall,
+        "machine_busy_percent": 100 * (after.machine - before.machine) / wall / cores,
+    }
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, target: Target) -> Connection:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        # Requests are one small write each; Nagle would hold the next one back.
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(reader, writer)
+
+    async def exchange(self, target: Target) -> tuple[str, bool]:
+        """Send the request, read the whole response: its outcome, and whether to reuse."""
+        self.writer.write(target.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = head[9:12].decode()
+        lowered = head.lower()
+        found = re.search(rb"\r\ncontent-length: *(\d+)", lowered)
+        if found is None:
+            return "no-length", False
+        body = await self.reader.readexactly(int(found.group(1)))
+        if status == "200" and target.expect not in body:
+            status = "200-bad-body"
+        return status, b"\r\nconnection: close" not in lowered
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def send(target: Target, connection: Connection | None) -> tuple[str, Connection | None]:
+    """One request on `connection` (or a new one); the outcome and the connection to keep."""
+    try:
+        if connection is None:
+            connection = await Connection.open(target)
+        async with asyncio.timeout(REQUEST_TIMEOUT):
+            outcome, reusable = await connection.exchange(target)
+    except TimeoutError:
+        outcome, reusable = "timeout", False
+    except (asyncio.IncompleteReadError, ConnectionError):
+        outcome, reusable = "connection-lost", False
+    except OSError:
+        outcome, reusable = "connect-error", False
+    if not reusable and connection is not None:
+        connection.close()
+        connection = None
+    return outcome, connection
+
+
+@dataclass
+class Outcomes:
+    latencies: list[float]
+    statuses: Counter[str]
+    lags: list[float]
+
+
+def summary(outcomes: Outcomes, seconds: float, cpu: dict[str, float]) -> dict[str, Any]:
+    ordered = sorted(outcomes.latencies)
+    lags = sorted(outcomes.lags)
+    return {
+        "seconds": seconds,
+        "requests": sum(outcomes.statuses.values()),
+        "statuses": dict(outcomes.statuses),
+        "ok_per_s": outcomes.statuses["200"] / seconds,
+        "latency_ms": {
+            name: 1000 * percentile(ordered, fraction) if ordered else None
+            for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+        "send_lag_ms_p99": 1000 * percentile(lags, 0.99) if lags else None,
+        **cpu,
+    }
+
+
+async def open_loop(
+    target: Target, rate: float, warmup: float, duration: float, server_pid: int
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    idle: list[Connection] = []
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
+    start = loop.time() + 0.1
+    window = (start + warmup, start + warmup + duration)
+    outcomes = Outcomes([], Counter(), [])
+
+    async def one(due: float) -> None:
+        async with slots:
+            sent = loop.time()
+            outcome, kept = await send(target, idle.pop() if idle else None)
+            answered = loop.time()
+            if kept is not None:
+                idle.append(kept)
+        if window[0] <= due < window[1]:
+            outcomes.statuses[outcome] += 1
+            outcomes.latencies.append(answered - due)
+            outcomes.lags.append(sent - due)
+
+    async def measure_cpu() -> dict[str, float]:
+        await asyncio.sleep(window[0] - loop.time())
+        before = cpu_sample(server_pid)
+        await asyncio.sleep(window[1] - loop.time())
+        return cpu_percent(before, cpu_sample(server_pid))
+
+    cpu = asyncio.create_task(measure_cpu())
+    pending: set[asyncio.Task[None]] = set()
+    for number in range(round(rate * (warmup + duration))):
+        due = start + number / rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(due))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(set(pending), timeout=REQUEST_TIMEOUT + 5)
+    for connection in idle:
+        connection.close()
+    return summary(outcomes, duration, await cpu)
+
+
+async def closed_loop(
+    target: Target, clients: int, warmup: float, duration: float, server_pid: int
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    window = (start + warmup, start + warmup + duration)
+    outcomes = Outcomes([], Counter(), [])
+
+    async def client() -> None:
+        connection: Connection | None = None
+        while loop.time() < window[1]:
+            sent = loop.time()
+            outcome, connection = await send(target, connection)
+            answered = loop.time()
+            # Counted by when it answered: the requests a second the server completed.
+            if window[0] <= answered < window[1]:
+                outcomes.statuses[outcome] += 1
+                outcomes.latencies.append(answered - sent)
+        if connection is not None:
+            connection.close()
+
+    async def measure_cpu() -> dict[str, float]:
+        await asyncio.sleep(window[0] - loop.time())
+        before = cpu_sample(server_pid)
+        await asyncio.sleep(window[1] - loop.time())
+        return cpu_percent(before, cpu_sample(server_pid))
+
+    cpu = asyncio.create_task(measure_cpu())
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return summary(outcomes, duration, await cpu)
+
+
+def generate(spec: dict[str, Any]) -> dict[str, Any]:
+    target = Target(
+        host=spec["host"],
+        port=spec["port"],
+        request=spec["request"].encode(),
+        expect=spec["expect"].encode(),
+    )
+    if spec["mode"] == "rate":
+        work = open_loop(target, spec["rate"], spec["warmup"], spec["duration"], spec["server_pid"])
+    else:
+        work = closed_loop(
+            target, spec["clients"], spec["warmup"], spec["duration"], spec["server_pid"]
+        )
+    return asyncio.run(work)
+
+
+# -- the server and its store ---------------------------------------------------
+
+
+def admin_engine(admin_url: str) -> Any:
+    url = make_url(admin_url)
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def database(admin_url: str | None, home: Path) -> Iterator[str]:
+    """The store's URL: SQLite in `home`, or a PostgreSQL database made for this run."""
+    if admin_url is None:
+        yield f"sqlite:///{home / 'routined.db'}"
+        return
+    name = f"routined_bench_fire_load_{os.getpid()}"
+    engine = admin_engine(admin_url)
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield engine.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as connection:
+            # FORCE: a server killed mid-transaction may leave a session behind.
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def git(*args: str, cwd: Path | None = None) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_origin(root: Path) -> Path:
+    bare = root / "app.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
+    seed = root / "seed"
+    git("clone", "--quiet", str(bare), str(seed))
+    (seed / "README.md").write_text("A repository for the fire load benchmark.\n")
+    git("add", ".", cwd=seed)
+    git("-c", "user.name=b", "-c", "user.email=b@b", "commit", "--quiet", "-m", "seed", cwd=seed)
+    git("push", "--quiet", "origin", "main", cwd=seed)
+    return bare
+
+
+@contextmanager
+def stalled_origin() -> Iterator[str]:
+    """An HTTP origin that accepts connections and never answers: a fetch from it waits."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    # Never accepted: the kernel completes the handshake, git sends its request
+    # and waits for an answer, costing no CPU on either side.
+    listener.listen(8)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/stalled.git"
+    finally:
+        listener.close()
+
+
+def server_env(home: Path, url: str, worker: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ROUTINED_")}
+    env |= {
+        "ROUTINED_HOME": str(home),
+        "ROUTINED_DATABASE_URL": url,
+        "ROUTINED_ROUTINE_HOURLY_CAP": HUGE,
+        "ROUTINED_ACCOUNT_API_HOURLY_CAP": HUGE,
+        "ROUTINED_MAX_QUEUED_RUNS": HUGE,
+        "ROUTINED_WORKERS": "1",
+        "ROUTINED_ACCEPTED_BETAS": BETA,
+        # Rich wraps at 80 columns when it is not writing to a terminal.
+        "COLUMNS": "300",
+    }
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.pop("ANTHROPIC_API_KEY_FILE", None)
+    if worker == "failing":
+        # Never reached by a run (each fails before its session), but valid.
+        env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"
+    return env
+
+
+class Server:
+    """`routined serve --port 0` with its output in files, so nothing it prints can block it."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.stdout = logs / "serve.out"
+        self.stderr = logs / "serve.err"
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                [ROUTINED, "serve", "--port", "0"], env=env, stdout=out, stderr=err
+            )
+        self.pid = self.process.pid
+
+    def wait_ready(self, timeout: float = 60) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.search(rb"serving at http://([\d.]+):(\d+)", self.stdout.read_bytes())
+            if found:
+                return found.group(1).decode(), int(found.group(2))
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"routined serve exited with {self.process.returncode}:\n{self.errors()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"routined serve did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def errors(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+
+def run_counts(store: Store) -> dict[str, int]:
+    # Read-only: on SQLite it takes no lock, so it cannot delay the server's writes.
+    with store.transaction(readonly=True) as session:
+        rows = session.execute(select(Run.status, func.count()).group_by(Run.status)).all()
+    return {str(status): int(count) for status, count in rows}
+
+
+def wait_until_held(store: Store, timeout: float = 60) -> None:
+    """Until the blocker's run holds the worker's only slot."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with store.transaction(readonly=True) as session:
+            status = session.scalar(
+                select(Run.status)
+                .join(Routine, Routine.id == Run.routine_id)
+                .where(Routine.name == "blocker")
+            )
+        if status == "preparing":
+            return
+        if status is not None and status != "queued":
+            raise RuntimeError(f"the blocking run ended as {status}; it should wait")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not take the blocking run within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+def fire_request(host: str, port: int, trigger_id: str, token: str) -> str:
+    body = '{"text": "load"}'
+    return (
+        f"POST /v1/claude_code/routines/{trigger_id}/fire HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        "anthropic-version: 2023-06-01\r\n"
+        f"anthropic-beta: {BETA}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"\r\n{body}"
+    )
+
+
+def empty_request(host: str, port: int) -> str:
+    return f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
+
+
+def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--generate"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+# -- orchestration and report ------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return {
+        "load_average_before": os.getloadavg(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def store_name(admin_url: str | None) -> str:
+    if admin_url is None:
+        return "SQLite (embedded)"
+    with admin_engine(admin_url).connect() as connection:
+        version = connection.execute(text("SHOW server_version")).scalar()
+    return f"PostgreSQL {version}"
+
+
+def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration: float) -> Any:
+    with (
+        tempfile.TemporaryDirectory(prefix="routined-bench-") as folder,
+        contextlib.ExitStack() as stack,
+    ):
+        root = Path(folder)
+        home = root / "home"
+        home.mkdir()
+        url = stack.enter_context(database(options.database_url, home))
+        origin = make_origin(root)
+        routines = (
+            "routines:\n"
+            "  - {name: bench, prompt: 'Triage the report.', model: claude-sonnet-4-5, "
+            f"repositories: [{{url: {origin}}}], triggers: [{{type: api}}]}}\n"
+        )
+        if options.worker == "held":
+            stalled = stack.enter_context(stalled_origin())
+            routines += (
+                "  - {name: blocker, prompt: 'Wait.', "
+                f"repositories: [{{url: '{stalled}'}}], triggers: [{{type: api}}]}}\n"
+            )
+        (root / "routines.yaml").write_text(routines)
+        env = server_env(home, url, options.worker)
+        subprocess.run(
+            [ROUTINED, "apply", "-f", str(root / "routines.yaml")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        issued = json.loads(
+            subprocess.run(
+                [ROUTINED, "token", "bench", "--json"], env=env, check=True, capture_output=True
+            ).stdout
+        )
+        store = Store(url)
+        stack.callback(store.dispose)
+        server = Server(env, root)
+        try:
+            host, port = server.wait_ready()
+            if options.worker == "held":
+                subprocess.run(
+                    [ROUTINED, "fire", "blocker"], env=env, check=True, capture_output=True
+                )
+                wait_until_held(store)
+            targets = {
+                "fire": (fire_request(host, port, issued["trigger_id"], issued["token"]),
+                         "routine_fire"),
+                "empty": (empty_request(host, port), '"ok"'),
+            }  # fmt: skip
+            phases: list[dict[str, Any]] = []
+            for round_number in range(rounds):
+                order = ["fire", "empty"] if round_number % 2 == 0 else ["empty", "fire"]
+                for mode in ("rate", "closed"):
+                    for endpoint in order:
+                        request, expect = targets[endpoint]
+                        before = run_counts(store)
+                        shown = (
+                            f"{options.rate:g}/s"
+                            if mode == "rate"
+                            else f"{options.clients} clients"
+                        )
+                        progress(f"round {round_number + 1}/{rounds}: {endpoint}, {shown}")
+                        result = run_phase(
+                            {
+                                "host": host,
+                                "port": port,
+                                "request": request,
+                                "expect": expect,
+                                "mode": mode,
+                                "rate": options.rate,
+                                "clients": options.clients,
+                                "warmup": warmup,
+                                "duration": duration,
+                                "server_pid": server.pid,
+                            }
+                        )
+                        after = run_counts(store)
+                        if server.process.poll() is not None:
+                            raise RuntimeError(f"routined serve died:\n{server.errors()}")
+                        phases.append(
+                            {
+                                "round": round_number + 1,
+                                "endpoint": endpoint,
+                                "mode": mode,
+                                "runs_before": sum(before.values()),
+                                "queued_before": before.get("queued", 0),
+                                # The blocker's run, if any, is still preparing: not ended.
+                                "runs_ended_by_worker": sum(
+                                    after.get(s, 0) - before.get(s, 0)
+                                    for s in ("succeeded", "failed", "cancelled")
+                                ),
+                                **result,
+                            }
+                        )
+            final = run_counts(store)
+        finally:
+            code = server.stop()
+        errors = server.errors().strip()
+    return phases, final, code, errors
+
+
+def median_of(phases: list[dict[str, Any]], endpoint: str, mode: str, key: str) -> float:
+    values: list[float] = []
+    for phase in phases:
+        if phase["endpoint"] == endpoint and phase["mode"] == mode:
+            value = phase["latency_ms"][key[8:]] if key.startswith("latency.") else phase[key]
+            if value is not None:
+                values.append(value)
+    return statistics.median(values) if values else math.nan
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
+def report(result: dict[str, Any]) -> None:
+    host, phases = result["machine"], result["phases"]
+    print(f"date: {result['date']}")
+    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
+    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
+          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+    print(f"store: {result['store']}; one `routined serve` (uvicorn, h11, asyncio loop)")
+    print(f"worker: {result['worker']} (ROUTINED_WORKERS=1); limits and queue cap 10,000,000")
+    print(f"load: a second process on loopback; open loop at {result['rate']:g}/s, closed loop "
+          f"with {result['clients']} clients; {result['warmup']:g} s warm-up + "
+          f"{result['duration']:g} s measured per phase; {result['rounds']} rounds, "
+          "fire and empty alternating")  # fmt: skip
+    print()
+    print(
+        "| round | endpoint | load | ok/s | not 200 | p50 ms | p90 ms | p99 ms | max ms "
+        "| server CPU | client CPU | machine busy | runs in store | ended by worker |"
+    )
+    print("|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for phase in phases:
+        load = (
+            f"{result['rate']:g}/s open" if phase["mode"] == "rate" else
+            f"{result['clients']} closed"
+        )  # fmt: skip
+        failed = {k: v for k, v in phase["statuses"].items() if k != "200"}
+        shown = ", ".join(f"{v} × {k}" for k, v in sorted(failed.items())) or "0"
+        latency = phase["latency_ms"]
+        print(f"| {phase['round']} | {phase['endpoint']} | {load} | {phase['ok_per_s']:,.1f} "
+              f"| {shown} | {ms(latency['p50'])} | {ms(latency['p90'])} | {ms(latency['p99'])} "
+              f"| {ms(latency['max'])} | {phase['server_cpu_percent']:.0f} % "
+              f"| {phase['client_cpu_percent']:.0f} % | {phase['machine_busy_percent']:.0f} % "
+              f"| {phase['runs_before']:,} | {phase['runs_ended_by_worker']:,} |")  # fmt: skip
+    print()
+    print("CPU: server and client in percent of one core; machine busy in percent of all cores.")
+    print()
+    rate = f"{result['rate']:g}/s"
+
+    def both(mode: str, key: str) -> tuple[float, float]:
+        return median_of(phases, "fire", mode, key), median_of(phases, "empty", mode, key)
+
+    fire_p99 = both("rate", "latency.p99")[0]
+    fire_max, empty_max = both("closed", "ok_per_s")
+    ratio = fire_max / empty_max if empty_max else math.nan
+    rows: list[tuple[str, tuple[float, float], str]] = [
+        (f"p50 at {rate} (ms)", both("rate", "latency.p50"), ""),
+        (f"p90 at {rate} (ms)", both("rate", "latency.p90"), ""),
+        (f"p99 at {rate} (ms)", both("rate", "latency.p99"),
+         f"fire < 25 ms: {'met' if fire_p99 < 25 else 'missed'}"),
+        (f"accepted at {rate} (per s)", both("rate", "ok_per_s"), rate),
+        (f"most per s, {result['clients']} clients", (fire_max, empty_max),
+         f"fire ≥ half of empty: {'met' if ratio >= 0.5 else 'missed'} ({ratio:.2f})"),
+        ("p50 at most per s (ms)", both("closed", "latency.p50"), ""),
+        ("p99 at most per s (ms)", both("closed", "latency.p99"), ""),
+    ]  # fmt: skip
+    print(f"| median of {result['rounds']} rounds | fire | empty | target |")
+    print("|---|---:|---:|---|")
+    for label, (fire, empty), target in rows:
+        print(f"| {label} | {fire:,.1f} | {empty:,.1f} | {target} |")
+    print()
+    final = ", ".join(f"{count:,} {status}" for status, count in sorted(result["runs"].items()))
+    print(f"runs in the store at the end: {final}")
+    if result["server_exit_code"] != 0 or result["server_stderr"]:
+        tail = result["server_stderr"][-2000:] or "(empty)"
+        print(f"\nroutined serve exited with {result['server_exit_code']}; its stderr "
+              f"(last 2,000 characters):\n{tail}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="open-loop requests a second")
+    parser.add_argument("--duration", type=float, help="measured seconds a phase (default 20)")
+    parser.add_argument("--warmup", type=float, help="unmeasured seconds first (default 3)")
+    parser.add_argument("--rounds", type=int, help="rounds of the four phases (default 3)")
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop connections")
+    parser.add_argument("--worker", choices=("held", "failing"), default="held",
+                        help="how runs are kept from executing agents (see above)")  # fmt: skip
+    parser.add_argument("--database-url", help="PostgreSQL admin URL; default: embedded SQLite")
+    parser.add_argument("--quick", action="store_true", help="1 round of 5 s phases")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.generate:
+        # The load generator: a spec on stdin, its measurements on stdout.
+        print(json.dumps(generate(json.load(sys.stdin))))
+        return
+    quick = options.quick
+    duration: float = options.duration or (5.0 if quick else 20.0)
+    warmup: float = options.warmup if options.warmup is not None else (1.0 if quick else 3.0)
+    rounds: int = options.rounds or (1 if quick else 3)
+
+    # Before the phases, so the load average shows what else the machine was doing.
+    host = machine()
+    phases, final, code, errors = benchmark(options, rounds, warmup, duration)
+    result = {
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "machine": host,
+        "store": store_name(options.database_url),
+        "worker": options.worker,
+        "rate": options.rate,
+        "clients": options.clients,
+        "warmup": warmup,
+        "duration": duration,
+        "rounds": rounds,
+        "phases": phases,
+        "runs": final,
+        "server_exit_code": code,
+        "server_stderr": errors,
+    }
+    if options.json:
+        print(json.dumps(result, indent=2))
+    else:
+        report(result)
+
+
+if __name__ == "__main__":
+    main()
