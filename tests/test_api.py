@@ -407,3 +407,12 @@ def test_the_newest_three_dated_betas_are_accepted(api: Fixture) -> None:
         ("experimental-cc-routine-2026-04-01", 400),
     ]:
         assert client.fire(headers={"anthropic-beta": beta}).status_code == status, beta
+
+
+def test_a_retry_with_its_key_gets_its_session_even_when_the_queue_is_full(api: Fixture) -> None:
+    client = with_settings(api, ROUTINED_MAX_QUEUED_RUNS="1")
+    first = client.fire(headers={"idempotency-key": "retry-1"})
+    assert first.status_code == 200
+    assert_error(client.fire(), 503, "overloaded_error", "ROUTINED_MAX_QUEUED_RUNS")
+    again = client.fire(headers={"idempotency-key": "retry-1"})
+    assert again.status_code == 200 and again.json() == first.json()

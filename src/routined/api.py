@@ -243,11 +243,15 @@ def _record_fire(
             raise ApiError(401, "invalid token for this trigger")
         routine = session.get_one(Routine, trigger.routine_id)
         account = limits_.hold_account(session, routine)
-        refusal = _refusal(session, routine, account, now=now, limits=limits, max_queued=max_queued)
+        refusal = _refusal(routine, account)
         if refusal is None and request.idempotency_key is not None:
+            # A retry is answered with its first session even when the queue or a
+            # limit would now refuse a new fire.
             earlier = _earlier_fire(session, trigger.id, request.idempotency_key, now)
             if earlier is not None:
                 return earlier, False
+        if refusal is None:
+            refusal = _overloaded(session, max_queued)
         if refusal is None:
             verdict = limits_.check(session, routine, account, "api", limits=limits, now=now)
             if not verdict.allowed:
@@ -300,15 +304,7 @@ def _record_fire(
     raise refusal
 
 
-def _refusal(
-    session: Session,
-    routine: Routine,
-    account: Account,
-    *,
-    now: datetime,
-    limits: Limits,
-    max_queued: int,
-) -> ApiError | None:
+def _refusal(routine: Routine, account: Account) -> ApiError | None:
     if account.disabled_at is not None:
         return ApiError(403, f"account {account.name} is disabled; its routines cannot be fired")
     if routine.paused_at is not None:
@@ -317,6 +313,10 @@ def _refusal(
             f"routine {routine.name} is paused; resume it (routined resume {routine.name}) "
             "to fire it",
         )
+    return None
+
+
+def _overloaded(session: Session, max_queued: int) -> ApiError | None:
     queued = session.scalar(select(func.count(Run.id)).where(Run.status == runs.RunStatus.QUEUED))
     if (queued or 0) >= max_queued:
         return ApiError(
