@@ -42,7 +42,15 @@ def ask(
         ),
         ([text("no, staging only")], "open", False, "the gate answered: no, staging only"),
         ([text("Perhaps.")], "closed", False, "neither YES nor NO"),
-        ([text("Perhaps.")], "open", True, "on_error: open, so the run goes ahead"),
+        (
+            [text("Perhaps.")],
+            "open",
+            False,
+            "neither YES nor NO",
+        ),  # unclear is a NO, whatever the policy
+        ([text("**NO** - staging")], "open", False, "the gate answered: **NO** - staging"),
+        ([text("`YES`: production")], "closed", True, "the gate answered: `YES`"),
+        ([text("Yesterday's alert")], "open", False, "neither YES nor NO"),
         (
             [api_error(529, "overloaded_error", "busy")],
             "closed",
@@ -59,7 +67,7 @@ def test_the_gate_decides_and_its_failures_follow_the_policy(
     proceed: bool,
     says: str,
 ) -> None:
-    marker = f"[gate:{len(answer)}:{answer[0]['type']}:{on_error}:{proceed}]"
+    marker = f"[gate:{answer[0].get('text', answer[0]['type'])}:{on_error}]"
     fake_api.gate(marker, answer)
     result = ask(fake_api, f"Alert {marker}", on_error)
     assert (result.proceed, says in result.reason) == (proceed, True), result.reason

@@ -80,8 +80,18 @@ NOW = datetime(2026, 11, 28, 22, 15, tzinfo=UTC)
             2700,
         ),
         ("schedule", Counts(0, 0, 30), "unlimited", False, True, "", None),  # by hand and API only
-        # The hourly cap is reported before the daily one, and extra usage does not lift it.
+        # Extra usage does not lift the hourly caps.
         ("api", Counts(5, 0, 30), "pro", True, False, "ROUTINED_ROUTINE_HOURLY_CAP", 2700),
+        # Both refuse: the wait is until the later reset, the day's.
+        (
+            "api",
+            Counts(5, 0, 30),
+            "pro",
+            False,
+            False,
+            "this hour, its limit (ROUTINED_ROUTINE_HOURLY_CAP); account acme has started 5 runs today",
+            6300,
+        ),
     ],
 )
 def test_which_cap_applies(

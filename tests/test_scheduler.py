@@ -508,3 +508,27 @@ def test_a_scheduled_fire_over_the_daily_limit_waits_for_the_next_day(
     # The new day's limit is used by it: the next slot waits again.
     assert decide(store, limited, at("2026-11-29T21:00:00Z")) == 0
     assert decisions(store)[-1][:2] == ("29 21:00", "waiting")
+
+
+def test_a_waiting_slot_fires_at_the_reset_even_past_the_catch_up_window(
+    store: Store, tmp_path: Path, origin: Path, settings: Settings
+) -> None:
+    from dataclasses import replace
+
+    from routined.models import Account
+
+    limited = replace(settings, plans="tiny:0,unlimited:none")
+    apply(
+        store,
+        tmp_path,
+        origin,
+        "{type: schedule, schedule: daily at 21:00}",
+        policy="catch_up_window: 1h",
+    )
+    with store.transaction() as session:
+        session.get_one(Account, "acct_default").plan = "tiny"
+    assert decide(store, limited, at("2026-11-28T21:00:00Z")) == 0
+    with store.transaction() as session:
+        session.get_one(Account, "acct_default").plan = "unlimited"
+    assert decide(store, limited, at("2026-11-29T00:00:00Z")) == 1
+    assert [(i, o) for i, o, _ in decisions(store)] == [("28 21:00", "fired")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -276,3 +277,59 @@ def test_a_held_run_fails_from_whatever_state_it_is_in(store: Store) -> None:
             "failed",
             "interrupted: stopped",
         )
+
+
+def test_upgrading_keeps_every_row(store: Store, tmp_path: Path) -> None:
+    """Each migration on a store with data: SQLite rebuilds tables to change them, which
+    must not cascade into the rows that refer to them."""
+    from routined.models import Fire, Repository, Run, Token, Trigger
+
+    older = (
+        Store(
+            str(store.url.render_as_string(hide_password=False)).replace("routined.db", "older.db")
+        )
+        if store.is_sqlite
+        else None
+    )
+    target = older or store
+    if older is None:  # PostgreSQL: start again from the first migration
+        from alembic import command
+
+        from routined.db import _alembic_config
+
+        with store.engine.begin() as connection:
+            config = _alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+    else:
+        older.migrate("0002")
+    with target.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO routines (id, name, prompt, created_at, updated_at) VALUES ('rtn_1', 'r', 'p', '2026-11-28 12:00:00', '2026-11-28 12:00:00')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO repositories (routine_id, position, url) VALUES ('rtn_1', 0, '/x')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO triggers (id, routine_id, position, type, config, created_at) VALUES ('trig_1', 'rtn_1', 0, 'api', '{}', '2026-11-28 12:00:00')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO tokens (trigger_id, lookup, digest, created_at) VALUES ('trig_1', 'abc', 'def', '2026-11-28 12:00:00')"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO runs (id, session_id, routine_id, trigger_type, status, created_at, branches, lease, event_seq) "
+            "VALUES ('run_1', 'session_1', 'rtn_1', 'api', 'queued', '2026-11-28 12:00:00', '[]', 0, 0)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO fires (routine_id, trigger_id, trigger_type, decided_at, outcome, reason) VALUES ('rtn_1', 'trig_1', 'api', '2026-11-28 12:00:00', 'fired', 'x')"
+        )
+    target.migrate()
+    with target.transaction(readonly=True) as session:
+        counts = [
+            len(session.scalars(select(model)).all())
+            for model in (Routine, Repository, Trigger, Token, Run, Fire)
+        ]
+        assert session.get_one(Routine, "rtn_1").account_id == "acct_default"
+    assert counts == [1, 1, 1, 1, 1, 1]
+    if older is not None:
+        older.dispose()

@@ -243,15 +243,13 @@ def _record_fire(
             raise ApiError(401, "invalid token for this trigger")
         routine = session.get_one(Routine, trigger.routine_id)
         account = limits_.hold_account(session, routine)
-        refusal = _refusal(routine, account)
-        if refusal is None and request.idempotency_key is not None:
-            # A retry is answered with its first session even when the queue or a
-            # limit would now refuse a new fire.
+        if request.idempotency_key is not None:
+            # A retry is answered with its first session, whatever would refuse a
+            # new fire now: its run exists, and the caller must learn that.
             earlier = _earlier_fire(session, trigger.id, request.idempotency_key, now)
             if earlier is not None:
                 return earlier, False
-        if refusal is None:
-            refusal = _overloaded(session, max_queued)
+        refusal = _refusal(routine, account) or _overloaded(session, max_queued)
         if refusal is None:
             verdict = limits_.check(session, routine, account, "api", limits=limits, now=now)
             if not verdict.allowed:

@@ -112,7 +112,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ROUTINED_MAX_QUEUED_RUNS",
         "1000",
-        "Queued runs beyond which the fire API answers 503 overloaded_error.",
+        "Queued runs at which the fire API answers 503 overloaded_error.",
     ),
     Setting(
         "ROUTINED_GATE_MODEL",

@@ -50,16 +50,33 @@ class Store:
         finally:
             _reading.reset(reading)
 
-    def migrate(self) -> None:
+    def migrate(self, revision: str = "head") -> None:
         """Bring the schema to the newest migration; cheap when it is already there."""
         config = _alembic_config()
-        head = ScriptDirectory.from_config(config).get_current_head()
-        with self.engine.begin() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-            if current == head:
+        target = ScriptDirectory.from_config(config).get_current_head()
+        with self.engine.connect() as connection:
+            with connection.begin():
+                current = MigrationContext.configure(connection).get_current_revision()
+            if current == (target if revision == "head" else revision):
                 return
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            # SQLite changes a table by copying it and dropping the old one, and
+            # the drop would cascade through foreign keys into every table that
+            # refers to it. Keys are off while migrating (the pragma is ignored
+            # inside a transaction) and checked before they are on again.
+            raw = connection.connection.driver_connection if self.is_sqlite else None
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    if raw is not None:
+                        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                        if broken:
+                            raise RuntimeError(f"migration left broken references: {broken}")
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -212,6 +212,7 @@ class Executor:
                     now=self.clock(),
                     reason=f"skipped: gate: {result.reason}",
                     lease=claim.lease,
+                    changes={"error": f"skipped: gate: {result.reason}"},
                 )
                 fires.skipped_by_gate(session, claim.run_id, result.reason)
 

@@ -5,8 +5,8 @@ Limits count runs in fixed windows (the clock hour, the calendar day in
 pure; `check` counts in the store and decides; `usage` reports what is used
 and what remains.
 
-- A plan bounds an account's runs a day (every kind of run); an account with
-  `extra_usage` may go past it.
+- A plan bounds an account's runs a day (every kind of run, except those its
+  gate skipped); an account with `extra_usage` may go past it.
 - Each routine may start `ROUTINED_ROUTINE_HOURLY_CAP` runs an hour by hand and
   over the API together; each account `ROUTINED_ACCOUNT_API_HOURLY_CAP` over the
   API.
@@ -26,10 +26,12 @@ from sqlalchemy.orm import Session
 
 from routined.config import Settings
 from routined.models import Account, Routine, Run
+from routined.runs import RunStatus
 from routined.schedule import format_duration, iso, to_utc
 
 DEFAULT_PLANS = "pro:5,max:15,team:25,enterprise:25,unlimited:none"
 LIMITED_KINDS = frozenset({"api", "manual"})
+_UNKNOWN_PLAN_RETRY = 3600  # seconds: an operator has to act; look again in an hour
 
 
 class PlanError(ValueError):
@@ -130,34 +132,41 @@ def decide(
     limits: Limits,
     now: datetime,
 ) -> Verdict:
-    """Whether one more run of `kind` (api, manual, schedule) may start now."""
+    """Whether one more run of `kind` (api, manual, schedule) may start now.
+
+    Every limit that refuses is named; the wait is until the last of their
+    windows resets, so a client that waits that long is not refused again.
+    """
     window = windows(now, limits.zone)
+    refusing: list[tuple[str, datetime]] = []
     if kind == "api" and counts.account_api_hour >= limits.account_api_hourly:
-        return _refused(
-            f"account {account} has started {counts.account_api_hour} runs over the API "
-            f"this hour, its limit (ROUTINED_ACCOUNT_API_HOURLY_CAP)",
-            window.hour_end,
-            now,
+        refusing.append(
+            (
+                f"account {account} has started {counts.account_api_hour} runs over the API "
+                "this hour, its limit (ROUTINED_ACCOUNT_API_HOURLY_CAP)",
+                window.hour_end,
+            )
         )
     if kind in LIMITED_KINDS and counts.routine_hour >= limits.routine_hourly:
-        return _refused(
-            f"the routine has started {counts.routine_hour} runs by hand and over the API "
-            f"this hour, its limit (ROUTINED_ROUTINE_HOURLY_CAP)",
-            window.hour_end,
-            now,
+        refusing.append(
+            (
+                f"the routine has started {counts.routine_hour} runs by hand and over the API "
+                "this hour, its limit (ROUTINED_ROUTINE_HOURLY_CAP)",
+                window.hour_end,
+            )
         )
+    note = ""
     if plan.runs_per_day is not None and counts.account_today >= plan.runs_per_day:
         used = f"account {account} has started {counts.account_today} runs today"
         if extra_usage:
-            return Verdict(
-                True, f"{used}, past plan {plan.name}'s {plan.runs_per_day}: extra usage is on"
+            note = f"{used}, past plan {plan.name}'s {plan.runs_per_day}: extra usage is on"
+        else:
+            refusing.append(
+                (f"{used}, plan {plan.name}'s limit of {plan.runs_per_day} a day", window.day_end)
             )
-        return _refused(
-            f"{used}, plan {plan.name}'s limit of {plan.runs_per_day} a day",
-            window.day_end,
-            now,
-        )
-    return Verdict(True, "")
+    if refusing:
+        return _refused("; ".join(why for why, _ in refusing), max(r for _, r in refusing), now)
+    return Verdict(True, note)
 
 
 def _refused(why: str, resets: datetime, now: datetime) -> Verdict:
@@ -173,7 +182,7 @@ def count(
     of_account = (
         select(func.count(Run.id))
         .join(Routine, Routine.id == Run.routine_id)
-        .where(Routine.account_id == account_id)
+        .where(Routine.account_id == account_id, Run.status != RunStatus.SKIPPED)
     )
     return Counts(
         account_today=session.scalar(of_account.where(Run.created_at >= window.day_start)) or 0,
@@ -184,6 +193,7 @@ def count(
         routine_hour=session.scalar(
             select(func.count(Run.id)).where(
                 Run.routine_id == routine_id,
+                Run.status != RunStatus.SKIPPED,
                 Run.created_at >= window.hour_start,
                 Run.trigger_type.in_(LIMITED_KINDS),
             )
@@ -212,12 +222,21 @@ def check(
     now: datetime,
 ) -> Verdict:
     """Count the runs in the current windows and decide; hold the account first."""
+    try:
+        plan = limits.plan(account.plan)
+    except PlanError as error:
+        # Refused, not raised: one account's stale plan must not stop the others.
+        return Verdict(
+            False,
+            f"account {account.name}: {error}; give it one with `routined account plan`",
+            _UNKNOWN_PLAN_RETRY,
+        )
     counts = count(session, account.id, routine.id, now, limits.zone)
     return decide(
         kind,
         counts,
         account=account.name,
-        plan=limits.plan(account.plan),
+        plan=plan,
         extra_usage=account.extra_usage,
         limits=limits,
         now=now,
@@ -227,7 +246,7 @@ def check(
 def usage(session: Session, account: Account, *, limits: Limits, now: datetime) -> dict[str, Any]:
     """What an account has used in the current windows, and what remains."""
     window = windows(now, limits.zone)
-    plan = limits.plan(account.plan)
+    plan = limits.plans.get(account.plan, Plan(f"{account.plan} (not in ROUTINED_PLANS)", 0))
     routines = session.execute(
         select(Routine.id, Routine.name)
         .where(Routine.account_id == account.id)

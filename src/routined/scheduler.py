@@ -136,6 +136,17 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
         # `overlap`) cannot change under a decision, and `apply` waits for it.
         query = query.with_for_update(skip_locked=True, key_share=True, of=[Trigger, Routine])
     due = session.scalars(query).all()
+    # Their accounts are held (for the daily limit) in one go, in a fixed order:
+    # taken one by one as each trigger needs them, two schedulers could each
+    # hold one the other waits for.
+    accounts = sorted({trigger.routine.account_id for trigger in due})
+    if accounts:
+        session.execute(
+            select(Account.id)
+            .where(Account.id.in_(accounts))
+            .order_by(Account.id)
+            .with_for_update(key_share=True)
+        ).all()
     limits = limits_.Limits.of(settings)
     started = 0
     for trigger in due:
@@ -168,9 +179,22 @@ def _decide(
     offset = stagger_offset(trigger.id, policy.stagger)
     previous = trigger.next_at
     assert previous is not None  # due_at is set only with next_at
+    # A slot held back by the daily limit is decided at the reset, however long
+    # that took: it is neither summarised nor late.
+    waited = frozenset(
+        slot
+        for slot in session.scalars(
+            select(Fire.scheduled_at).where(
+                Fire.trigger_id == trigger.id,
+                Fire.scheduled_at == previous,
+                Fire.outcome == Outcome.WAITING,
+            )
+        )
+        if slot is not None
+    )
     oldest_kept = now - policy.catch_up_window - offset
     cursor: datetime | None = previous
-    if previous < oldest_kept:
+    if previous < oldest_kept and previous not in waited:
         cursor = _summarise(
             session, trigger, schedule, previous, before=oldest_kept, now=now,
             why=f"more than catch_up_window ({format_duration(policy.catch_up_window)}) "
@@ -197,15 +221,6 @@ def _decide(
             .order_by(Run.created_at)
         )
     ]
-    waited = frozenset(
-        session.scalars(
-            select(Fire.scheduled_at).where(
-                Fire.trigger_id == trigger.id,
-                Fire.scheduled_at == previous,
-                Fire.outcome == Outcome.WAITING,
-            )
-        )
-    )
     planned = fires.plan(
         slots,
         now=now,
@@ -215,7 +230,7 @@ def _decide(
         paused=routine.paused_at is not None if paused is None else paused,
         in_flight=in_flight,
         offset=offset,
-        waited=frozenset(slot for slot in waited if slot is not None),
+        waited=waited,
     )
     # The cursor moves only from where this scheduler found it: a routine
     # re-applied meanwhile keeps its new schedule.

@@ -64,7 +64,7 @@ def set_plan(
 
 @accounts.command("disable")
 def disable(name: str) -> None:
-    """Disable an account: fires of its routines are refused (403) until it is enabled."""
+    """Disable an account: API fires of its routines are refused (403) until it is enabled."""
     _set_disabled(name, disabled=True)
 
 

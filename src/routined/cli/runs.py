@@ -42,11 +42,14 @@ def fire(
             verdict = limits.check(
                 session, chosen, account, "manual", limits=limits.Limits.of(config), now=now
             )
-            reason = "fired by hand (routined fire); schedules are not affected"
-            if chosen.paused_at is not None:
-                reason += "; the routine is paused, which stops only its triggers"
-            if verdict.reason:
-                reason += f"; {verdict.reason}"
+            if verdict.allowed:
+                reason = "fired by hand (routined fire); schedules are not affected"
+                if chosen.paused_at is not None:
+                    reason += "; the routine is paused, which stops only its triggers"
+                if verdict.reason:
+                    reason += f"; {verdict.reason}"
+            else:
+                reason = f"a fire by hand (routined fire) was refused: {verdict.reason}"
             run = None
             if verdict.allowed:
                 run = runs.create(
