@@ -21,7 +21,9 @@ round to round, so drift on the machine lands on both sides:
 Each phase runs --warmup seconds unmeasured, then --duration seconds measured.
 The generator is a small HTTP/1.1 client on asyncio streams rather than httpx, so
 that on a small machine it takes little of the CPU the server would use: its own
-CPU, the server's and the whole machine's are reported beside each phase.
+CPU, the server's and PostgreSQL's are reported beside each phase. After a phase
+the next waits until the server has stopped recording runs: requests the client
+gave up on are still served.
 
 Limits stay out of the way: the hourly caps and ROUTINED_MAX_QUEUED_RUNS are set
 to 10,000,000, so every fire is accepted and queues a run. No run may execute an
@@ -58,6 +60,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -71,7 +74,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +95,10 @@ REQUEST_TIMEOUT = 30.0
 # Open loop: past this many connections a due request waits for one to free up
 # (and its latency shows it) rather than the generator opening without bound.
 MAX_CONNECTIONS = 256
+# uvicorn closes a keep-alive connection idle for 5 s; one idle for less than this
+# is reused, an older one closed, so no request meets a connection the server is
+# closing at that moment.
+IDLE_REUSE = 2.0
 STOP_TIMEOUT = 30.0
 
 
@@ -119,34 +126,47 @@ class Target:
 class CpuSample:
     server: float  # CPU seconds of the server process, every thread
     client: float  # CPU seconds of this generator
-    machine: float  # CPU seconds of the whole machine, every core, busy
+    postgres: float  # CPU seconds of PostgreSQL's processes (0 on SQLite)
     wall: float
 
 
-def cpu_sample(server_pid: int) -> CpuSample:
-    fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # utime and stime, fields 14 and 15 of proc(5); the split starts at field 3.
-    server = (int(fields[11]) + int(fields[12])) / TICKS
-    user, nice, system, _idle, _iowait, irq, softirq = (
-        int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
-    )
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def postgres_cpu() -> float:
+    """PostgreSQL's share, from its processes: this machine's /proc/stat totals lose
+    ticks (they can read lower than one process's own), so they are not used."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += process_cpu(int(entry.name))
+            except OSError:
+                continue  # it exited meanwhile
+    return total
+
+
+def cpu_sample(server_pid: int, postgres: bool) -> CpuSample:
     own = resource.getrusage(resource.RUSAGE_SELF)
     return CpuSample(
-        server=server,
+        server=process_cpu(server_pid),
         client=own.ru_utime + own.ru_stime,
-        machine=(user + nice + system + irq + softirq) / TICKS,
+        postgres=postgres_cpu() if postgres else 0.0,
         wall=time.monotonic(),
     )
 
 
 def cpu_percent(before: CpuSample, after: CpuSample) -> dict[str, float]:
-    """Percent of one core, except `machine`: percent of all cores."""
+    """Percent of one core."""
     wall = after.wall - before.wall
-    cores = os.cpu_count() or 1
     return {
         "server_cpu_percent": 100 * (after.server - before.server) / wall,
         "client_cpu_percent": 100 * (after.client - before.client) / wall,
-        "machine_busy_percent": 100 * (after.machine - before.machine) / wall / cores,
+        "postgres_cpu_percent": 100 * (after.postgres - before.postgres) / wall,
     }
 
 
@@ -154,6 +174,7 @@ class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.used = asyncio.get_running_loop().time()
 
     @classmethod
     async def open(cls, target: Target) -> Connection:
@@ -174,25 +195,29 @@ class Connection:
         body = await self.reader.readexactly(int(found.group(1)))
         if status == "200" and target.expect not in body:
             status = "200-bad-body"
+        self.used = asyncio.get_running_loop().time()
         return status, b"\r\nconnection: close" not in lowered
 
     def close(self) -> None:
         self.writer.close()
 
 
-async def send(target: Target, connection: Connection | None) -> tuple[str, Connection | None]:
+async def send(
+    target: Target, connection: Connection | None, deadline: float
+) -> tuple[str, Connection | None]:
     """One request on `connection` (or a new one); the outcome and the connection to keep."""
+    reusable = False
     try:
-        if connection is None:
-            connection = await Connection.open(target)
-        async with asyncio.timeout(REQUEST_TIMEOUT):
+        async with asyncio.timeout_at(deadline):
+            if connection is None:
+                connection = await Connection.open(target)
             outcome, reusable = await connection.exchange(target)
     except TimeoutError:
-        outcome, reusable = "timeout", False
+        outcome = "timeout"
     except (asyncio.IncompleteReadError, ConnectionError):
-        outcome, reusable = "connection-lost", False
+        outcome = "connection-lost"
     except OSError:
-        outcome, reusable = "connect-error", False
+        outcome = "connect-error"
     if not reusable and connection is not None:
         connection.close()
         connection = None
@@ -201,9 +226,12 @@ async def send(target: Target, connection: Connection | None) -> tuple[str, Conn
 
 @dataclass
 class Outcomes:
+    """The measured requests: due in the window (open loop) or answered in it (closed)."""
+
     latencies: list[float]
-    statuses: Counter[str]
-    lags: list[float]
+    statuses: Counter[str]  # what each measured request got, "timeout" if nothing in time
+    lags: list[float]  # how late the generator began each (open loop)
+    accepted: int = 0  # 200s that arrived within the window, whenever they were due
 
 
 def summary(outcomes: Outcomes, seconds: float, cpu: dict[str, float]) -> dict[str, Any]:
@@ -213,7 +241,7 @@ def summary(outcomes: Outcomes, seconds: float, cpu: dict[str, float]) -> dict[s
         "seconds": seconds,
         "requests": sum(outcomes.statuses.values()),
         "statuses": dict(outcomes.statuses),
-        "ok_per_s": outcomes.statuses["200"] / seconds,
+        "ok_per_s": outcomes.accepted / seconds,
         "latency_ms": {
             name: 1000 * percentile(ordered, fraction) if ordered else None
             for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
@@ -223,8 +251,19 @@ def summary(outcomes: Outcomes, seconds: float, cpu: dict[str, float]) -> dict[s
     }
 
 
+Sampler = Callable[[], CpuSample]
+
+
+async def measure_cpu(window: tuple[float, float], sample: Sampler) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(window[0] - loop.time())
+    before = sample()
+    await asyncio.sleep(window[1] - loop.time())
+    return cpu_percent(before, sample())
+
+
 async def open_loop(
-    target: Target, rate: float, warmup: float, duration: float, server_pid: int
+    target: Target, rate: float, warmup: float, duration: float, sample: Sampler
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     idle: list[Connection] = []
@@ -233,43 +272,49 @@ async def open_loop(
     window = (start + warmup, start + warmup + duration)
     outcomes = Outcomes([], Counter(), [])
 
+    def reuse() -> Connection | None:
+        while idle and loop.time() - idle[0].used > IDLE_REUSE:
+            idle.pop(0).close()
+        return idle.pop() if idle else None
+
     async def one(due: float) -> None:
-        async with slots:
-            sent = loop.time()
-            outcome, kept = await send(target, idle.pop() if idle else None)
-            answered = loop.time()
-            if kept is not None:
-                idle.append(kept)
+        # The deadline counts from when it was due: waiting for a connection is
+        # part of what an overloaded server costs its callers.
+        deadline = due + REQUEST_TIMEOUT
+        # How late the generator itself started it; waiting for a connection is
+        # the server's doing, not the generator's.
+        started = loop.time()
+        try:
+            async with asyncio.timeout_at(deadline), slots:
+                outcome, kept = await send(target, reuse(), deadline)
+                if kept is not None:
+                    idle.append(kept)
+        except TimeoutError:
+            outcome = "timeout"
+        answered = loop.time()
+        if outcome == "200" and window[0] <= answered < window[1]:
+            outcomes.accepted += 1
         if window[0] <= due < window[1]:
             outcomes.statuses[outcome] += 1
             outcomes.latencies.append(answered - due)
-            outcomes.lags.append(sent - due)
+            outcomes.lags.append(started - due)
 
-    async def measure_cpu() -> dict[str, float]:
-        await asyncio.sleep(window[0] - loop.time())
-        before = cpu_sample(server_pid)
-        await asyncio.sleep(window[1] - loop.time())
-        return cpu_percent(before, cpu_sample(server_pid))
-
-    cpu = asyncio.create_task(measure_cpu())
-    pending: set[asyncio.Task[None]] = set()
+    cpu = asyncio.create_task(measure_cpu(window, sample))
+    tasks: list[asyncio.Task[None]] = []
     for number in range(round(rate * (warmup + duration))):
         due = start + number / rate
         delay = due - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(one(due))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.wait(set(pending), timeout=REQUEST_TIMEOUT + 5)
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)  # every one ends by its deadline
     for connection in idle:
         connection.close()
     return summary(outcomes, duration, await cpu)
 
 
 async def closed_loop(
-    target: Target, clients: int, warmup: float, duration: float, server_pid: int
+    target: Target, clients: int, warmup: float, duration: float, sample: Sampler
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -280,22 +325,17 @@ async def closed_loop(
         connection: Connection | None = None
         while loop.time() < window[1]:
             sent = loop.time()
-            outcome, connection = await send(target, connection)
+            outcome, connection = await send(target, connection, sent + REQUEST_TIMEOUT)
             answered = loop.time()
             # Counted by when it answered: the requests a second the server completed.
             if window[0] <= answered < window[1]:
                 outcomes.statuses[outcome] += 1
                 outcomes.latencies.append(answered - sent)
+                outcomes.accepted += outcome == "200"
         if connection is not None:
             connection.close()
 
-    async def measure_cpu() -> dict[str, float]:
-        await asyncio.sleep(window[0] - loop.time())
-        before = cpu_sample(server_pid)
-        await asyncio.sleep(window[1] - loop.time())
-        return cpu_percent(before, cpu_sample(server_pid))
-
-    cpu = asyncio.create_task(measure_cpu())
+    cpu = asyncio.create_task(measure_cpu(window, sample))
     await asyncio.gather(*(client() for _ in range(clients)))
     return summary(outcomes, duration, await cpu)
 
@@ -307,12 +347,11 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
         request=spec["request"].encode(),
         expect=spec["expect"].encode(),
     )
+    sample = functools.partial(cpu_sample, spec["server_pid"], spec["postgres"])
     if spec["mode"] == "rate":
-        work = open_loop(target, spec["rate"], spec["warmup"], spec["duration"], spec["server_pid"])
+        work = open_loop(target, spec["rate"], spec["warmup"], spec["duration"], sample)
     else:
-        work = closed_loop(
-            target, spec["clients"], spec["warmup"], spec["duration"], spec["server_pid"]
-        )
+        work = closed_loop(target, spec["clients"], spec["warmup"], spec["duration"], sample)
     return asyncio.run(work)
 
 
@@ -478,6 +517,21 @@ def empty_request(host: str, port: int) -> str:
     return f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
 
 
+def drain(store: Store, timeout: float = 600) -> float:
+    """Seconds until the server has answered what it was sent: the client gives up on
+    a request after REQUEST_TIMEOUT, but the server still serves it (and records its
+    run), so an overloaded phase leaves work behind that the next must not meet."""
+    started = time.monotonic()
+    count = sum(run_counts(store).values())
+    while time.monotonic() - started < timeout:
+        time.sleep(1.0)
+        now = sum(run_counts(store).values())
+        if now == count:
+            break
+        count = now
+    return time.monotonic() - started
+
+
 def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, __file__, "--generate"],
@@ -518,6 +572,53 @@ def store_name(admin_url: str | None) -> str:
     return f"PostgreSQL {version}"
 
 
+@dataclass(frozen=True)
+class Setup:
+    server: Server
+    store: Store
+    host: str
+    port: int
+    requests: dict[str, tuple[str, str]]  # endpoint → (request, what a 200 answer holds)
+    postgres: bool
+
+
+def measure(setup: Setup, options: argparse.Namespace, endpoint: str, mode: str,
+            warmup: float, duration: float) -> dict[str, Any]:  # fmt: skip
+    """One phase from the generator process, with the store's runs before and after."""
+    request, expect = setup.requests[endpoint]
+    before = run_counts(setup.store)
+    result = run_phase(
+        {
+            "host": setup.host,
+            "port": setup.port,
+            "request": request,
+            "expect": expect,
+            "mode": mode,
+            "rate": options.rate,
+            "clients": options.clients,
+            "warmup": warmup,
+            "duration": duration,
+            "server_pid": setup.server.pid,
+            "postgres": setup.postgres,
+        }
+    )
+    after = run_counts(setup.store)
+    drained = drain(setup.store)
+    if setup.server.process.poll() is not None:
+        raise RuntimeError(f"routined serve died:\n{setup.server.errors()}")
+    ended = ("succeeded", "failed", "cancelled", "skipped")
+    return {
+        "endpoint": endpoint,
+        "mode": mode,
+        "runs_before": sum(before.values()),
+        "queued_before": before.get("queued", 0),
+        # The blocker's run is still preparing: it never counts as ended.
+        "runs_ended_by_worker": sum(after.get(s, 0) - before.get(s, 0) for s in ended),
+        "drain_s": drained,
+        **result,
+    }
+
+
 def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration: float) -> Any:
     with (
         tempfile.TemporaryDirectory(prefix="routined-bench-") as folder,
@@ -541,77 +642,42 @@ def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration:
             )
         (root / "routines.yaml").write_text(routines)
         env = server_env(home, url, options.worker)
-        subprocess.run(
-            [ROUTINED, "apply", "-f", str(root / "routines.yaml")],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        issued = json.loads(
-            subprocess.run(
-                [ROUTINED, "token", "bench", "--json"], env=env, check=True, capture_output=True
-            ).stdout
-        )
+        cli = functools.partial(subprocess.run, env=env, check=True, capture_output=True)
+        cli([ROUTINED, "apply", "-f", str(root / "routines.yaml")])
+        issued = json.loads(cli([ROUTINED, "token", "bench", "--json"]).stdout)
         store = Store(url)
         stack.callback(store.dispose)
         server = Server(env, root)
         try:
             host, port = server.wait_ready()
             if options.worker == "held":
-                subprocess.run(
-                    [ROUTINED, "fire", "blocker"], env=env, check=True, capture_output=True
-                )
+                cli([ROUTINED, "fire", "blocker"])
                 wait_until_held(store)
-            targets = {
-                "fire": (fire_request(host, port, issued["trigger_id"], issued["token"]),
-                         "routine_fire"),
-                "empty": (empty_request(host, port), '"ok"'),
-            }  # fmt: skip
+            fire = fire_request(host, port, issued["trigger_id"], issued["token"])
+            setup = Setup(
+                server=server,
+                store=store,
+                host=host,
+                port=port,
+                requests={
+                    "fire": (fire, "routine_fire"),
+                    "empty": (empty_request(host, port), '"ok"'),
+                },
+                postgres=options.database_url is not None,
+            )
             phases: list[dict[str, Any]] = []
-            for round_number in range(rounds):
-                order = ["fire", "empty"] if round_number % 2 == 0 else ["empty", "fire"]
+            for number in range(1, rounds + 1):
+                order = ("fire", "empty") if number % 2 else ("empty", "fire")
                 for mode in ("rate", "closed"):
                     for endpoint in order:
-                        request, expect = targets[endpoint]
-                        before = run_counts(store)
-                        shown = (
+                        load = (
                             f"{options.rate:g}/s"
                             if mode == "rate"
                             else f"{options.clients} clients"
                         )
-                        progress(f"round {round_number + 1}/{rounds}: {endpoint}, {shown}")
-                        result = run_phase(
-                            {
-                                "host": host,
-                                "port": port,
-                                "request": request,
-                                "expect": expect,
-                                "mode": mode,
-                                "rate": options.rate,
-                                "clients": options.clients,
-                                "warmup": warmup,
-                                "duration": duration,
-                                "server_pid": server.pid,
-                            }
-                        )
-                        after = run_counts(store)
-                        if server.process.poll() is not None:
-                            raise RuntimeError(f"routined serve died:\n{server.errors()}")
-                        phases.append(
-                            {
-                                "round": round_number + 1,
-                                "endpoint": endpoint,
-                                "mode": mode,
-                                "runs_before": sum(before.values()),
-                                "queued_before": before.get("queued", 0),
-                                # The blocker's run, if any, is still preparing: not ended.
-                                "runs_ended_by_worker": sum(
-                                    after.get(s, 0) - before.get(s, 0)
-                                    for s in ("succeeded", "failed", "cancelled")
-                                ),
-                                **result,
-                            }
-                        )
+                        progress(f"round {number}/{rounds}: {endpoint}, {load}")
+                        phase = measure(setup, options, endpoint, mode, warmup, duration)
+                        phases.append({"round": number, **phase})
             final = run_counts(store)
         finally:
             code = server.stop()
@@ -645,12 +711,14 @@ def report(result: dict[str, Any]) -> None:
           f"with {result['clients']} clients; {result['warmup']:g} s warm-up + "
           f"{result['duration']:g} s measured per phase; {result['rounds']} rounds, "
           "fire and empty alternating")  # fmt: skip
+    postgres = result["store"].startswith("PostgreSQL")
     print()
     print(
-        "| round | endpoint | load | ok/s | not 200 | p50 ms | p90 ms | p99 ms | max ms "
-        "| server CPU | client CPU | machine busy | runs in store | ended by worker |"
+        "| round | endpoint | load | accepted/s | not 200 | p50 ms | p90 ms | p99 ms | max ms "
+        f"| server CPU | client CPU |{' PostgreSQL CPU |' if postgres else ''} runs before "
+        "| ended by worker | drain s |"
     )
-    print("|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---|---|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (3 + postgres))
     for phase in phases:
         load = (
             f"{result['rate']:g}/s open" if phase["mode"] == "rate" else
@@ -662,10 +730,19 @@ def report(result: dict[str, Any]) -> None:
         print(f"| {phase['round']} | {phase['endpoint']} | {load} | {phase['ok_per_s']:,.1f} "
               f"| {shown} | {ms(latency['p50'])} | {ms(latency['p90'])} | {ms(latency['p99'])} "
               f"| {ms(latency['max'])} | {phase['server_cpu_percent']:.0f} % "
-              f"| {phase['client_cpu_percent']:.0f} % | {phase['machine_busy_percent']:.0f} % "
-              f"| {phase['runs_before']:,} | {phase['runs_ended_by_worker']:,} |")  # fmt: skip
+              f"| {phase['client_cpu_percent']:.0f} % |"
+              + (f" {phase['postgres_cpu_percent']:.0f} % |" if postgres else "")
+              + f" {phase['runs_before']:,} | {phase['runs_ended_by_worker']:,} "
+              f"| {phase['drain_s']:.0f} |")  # fmt: skip
     print()
-    print("CPU: server and client in percent of one core; machine busy in percent of all cores.")
+    lag = max((p["send_lag_ms_p99"] for p in phases if p["send_lag_ms_p99"] is not None), default=0)
+    print("accepted/s: 200 answers that arrived within the measured window, a second. Latency "
+          "and not 200: open loop, the requests due in the window, from when each was due "
+          f"(timeout: no answer within {REQUEST_TIMEOUT:g} s); closed loop, the requests "
+          "answered in the window. CPU: percent of one core. runs before: runs in the store "
+          "when the phase began. drain s: how long after the phase runs kept being recorded "
+          "(requests the client had given up on). The generator began each request within "
+          f"{lag:.1f} ms of its due time (p99, worst phase).")  # fmt: skip
     print()
     rate = f"{result['rate']:g}/s"
 
@@ -693,7 +770,8 @@ def report(result: dict[str, Any]) -> None:
     print()
     final = ", ".join(f"{count:,} {status}" for status, count in sorted(result["runs"].items()))
     print(f"runs in the store at the end: {final}")
-    if result["server_exit_code"] != 0 or result["server_stderr"]:
+    # uvicorn ends by raising the SIGTERM it caught again, once it has shut down.
+    if result["server_exit_code"] not in (0, -15) or result["server_stderr"]:
         tail = result["server_stderr"][-2000:] or "(empty)"
         print(f"\nroutined serve exited with {result['server_exit_code']}; its stderr "
               f"(last 2,000 characters):\n{tail}")  # fmt: skip
