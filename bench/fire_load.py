@@ -44,8 +44,14 @@ agent meanwhile, and how the worker is kept from doing so is --worker:
   ended in each phase are reported.
 
 Every accepted fire leaves a queued run, so the store grows phase by phase
-(tens of thousands of runs in a default run); the runs in the store before each
+(over ten thousand runs in a default run); the runs in the store before each
 phase are reported, since counting them is part of every fire's work.
+
+An empty endpoint answering in about 44 ms, with the server nearly idle, is the
+server's doing, not the generator's: when routined's listening socket is made
+without IPPROTO_TCP, asyncio leaves Nagle on for the connections it accepts, and
+uvicorn writes a response's head and body separately, so the body waits for the
+client's delayed ACK (40 ms on Linux).
 
     .venv/bin/python bench/fire_load.py [--rate 200] [--duration 20] [--warmup 3]
         [--rounds 3] [--clients 16] [--worker held|failing]
