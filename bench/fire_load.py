@@ -70,7 +70,6 @@ import functools
 import json
 import math
 import os
-import platform
 import re
 import resource
 import socket
@@ -87,16 +86,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
+from benchkit import database, machine, percentile, process_cpu, progress, store_name
 from routined.db import Store
 from routined.models import Routine, Run
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 BETA = "experimental-cc-routine-2026-04-01"
 HUGE = "10000000"
-TICKS = os.sysconf("SC_CLK_TCK")
 REQUEST_TIMEOUT = 30.0
 # Open loop: past this many connections a due request waits for one to free up
 # (and its latency shows it) rather than the generator opening without bound.
@@ -106,15 +104,6 @@ MAX_CONNECTIONS = 256
 # closing at that moment.
 IDLE_REUSE = 2.0
 STOP_TIMEOUT = 30.0
-
-
-def progress(message: str) -> None:
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(ordered: list[float], fraction: float) -> float:
-    """Nearest rank: the smallest value at least `fraction` of the values do not exceed."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
 
 
 # -- the load generator (a process of its own) ---------------------------------
@@ -134,12 +123,6 @@ class CpuSample:
     client: float  # CPU seconds of this generator
     postgres: float  # CPU seconds of PostgreSQL's processes (0 on SQLite)
     wall: float
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime and stime, fields 14 and 15 of proc(5); the split starts at field 3.
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def postgres_cpu() -> float:
@@ -364,32 +347,6 @@ def generate(spec: dict[str, Any]) -> dict[str, Any]:
 # -- the server and its store ---------------------------------------------------
 
 
-def admin_engine(admin_url: str) -> Any:
-    url = make_url(admin_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    return create_engine(url, isolation_level="AUTOCOMMIT")
-
-
-@contextmanager
-def database(admin_url: str | None, home: Path) -> Iterator[str]:
-    """The store's URL: SQLite in `home`, or a PostgreSQL database made for this run."""
-    if admin_url is None:
-        yield f"sqlite:///{home / 'routined.db'}"
-        return
-    name = f"routined_bench_fire_load_{os.getpid()}"
-    engine = admin_engine(admin_url)
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield engine.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as connection:
-            # FORCE: a server killed mid-transaction may leave a session behind.
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
-
-
 def git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
@@ -555,29 +512,6 @@ def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
 # -- orchestration and report ------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {
-        "load_average_before": os.getloadavg(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
-
-
-def store_name(admin_url: str | None) -> str:
-    if admin_url is None:
-        return "SQLite (embedded)"
-    with admin_engine(admin_url).connect() as connection:
-        version = connection.execute(text("SHOW server_version")).scalar()
-    return f"PostgreSQL {version}"
-
-
 @dataclass(frozen=True)
 class Setup:
     server: Server
@@ -633,7 +567,7 @@ def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration:
         root = Path(folder)
         home = root / "home"
         home.mkdir()
-        url = stack.enter_context(database(options.database_url, home))
+        url = stack.enter_context(database(options.database_url, home, "fire_load"))
         origin = make_origin(root)
         routines = (
             "routines:\n"

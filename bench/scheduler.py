@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,9 +42,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import create_engine, func, insert, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, insert, select
 
+from benchkit import TICKS, database, machine, percentile, process_cpu, progress, store_name
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
@@ -73,37 +71,6 @@ STRAGGLERS = timedelta(seconds=60)
 SETTLE_SECONDS = 5.0
 STOP_TIMEOUT = 30.0
 IDLE_AHEAD = timedelta(hours=6)
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def progress(message: str) -> None:
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
-
-
-def admin_engine(admin_url: str) -> Any:
-    url = make_url(admin_url)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")
-    return create_engine(url, isolation_level="AUTOCOMMIT")
-
-
-@contextmanager
-def database(admin_url: str | None, home: Path, phase: str) -> Iterator[str]:
-    """The store's URL: SQLite in `home`, or a PostgreSQL database made for this phase."""
-    if admin_url is None:
-        yield f"sqlite:///{home / 'routined.db'}"
-        return
-    name = f"routined_bench_{os.getpid()}_{phase}"
-    engine = admin_engine(admin_url)
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield engine.url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with engine.connect() as connection:
-            # FORCE: a scheduler killed mid-transaction may leave a session behind.
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        engine.dispose()
 
 
 def fill(store: Store, count: int, spec: Callable[[str], str], *, now: datetime, repo: str) -> None:
@@ -163,14 +130,11 @@ class Sample:
 
 
 def sample(pid: int) -> Sample:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # utime and stime, fields 14 and 15 of proc(5), of every thread; the split starts at 3.
-    scheduler = int(fields[11]) + int(fields[12])
     user, nice, system, _idle, _iowait, irq, softirq, steal = (
         int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
     busy = user + nice + system + irq + softirq
-    return Sample(scheduler / TICKS, busy / TICKS, steal / TICKS, time.monotonic())
+    return Sample(process_cpu(pid), busy / TICKS, steal / TICKS, time.monotonic())
 
 
 def usage(before: Sample, after: Sample) -> dict[str, float]:
@@ -264,17 +228,12 @@ def scheduler_env(home: Path, url: str) -> dict[str, str]:
     return env
 
 
-def percentile(ordered: list[float], fraction: float) -> float:
-    """Nearest rank: the smallest value at least `fraction` of the values do not exceed."""
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))]
-
-
 def lateness_phase(
     triggers: int, minutes: int, admin_url: str | None, root: Path
 ) -> dict[str, Any]:
     home = root / "lateness"
     home.mkdir()
-    with database(admin_url, home, "lateness") as url:
+    with database(admin_url, home, "scheduler_lateness") as url:
         store = Store(url)
         try:
             store.migrate()
@@ -368,7 +327,7 @@ def lateness_phase(
 def idle_phase(triggers: int, seconds: float, admin_url: str | None, root: Path) -> dict[str, Any]:
     home = root / "idle"
     home.mkdir()
-    with database(admin_url, home, "idle") as url:
+    with database(admin_url, home, "scheduler_idle") as url:
         store = Store(url)
         try:
             store.migrate()
@@ -404,29 +363,6 @@ def idle_phase(triggers: int, seconds: float, admin_url: str | None, root: Path)
         "killed": scheduler.killed,
         "stderr": scheduler.errors(),
     }
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {
-        "load_average_before": os.getloadavg(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
-
-
-def store_name(admin_url: str | None) -> str:
-    if admin_url is None:
-        return "SQLite (embedded)"
-    with admin_engine(admin_url).connect() as connection:
-        version = connection.execute(text("SHOW server_version")).scalar()
-    return f"PostgreSQL {version}"
 
 
 def milliseconds(seconds: float) -> str:

@@ -290,8 +290,7 @@ def test_stagger_delays_the_decision_but_keeps_the_instant(
     assert trigger.next_at == at("2026-11-28T13:00:00Z") and trigger.due_at is not None
     offset = trigger.due_at - trigger.next_at
     assert timedelta(0) <= offset < timedelta(minutes=10)
-    if offset:
-        assert decide(store, settings, trigger.due_at - timedelta(seconds=1)) == 0
+    assert decide(store, settings, trigger.due_at - timedelta(seconds=1)) == 0
     assert decide(store, settings, trigger.due_at) == 1
     assert decisions(store)[0][:2] == ("28 13:00", "fired")
     # Changing the stagger keeps the instant and moves only the decision.
@@ -424,36 +423,29 @@ def test_on_postgresql_two_claims_never_start_two_serial_runs_of_one_routine(
 
 def test_on_sqlite_a_transaction_that_read_first_can_still_write(sqlite_store: Store) -> None:
     """A write committed by another connection between this transaction's read and its
-    write would make SQLite refuse the write at once; transactions take the lock first."""
-    import threading
+    write would make SQLite refuse the write at once; transactions take the lock first,
+    so no other writer can get in between, and a read-only one takes none."""
+    import sqlite3
 
     from routined.ids import new_id
 
-    def add_routine(name: str) -> None:
+    database = sqlite_store.url.database
+    assert database is not None
+    other = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
         with sqlite_store.transaction() as session:
+            assert session.scalar(select(Routine)) is None
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")  # another writer cannot start now
             session.add(
-                Routine(id=new_id("rtn"), name=name, prompt="p", created_at=T0, updated_at=T0)
+                Routine(id=new_id("rtn"), name="mine", prompt="p", created_at=T0, updated_at=T0)
             )
-
-    committed = threading.Event()
-
-    def other_writer() -> None:
-        add_routine("other")
-        committed.set()
-
-    other = threading.Thread(target=other_writer)
-    with sqlite_store.transaction() as session:
-        assert session.scalar(select(Routine)) is None
-        other.start()
-        # The other writer must wait for this transaction: it cannot commit meanwhile.
-        assert not committed.wait(timeout=1.0)
-        session.add(
-            Routine(id=new_id("rtn"), name="mine", prompt="p", created_at=T0, updated_at=T0)
-        )
-    other.join(timeout=30)
-    assert committed.is_set()
-    with sqlite_store.transaction(readonly=True) as session:
-        assert sorted(session.scalars(select(Routine.name))) == ["mine", "other"]
+        with sqlite_store.transaction(readonly=True) as session:
+            other.execute("BEGIN IMMEDIATE")  # …while a read-only transaction is open
+            other.execute("ROLLBACK")
+            assert list(session.scalars(select(Routine.name))) == ["mine"]
+    finally:
+        other.close()
 
 
 def test_a_scheduled_fire_over_the_daily_limit_waits_for_the_next_day(

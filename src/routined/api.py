@@ -19,14 +19,14 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from routined import fires, runs, tokens
 from routined import limits as limits_
 from routined.config import Settings
-from routined.db import Store
+from routined.db import Store, count_up_to
 from routined.ids import new_id
 from routined.limits import Limits
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
@@ -255,16 +255,9 @@ def _record_fire(
             if not verdict.allowed:
                 headers = {"retry-after": str(verdict.retry_after)}
                 refusal = ApiError(429, verdict.reason, headers=headers)
+        run = None
         if refusal is not None:
-            fires.record(
-                session,
-                routine_id=routine.id,
-                trigger_id=trigger.id,
-                trigger_type="api",
-                outcome=fires.Outcome.REFUSED,
-                reason=f"{refusal.status}: {refusal.message}",
-                now=now,
-            )
+            reason = f"{refusal.status}: {refusal.message}"
         else:
             reason = f"fired over the API through trigger {trigger.id}"
             if verdict.reason:
@@ -278,17 +271,18 @@ def _record_fire(
                 now=now,
                 reason=reason,
             )
-            session.flush()
-            fires.record(
-                session,
-                routine_id=routine.id,
-                trigger_id=trigger.id,
-                trigger_type="api",
-                outcome=fires.Outcome.FIRED,
-                reason=reason,
-                now=now,
-                run_id=run.id,
-            )
+            session.flush()  # the decision row refers to it
+        fires.record(
+            session,
+            routine_id=routine.id,
+            trigger_id=trigger.id,
+            trigger_type="api",
+            outcome=fires.Outcome.REFUSED if run is None else fires.Outcome.FIRED,
+            reason=reason,
+            now=now,
+            run_id=None if run is None else run.id,
+        )
+        if run is not None:
             if request.idempotency_key is not None:
                 session.add(
                     IdempotencyKey(
@@ -299,6 +293,7 @@ def _record_fire(
                     )
                 )
             return run.session_id, True
+    assert refusal is not None  # no run: something refused it
     raise refusal
 
 
@@ -315,12 +310,11 @@ def _refusal(routine: Routine, account: Account) -> ApiError | None:
 
 
 def _overloaded(session: Session, max_queued: int) -> ApiError | None:
-    queued = session.scalar(select(func.count(Run.id)).where(Run.status == runs.RunStatus.QUEUED))
-    if (queued or 0) >= max_queued:
+    queued = select(Run.id).where(Run.status == runs.RunStatus.QUEUED)
+    if count_up_to(session, queued, max_queued) >= max_queued:
         return ApiError(
             503,
-            f"{queued} runs are waiting to start, the most this server queues "
-            "(ROUTINED_MAX_QUEUED_RUNS); try again shortly",
+            "the server's run queue is full (ROUTINED_MAX_QUEUED_RUNS); try again shortly",
             headers={"retry-after": str(OVERLOADED_RETRY_AFTER)},
         )
     return None

@@ -13,7 +13,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -80,6 +80,14 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def count_up_to(session: Session, rows: Select[Any], cap: int | None = None) -> int:
+    """How many rows `rows` selects, counting no further than `cap`: a limit needs only
+    to know whether it is reached, and rows past it must not make the answer slower."""
+    if cap is not None:
+        rows = rows.limit(cap)
+    return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
 
 
 def _with_driver(url: URL) -> URL:

@@ -9,15 +9,16 @@ read. `record` stores a decision; a scheduled slot is stored at most once.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningInsert
 
 from routined.models import Fire, Routine
 from routined.schedule import format_duration
@@ -181,7 +182,7 @@ def _overlap(
 ) -> tuple[list[Decision], list[str]]:
     if not wanted or overlap == Overlap.ALLOW:
         return wanted, []
-    serial = [_with(d, serial=True) for d in wanted]
+    serial = [replace(d, serial=True) for d in wanted]
     if not in_flight:
         return serial, []
     first = in_flight[0]
@@ -190,7 +191,7 @@ def _overlap(
         return serial, [r.run_id for r in in_flight]
     if overlap == Overlap.SKIP:
         return [
-            _with(
+            replace(
                 d,
                 outcome=Outcome.SKIPPED,
                 reason=f"{d.reason}; not started: run {first.run_id} is still "
@@ -203,12 +204,12 @@ def _overlap(
     for decision in serial:
         if waiting is None and decision is serial[-1]:
             decided.append(
-                _with(decision, reason=f"{decision.reason}; waits for run {first.run_id}")
+                replace(decision, reason=f"{decision.reason}; waits for run {first.run_id}")
             )
         else:
             behind = waiting.run_id if waiting else "the newest slot's run"
             decided.append(
-                _with(
+                replace(
                     decision,
                     outcome=Outcome.COALESCED,
                     reason=f"{decision.reason}; merged into {behind}, already waiting "
@@ -216,15 +217,6 @@ def _overlap(
                 )
             )
     return decided, []
-
-
-def _with(decision: Decision, **changes: Any) -> Decision:
-    return Decision(
-        changes.get("slot", decision.slot),
-        changes.get("outcome", decision.outcome),
-        changes.get("reason", decision.reason),
-        changes.get("serial", decision.serial),
-    )
 
 
 def _local(moment: datetime, zone: ZoneInfo) -> str:
@@ -249,20 +241,30 @@ def record(
     A slot recorded as `waiting` is decided again later: that decision replaces
     the row, keeping what it waited for in the reason.
     """
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    values = {
+        "routine_id": routine_id,
+        "trigger_id": trigger_id,
+        "trigger_type": trigger_type,
+        "scheduled_at": scheduled_at,
+        "decided_at": now,
+        "outcome": outcome,
+        "reason": reason,
+        "run_id": run_id,
+    }
+    statement = _record_statement(session.get_bind().dialect.name)
+    inserted: int | None = session.scalar(statement, values)
+    return inserted
+
+
+@functools.cache
+def _record_statement(dialect_name: str) -> ReturningInsert[int]:
+    """The upsert `record` runs, built once: building it (its `excluded` alias above
+    all) costs more than running it."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
     # On the table, not the entity: a plain insert, without the ORM's bookkeeping.
     table = Fire.__table__
-    insert = dialect.insert(table).values(
-        routine_id=routine_id,
-        trigger_id=trigger_id,
-        trigger_type=trigger_type,
-        scheduled_at=scheduled_at,
-        decided_at=now,
-        outcome=outcome,
-        reason=reason,
-        run_id=run_id,
-    )
-    statement = insert.on_conflict_do_update(
+    insert = dialect.insert(table)
+    statement: ReturningInsert[int] = insert.on_conflict_do_update(
         index_elements=["trigger_id", "scheduled_at"],
         set_={
             "decided_at": insert.excluded.decided_at,
@@ -272,8 +274,7 @@ def record(
         },
         where=table.c.outcome == Outcome.WAITING,
     ).returning(table.c.id)
-    inserted: int | None = session.scalar(statement)
-    return inserted
+    return statement
 
 
 def skipped_by_gate(session: Session, run_id: str, answer: str) -> None:

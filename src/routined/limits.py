@@ -21,10 +21,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from routined.config import Settings
+from routined.db import count_up_to
 from routined.models import Account, Routine, Run
 from routined.runs import RunStatus
 from routined.schedule import format_duration, iso, to_utc
@@ -159,7 +160,10 @@ def decide(
     if plan.runs_per_day is not None and counts.account_today >= plan.runs_per_day:
         used = f"account {account} has started {counts.account_today} runs today"
         if extra_usage:
-            note = f"{used}, past plan {plan.name}'s {plan.runs_per_day}: extra usage is on"
+            note = (
+                f"account {account} has reached plan {plan.name}'s {plan.runs_per_day} runs "
+                "today: extra usage is on"
+            )
         else:
             refusing.append(
                 (f"{used}, plan {plan.name}'s limit of {plan.runs_per_day} a day", window.day_end)
@@ -175,31 +179,52 @@ def _refused(why: str, resets: datetime, now: datetime) -> Verdict:
     return Verdict(False, f"{why}; it resets at {iso(resets)} (in {wait})", seconds)
 
 
-def count(
-    session: Session, account_id: str, routine_id: str, now: datetime, zone: ZoneInfo
-) -> Counts:
-    window = windows(now, zone)
-    of_account = (
-        select(func.count(Run.id))
+def _account_runs(account_id: str, since: datetime) -> Select[str]:
+    return (
+        select(Run.id)
         .join(Routine, Routine.id == Run.routine_id)
-        .where(Routine.account_id == account_id, Run.status != RunStatus.SKIPPED)
-    )
-    return Counts(
-        account_today=session.scalar(of_account.where(Run.created_at >= window.day_start)) or 0,
-        account_api_hour=session.scalar(
-            of_account.where(Run.created_at >= window.hour_start, Run.trigger_type == "api")
+        .where(
+            Routine.account_id == account_id,
+            Run.created_at >= since,
+            Run.status != RunStatus.SKIPPED,
         )
-        or 0,
-        routine_hour=session.scalar(
-            select(func.count(Run.id)).where(
-                Run.routine_id == routine_id,
-                Run.status != RunStatus.SKIPPED,
-                Run.created_at >= window.hour_start,
-                Run.trigger_type.in_(LIMITED_KINDS),
-            )
-        )
-        or 0,
     )
+
+
+def _routine_limited_runs(routine_id: str, since: datetime) -> Select[str]:
+    return select(Run.id).where(
+        Run.routine_id == routine_id,
+        Run.created_at >= since,
+        Run.status != RunStatus.SKIPPED,
+        Run.trigger_type.in_(LIMITED_KINDS),
+    )
+
+
+def count(
+    session: Session,
+    account_id: str,
+    routine_id: str,
+    kind: str,
+    *,
+    plan: Plan,
+    limits: Limits,
+    now: datetime,
+) -> Counts:
+    """The counts `decide` reads for a run of `kind`, each up to its limit (the rest 0).
+
+    A count at its cap stands for "at least that many".
+    """
+    window = windows(now, limits.zone)
+    today = hour = routine = 0
+    if plan.runs_per_day is not None:
+        today = count_up_to(session, _account_runs(account_id, window.day_start), plan.runs_per_day)
+    if kind == "api":
+        api_runs = _account_runs(account_id, window.hour_start).where(Run.trigger_type == "api")
+        hour = count_up_to(session, api_runs, limits.account_api_hourly)
+    if kind in LIMITED_KINDS:
+        rows = _routine_limited_runs(routine_id, window.hour_start)
+        routine = count_up_to(session, rows, limits.routine_hourly)
+    return Counts(account_today=today, account_api_hour=hour, routine_hour=routine)
 
 
 def hold_account(session: Session, routine: Routine) -> Account:
@@ -231,7 +256,7 @@ def check(
             f"account {account.name}: {error}; give it one with `routined account plan`",
             _UNKNOWN_PLAN_RETRY,
         )
-    counts = count(session, account.id, routine.id, now, limits.zone)
+    counts = count(session, account.id, routine.id, kind, plan=plan, limits=limits, now=now)
     return decide(
         kind,
         counts,
@@ -252,10 +277,12 @@ def usage(session: Session, account: Account, *, limits: Limits, now: datetime) 
         .where(Routine.account_id == account.id)
         .order_by(Routine.name)
     ).all()
-    totals = count(session, account.id, "", now, limits.zone)
+    runs_today = count_up_to(session, _account_runs(account.id, window.day_start))
+    api_runs = _account_runs(account.id, window.hour_start).where(Run.trigger_type == "api")
+    api_this_hour = count_up_to(session, api_runs)
     per_routine = []
     for routine_id, name in routines:
-        used = count(session, account.id, routine_id, now, limits.zone).routine_hour
+        used = count_up_to(session, _routine_limited_runs(routine_id, window.hour_start))
         per_routine.append(
             {
                 "routine": name,
@@ -269,11 +296,11 @@ def usage(session: Session, account: Account, *, limits: Limits, now: datetime) 
         "plan": plan.name,
         "extra_usage": account.extra_usage,
         "disabled": account.disabled_at is not None,
-        "runs_today": totals.account_today,
+        "runs_today": runs_today,
         "runs_per_day": daily,
-        "remaining_today": None if daily is None else max(0, daily - totals.account_today),
+        "remaining_today": None if daily is None else max(0, daily - runs_today),
         "day_resets_at": iso(window.day_end),
-        "api_runs_this_hour": totals.account_api_hour,
+        "api_runs_this_hour": api_this_hour,
         "api_runs_per_hour": limits.account_api_hourly,
         "hour_resets_at": iso(window.hour_end),
         "routines": per_routine,

@@ -139,24 +139,28 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
     # Their accounts are held (for the daily limit) in one go, in a fixed order:
     # taken one by one as each trigger needs them, two schedulers could each
     # hold one the other waits for.
-    accounts = sorted({trigger.routine.account_id for trigger in due})
-    if accounts:
-        session.execute(
-            select(Account.id)
-            .where(Account.id.in_(accounts))
+    wanted = sorted({trigger.routine.account_id for trigger in due})
+    accounts = {
+        account.id: account
+        for account in session.scalars(
+            select(Account)
+            .where(Account.id.in_(wanted))
             .order_by(Account.id)
             .with_for_update(key_share=True)
-        ).all()
+        )
+    }
     limits = limits_.Limits.of(settings)
     started = 0
     for trigger in due:
-        started += _decide(session, trigger, now=now, settings=settings, limits=limits)
+        account = accounts[trigger.routine.account_id]
+        started += _decide(session, trigger, account, now=now, settings=settings, limits=limits)
     return len(due), started
 
 
 def _decide(
     session: Session,
     trigger: Trigger,
+    account: Account,
     *,
     now: datetime,
     settings: Settings,
@@ -243,12 +247,10 @@ def _decide(
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return 0
     superseded: str | None = None
-    account: Account | None = None
     started = 0
     for decision in planned.decisions:
         run = None
         if decision.starts_run:
-            account = account or limits_.hold_account(session, routine)
             verdict = limits_.check(session, routine, account, "schedule", limits=limits, now=now)
             if not verdict.allowed:
                 _wait(session, trigger, decision.slot, verdict, offset=offset, now=now)
@@ -341,11 +343,13 @@ def _supersede(session: Session, run_ids: list[str], *, now: datetime) -> str:
 
 def resume(session: Session, routine: Routine, *, now: datetime, settings: Settings) -> None:
     """Unpause a routine: slots that fell due while it was paused stay skipped."""
+    account = limits_.hold_account(session, routine)
     for trigger in routine.triggers:
         if trigger.type == "schedule" and trigger.due_at is not None and trigger.due_at <= now:
             _decide(
                 session,
                 trigger,
+                account,
                 now=now,
                 settings=settings,
                 limits=limits_.Limits.of(settings),
