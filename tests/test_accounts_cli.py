@@ -37,8 +37,8 @@ def write(tmp_path: Path, origin: Path, account: str | None = None) -> Path:
 
 def test_a_fresh_install_has_the_default_account_on_the_unlimited_plan() -> None:
     listed = json.loads(runner.invoke(app, ["account", "list", "--json"]).output)
-    assert listed == [
-        {"name": "default", "plan": "unlimited", "extra_usage": False, "disabled": False}
+    assert [(a["id"], a["name"], a["plan"], a["extra_usage"], a["disabled"]) for a in listed] == [
+        ("acct_default", "default", "unlimited", False, False)
     ]
 
 

@@ -23,12 +23,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from routined import fires, runs, tokens
+from routined import __version__, fires, management, runs, tokens
 from routined import limits as limits_
 from routined.config import Settings
 from routined.db import Store, count_up_to
 from routined.ids import new_id
+from routined.keys import Principal
 from routined.limits import Limits
+from routined.manage import Problem
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -40,12 +42,16 @@ MAX_TEXT = 65_536
 # bigger body is refused before it is read.
 MAX_BODY = 1_048_576
 
+# Paths whose answers carry a request-id and whose errors come in the envelope.
+_ENVELOPED = ("/v1/", "/api/")
+
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     500: "api_error",
@@ -78,13 +84,16 @@ def create_app(
     *,
     clock: Callable[[], datetime],
     on_run_created: Callable[[], None] = lambda: None,
+    principal: Callable[..., Principal] | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="routined", version="0.1.0", docs_url=None, redoc_url=None)
+    """The server's routes; `principal`, when given, answers the management API for
+    whoever asks without an API key (the CLI working on the store in-process)."""
+    app = FastAPI(title="routined", version=__version__, docs_url=None, redoc_url=None)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
-        if request.url.path.startswith("/v1/"):
+        if request.url.path.startswith(_ENVELOPED):
             response.headers["request-id"] = new_id("req")
         return response
 
@@ -94,14 +103,18 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        if request.url.path.startswith("/v1/"):
+        if request.url.path.startswith(_ENVELOPED):
             message = {404: "no such endpoint", 405: f"{request.method} is not allowed here"}
             return envelope(error.status_code, message.get(error.status_code, str(error.detail)))
         return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
+    @app.exception_handler(Problem)
+    async def problem(request: Request, error: Problem) -> JSONResponse:
+        return envelope(error.status, error.message, error.headers)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        return envelope(400, "invalid request")
+        return envelope(400, _invalid(error))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
@@ -146,7 +159,23 @@ def create_app(
             raise StarletteHTTPException(404, f"no session {session_id}")
         return found
 
+    app.include_router(
+        management.router(
+            store, settings, clock=clock, principal=principal, on_run_created=on_run_created
+        )
+    )
     return app
+
+
+def _invalid(error: RequestValidationError) -> str:
+    """The first problem FastAPI found, naming its field: `body.scope: Input should be…`."""
+    problems = error.errors()
+    if not problems:
+        return "invalid request"
+    first = problems[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{field}: {first.get('msg', 'is invalid')}{more}"
 
 
 def _check_versions(request: Request, accepted_betas: tuple[str, ...]) -> None:

@@ -5,32 +5,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from routined.models import RunEvent
-
 _WIDTH = 160
 
 
-def describe_event(event: RunEvent) -> str:
-    data = event.data or {}
-    if event.kind == "status":
-        moved = f"{event.from_status} → {event.to_status}" if event.from_status else event.to_status
-        return f"{moved}  {event.reason or ''}".rstrip()
-    if event.kind == "agent.assistant":
+def describe_event(event: dict[str, Any]) -> str:
+    """`event` as `routined.views.run_event_view` shows it."""
+    data = event["data"] or {}
+    kind, reason = event["kind"], event["reason"]
+    if kind == "status":
+        moved = (
+            f"{event['from_status']} → {event['to_status']}"
+            if event["from_status"]
+            else event["to_status"]
+        )
+        return f"{moved}  {reason or ''}".rstrip()
+    if kind == "agent.assistant":
         return "assistant: " + "; ".join(_block(b) for b in data.get("content", [])) or "(empty)"
-    if event.kind == "agent.user":
+    if kind == "agent.user":
         content = data.get("content")
         if isinstance(content, list):
             return "tool result: " + "; ".join(_block(b) for b in content)
         return "user: " + _clip(str(content))
-    if event.kind == "agent.system":
+    if kind == "agent.system":
         return f"system {data.get('subtype', '')}".rstrip()
-    if event.kind == "agent.result":
+    if kind == "agent.result":
         cost = data.get("total_cost_usd")
         spent = f", ${cost:.4f}" if isinstance(cost, int | float) else ""
         return f"result {data.get('subtype')}: {data.get('num_turns')} turns{spent}"
-    if event.kind == "agent.stderr":
+    if kind == "agent.stderr":
         return "agent stderr: " + _clip(" | ".join(data.get("lines", [])))
-    return f"{event.kind}: {event.reason or _clip(json.dumps(data))}"
+    return f"{kind}: {reason or _clip(json.dumps(data))}"
 
 
 def _block(block: Any) -> str:

@@ -151,6 +151,22 @@ class Token(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class ApiKey(Base):
+    """A key to the management API: one account's, with one scope, kept as a digest."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index(None, "lookup"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[str] = mapped_column(String(10))
+    lookup: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (Index(None, "status", "created_at"), Index(None, "routine_id", "created_at"))

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from routined import schedule
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
@@ -26,7 +27,6 @@ from routined.schedule import (
     ScheduleError,
     check_interval,
     format_duration,
-    parse,
     parse_duration,
     zone,
 )
@@ -86,7 +86,7 @@ class ScheduleTriggerSpec(_Strict):
     def _parses(cls, value: str | None, info: Any) -> str | None:
         if value is not None:
             prefix = "" if info.field_name == "schedule" else info.field_name
-            parse(f"{prefix} {value}", "UTC")
+            schedule.parse(f"{prefix} {value}", "UTC")
         return value
 
     @field_validator("timezone")
@@ -112,7 +112,7 @@ class ScheduleTriggerSpec(_Strict):
         return value if kind == "schedule" else f"{kind} {value}"
 
     def parsed(self) -> Schedule:
-        return parse(self.spec, self.timezone or "UTC")
+        return schedule.parse(self.spec, self.timezone or "UTC")
 
     def config(self) -> dict[str, Any]:
         return {"spec": self.spec, "timezone": self.timezone or "UTC"}
@@ -179,27 +179,69 @@ def load(
     triggers without a `timezone` get `timezone`, and may fire no more often
     than `min_interval`.
     """
+    return parse_document(
+        read(path),
+        source=str(path),
+        base=path.parent,
+        now=now,
+        timezone=timezone,
+        min_interval=min_interval,
+    )
+
+
+def read(path: Path) -> Any:
+    """A routines file's YAML document, not yet checked."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}{where}: not valid YAML: {problem}") from exc
+
+
+def parse_document(
+    document: Any,
+    *,
+    source: str,
+    base: Path | None,
+    now: datetime,
+    timezone: str = "UTC",
+    min_interval: timedelta = timedelta(hours=1),
+) -> RoutinesFile:
+    """Check a routines document; errors start with `source`. Without a `base`
+    folder a repository must be a git URL or an absolute path."""
     if not isinstance(document, dict):
-        raise SpecError(f"{path}: expected a mapping with a `routines:` list at the top")
+        raise SpecError(f"{source}: expected a mapping with a `routines:` list at the top")
     try:
         spec = RoutinesFile.model_validate(document)
     except ValidationError as exc:
-        raise SpecError(_describe(path, document, exc)) from exc
-    return _check(path, spec, now=now, timezone=timezone, min_interval=min_interval)
+        raise SpecError(_describe(source, document, exc)) from exc
+    return _check(source, base, spec, now=now, timezone=timezone, min_interval=min_interval)
 
 
-def _describe(path: Path, document: Any, exc: ValidationError) -> str:
+def with_absolute_paths(document: Any, base: Path) -> Any:
+    """The document with its relative repository paths made absolute from `base`, for a
+    server that cannot know where the file was."""
+    if not isinstance(document, dict) or not isinstance(document.get("routines"), list):
+        return document
+    for routine in document["routines"]:
+        for repository in routine.get("repositories") or [] if isinstance(routine, dict) else []:
+            url = repository.get("url") if isinstance(repository, dict) else None
+            if isinstance(url, str) and url and _is_path(url):
+                repository["url"] = str((base / url).absolute())
+    return document
+
+
+def _is_path(url: str) -> bool:
+    return not _URL_SCHEME.match(url) and not _SCP_LIKE.match(url)
+
+
+def _describe(source: str, document: Any, exc: ValidationError) -> str:
     lines = []
     for error in exc.errors():
         location = _location(document, error["loc"])
@@ -227,7 +269,7 @@ def _describe(path: Path, document: Any, exc: ValidationError) -> str:
             message = str((error.get("ctx") or {}).get("error", message))
         elif error["type"] == "missing":
             message = "required field is missing"
-        lines.append(f"{path}: {location}: {message}")
+        lines.append(f"{source}: {location}: {message}")
     return "\n".join(lines)
 
 
@@ -252,10 +294,15 @@ def _location(document: Any, loc: tuple[int | str, ...]) -> str:
 
 
 def _check(
-    path: Path, spec: RoutinesFile, *, now: datetime, timezone: str, min_interval: timedelta
+    path: str,
+    base: Path | None,
+    spec: RoutinesFile,
+    *,
+    now: datetime,
+    timezone: str,
+    min_interval: timedelta,
 ) -> RoutinesFile:
     """What one field alone cannot tell: names, paths, and what schedules compute to."""
-    base = path.parent.absolute()
     seen: set[str] = set()
     routines = []
     for index, routine in enumerate(spec.routines):
@@ -266,8 +313,13 @@ def _check(
         repositories = []
         for number, repository in enumerate(routine.repositories):
             url = repository.url
-            if not _URL_SCHEME.match(url) and not _SCP_LIKE.match(url):
-                local = (base / url).resolve()
+            if _is_path(url):
+                if base is None and not Path(url).is_absolute():
+                    raise SpecError(
+                        f"{path}: {label}.repositories[{number}].url: {url!r} is a relative "
+                        "path; give a git URL or an absolute path on the server"
+                    )
+                local = ((base or Path("/")).absolute() / url).resolve()
                 if not local.exists():
                     raise SpecError(
                         f"{path}: {label}.repositories[{number}].url: {url!r} is neither a "

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import string
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -30,29 +31,33 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def lookup_part(token: str) -> str | None:
-    """The lookup prefix of a well-formed token, or None before any database work."""
-    if len(token) != LENGTH or not token.startswith(PREFIX):
+def lookup_part(token: str, prefix: str = PREFIX) -> str | None:
+    """The lookup prefix of a well-formed secret, or None before any database work."""
+    if len(token) != len(prefix) + _LOOKUP_LENGTH + _SECRET_LENGTH or not token.startswith(prefix):
         return None
-    body = token[len(PREFIX) :]
+    body = token[len(prefix) :]
     if any(char not in _ALPHABET for char in body):
         return None
     return body[:_LOOKUP_LENGTH]
 
 
+def generate(prefix: str) -> tuple[str, str]:
+    """A new secret with `prefix` (a trigger token's or an API key's), and its lookup part."""
+    body = "".join(secrets.choice(_ALPHABET) for _ in range(_LOOKUP_LENGTH + _SECRET_LENGTH))
+    return prefix + body, body[:_LOOKUP_LENGTH]
+
+
+def matches(presented: str, digests: Iterable[str]) -> bool:
+    """Whether `presented` hashes to one of `digests`, compared in constant time."""
+    presented_digest = digest(presented)
+    return any(hmac.compare_digest(presented_digest, stored) for stored in digests)
+
+
 def issue(session: Session, trigger_id: str, *, now: datetime) -> str:
     """Create the trigger's token, revoking any it had; return it for showing once."""
     revoke(session, trigger_id, now=now)
-    body = "".join(secrets.choice(_ALPHABET) for _ in range(_LOOKUP_LENGTH + _SECRET_LENGTH))
-    token = PREFIX + body
-    session.add(
-        Token(
-            trigger_id=trigger_id,
-            lookup=body[:_LOOKUP_LENGTH],
-            digest=digest(token),
-            created_at=now,
-        )
-    )
+    token, lookup = generate(PREFIX)
+    session.add(Token(trigger_id=trigger_id, lookup=lookup, digest=digest(token), created_at=now))
     return token
 
 
@@ -77,5 +82,4 @@ def verify(session: Session, trigger_id: str, presented: str) -> bool:
             Token.revoked_at.is_(None),
         )
     ).all()
-    presented_digest = digest(presented)
-    return any(hmac.compare_digest(presented_digest, stored) for stored in candidates)
+    return matches(presented, candidates)

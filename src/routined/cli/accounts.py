@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from routined import routines
-from routined.cli.common import JsonFlag, app, fail, opened, out, print_json
-from routined.ids import new_id
-from routined.limits import Limits, PlanError, usage
-from routined.models import Account
-from routined.worker import utcnow
+from routined.cli.common import JsonFlag, app, connect, fail, out, print_json, segment
 
 accounts = typer.Typer(help="Accounts own routines; their plan bounds runs a day.")
 app.add_typer(accounts, name="account")
@@ -28,14 +20,8 @@ def create(
     plan: Annotated[str, typer.Option(help="One of ROUTINED_PLANS.")] = "unlimited",
 ) -> None:
     """Create an account; routines name it with `account:`."""
-    if not _valid_name(name):
-        fail(f"{name!r}: account names use letters, digits, '.', '_' and '-'")
-    with opened() as (config, store):
-        _check_plan(Limits.of(config), plan)
-        with store.transaction() as session:
-            if session.scalar(select(Account.id).where(Account.name == name)):
-                fail(f"there is already an account {name!r}")
-            session.add(Account(id=new_id("acct"), name=name, plan=plan, created_at=utcnow()))
+    with connect() as client:
+        client.call("POST", "/accounts", body={"name": name, "plan": plan})
     out.print(f"account {escape(name)} created on plan {escape(plan)}")
 
 
@@ -51,15 +37,13 @@ def set_plan(
     """Change an account's plan, and whether runs may go past its daily limit."""
     if extra_usage not in (None, "on", "off"):
         fail(f"--extra-usage: {extra_usage!r}; say on or off")
-    with opened() as (config, store):
-        _check_plan(Limits.of(config), plan)
-        with store.transaction() as session:
-            account = _account(session, name)
-            account.plan = plan
-            if extra_usage is not None:
-                account.extra_usage = extra_usage == "on"
-            shown = "on" if account.extra_usage else "off"
-    out.print(f"account {escape(name)}: plan {escape(plan)}, extra usage {shown}")
+    change: dict[str, Any] = {"plan": plan}
+    if extra_usage is not None:
+        change["extra_usage"] = extra_usage == "on"
+    with connect() as client:
+        account = client.call("PATCH", f"/accounts/{segment(name)}", body=change)
+    shown = "on" if account["extra_usage"] else "off"
+    out.print(f"account {escape(name)}: plan {escape(account['plan'])}, extra usage {shown}")
 
 
 @accounts.command("disable")
@@ -77,16 +61,8 @@ def enable(name: str) -> None:
 @accounts.command("list")
 def list_accounts(as_json: JsonFlag = False) -> None:
     """Accounts with their plans."""
-    with opened() as (_config, store), store.transaction(readonly=True) as session:
-        rows: list[dict[str, Any]] = [
-            {
-                "name": a.name,
-                "plan": a.plan,
-                "extra_usage": a.extra_usage,
-                "disabled": a.disabled_at is not None,
-            }
-            for a in session.scalars(select(Account).order_by(Account.name))
-        ]
+    with connect() as client:
+        rows = client.call("GET", "/accounts")
     if as_json:
         print_json(rows)
         return
@@ -103,16 +79,8 @@ def usage_(
     as_json: JsonFlag = False,
 ) -> None:
     """Runs used in the current hour and day, and what remains, per account and routine."""
-    with opened() as (config, store):
-        limits = Limits.of(config)
-        now = utcnow()
-        with store.transaction(readonly=True) as session:
-            found = (
-                [_account(session, account)]
-                if account
-                else list(session.scalars(select(Account).order_by(Account.name)))
-            )
-            rows = [usage(session, a, limits=limits, now=now) for a in found]
+    with connect() as client:
+        rows = client.call("GET", "/usage", params={"account": account})
     if as_json:
         print_json(rows)
         return
@@ -141,25 +109,6 @@ def _usage_line(row: dict[str, Any]) -> str:
 
 
 def _set_disabled(name: str, *, disabled: bool) -> None:
-    with opened() as (_config, store), store.transaction() as session:
-        account = _account(session, name)
-        account.disabled_at = utcnow() if disabled else None
+    with connect() as client:
+        client.call("PATCH", f"/accounts/{segment(name)}", body={"disabled": disabled})
     out.print(f"account {escape(name)} {'disabled' if disabled else 'enabled'}")
-
-
-def _account(session: Session, name: str) -> Account:
-    account = session.scalar(select(Account).where(Account.name == name))
-    if account is None:
-        fail(f"no account named {name!r}; `routined account list` shows them")
-    return account
-
-
-def _check_plan(limits: Limits, plan: str) -> None:
-    try:
-        limits.plan(plan)
-    except PlanError as error:
-        fail(str(error))
-
-
-def _valid_name(name: str) -> bool:
-    return re.fullmatch(routines.NAME_PATTERN, name) is not None

@@ -1,27 +1,36 @@
-"""What every `routined` command shares: the Typer app, output, settings and the store.
+"""What every `routined` command shares: the Typer app, output, settings, the API client.
 
-The commands work on $ROUTINED_HOME (or ROUTINED_DATABASE_URL) directly, with or
-without a running server; a running server sees their changes.
+Commands that manage things speak the management API (`routined.management`):
+of the server named by `--server` / ROUTINED_URL, with ROUTINED_API_KEY, or else
+of the store here ($ROUTINED_HOME or ROUTINED_DATABASE_URL), served in this
+process to the operator, with or without a running server. Either way a command
+does and prints the same thing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+from urllib.parse import quote
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from routined import __version__
 from routined.config import ConfigError, Settings
 from routined.db import Store
-from routined.models import Routine
+from routined.keys import Principal
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="routined",
@@ -67,22 +76,148 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
-def find_routine(store: Store, name: str) -> Routine:
-    with store.transaction(readonly=True) as session:
-        routine = session.scalar(
-            select(Routine)
-            .where(Routine.name == name)
-            .options(selectinload(Routine.triggers), selectinload(Routine.repositories))
+@dataclass
+class _Target:
+    server: str | None = None
+
+
+_target = _Target()
+
+
+class Client:
+    """The management API, answered by a server or by the store here in this process.
+
+    `local` holds the settings and store when it is the store here: some commands
+    (`fire --wait`) then also do a worker's job in this process.
+    """
+
+    def __init__(
+        self, http: httpx.AsyncClient, local: tuple[Settings, Store] | None = None
+    ) -> None:
+        self._http = http
+        self._loop = asyncio.Runner()
+        self.local = local
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run(work)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        explain: Callable[[str], str] = lambda message: message,
+    ) -> Any:
+        """The answer's JSON; an error answer ends the command with its message."""
+        return self.run(self.acall(method, path, params=params, body=body, explain=explain))
+
+    async def acall(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        explain: Callable[[str], str] = lambda message: message,
+    ) -> Any:
+        wanted = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            response = await self._http.request(
+                method, f"/api/v1{path}", params=wanted, json=_jsonable(body)
+            )
+        except httpx.HTTPError as error:
+            fail(f"cannot reach {self._http.base_url}: {error}")
+        if response.is_error:
+            fail(explain(_error_message(response)))
+        return None if response.status_code == 204 else response.json()
+
+    def close(self) -> None:
+        self.run(self._http.aclose())
+        self._loop.close()
+
+
+def remote() -> bool:
+    """Whether commands go to a server (--server) rather than to the store here."""
+    return _target.server is not None
+
+
+@contextmanager
+def connect() -> Iterator[Client]:
+    """A client of the server named by --server / ROUTINED_URL, or of the store here."""
+    if _target.server:
+        key = os.environ.get("ROUTINED_API_KEY", "")
+        if not key:
+            fail(
+                f"--server {_target.server}: set ROUTINED_API_KEY to an API key of your account "
+                "(`routined key create` on the server makes one)"
+            )
+        client = Client(
+            httpx.AsyncClient(
+                base_url=_target.server.rstrip("/"),
+                headers={"authorization": f"Bearer {key}"},
+                timeout=60,
+            )
         )
-    if routine is None:
-        fail(f"no routine named {name!r}; `routined list` shows the routines there are")
-    return routine
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    from routined.api import create_app
+    from routined.worker import utcnow
+
+    with opened() as (config, store):
+        app = create_app(store, config, clock=utcnow, principal=Principal.local)
+        transport = httpx.ASGITransport(app=app)
+        client = Client(
+            httpx.AsyncClient(transport=transport, base_url="http://routined.local"),
+            local=(config, store),
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def segment(value: str) -> str:
+    """`value` as one segment of an API path, whatever the user typed."""
+    return quote(value, safe="")
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or response.reason_phrase
+    return str(message)
+
+
+def _jsonable(value: Any) -> Any:
+    # YAML gives dates and datetimes (an unquoted `once:`); the API takes their text.
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
 
 
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="ROUTINED_URL",
+            help="Manage this server through its API (with ROUTINED_API_KEY), not the store here.",
+        ),
+    ] = None,
 ) -> None:
     if version:
         out.print(__version__)
         raise typer.Exit()
+    _target.server = server

@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy import select
 
-from routined.cli.common import JsonFlag, app, fail, find_routine, opened, out, print_json, settings
-from routined.models import Fire, Routine
+from routined.cli.common import JsonFlag, app, connect, fail, opened, out, print_json, settings
 from routined.schedule import ScheduleError, check_interval, iso, parse, zone
 from routined.scheduler import Scheduler
 from routined.worker import utcnow
@@ -88,17 +86,8 @@ def events(
     as_json: JsonFlag = False,
 ) -> None:
     """Every decision about a fire (fired, caught up, skipped, missed…) and why."""
-    with opened() as (_config, store):
-        statement = (
-            select(Fire, Routine.name)
-            .join(Routine)
-            .order_by(Fire.decided_at.desc(), Fire.id.desc())
-            .limit(limit)
-        )
-        if routine is not None:
-            statement = statement.where(Fire.routine_id == find_routine(store, routine).id)
-        with store.transaction(readonly=True) as session:
-            rows = [_fire_view(fire, name) for fire, name in session.execute(statement)]
+    with connect() as client:
+        rows = client.call("GET", "/events", params={"routine": routine, "limit": limit})
     if as_json:
         print_json(rows)
         return
@@ -114,19 +103,6 @@ def events(
             f"[bold]{row['outcome']}[/] {instant} {run}".rstrip()
         )
         out.print(f"    {escape(row['reason'])}")
-
-
-def _fire_view(fire: Fire, routine_name: str) -> dict[str, Any]:
-    return {
-        "routine": routine_name,
-        "trigger_id": fire.trigger_id,
-        "trigger_type": fire.trigger_type,
-        "scheduled_at": iso(fire.scheduled_at) if fire.scheduled_at else None,
-        "decided_at": iso(fire.decided_at),
-        "outcome": fire.outcome,
-        "reason": fire.reason,
-        "run_id": fire.run_id,
-    }
 
 
 @app.command()

@@ -1,0 +1,558 @@
+"""What can be done to accounts, routines, triggers, tokens, runs and keys, and by whom.
+
+The management API and the CLI both call these functions, so a command prints
+the same thing whether it works on the store here or on a server through the
+API. Each takes the session of one transaction, the `Principal` asking and the
+clock, and answers with plain JSON-able values. A principal never learns of
+another account's objects: they are "not found", as if they did not exist.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, selectinload
+
+from routined import fires, keys, limits, routines, runs, scheduler, tokens
+from routined.config import Settings
+from routined.db import Store
+from routined.ids import new_id
+from routined.keys import Principal, Scope
+from routined.limits import Limits, PlanError
+from routined.models import Account, ApiKey, Fire, Routine, Run, RunEvent, Trigger
+from routined.schedule import iso
+from routined.views import fire_view, routine_view, run_event_view
+
+MAX_TEXT = 65_536
+
+
+T = TypeVar("T")
+
+
+class Problem(Exception):
+    """A request that cannot be done as asked; `status` is its HTTP status.
+
+    A problem that `keeps` its transaction is one worth recording (a refused
+    fire): what was written before it is committed, not rolled back.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        keeps: bool = False,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.keeps = keeps
+
+
+def perform(store: Store, operation: Callable[[Session], T], *, readonly: bool = False) -> T:
+    """`operation` in one transaction of its own."""
+    kept: Problem | None = None
+    with store.transaction(readonly=readonly) as session:
+        try:
+            return operation(session)
+        except Problem as problem:
+            if not problem.keeps:
+                raise
+            kept = problem
+    raise kept
+
+
+def require(principal: Principal, scope: Scope) -> None:
+    if not principal.scope.allows(scope):
+        raise Problem(403, f"this key has the {principal.scope} scope; this needs {scope}")
+
+
+def require_operator(principal: Principal) -> None:
+    if not principal.operator:
+        raise Problem(
+            403,
+            "only the operator (an admin key of the default account, or the CLI on the "
+            "server) manages accounts",
+        )
+
+
+# Accounts and usage
+
+
+def account_view(account: Account) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "name": account.name,
+        "plan": account.plan,
+        "extra_usage": account.extra_usage,
+        "disabled": account.disabled_at is not None,
+        "created_at": iso(account.created_at),
+    }
+
+
+def list_accounts(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    return [account_view(a) for a in session.scalars(_visible_accounts(principal))]
+
+
+def get_account(session: Session, principal: Principal, name: str) -> dict[str, Any]:
+    return account_view(_account(session, principal, name))
+
+
+def create_account(
+    session: Session,
+    principal: Principal,
+    *,
+    name: str,
+    plan: str,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    require_operator(principal)
+    _check_name("name", name)
+    _check_plan(settings, plan)
+    if session.scalar(select(Account.id).where(Account.name == name)):
+        raise Problem(409, f"name: there is already an account {name!r}")
+    account = Account(id=new_id("acct"), name=name, plan=plan, created_at=now)
+    session.add(account)
+    session.flush()
+    return account_view(account)
+
+
+def update_account(
+    session: Session,
+    principal: Principal,
+    name: str,
+    *,
+    plan: str | None = None,
+    extra_usage: bool | None = None,
+    disabled: bool | None = None,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    require_operator(principal)
+    account = _account(session, principal, name)
+    if plan is not None:
+        _check_plan(settings, plan)
+        account.plan = plan
+    if extra_usage is not None:
+        account.extra_usage = extra_usage
+    if disabled is not None and disabled != (account.disabled_at is not None):
+        account.disabled_at = now if disabled else None
+    return account_view(account)
+
+
+def usage(
+    session: Session,
+    principal: Principal,
+    *,
+    account: str | None = None,
+    settings: Settings,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    found = (
+        [_account(session, principal, account)]
+        if account
+        else list(session.scalars(_visible_accounts(principal)))
+    )
+    rules = Limits.of(settings)
+    return [limits.usage(session, a, limits=rules, now=now) for a in found]
+
+
+# API keys
+
+
+def list_keys(
+    session: Session, principal: Principal, *, account: str | None = None
+) -> list[dict[str, Any]]:
+    require(principal, Scope.ADMIN)
+    statement = select(ApiKey, Account.name).join(Account).order_by(ApiKey.created_at, ApiKey.id)
+    if account is not None:
+        statement = statement.where(ApiKey.account_id == _account(session, principal, account).id)
+    elif principal.account_id is not None:
+        statement = statement.where(ApiKey.account_id == principal.account_id)
+    return [keys.view(key, name) for key, name in session.execute(statement)]
+
+
+def create_key(
+    session: Session,
+    principal: Principal,
+    *,
+    name: str,
+    scope: str,
+    account: str | None = None,
+    now: datetime,
+) -> dict[str, Any]:
+    """A new key, its secret shown in this answer only."""
+    require(principal, Scope.ADMIN)
+    try:
+        wanted = Scope(scope)
+    except ValueError:
+        raise Problem(400, f"scope: {scope!r}; say read, write or admin") from None
+    if account is None and principal.account_id is None:
+        raise Problem(400, "account: say which account the key is for")
+    owner = (
+        _account(session, principal, account)
+        if account is not None
+        else session.get_one(Account, principal.account_id)
+    )
+    if not name.strip() or len(name) > 100:
+        raise Problem(400, "name: give the key a name of 1 to 100 characters, such as `ci`")
+    key, secret = keys.issue(session, owner.id, name=name, scope=wanted, now=now)
+    session.flush()
+    return {**keys.view(key, owner.name), "key": secret}
+
+
+def revoke_key(session: Session, principal: Principal, key_id: str, *, now: datetime) -> None:
+    require(principal, Scope.ADMIN)
+    key = session.get(ApiKey, key_id)
+    if key is None or not principal.sees(key.account_id):
+        raise Problem(404, f"no API key {key_id}; `routined key list` shows them")
+    keys.revoke(session, key_id, now=now)
+
+
+# Routines
+
+
+def list_routines(session: Session, principal: Principal) -> list[dict[str, Any]]:
+    statement = _with_children(select(Routine).order_by(Routine.name))
+    if principal.account_id is not None:
+        statement = statement.where(Routine.account_id == principal.account_id)
+    return [routine_view(session, r, next_count=1) for r in session.scalars(statement)]
+
+
+def get_routine(session: Session, principal: Principal, name: str) -> dict[str, Any]:
+    return routine_view(session, find_routine(session, principal, name), next_count=5)
+
+
+def apply_routines(
+    session: Session, principal: Principal, document: Any, *, settings: Settings, now: datetime
+) -> list[dict[str, Any]]:
+    """Create or update the document's routines by name, as `routined apply` does."""
+    require(principal, Scope.WRITE)
+    try:
+        spec = routines.parse_document(
+            document,
+            source="request",
+            base=None,
+            now=now,
+            timezone=settings.timezone,
+            min_interval=timedelta(seconds=settings.min_schedule_interval),
+        )
+        spec = _for_principal(session, principal, spec)
+        changes = routines.apply(session, spec, now=now)
+    except routines.SpecError as error:
+        raise Problem(400, str(error)) from None
+    return [
+        {"name": c.name, "action": c.action, "details": c.details, "description": c.describe()}
+        for c in changes
+    ]
+
+
+def delete_routine(session: Session, principal: Principal, name: str) -> None:
+    require(principal, Scope.WRITE)
+    session.delete(find_routine(session, principal, name))
+
+
+def set_paused(
+    session: Session,
+    principal: Principal,
+    name: str,
+    *,
+    paused: bool,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    require(principal, Scope.WRITE)
+    routine = find_routine(session, principal, name)
+    changed = (routine.paused_at is None) == paused
+    if changed and paused:
+        routine.paused_at = now
+    elif changed:
+        scheduler.resume(session, routine, now=now, settings=settings)
+    return {"name": routine.name, "paused": paused, "changed": changed}
+
+
+def fire_by_hand(
+    session: Session,
+    principal: Principal,
+    name: str,
+    *,
+    text: str | None,
+    by: str,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """Start a run now ("run now"); refused, with its reason recorded, past a limit."""
+    require(principal, Scope.WRITE)
+    if text is not None and len(text) > MAX_TEXT:
+        raise Problem(400, f"text: {len(text)} characters is over the limit of {MAX_TEXT}")
+    routine = find_routine(session, principal, name)
+    account = limits.hold_account(session, routine)
+    verdict = limits.check(session, routine, account, "manual", limits=Limits.of(settings), now=now)
+    if not verdict.allowed:
+        reason = f"a fire by hand ({by}) was refused: {verdict.reason}"
+        fires.record(
+            session,
+            routine_id=routine.id,
+            trigger_id=None,
+            trigger_type="manual",
+            outcome=fires.Outcome.REFUSED,
+            reason=reason,
+            now=now,
+        )
+        raise Problem(
+            429,
+            f"not started: {verdict.reason}",
+            headers={"retry-after": str(verdict.retry_after)},
+            keeps=True,
+        )
+    reason = f"fired by hand ({by}); schedules are not affected"
+    if routine.paused_at is not None:
+        reason += "; the routine is paused, which stops only its triggers"
+    if verdict.reason:
+        reason += f"; {verdict.reason}"
+    run = runs.create(
+        session,
+        routine,
+        trigger_type="manual",
+        trigger_id=None,
+        text=text,
+        now=now,
+        reason=reason,
+    )
+    session.flush()  # the decision row refers to it
+    fires.record(
+        session,
+        routine_id=routine.id,
+        trigger_id=None,
+        trigger_type="manual",
+        outcome=fires.Outcome.FIRED,
+        reason=reason,
+        now=now,
+        run_id=run.id,
+    )
+    return {
+        "run_id": run.id,
+        "session_id": run.session_id,
+        "session_url": runs.session_url(settings.public_url, run.session_id),
+    }
+
+
+# Triggers and their tokens
+
+
+def list_triggers(
+    session: Session, principal: Principal, *, routine: str | None = None
+) -> list[dict[str, Any]]:
+    if routine is not None:
+        found = [find_routine(session, principal, routine)]
+    else:
+        statement = _with_children(select(Routine).order_by(Routine.name))
+        if principal.account_id is not None:
+            statement = statement.where(Routine.account_id == principal.account_id)
+        found = list(session.scalars(statement))
+    return [
+        {**trigger, "routine": r.name}
+        for r in found
+        for trigger in routine_view(session, r, next_count=1)["triggers"]
+    ]
+
+
+def get_trigger(session: Session, principal: Principal, trigger_id: str) -> dict[str, Any]:
+    trigger = _trigger(session, principal, trigger_id)
+    routine = trigger.routine
+    view = next(
+        t for t in routine_view(session, routine, next_count=5)["triggers"] if t["id"] == trigger.id
+    )
+    return {**view, "routine": routine.name}
+
+
+def issue_token(
+    session: Session, principal: Principal, trigger_id: str, *, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """A new token for an API trigger (the one before stops working), shown only now."""
+    require(principal, Scope.WRITE)
+    trigger = _trigger(session, principal, trigger_id)
+    if trigger.type != "api":
+        raise Problem(
+            400, f"trigger {trigger_id} is a {trigger.type} trigger; only API triggers have tokens"
+        )
+    secret = tokens.issue(session, trigger.id, now=now)
+    return {
+        "trigger_id": trigger.id,
+        "routine": trigger.routine.name,
+        "token": secret,
+        "url": f"{settings.public_url}/v1/claude_code/routines/{trigger.id}/fire",
+    }
+
+
+def revoke_token(
+    session: Session, principal: Principal, trigger_id: str, *, now: datetime
+) -> dict[str, Any]:
+    require(principal, Scope.WRITE)
+    trigger = _trigger(session, principal, trigger_id)
+    return {"trigger_id": trigger.id, "revoked": tokens.revoke(session, trigger.id, now=now) > 0}
+
+
+# Runs and decisions
+
+
+def list_runs(
+    session: Session,
+    principal: Principal,
+    *,
+    routine: str | None = None,
+    limit: int = 20,
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    statement = runs.with_routine_name().order_by(Run.created_at.desc(), Run.id.desc())
+    if routine is not None:
+        statement = statement.where(Run.routine_id == find_routine(session, principal, routine).id)
+    elif principal.account_id is not None:
+        statement = statement.where(Routine.account_id == principal.account_id)
+    return [
+        runs.summary(run, name, public_url=settings.public_url)
+        for run, name in session.execute(statement.limit(limit))
+    ]
+
+
+def get_run(
+    session: Session, principal: Principal, run: str, *, settings: Settings
+) -> dict[str, Any]:
+    found, name = _run(session, principal, run)
+    return runs.summary(found, name, public_url=settings.public_url)
+
+
+def cancel_run(
+    session: Session, principal: Principal, run: str, *, now: datetime, by: str
+) -> dict[str, Any]:
+    require(principal, Scope.WRITE)
+    found, _name = _run(session, principal, run)
+    result = runs.cancel(session, found.id, now=now, reason=f"cancelled by {by}")
+    if result is None:
+        raise Problem(409, f"run {found.id} is {found.status}; it is past cancelling")
+    return {"run_id": found.id, "cancel": result}
+
+
+def run_events(
+    session: Session, principal: Principal, run: str, *, after: int = 0, limit: int = 1000
+) -> dict[str, Any]:
+    """A run's events after `after` (their `seq`), and its status now, for following it."""
+    found, _name = _run(session, principal, run)
+    events = session.scalars(
+        select(RunEvent)
+        .where(RunEvent.run_id == found.id, RunEvent.seq > after)
+        .order_by(RunEvent.seq)
+        .limit(limit)
+    )
+    return {
+        "run_id": found.id,
+        "status": found.status,
+        "events": [run_event_view(event) for event in events],
+    }
+
+
+def fire_decisions(
+    session: Session, principal: Principal, *, routine: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    statement = (
+        select(Fire, Routine.name)
+        .join(Routine)
+        .order_by(Fire.decided_at.desc(), Fire.id.desc())
+        .limit(limit)
+    )
+    if routine is not None:
+        statement = statement.where(Fire.routine_id == find_routine(session, principal, routine).id)
+    elif principal.account_id is not None:
+        statement = statement.where(Routine.account_id == principal.account_id)
+    return [fire_view(fire, name) for fire, name in session.execute(statement)]
+
+
+# Lookups that hide what the principal may not see
+
+
+def find_routine(session: Session, principal: Principal, name: str) -> Routine:
+    routine = session.scalar(_with_children(select(Routine).where(Routine.name == name)))
+    if routine is None or not principal.sees(routine.account_id):
+        raise Problem(
+            404, f"no routine named {name!r}; `routined list` shows the routines there are"
+        )
+    return routine
+
+
+def _with_children(statement: Select[Routine]) -> Select[Routine]:
+    return statement.options(selectinload(Routine.triggers), selectinload(Routine.repositories))
+
+
+def _visible_accounts(principal: Principal) -> Select[Account]:
+    statement = select(Account).order_by(Account.name)
+    if principal.account_id is not None and not principal.operator:
+        statement = statement.where(Account.id == principal.account_id)
+    return statement
+
+
+def _account(session: Session, principal: Principal, name: str) -> Account:
+    account = session.scalar(select(Account).where(Account.name == name))
+    if account is None or not (principal.operator or principal.sees(account.id)):
+        raise Problem(404, f"no account named {name!r}; `routined account list` shows them")
+    return account
+
+
+def _trigger(session: Session, principal: Principal, trigger_id: str) -> Trigger:
+    trigger = session.get(Trigger, trigger_id)
+    if trigger is None or not principal.sees(trigger.routine.account_id):
+        raise Problem(404, f"no trigger {trigger_id}; `routined show ROUTINE` lists its triggers")
+    return trigger
+
+
+def _run(session: Session, principal: Principal, run: str) -> tuple[Run, str]:
+    row = session.execute(
+        select(Run, Routine.name, Routine.account_id)
+        .join(Routine)
+        .where((Run.id == run) | (Run.session_id == run))
+    ).first()
+    if row is None or not principal.sees(row[2]):
+        raise Problem(404, f"no run or session {run!r}; `routined runs` lists them")
+    return row[0], row[1]
+
+
+def _for_principal(
+    session: Session, principal: Principal, spec: routines.RoutinesFile
+) -> routines.RoutinesFile:
+    """A key's routines are its account's: unnamed accounts become it, other accounts
+    are unknown, and a name another account uses is taken."""
+    if principal.account_id is None:
+        return spec
+    own = session.get_one(Account, principal.account_id).name
+    wanted = []
+    for index, routine in enumerate(spec.routines):
+        label = f"request: routines[{index}] ({routine.name})"
+        if "account" not in routine.model_fields_set:
+            routine = routine.model_copy(update={"account": own})
+        elif routine.account != own:
+            raise routines.SpecError(f"{label}.account: there is no account {routine.account!r}")
+        holder = session.scalar(select(Routine.account_id).where(Routine.name == routine.name))
+        if holder is not None and holder != principal.account_id:
+            raise routines.SpecError(f"{label}.name: the name is taken; choose another")
+        wanted.append(routine)
+    return routines.RoutinesFile(routines=wanted)
+
+
+def _check_name(field: str, name: str) -> None:
+    if re.fullmatch(routines.NAME_PATTERN, name) is None:
+        raise Problem(
+            400, f"{field}: {name!r}; account names use letters, digits, '.', '_' and '-'"
+        )
+
+
+def _check_plan(settings: Settings, plan: str) -> None:
+    try:
+        Limits.of(settings).plan(plan)
+    except PlanError as error:
+        raise Problem(400, f"plan: {error}") from None

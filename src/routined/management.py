@@ -1,0 +1,419 @@
+"""The management API under `/api/v1`: `routined.manage` over HTTP, described at /openapi.json.
+
+Callers authenticate with an account's API key (`Authorization: Bearer rtdk_…`
+or `x-api-key`); errors answer in the same envelope as the fire endpoint. The
+handlers are plain functions: FastAPI runs them on its thread pool, each in one
+short transaction. (No `from __future__ import annotations` here: FastAPI reads
+the handlers' annotations, and `Who` is local to `router`.)
+"""
+
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from routined import keys, manage
+from routined.config import Settings
+from routined.db import Store
+from routined.keys import Principal
+from routined.manage import Problem
+
+T = TypeVar("T")
+
+
+class _Out(BaseModel):
+    # Answers may grow fields; clients must ignore the ones they do not know.
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    type: Literal["error"]
+    error: ErrorDetail
+
+
+class AccountOut(_Out):
+    id: str
+    name: str
+    plan: str
+    extra_usage: bool
+    disabled: bool
+    created_at: str
+
+
+class AccountIn(BaseModel):
+    name: str = Field(description="Letters, digits, '.', '_' and '-'.")
+    plan: str = Field("unlimited", description="One of the server's ROUTINED_PLANS.")
+
+
+class AccountPatch(BaseModel):
+    plan: str | None = None
+    extra_usage: bool | None = Field(None, description="Runs go on past the daily limit.")
+    disabled: bool | None = Field(None, description="A disabled account's API fires get 403.")
+
+
+class RoutineUsageOut(_Out):
+    routine: str
+    manual_and_api_this_hour: int
+    remaining_this_hour: int
+
+
+class UsageOut(_Out):
+    account: str
+    plan: str
+    extra_usage: bool
+    disabled: bool
+    runs_today: int
+    runs_per_day: int | None
+    remaining_today: int | None
+    day_resets_at: str
+    api_runs_this_hour: int
+    api_runs_per_hour: int
+    hour_resets_at: str
+    routines: list[RoutineUsageOut]
+
+
+class KeyOut(_Out):
+    id: str
+    account: str
+    name: str
+    scope: str
+    created_at: str
+    revoked_at: str | None
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="The key itself: shown in this answer only.")
+
+
+class KeyIn(BaseModel):
+    name: str
+    scope: Literal["read", "write", "admin"] = "read"
+    account: str | None = Field(None, description="Operator only: the account to issue it for.")
+
+
+class TriggerOut(_Out):
+    id: str
+    type: str
+    routine: str | None = None
+
+
+class NextRunOut(_Out):
+    at: str
+    local: str
+    trigger: str
+
+
+class LastRunOut(_Out):
+    id: str
+    status: str
+
+
+class RoutineOut(_Out):
+    id: str
+    name: str
+    model: str | None
+    paused: bool
+    paused_at: str | None
+    repositories: list[str]
+    catch_up: str
+    catch_up_window: str
+    overlap: str
+    stagger: str
+    triggers: list[TriggerOut]
+    next_run: NextRunOut | None
+    last_run: LastRunOut | None
+
+
+class ChangeOut(_Out):
+    name: str
+    action: Literal["created", "updated", "unchanged"]
+    details: list[str]
+    description: str
+
+
+class PausedOut(_Out):
+    name: str
+    paused: bool
+    changed: bool
+
+
+class FireIn(BaseModel):
+    text: str | None = Field(None, description="Passed to the run as its payload.")
+
+
+class FiredOut(_Out):
+    run_id: str
+    session_id: str
+    session_url: str
+
+
+class TokenOut(_Out):
+    trigger_id: str
+    routine: str
+    token: str = Field(description="Shown in this answer only; the one before stops working.")
+    url: str
+
+
+class RevokedOut(_Out):
+    trigger_id: str
+    revoked: bool
+
+
+class RunOut(_Out):
+    id: str
+    session_id: str
+    session_url: str
+    routine: str
+    status: str
+    trigger: str
+    trigger_id: str | None
+    branches: list[Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+
+
+class CancelOut(_Out):
+    run_id: str
+    cancel: Literal["cancelled", "requested"]
+
+
+class RunEventOut(_Out):
+    seq: int
+    at: str
+    kind: str
+    from_status: str | None
+    to_status: str | None
+    reason: str | None
+    data: dict[str, Any] | None
+
+
+class RunEventsOut(_Out):
+    run_id: str
+    status: str
+    events: list[RunEventOut]
+
+
+class DecisionOut(_Out):
+    routine: str
+    trigger_id: str | None
+    trigger_type: str
+    scheduled_at: str | None
+    decided_at: str
+    outcome: str
+    reason: str
+    run_id: str | None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": description}
+    for status, description in {
+        400: "Bad input; the message names the field.",
+        401: "No valid API key.",
+        403: "The key's scope does not allow this.",
+        404: "No such object for this key's account.",
+        409: "The object is not in a state that allows this.",
+        429: "A limit is reached; Retry-After says when it resets.",
+    }.items()
+}
+
+
+def router(
+    store: Store,
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime],
+    principal: Callable[..., Principal] | None = None,
+    on_run_created: Callable[[], None] = lambda: None,
+) -> APIRouter:
+    """The routes; `principal` replaces key authentication (the CLI on the store itself)."""
+
+    def authenticated(request: Request) -> Principal:
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        presented = (
+            credentials.strip()
+            if scheme.lower() == "bearer"
+            else request.headers.get("x-api-key", "")
+        )
+        if not presented:
+            raise Problem(
+                401, "send an API key as Authorization: Bearer rtdk_… (routined key create)"
+            )
+        with store.transaction(readonly=True) as session:
+            found = keys.authenticate(session, presented)
+        if found is None:
+            raise Problem(401, "invalid or revoked API key")
+        return found
+
+    Who = Annotated[Principal, Depends(principal or authenticated)]
+    api = APIRouter(prefix="/api/v1", responses=_ERRORS)
+
+    def read(operation: Callable[[Session], T]) -> T:
+        return manage.perform(store, operation, readonly=True)
+
+    def write(operation: Callable[[Session], T]) -> T:
+        return manage.perform(store, operation)
+
+    def by(who: Principal) -> str:
+        return "the CLI" if who.key_id is None else f"API key {who.key_id}"
+
+    @api.get("/accounts", response_model=list[AccountOut], tags=["accounts"])
+    def list_accounts(who: Who) -> Any:
+        return read(lambda s: manage.list_accounts(s, who))
+
+    @api.post("/accounts", response_model=AccountOut, status_code=201, tags=["accounts"])
+    def create_account(who: Who, body: AccountIn) -> Any:
+        return write(
+            lambda s: manage.create_account(
+                s, who, name=body.name, plan=body.plan, settings=settings, now=clock()
+            )
+        )
+
+    @api.get("/accounts/{name}", response_model=AccountOut, tags=["accounts"])
+    def get_account(who: Who, name: str) -> Any:
+        return read(lambda s: manage.get_account(s, who, name))
+
+    @api.patch("/accounts/{name}", response_model=AccountOut, tags=["accounts"])
+    def update_account(who: Who, name: str, body: AccountPatch) -> Any:
+        return write(
+            lambda s: manage.update_account(
+                s,
+                who,
+                name,
+                plan=body.plan,
+                extra_usage=body.extra_usage,
+                disabled=body.disabled,
+                settings=settings,
+                now=clock(),
+            )
+        )
+
+    @api.get("/usage", response_model=list[UsageOut], tags=["accounts"])
+    def usage(who: Who, account: str | None = None) -> Any:
+        return read(lambda s: manage.usage(s, who, account=account, settings=settings, now=clock()))
+
+    @api.get("/keys", response_model=list[KeyOut], tags=["keys"])
+    def list_keys(who: Who, account: str | None = None) -> Any:
+        return read(lambda s: manage.list_keys(s, who, account=account))
+
+    @api.post("/keys", response_model=NewKeyOut, status_code=201, tags=["keys"])
+    def create_key(who: Who, body: KeyIn) -> Any:
+        return write(
+            lambda s: manage.create_key(
+                s, who, name=body.name, scope=body.scope, account=body.account, now=clock()
+            )
+        )
+
+    @api.delete("/keys/{key_id}", status_code=204, tags=["keys"])
+    def revoke_key(who: Who, key_id: str) -> Response:
+        write(lambda s: manage.revoke_key(s, who, key_id, now=clock()))
+        return Response(status_code=204)
+
+    @api.get("/routines", response_model=list[RoutineOut], tags=["routines"])
+    def list_routines(who: Who) -> Any:
+        return read(lambda s: manage.list_routines(s, who))
+
+    @api.put(
+        "/routines",
+        response_model=list[ChangeOut],
+        tags=["routines"],
+        summary="Create or update routines by name (routined apply)",
+    )
+    def apply_routines(who: Who, body: dict[str, Any]) -> Any:
+        return write(lambda s: manage.apply_routines(s, who, body, settings=settings, now=clock()))
+
+    @api.get("/routines/{name}", response_model=RoutineOut, tags=["routines"])
+    def get_routine(who: Who, name: str) -> Any:
+        return read(lambda s: manage.get_routine(s, who, name))
+
+    @api.delete("/routines/{name}", status_code=204, tags=["routines"])
+    def delete_routine(who: Who, name: str) -> Response:
+        write(lambda s: manage.delete_routine(s, who, name))
+        return Response(status_code=204)
+
+    @api.post("/routines/{name}/pause", response_model=PausedOut, tags=["routines"])
+    def pause(who: Who, name: str) -> Any:
+        return write(
+            lambda s: manage.set_paused(s, who, name, paused=True, settings=settings, now=clock())
+        )
+
+    @api.post("/routines/{name}/resume", response_model=PausedOut, tags=["routines"])
+    def resume(who: Who, name: str) -> Any:
+        return write(
+            lambda s: manage.set_paused(s, who, name, paused=False, settings=settings, now=clock())
+        )
+
+    @api.post(
+        "/routines/{name}/runs",
+        response_model=FiredOut,
+        status_code=201,
+        tags=["runs"],
+        summary="Start a run now (routined fire)",
+    )
+    def fire(who: Who, name: str, body: FireIn | None = None) -> Any:
+        text = body.text if body else None
+        started = write(
+            lambda s: manage.fire_by_hand(
+                s, who, name, text=text, by=by(who), settings=settings, now=clock()
+            )
+        )
+        on_run_created()
+        return started
+
+    @api.get("/triggers", response_model=list[TriggerOut], tags=["triggers"])
+    def list_triggers(who: Who, routine: str | None = None) -> Any:
+        return read(lambda s: manage.list_triggers(s, who, routine=routine))
+
+    @api.get("/triggers/{trigger_id}", response_model=TriggerOut, tags=["triggers"])
+    def get_trigger(who: Who, trigger_id: str) -> Any:
+        return read(lambda s: manage.get_trigger(s, who, trigger_id))
+
+    @api.post("/triggers/{trigger_id}/token", response_model=TokenOut, tags=["triggers"])
+    def issue_token(who: Who, trigger_id: str) -> Any:
+        return write(
+            lambda s: manage.issue_token(s, who, trigger_id, settings=settings, now=clock())
+        )
+
+    @api.delete("/triggers/{trigger_id}/token", response_model=RevokedOut, tags=["triggers"])
+    def revoke_token(who: Who, trigger_id: str) -> Any:
+        return write(lambda s: manage.revoke_token(s, who, trigger_id, now=clock()))
+
+    Limit = Annotated[int, Query(ge=1, le=1000, description="How many, newest first.")]
+
+    @api.get("/runs", response_model=list[RunOut], tags=["runs"])
+    def list_runs(who: Who, routine: str | None = None, limit: Limit = 20) -> Any:
+        return read(
+            lambda s: manage.list_runs(s, who, routine=routine, limit=limit, settings=settings)
+        )
+
+    @api.get("/runs/{run}", response_model=RunOut, tags=["runs"])
+    def get_run(who: Who, run: str) -> Any:
+        return read(lambda s: manage.get_run(s, who, run, settings=settings))
+
+    @api.post("/runs/{run}/cancel", response_model=CancelOut, tags=["runs"])
+    def cancel_run(who: Who, run: str) -> Any:
+        return write(lambda s: manage.cancel_run(s, who, run, now=clock(), by=by(who)))
+
+    @api.get("/runs/{run}/events", response_model=RunEventsOut, tags=["runs"])
+    def run_events(
+        who: Who,
+        run: str,
+        after: Annotated[int, Query(ge=0, description="Only events after this seq.")] = 0,
+    ) -> Any:
+        return read(lambda s: manage.run_events(s, who, run, after=after))
+
+    @api.get("/events", response_model=list[DecisionOut], tags=["events"])
+    def fire_decisions(who: Who, routine: str | None = None, limit: Limit = 50) -> Any:
+        return read(lambda s: manage.fire_decisions(s, who, routine=routine, limit=limit))
+
+    return api
