@@ -59,7 +59,12 @@ class Principal:
         return self.scope is Scope.ADMIN and self.account_id in (None, DEFAULT_ACCOUNT_ID)
 
     def sees(self, account_id: str) -> bool:
+        """Whether the account's routines, runs and the like are this principal's to see."""
         return self.account_id is None or self.account_id == account_id
+
+    def manages(self, account_id: str) -> bool:
+        """Whether the account itself (its plan, its keys) is this principal's to see."""
+        return self.operator or self.sees(account_id)
 
 
 def issue(

@@ -211,7 +211,7 @@ def create_key(
 def revoke_key(session: Session, principal: Principal, key_id: str, *, now: datetime) -> None:
     require(principal, Scope.ADMIN)
     key = session.get(ApiKey, key_id)
-    if key is None or not principal.sees(key.account_id):
+    if key is None or not principal.manages(key.account_id):
         raise Problem(404, f"no API key {key_id}; `routined key list` shows them")
     keys.revoke(session, key_id, now=now)
 
@@ -255,8 +255,18 @@ def apply_routines(
 
 
 def delete_routine(session: Session, principal: Principal, name: str) -> None:
+    """Delete a routine with its history; refused while a run of it is active, whose
+    worker would otherwise lose it mid-flight."""
     require(principal, Scope.WRITE)
-    session.delete(find_routine(session, principal, name))
+    routine = find_routine(session, principal, name)
+    active = session.scalar(
+        select(Run.id).where(Run.routine_id == routine.id, Run.status.in_(runs.ACTIVE))
+    )
+    if active is not None:
+        raise Problem(
+            409, f"run {active} of {name} is active; cancel it (routined cancel {active}) first"
+        )
+    session.delete(routine)
 
 
 def set_paused(
@@ -499,7 +509,7 @@ def _visible_accounts(principal: Principal) -> Select[Account]:
 
 def _account(session: Session, principal: Principal, name: str) -> Account:
     account = session.scalar(select(Account).where(Account.name == name))
-    if account is None or not (principal.operator or principal.sees(account.id)):
+    if account is None or not principal.manages(account.id):
         raise Problem(404, f"no account named {name!r}; `routined account list` shows them")
     return account
 

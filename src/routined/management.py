@@ -7,12 +7,12 @@ short transaction. (No `from __future__ import annotations` here: FastAPI reads
 the handlers' annotations, and `Who` is local to `router`.)
 """
 
-
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
@@ -228,6 +228,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `Bearer rtdk_…`.")
+_HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="An API key, `rtdk_…`.")
+
+
 def router(
     store: Store,
     settings: Settings,
@@ -238,13 +242,11 @@ def router(
 ) -> APIRouter:
     """The routes; `principal` replaces key authentication (the CLI on the store itself)."""
 
-    def authenticated(request: Request) -> Principal:
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        presented = (
-            credentials.strip()
-            if scheme.lower() == "bearer"
-            else request.headers.get("x-api-key", "")
-        )
+    def authenticated(
+        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+        header: Annotated[str | None, Depends(_HEADER)],
+    ) -> Principal:
+        presented = bearer.credentials.strip() if bearer else (header or "").strip()
         if not presented:
             raise Problem(
                 401, "send an API key as Authorization: Bearer rtdk_… (routined key create)"

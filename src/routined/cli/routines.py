@@ -145,7 +145,13 @@ def _trigger_line(trigger: dict[str, Any]) -> str:
 
 
 @app.command()
-def token(routine: str, as_json: JsonFlag = False) -> None:
+def token(
+    routine: str,
+    revoke: Annotated[
+        bool, typer.Option("--revoke", help="Revoke the token instead; fires then get 401.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
     """Generate the routine's API token (shown once; the old one stops working)."""
     config = settings()
     with connect() as client:
@@ -153,6 +159,15 @@ def token(routine: str, as_json: JsonFlag = False) -> None:
         trigger = next((t for t in found["triggers"] if t["type"] == "api"), None)
         if trigger is None:
             fail(f"routine {routine!r} has no API trigger; add `- type: api` under triggers")
+        if revoke:
+            revoked = client.call("DELETE", f"/triggers/{trigger['id']}/token")
+            if as_json:
+                print_json(revoked)
+            elif revoked["revoked"]:
+                out.print(f"token of trigger {trigger['id']} revoked; its fires now get 401")
+            else:
+                out.print(f"trigger {trigger['id']} had no live token")
+            return
         issued = client.call("POST", f"/triggers/{trigger['id']}/token")
     secret, url = issued["token"], issued["url"]
     if as_json:
