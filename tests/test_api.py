@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from routined import routines, tokens
 from routined.api import create_app
@@ -416,3 +417,84 @@ def test_a_retry_with_its_key_gets_its_session_even_when_the_queue_is_full(api: 
     assert_error(client.fire(), 503, "overloaded_error", "ROUTINED_MAX_QUEUED_RUNS")
     again = client.fire(headers={"idempotency-key": "retry-1"})
     assert again.status_code == 200 and again.json() == first.json()
+
+
+def record_together(api: Fixture, fired: list[dict[str, Any]], **env: str) -> list[Any]:
+    """Fires recorded in one batch, as the endpoint does with those that arrive while
+    another batch is being written: each dict holds FireRequest fields to change."""
+    from routined.api import FireRequest, _record_fires
+    from routined.limits import Limits
+
+    settings = Settings.from_env(env)
+    woken: list[int] = []
+    answers = _record_fires(
+        api.store,
+        [
+            FireRequest(
+                **{"trigger_id": api.trigger_id, "token": api.token, "text": None,
+                   "idempotency_key": None, "now": T0, **changes}
+            )
+            for changes in fired
+        ],
+        limits=Limits.of(settings),
+        max_queued=settings.max_queued_runs,
+        on_run_created=lambda: woken.append(1),
+    )  # fmt: skip
+    api.woken.extend(woken)
+    return answers
+
+
+def test_fires_recorded_together_are_decided_in_order_each_after_the_one_before(
+    api: Fixture,
+) -> None:
+    from routined.manage import Problem
+    from routined.models import Fire
+
+    answers = record_together(
+        api,
+        [
+            {"idempotency_key": "k-1", "text": "first"},
+            {"idempotency_key": "k-1", "text": "its retry"},
+            {"token": api.other_token},
+            {"text": "second"},
+            {"text": "third"},
+        ],
+        ROUTINED_ROUTINE_HOURLY_CAP="2",
+    )
+    first, retry, wrong_token, second, third = answers
+    assert isinstance(first, str) and retry == first
+    assert isinstance(wrong_token, Problem) and wrong_token.status == 401
+    assert isinstance(second, str) and second != first
+    # The cap is reached by the two runs started before it in the same batch.
+    assert isinstance(third, Problem) and third.status == 429
+    assert "ROUTINED_ROUTINE_HOURLY_CAP" in third.message
+    assert third.headers["retry-after"] == "3600"
+    assert sorted((run.session_id, run.text) for run in api.runs()) == sorted(
+        [(first, "first"), (second, "second")]
+    )
+    with api.store.transaction() as session:
+        decided = [(f.outcome, f.run_id) for f in session.scalars(select(Fire).order_by(Fire.id))]
+        started = {run.session_id: run.id for run in session.scalars(select(Run))}
+    assert decided == [("fired", started[first]), ("fired", started[second]), ("refused", None)]
+    assert api.woken == [1]  # the worker is woken once for the batch
+
+
+def test_a_fire_that_breaks_its_batch_fails_alone(
+    api: Fixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from routined import runs
+
+    [taken] = record_together(api, [{"text": "before"}])
+    create = runs.new
+
+    def clashing(*args: Any, **kwargs: Any) -> runs.NewRun:
+        created = create(*args, **kwargs)
+        if kwargs["text"] == "clash":
+            created.row["session_id"] = taken  # unique: the insert fails
+        return created
+
+    monkeypatch.setattr(runs, "new", clashing)
+    ok, clash, also_ok = record_together(api, [{"text": "one"}, {"text": "clash"}, {"text": "two"}])
+    assert isinstance(ok, str) and isinstance(also_ok, str)
+    assert isinstance(clash, IntegrityError)
+    assert sorted(run.text or "" for run in api.runs()) == ["before", "one", "two"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from routined import runs, tokens
-from routined.db import Store
+from routined.db import GroupCommit, Store, rows_at_most, table_of
 from routined.ids import new_id
 from routined.models import Base, Routine, Run, RunEvent, Token, Trigger
 from routined.runs import RunStatus, TransitionRefused
@@ -333,3 +334,57 @@ def test_upgrading_keeps_every_row(store: Store, tmp_path: Path) -> None:
     assert counts == [1, 1, 1, 1, 1, 1]
     if older is not None:
         older.dispose()
+
+
+def test_rows_at_most_is_never_below_the_rows(store: Store) -> None:
+    def bound_and_count() -> tuple[int, int]:
+        with store.transaction() as session:
+            return rows_at_most(session, table_of(Run)), len(session.scalars(select(Run.id)).all())
+
+    assert bound_and_count() == (0, 0)
+    routine = make_routine(store)
+    queued = [queue(store, routine, T0 + timedelta(seconds=n)) for n in range(40)]
+    bound, count = bound_and_count()
+    assert count == 40 and bound >= count
+    with store.transaction() as session:
+        session.execute(delete(Run).where(Run.id.in_([run.id for run in queued[:25]])))
+    bound, count = bound_and_count()
+    assert count == 15 and bound >= count
+
+
+def test_group_commit_writes_what_waited_meanwhile_as_one_batch_in_order() -> None:
+    batches: list[list[int]] = []
+    writing, go_on = threading.Event(), threading.Event()
+
+    def write(items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        if len(batches) == 1:
+            writing.set()
+            go_on.wait(timeout=30)
+        return [ValueError(f"refused {item}") if item == 3 else 10 * item for item in items]
+
+    async def scenario() -> list[int | BaseException]:
+        group = GroupCommit(write)
+        first = asyncio.create_task(group.submit(1))
+        await asyncio.to_thread(writing.wait, 30)
+        rest = [asyncio.create_task(group.submit(item)) for item in (2, 3, 4)]
+        await asyncio.sleep(0)  # each runs up to its wait for an answer
+        go_on.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    answers = asyncio.run(scenario())
+    assert batches == [[1], [2, 3, 4]]
+    assert answers[:2] == [10, 20] and answers[3] == 40
+    assert isinstance(answers[2], ValueError) and str(answers[2]) == "refused 3"
+
+
+def test_group_commit_tells_every_caller_when_a_batch_fails() -> None:
+    def write(items: list[int]) -> list[int | Exception]:
+        raise RuntimeError("the store is gone")
+
+    async def scenario() -> list[int | BaseException]:
+        group = GroupCommit(write)
+        return list(await asyncio.gather(group.submit(1), group.submit(2), return_exceptions=True))
+
+    answers = asyncio.run(scenario())
+    assert [str(answer) for answer in answers] == ["the store is gone"] * 2

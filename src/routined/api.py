@@ -13,20 +13,24 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
+from pydantic import BaseModel
+from sqlalchemy import Select, bindparam, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routined import __version__, fires, management, runs, tokens
+from routined import __version__, fires, management, runs, tokens, webhooks
 from routined import limits as limits_
 from routined.config import Settings
-from routined.db import Store, count_up_to
+from routined.db import GroupCommit, Store, count_up_to, rows_at_most, table_of
 from routined.ids import new_id
 from routined.keys import Principal
 from routined.limits import Limits
@@ -59,14 +63,6 @@ _STATUS_TYPES = {
 }
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
 def envelope(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         {
@@ -84,22 +80,14 @@ def create_app(
     *,
     clock: Callable[[], datetime],
     on_run_created: Callable[[], None] = lambda: None,
+    on_delivery: Callable[[], None] = lambda: None,
     principal: Callable[..., Principal] | None = None,
 ) -> FastAPI:
     """The server's routes; `principal`, when given, answers the management API for
     whoever asks without an API key (the CLI working on the store in-process)."""
     app = FastAPI(title="routined", version=__version__, docs_url=None, redoc_url=None)
 
-    @app.middleware("http")
-    async def request_id(request: Request, call_next: Any) -> Any:
-        response = await call_next(request)
-        if request.url.path.startswith(_ENVELOPED):
-            response.headers["request-id"] = new_id("req")
-        return response
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return envelope(error.status, error.message, error.headers)
+    app.add_middleware(_Enveloped)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -124,9 +112,26 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    limits = Limits.of(settings)
+    # Fires that arrive while others are being recorded are recorded together, in
+    # one transaction: see `_record_fires`.
+    recorder = GroupCommit(
+        functools.partial(
+            _record_fires,
+            store,
+            limits=Limits.of(settings),
+            max_queued=settings.max_queued_runs,
+            on_run_created=on_run_created,
+        )
+    )
 
-    @app.post("/v1/claude_code/routines/{trigger_id}/fire")
+    @app.post(
+        "/v1/claude_code/routines/{trigger_id}/fire",
+        response_model=FireOut,
+        responses=management.error_responses(400, 401, 403, 404, 413, 429, 503),
+        openapi_extra=_FIRE_OPENAPI,
+        tags=["fire"],
+        summary="Fire a routine's API trigger (the hosted product's call)",
+    )
     async def fire(trigger_id: str, request: Request) -> dict[str, str]:
         _check_versions(request, settings.accepted_betas)
         fired = FireRequest(
@@ -134,25 +139,16 @@ def create_app(
             token=_bearer_token(request),
             idempotency_key=_idempotency_key(request),
             text=_fire_text(await _body(request)),
-        )
-        record = functools.partial(
-            _record_fire,
-            store,
-            fired,
             now=clock(),
-            limits=limits,
-            max_queued=settings.max_queued_runs,
         )
-        session_id, created = await anyio.to_thread.run_sync(record)
-        if created:
-            on_run_created()
+        session_id = await recorder.submit(fired)
         return {
             "type": "routine_fire",
             "claude_code_session_id": session_id,
             "claude_code_session_url": runs.session_url(settings.public_url, session_id),
         }
 
-    @app.get("/sessions/{session_id}")
+    @app.get("/sessions/{session_id}", responses={404: {"description": "No such session."}})
     async def session(session_id: str) -> dict[str, Any]:
         found = await anyio.to_thread.run_sync(_session, store, session_id, settings.public_url)
         if found is None:
@@ -164,7 +160,112 @@ def create_app(
             store, settings, clock=clock, principal=principal, on_run_created=on_run_created
         )
     )
+    app.include_router(webhooks.router(store, settings, clock=clock, on_delivery=on_delivery))
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class FireOut(BaseModel):
+    type: Literal["routine_fire"]
+    claude_code_session_id: str
+    claude_code_session_url: str
+
+
+def _header(name: str, description: str, *, required: bool = False) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": required,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+# The fire endpoint reads its headers and body itself (to answer exactly as the
+# hosted product does); this tells OpenAPI readers what it reads.
+_FIRE_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        _header("anthropic-version", f"Must be {ANTHROPIC_VERSION}.", required=True),
+        _header("anthropic-beta", "One of the accepted dated versions.", required=True),
+        _header("Idempotency-Key", "A retry with the same key within 24 h replays the first."),
+    ],
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string", "maxLength": MAX_TEXT}},
+                }
+            }
+        },
+    },
+    "security": [{"TriggerToken": []}],
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The description, as the server answers: bad input is 400 in the envelope (not
+    FastAPI's 422), and trigger tokens are a security scheme of their own."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for path in schema["paths"].values():
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.setdefault("components", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(unused, None)
+        components.setdefault("securitySchemes", {})["TriggerToken"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The trigger's token, `rtd_…` (routined token ROUTINE).",
+        }
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+class _Enveloped:
+    """On /v1/ and /api/: a `request-id` on every answer, and management bodies over
+    MAX_BODY refused with 413 (the fire endpoint checks its own). Plain ASGI:
+    starlette's BaseHTTPMiddleware costs a task group on every body read."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(_ENVELOPED):
+            await self.app(scope, receive, send)
+            return
+        request_id = new_id("req").encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"request-id", request_id)]
+            await send(message)
+
+        if scope["path"].startswith("/api/"):
+            too_big = f"the body is over {MAX_BODY} bytes"
+            declared = dict(scope["headers"]).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > MAX_BODY:
+                await envelope(413, too_big)(scope, receive, send_with_id)
+                return
+            receive = _limited(receive, MAX_BODY, too_big)
+        await self.app(scope, receive, send_with_id)
+
+
+def _limited(receive: Receive, limit: int, message: str) -> Receive:
+    """`receive`, raising a 413 problem (answered by the app) past `limit` bytes."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message_ = await receive()
+        received += len(message_.get("body", b""))
+        if received > limit:
+            raise Problem(413, message)
+        return message_
+
+    return limited
 
 
 def _invalid(error: RequestValidationError) -> str:
@@ -173,6 +274,8 @@ def _invalid(error: RequestValidationError) -> str:
     if not problems:
         return "invalid request"
     first = problems[0]
+    if first.get("type") == "json_invalid":
+        return "body: not valid JSON; send a JSON object"
     field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{field}: {first.get('msg', 'is invalid')}{more}"
@@ -182,14 +285,14 @@ def _check_versions(request: Request, accepted_betas: tuple[str, ...]) -> None:
     version = request.headers.get("anthropic-version")
     if version != ANTHROPIC_VERSION:
         shown = "missing" if version is None else f"{version!r}"
-        raise ApiError(
+        raise Problem(
             400, f"anthropic-version: {shown}; send anthropic-version: {ANTHROPIC_VERSION}"
         )
     betas = [b.strip() for b in request.headers.get("anthropic-beta", "").split(",") if b.strip()]
     if not any(beta in accepted_betas for beta in betas):
         shown = "missing" if not betas else ", ".join(repr(b) for b in betas)
         accepted = ", ".join(accepted_betas)
-        raise ApiError(400, f"anthropic-beta: {shown}; send anthropic-beta with one of: {accepted}")
+        raise Problem(400, f"anthropic-beta: {shown}; send anthropic-beta with one of: {accepted}")
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -197,7 +300,7 @@ def _idempotency_key(request: Request) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable() or not key.isascii():
-        raise ApiError(
+        raise Problem(
             400,
             f"Idempotency-Key: give 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters, "
             "such as a UUID",
@@ -208,16 +311,16 @@ def _idempotency_key(request: Request) -> str | None:
 def _bearer_token(request: Request) -> str:
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
-        raise ApiError(401, "send the trigger's token as Authorization: Bearer <token>")
+        raise Problem(401, "send the trigger's token as Authorization: Bearer <token>")
     token = credentials.strip()
     if tokens.lookup_part(token) is None:
-        raise ApiError(401, "invalid token for this trigger")
+        raise Problem(401, "invalid token for this trigger")
     return token
 
 
 async def _body(request: Request) -> bytes:
     """The body, refused as soon as it is known to be too big (declared or sent)."""
-    too_big = ApiError(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
+    too_big = Problem(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise too_big
@@ -235,16 +338,18 @@ def _fire_text(body: bytes) -> str | None:
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ApiError(400, 'the body is not valid JSON; send {"text": "…"} or no body') from None
+        raise Problem(400, 'the body is not valid JSON; send {"text": "…"} or no body') from None
     if not isinstance(payload, dict):
-        raise ApiError(400, 'the body must be a JSON object such as {"text": "…"}')
+        raise Problem(400, 'the body must be a JSON object such as {"text": "…"}')
     text = payload.get("text")
     if text is None:
         return None
     if not isinstance(text, str):
-        raise ApiError(400, f"text: must be a string, got {type(text).__name__}")
+        raise Problem(400, f"text: must be a string, got {type(text).__name__}")
+    if "\x00" in text:
+        raise Problem(400, "text: contains a NUL character; remove it")
     if len(text) > MAX_TEXT:
-        raise ApiError(400, f"text: {len(text)} characters is over the limit of {MAX_TEXT}")
+        raise Problem(400, f"text: {len(text)} characters is over the limit of {MAX_TEXT}")
     return text
 
 
@@ -254,83 +359,201 @@ class FireRequest:
     token: str
     text: str | None
     idempotency_key: str | None
+    now: datetime  # when it arrived
 
 
-def _record_fire(
-    store: Store, request: FireRequest, *, now: datetime, limits: Limits, max_queued: int
-) -> tuple[str, bool]:
-    """Record the fire: the session it started (or started before), and whether it is new.
+def _record_fires(
+    store: Store,
+    requests: list[FireRequest],
+    *,
+    limits: Limits,
+    max_queued: int,
+    on_run_created: Callable[[], None],
+) -> list[str | Exception]:
+    """Record fires, in the order they came: for each, the session it started (or
+    started before, for a retry), or the error to answer with.
 
-    A refusal is recorded too, with its reason, and then raised: it answers
-    "why did my call not start a run?" in `routined events`.
+    A refusal is recorded too, with its reason: it answers "why did my call not
+    start a run?" in `routined events`. The fires share one transaction; should it
+    break on a constraint (a key another server took meanwhile, a routine removed
+    meanwhile), each is recorded again on its own, so that only the fire concerned
+    fails, as it would have alone.
     """
+    try:
+        answers, started = _record_batch(store, requests, limits=limits, max_queued=max_queued)
+    except IntegrityError:
+        if len(requests) == 1:
+            raise
+        answers, started = [], 0
+        for request in requests:
+            try:
+                alone, count = _record_batch(store, [request], limits=limits, max_queued=max_queued)
+            except Exception as error:  # noqa: BLE001 - handed to this fire's caller alone
+                alone, count = [error], 0
+            answers += alone
+            started += count
+    if started:
+        on_run_created()
+    return answers
+
+
+def _record_batch(
+    store: Store, requests: list[FireRequest], *, limits: Limits, max_queued: int
+) -> tuple[list[str | Exception], int]:
+    """The answers, and how many runs were started."""
     with store.transaction() as session:
-        trigger = session.get(Trigger, request.trigger_id)
-        if trigger is None or trigger.type != "api":
-            raise ApiError(404, f"no API trigger {request.trigger_id}")
-        if not tokens.verify(session, trigger.id, request.token):
-            raise ApiError(401, "invalid token for this trigger")
-        routine = session.get_one(Routine, trigger.routine_id)
-        account = limits_.hold_account(session, routine)
-        if request.idempotency_key is not None:
+        batch = _FireBatch(session, requests, limits=limits, max_queued=max_queued)
+        answers = [batch.decide(request) for request in requests]
+        batch.write()
+    return answers, len(batch.started)
+
+
+class _FireBatch:
+    """Fires decided in one transaction, in order, each seeing the ones before it.
+
+    What they need is read once for all of them: the triggers with their
+    routines and accounts in one statement, the accounts held until commit (fires
+    racing for an account's last run take turns, also across servers sharing a
+    PostgreSQL database); then whether each distinct token is live, at this
+    moment: a revoked token stops working at once. Their rows are written
+    together at the end, unless the store may hold enough runs to reach a cap:
+    then each fire counts runs, and the rows before it are written first.
+    """
+
+    def __init__(
+        self, session: Session, requests: list[FireRequest], *, limits: Limits, max_queued: int
+    ) -> None:
+        self.session = session
+        self.limits = limits
+        self.max_queued = max_queued
+        wanted = sorted({request.trigger_id for request in requests})
+        self.routines: dict[str, tuple[Trigger, Routine]] = {}
+        self.accounts: dict[str, Account] = {}
+        for trigger, routine, account in session.execute(_triggers_held(), {"ids": wanted}):
+            self.routines[trigger.id] = (trigger, routine)
+            self.accounts[account.id] = account
+        self.live = {
+            (trigger_id, token): tokens.verify(session, trigger_id, token)
+            for trigger_id, token in {(r.trigger_id, r.token) for r in requests}
+            if self._api_trigger(trigger_id) is not None
+        }
+        # Found once the accounts are held: no run of theirs can be added meanwhile.
+        self.runs_at_most = rows_at_most(session, table_of(Run))
+        self.started: list[runs.NewRun] = []  # by this batch, written or not
+        self.keys: dict[tuple[str, str], str] = {}  # (trigger, key) → session, this batch's
+        self.unwritten_runs: list[runs.NewRun] = []
+        self.unwritten_fires: list[dict[str, Any]] = []
+        self.unwritten_keys: list[dict[str, Any]] = []
+
+    def _api_trigger(self, trigger_id: str) -> tuple[Trigger, Routine] | None:
+        found = self.routines.get(trigger_id)
+        return found if found is not None and found[0].type == "api" else None
+
+    def decide(self, request: FireRequest) -> str | Exception:
+        found = self._api_trigger(request.trigger_id)
+        if found is None:
+            return Problem(404, f"no API trigger {request.trigger_id}")
+        trigger, routine = found
+        if not self.live[(trigger.id, request.token)]:
+            return Problem(401, "invalid token for this trigger")
+        account = self.accounts[routine.account_id]
+        key = request.idempotency_key
+        if key is not None:
             # A retry is answered with its first session, whatever would refuse a
             # new fire now: its run exists, and the caller must learn that.
-            earlier = _earlier_fire(session, trigger.id, request.idempotency_key, now)
+            earlier = self.keys.get((trigger.id, key)) or _earlier_fire(
+                self.session, trigger.id, key, request.now
+            )
             if earlier is not None:
-                return earlier, False
-        refusal = _refusal(routine, account) or _overloaded(session, max_queued)
+                return earlier
+        # Every run the store may hold now, this batch's included.
+        at_most = self.runs_at_most + len(self.started)
+        if at_most >= min(self.max_queued, self.limits.lowest_cap(account.plan)):
+            self.write()  # a count may be made below: it must see this batch's runs
+        refusal = _refusal(routine, account) or _overloaded(self.session, self.max_queued, at_most)
         if refusal is None:
-            verdict = limits_.check(session, routine, account, "api", limits=limits, now=now)
+            verdict = limits_.check(
+                self.session,
+                routine,
+                account,
+                "api",
+                limits=self.limits,
+                now=request.now,
+                runs_at_most=at_most,
+            )
             if not verdict.allowed:
                 headers = {"retry-after": str(verdict.retry_after)}
-                refusal = ApiError(429, verdict.reason, headers=headers)
-        run = None
+                refusal = Problem(429, verdict.reason, headers=headers)
         if refusal is not None:
-            reason = f"{refusal.status}: {refusal.message}"
-        else:
-            reason = f"fired over the API through trigger {trigger.id}"
-            if verdict.reason:
-                reason += f"; {verdict.reason}"
-            run = runs.create(
-                session,
-                routine,
-                trigger_type="api",
-                trigger_id=trigger.id,
-                text=request.text,
-                now=now,
-                reason=reason,
-            )
-            session.flush()  # the decision row refers to it
-        fires.record(
-            session,
-            routine_id=routine.id,
-            trigger_id=trigger.id,
+            self._decided(routine, trigger, request, f"{refusal.status}: {refusal.message}")
+            return refusal
+        reason = f"fired over the API through trigger {trigger.id}"
+        if verdict.reason:
+            reason += f"; {verdict.reason}"
+        run = runs.new(
+            routine,
             trigger_type="api",
-            outcome=fires.Outcome.REFUSED if run is None else fires.Outcome.FIRED,
+            trigger_id=trigger.id,
+            text=request.text,
+            now=request.now,
             reason=reason,
-            now=now,
-            run_id=None if run is None else run.id,
         )
-        if run is not None:
-            if request.idempotency_key is not None:
-                session.add(
-                    IdempotencyKey(
-                        trigger_id=trigger.id,
-                        key=request.idempotency_key,
-                        run_id=run.id,
-                        created_at=now,
-                    )
-                )
-            return run.session_id, True
-    assert refusal is not None  # no run: something refused it
-    raise refusal
+        self.started.append(run)
+        self.unwritten_runs.append(run)
+        self._decided(routine, trigger, request, reason, run)
+        if key is not None:
+            self.keys[(trigger.id, key)] = run.session_id
+            self.unwritten_keys.append(
+                {"trigger_id": trigger.id, "key": key, "run_id": run.id, "created_at": request.now}
+            )
+        return run.session_id
+
+    def _decided(
+        self,
+        routine: Routine,
+        trigger: Trigger,
+        request: FireRequest,
+        reason: str,
+        run: runs.NewRun | None = None,
+    ) -> None:
+        self.unwritten_fires.append(
+            fires.row(
+                routine_id=routine.id,
+                trigger_id=trigger.id,
+                trigger_type="api",
+                outcome=fires.Outcome.REFUSED if run is None else fires.Outcome.FIRED,
+                reason=reason,
+                now=request.now,
+                run_id=None if run is None else run.id,
+            )
+        )
+
+    def write(self) -> None:
+        """Write the rows decided so far, runs first: the others refer to them."""
+        runs.insert_all(self.session, self.unwritten_runs)
+        fires.record_all(self.session, self.unwritten_fires)
+        if self.unwritten_keys:
+            self.session.execute(insert(table_of(IdempotencyKey)), self.unwritten_keys)
+        self.unwritten_runs, self.unwritten_fires, self.unwritten_keys = [], [], []
 
 
-def _refusal(routine: Routine, account: Account) -> ApiError | None:
+@functools.cache
+def _triggers_held() -> Select[Trigger, Routine, Account]:
+    """Triggers with their routines and accounts, the accounts held until commit;
+    built once: building a statement costs more than running it."""
+    return limits_.holding(
+        select(Trigger, Routine, Account)
+        .join(Routine, Routine.id == Trigger.routine_id)
+        .join(Account, Account.id == Routine.account_id)
+        .where(Trigger.id.in_(bindparam("ids", expanding=True)))
+    )
+
+
+def _refusal(routine: Routine, account: Account) -> Problem | None:
     if account.disabled_at is not None:
-        return ApiError(403, f"account {account.name} is disabled; its routines cannot be fired")
+        return Problem(403, f"account {account.name} is disabled; its routines cannot be fired")
     if routine.paused_at is not None:
-        return ApiError(
+        return Problem(
             400,
             f"routine {routine.name} is paused; resume it (routined resume {routine.name}) "
             "to fire it",
@@ -338,10 +561,13 @@ def _refusal(routine: Routine, account: Account) -> ApiError | None:
     return None
 
 
-def _overloaded(session: Session, max_queued: int) -> ApiError | None:
+def _overloaded(session: Session, max_queued: int, runs_at_most: int) -> Problem | None:
+    """A full queue; not counted when the store holds fewer runs than it takes."""
+    if runs_at_most < max_queued:
+        return None
     queued = select(Run.id).where(Run.status == runs.RunStatus.QUEUED)
     if count_up_to(session, queued, max_queued) >= max_queued:
-        return ApiError(
+        return Problem(
             503,
             "the server's run queue is full (ROUTINED_MAX_QUEUED_RUNS); try again shortly",
             headers={"retry-after": str(OVERLOADED_RETRY_AFTER)},

@@ -124,6 +124,35 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Messages API the gate asks; default: ANTHROPIC_BASE_URL.",
     ),
+    Setting("ROUTINED_GITHUB_APP_ID", None, "The GitHub App's id, for its JWTs."),
+    Setting(
+        "ROUTINED_GITHUB_PRIVATE_KEY_FILE",
+        None,
+        "PEM file of the GitHub App's private key; it mints installation tokens and never "
+        "enters a sandbox.",
+    ),
+    Setting(
+        "ROUTINED_GITHUB_WEBHOOK_SECRET",
+        None,
+        "The GitHub App's webhook secret; deliveries without its signature get 401.",
+        secret=True,
+    ),
+    Setting(
+        "ROUTINED_GITHUB_API_URL",
+        "https://api.github.com",
+        "GitHub's REST API; for GitHub Enterprise Server, https://HOST/api/v3.",
+    ),
+    Setting("ROUTINED_GITHUB_URL", "https://github.com", "GitHub's web and git address."),
+    Setting(
+        "ROUTINED_GITHUB_ROUTINE_HOURLY_CAP",
+        "30",
+        "Runs GitHub events may start per routine in a clock hour; events past it are dropped.",
+    ),
+    Setting(
+        "ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP",
+        "100",
+        "Runs GitHub events may start per account in a clock hour; events past it are dropped.",
+    ),
     Setting(
         "ROUTINED_RUN_TIMEOUT",
         "3600",
@@ -204,6 +233,13 @@ class Settings:
     max_queued_runs: int
     gate_model: str
     gate_base_url: str
+    github_app_id: str | None
+    github_private_key_file: Path | None
+    github_webhook_secret: Secret
+    github_api_url: str
+    github_url: str
+    github_routine_hourly_cap: int
+    github_account_hourly_cap: int
     run_timeout: float
     heartbeat_interval: float
     lost_after: float
@@ -261,6 +297,25 @@ class Settings:
                 _http_url("ROUTINED_GATE_BASE_URL", raw["ROUTINED_GATE_BASE_URL"])
                 if raw["ROUTINED_GATE_BASE_URL"]
                 else model_api
+            ),
+            github_app_id=raw["ROUTINED_GITHUB_APP_ID"] or None,
+            github_private_key_file=_path(raw["ROUTINED_GITHUB_PRIVATE_KEY_FILE"]),
+            github_webhook_secret=Secret(raw["ROUTINED_GITHUB_WEBHOOK_SECRET"] or ""),
+            github_api_url=_http_url(
+                "ROUTINED_GITHUB_API_URL", raw["ROUTINED_GITHUB_API_URL"] or ""
+            ),
+            github_url=_http_url("ROUTINED_GITHUB_URL", raw["ROUTINED_GITHUB_URL"] or ""),
+            github_routine_hourly_cap=_number(
+                "ROUTINED_GITHUB_ROUTINE_HOURLY_CAP",
+                raw["ROUTINED_GITHUB_ROUTINE_HOURLY_CAP"] or "",
+                int,
+                0,
+            ),
+            github_account_hourly_cap=_number(
+                "ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP",
+                raw["ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP"] or "",
+                int,
+                0,
             ),
             run_timeout=_number(
                 "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1

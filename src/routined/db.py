@@ -2,23 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy import (
+    Engine,
+    Integer,
+    Select,
+    Table,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Whether the SQLite transaction being opened only reads (see `Store.transaction`).
 _reading: ContextVar[bool] = ContextVar("reading", default=False)
+# PostgreSQL's page layout (htup_details.h, bufpage.h): a page header, then per tuple
+# a line pointer and a header, so a heap page holds at most
+# (block size - 24) // 28 tuples (291 in 8 kB pages): MaxHeapTuplesPerPage.
+_PAGE_HEADER = 24
+_TUPLE_OVERHEAD = 4 + 24
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class Store:
@@ -88,6 +110,97 @@ def count_up_to(session: Session, rows: Select[Any], cap: int | None = None) -> 
     if cap is not None:
         rows = rows.limit(cap)
     return session.scalar(select(func.count()).select_from(rows.subquery())) or 0
+
+
+def table_of(entity: type[DeclarativeBase]) -> Table:
+    """The table an entity is mapped to: statements on it skip the ORM's bookkeeping."""
+    table = entity.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+def rows_at_most(session: Session, table: Table) -> int:
+    """At most how many rows `table` holds, found without reading them.
+
+    A cap above it cannot be reached, so whatever a count capped there would find
+    is below the cap, and the count (which costs a read per row) can be skipped.
+    SQLite: rowids are distinct integers, so the span between the lowest and the
+    highest bounds the rows. PostgreSQL: every row version lives in one of the
+    table's pages, and a page holds at most MaxHeapTuplesPerPage of them.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        span: int | None = session.scalar(_rowid_span(table))
+        return span or 0
+    size, block = session.execute(_heap_size(table)).one()
+    tuples_a_page = (int(block) - _PAGE_HEADER) // _TUPLE_OVERHEAD
+    return int(size) // int(block) * tuples_a_page
+
+
+# The statements of `rows_at_most`, built once: building one costs more than running it.
+
+
+@functools.cache
+def _rowid_span(table: Table) -> Select[int]:
+    rowid = literal_column("rowid", Integer)
+    highest = select(func.max(rowid)).select_from(table).scalar_subquery()
+    lowest = select(func.min(rowid)).select_from(table).scalar_subquery()
+    return select(highest - lowest + 1)
+
+
+@functools.cache
+def _heap_size(table: Table) -> Select[int, str]:
+    return select(
+        func.pg_relation_size(cast(table.name, REGCLASS)), func.current_setting("block_size")
+    )
+
+
+class GroupCommit(Generic[Item, Result]):
+    """One writer for many callers: group commit.
+
+    What callers submit while a batch is being written waits, and then goes, all
+    of it, in the next batch: one thread hop and one transaction however many
+    came, so the cost of a transaction is shared as load grows, and a caller
+    waits for at most the batch before its own. `write` gets a batch in the order
+    it came and returns one outcome for each item, in that order: the result, or
+    the exception to raise to that caller. It runs in a thread, never two at once.
+    """
+
+    def __init__(self, write: Callable[[list[Item]], list[Result | Exception]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    outcomes = await asyncio.to_thread(self._write, [item for item, _ in batch])
+                except Exception as error:  # noqa: BLE001 - raised to each caller instead
+                    outcomes = [error] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue  # its caller went away; what it asked for was still done
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+                batch = []
+        finally:
+            # Cancelled (the server is stopping): nobody may wait for an answer forever.
+            for _, future in batch + self._waiting:
+                future.cancel()
+            self._waiting = []
+            self._writer = None
 
 
 def _with_driver(url: URL) -> URL:

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from routined import agent, delivery, fires, gate, runs, sandbox, workspace
+from routined import agent, delivery, fires, forge, gate, runs, sandbox, workspace
 from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
@@ -61,6 +61,11 @@ class RunContext:
     trigger_type: str
     repositories: tuple[str, ...]
     gate: dict[str, Any] | None = None  # the trigger's triage gate, if it has one
+    # The GitHub event that started it (see `routined.github.context`), and what to
+    # do on GitHub afterwards.
+    event: dict[str, Any] | None = None
+    pull_requests: bool = False
+    comment: bool = False
 
     @property
     def own_branch(self) -> str:
@@ -142,6 +147,7 @@ class Executor:
             )
             pushed = await self._deliver(context, checkouts, run_dir, recorder)
             delivered = True
+            await self._publish(context, checkouts, pushed, recorder)
             branches = [p.as_dict() for p in pushed]
             summary = ", ".join(p.branch for p in pushed) or "no changes to deliver"
             if failure:
@@ -185,6 +191,81 @@ class Executor:
                 task = asyncio.create_task(self._prepare_standbys(context))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+
+    async def _publish(
+        self,
+        context: RunContext,
+        checkouts: list[workspace.Checkout],
+        pushed: list[delivery.Pushed],
+        recorder: Recorder,
+    ) -> None:
+        """Open a pull request for each pushed branch, and comment the session's link on
+        the pull request or issue that started the run, as the routine asks.
+
+        The work is on the origin already: a GitHub call that fails is recorded
+        as an event, and the run goes on to its end.
+        """
+        event = context.event or {}
+        comment_on = event.get("comment_on") if context.comment else None
+        if not ((context.pull_requests and pushed) or comment_on):
+            return
+        try:
+            app = forge.GitHubApp.from_settings(self.settings)
+        except forge.ForgeError as error:
+            await recorder.event("github.error", str(error))
+            return
+        if app is None:
+            await recorder.event(
+                "github.error", "the GitHub App is not configured (ROUTINED_GITHUB_APP_ID)"
+            )
+            return
+        session_url = runs.session_url(self.settings.public_url, context.session_id)
+        opened = []
+        for branch in pushed if context.pull_requests else []:
+            checkout = next(c for c in checkouts if c.shown_url == branch.repository)
+            repository = forge.repository_of(checkout.url, self.settings.github_url)
+            if repository is None and event.get("repository") and checkout is checkouts[0]:
+                repository = event["repository"]  # the event's, cloned from a mirror of it
+            if repository is None:
+                await recorder.event(
+                    "github.error",
+                    f"no pull request for {branch.branch}: {branch.repository} is not a "
+                    f"repository on {self.settings.github_url}",
+                )
+                continue
+            installation = (
+                event.get("installation_id") if repository == event.get("repository") else None
+            )
+            try:
+                url = await app.open_pull_request(
+                    repository,
+                    installation_id=installation,
+                    head=branch.branch,
+                    base=checkout.default_branch,
+                    title=f"{context.routine}: {branch.branch}",
+                    body=_pull_request_body(context, session_url),
+                )
+            except forge.ForgeError as error:
+                await recorder.event("github.error", str(error))
+                continue
+            opened.append(url)
+            await recorder.event(
+                "github.pull_request", f"opened {url}", url=url, branch=branch.branch
+            )
+        if comment_on:
+            lines = [f"routined is running routine **{context.routine}**: {session_url}"]
+            lines += [f"- pull request: {url}" for url in opened]
+            try:
+                url = await app.comment(
+                    event["repository"],
+                    comment_on["number"],
+                    "\n".join(lines),
+                    installation_id=event.get("installation_id"),
+                )
+            except forge.ForgeError as error:
+                await recorder.event("github.error", str(error))
+            else:
+                await recorder.event("github.comment", f"commented {url}", url=url)
 
     async def _passes_gate(self, context: RunContext, claim: Claim, recorder: Recorder) -> bool:
         """Ask the trigger's gate; a run it turns away ends as skipped, with its answer."""
@@ -264,7 +345,7 @@ class Executor:
             for url in context.repositories
         ]
         try:
-            return list(
+            checkouts = list(
                 await asyncio.gather(
                     *(
                         self._checkout(context, number, url, destination)
@@ -276,6 +357,18 @@ class Executor:
             )
         except workspace.GitError as error:
             raise RunFailure("clone_failed", str(error)) from error
+        pull = (context.event or {}).get("pull_request")
+        if pull and checkouts:
+            # The event's pull request is the first repository's (see docs/github.md).
+            try:
+                checkouts[0], _branch = await workspace.fetch_pull_head(
+                    checkouts[0], pull["number"]
+                )
+            except workspace.GitError as error:
+                raise RunFailure(
+                    "clone_failed", f"pull request #{pull['number']}: {error}"
+                ) from error
+        return checkouts
 
     async def _checkout(
         self, context: RunContext, number: int, url: str, destination: Path
@@ -530,6 +623,9 @@ class Executor:
                 trigger_type=run.trigger_type,
                 repositories=tuple(urls),
                 gate=trigger.config.get("gate") if trigger is not None else None,
+                event=run.context,
+                pull_requests=routine.pull_requests,
+                comment=routine.comment,
             )
 
     async def _move(
@@ -606,3 +702,17 @@ class Executor:
             await asyncio.shield(self._sandbox_checked)
         except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
+
+
+def _pull_request_body(context: RunContext, session_url: str) -> str:
+    event = context.event or {}
+    started = (
+        f"It was started by the GitHub event `{event['event']}` "
+        f"(delivery {event['delivery_id']}).\n"
+        if event.get("event")
+        else f"It was started by a {context.trigger_type} trigger.\n"
+    )
+    return (
+        f"Opened by routined for the routine **{context.routine}**.\n\n"
+        f"Session: {session_url}\n\n{started}"
+    )

@@ -13,13 +13,15 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
+from routined.db import table_of
 from routined.models import Fire, Routine
 from routined.schedule import format_duration
 
@@ -32,6 +34,7 @@ class Outcome(enum.StrEnum):
     COALESCED = "coalesced"  # not fired: a run was already waiting to start
     WAITING = "waiting"  # over the account's daily limit: decided again when it resets
     REFUSED = "refused"  # a fire by hand or over the API that was refused
+    DROPPED = "dropped"  # a GitHub event past an hourly cap: dropped, never decided again
 
 
 STARTS_RUN = frozenset({Outcome.FIRED, Outcome.CAUGHT_UP})
@@ -171,15 +174,17 @@ def plan(
             )
     for slot in on_time:
         wanted.append(Decision(slot, Outcome.FIRED, f"scheduled for {_local(slot, zone)}"))
-    started, cancel = _overlap(wanted, policy.overlap, in_flight)
+    started, cancel = overlap(wanted, policy.overlap, in_flight)
     for decision in started:
         decisions[decision.slot] = decision
     return Plan([decisions[s] for s in slots], cancel)
 
 
-def _overlap(
+def overlap(
     wanted: list[Decision], overlap: Overlap, in_flight: Sequence[InFlight]
 ) -> tuple[list[Decision], list[str]]:
+    """`wanted` decisions under an overlap policy, given the runs in flight (of the
+    routine, or of one concurrency key); and the runs to cancel first."""
     if not wanted or overlap == Overlap.ALLOW:
         return wanted, []
     serial = [replace(d, serial=True) for d in wanted]
@@ -224,6 +229,30 @@ def _local(moment: datetime, zone: ZoneInfo) -> str:
     return f"{local:%Y-%m-%d %H:%M} {zone.key} ({moment:%H:%M}Z)"
 
 
+def row(
+    *,
+    routine_id: str,
+    trigger_id: str | None,
+    trigger_type: str,
+    outcome: Outcome,
+    reason: str,
+    now: datetime,
+    scheduled_at: datetime | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """A decision as the `fires` row that stores it."""
+    return {
+        "routine_id": routine_id,
+        "trigger_id": trigger_id,
+        "trigger_type": trigger_type,
+        "scheduled_at": scheduled_at,
+        "decided_at": now,
+        "outcome": outcome,
+        "reason": reason,
+        "run_id": run_id,
+    }
+
+
 def record(
     session: Session,
     *,
@@ -241,19 +270,28 @@ def record(
     A slot recorded as `waiting` is decided again later: that decision replaces
     the row, keeping what it waited for in the reason.
     """
-    values = {
-        "routine_id": routine_id,
-        "trigger_id": trigger_id,
-        "trigger_type": trigger_type,
-        "scheduled_at": scheduled_at,
-        "decided_at": now,
-        "outcome": outcome,
-        "reason": reason,
-        "run_id": run_id,
-    }
+    values = row(
+        routine_id=routine_id,
+        trigger_id=trigger_id,
+        trigger_type=trigger_type,
+        outcome=outcome,
+        reason=reason,
+        now=now,
+        scheduled_at=scheduled_at,
+        run_id=run_id,
+    )
     statement = _record_statement(session.get_bind().dialect.name)
     inserted: int | None = session.scalar(statement, values)
     return inserted
+
+
+def record_all(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """Store decisions that have no slot (fires by hand or over the API), in order,
+    in one statement: without a slot no two can conflict, so there is nothing to
+    upsert."""
+    assert all(decision["scheduled_at"] is None for decision in rows)
+    if rows:
+        session.execute(insert(table_of(Fire)), rows)
 
 
 @functools.cache
@@ -263,14 +301,14 @@ def _record_statement(dialect_name: str) -> ReturningInsert[int]:
     dialect = postgresql if dialect_name == "postgresql" else sqlite
     # On the table, not the entity: a plain insert, without the ORM's bookkeeping.
     table = Fire.__table__
-    insert = dialect.insert(table)
-    statement: ReturningInsert[int] = insert.on_conflict_do_update(
+    new = dialect.insert(table)
+    statement: ReturningInsert[int] = new.on_conflict_do_update(
         index_elements=["trigger_id", "scheduled_at"],
         set_={
-            "decided_at": insert.excluded.decided_at,
-            "outcome": insert.excluded.outcome,
-            "reason": table.c.reason + "; then " + insert.excluded.reason,
-            "run_id": insert.excluded.run_id,
+            "decided_at": new.excluded.decided_at,
+            "outcome": new.excluded.outcome,
+            "reason": table.c.reason + "; then " + new.excluded.reason,
+            "run_id": new.excluded.run_id,
         },
         where=table.c.outcome == Outcome.WAITING,
     ).returning(table.c.id)

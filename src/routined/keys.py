@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from routined import tokens
 from routined.ids import new_id
-from routined.models import DEFAULT_ACCOUNT_ID, ApiKey
+from routined.models import DEFAULT_ACCOUNT_ID, Account, ApiKey
 from routined.schedule import iso
 
 PREFIX = "rtdk_"
@@ -48,6 +48,8 @@ class Principal:
     account_id: str | None
     scope: Scope
     key_id: str | None = None
+    # A disabled account's keys still read; they change nothing (see `manage.require`).
+    disabled: bool = False
 
     @classmethod
     def local(cls) -> Principal:
@@ -90,11 +92,18 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     lookup = tokens.lookup_part(presented, PREFIX)
     if lookup is None:
         return None
-    for key in session.scalars(
-        select(ApiKey).where(ApiKey.lookup == lookup, ApiKey.revoked_at.is_(None))
+    for key, disabled_at in session.execute(
+        select(ApiKey, Account.disabled_at)
+        .join(Account)
+        .where(ApiKey.lookup == lookup, ApiKey.revoked_at.is_(None))
     ):
         if tokens.matches(presented, [key.digest]):
-            return Principal(account_id=key.account_id, scope=Scope(key.scope), key_id=key.id)
+            return Principal(
+                account_id=key.account_id,
+                scope=Scope(key.scope),
+                key_id=key.id,
+                disabled=disabled_at is not None,
+            )
     return None
 
 

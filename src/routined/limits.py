@@ -14,14 +14,15 @@ and what remains.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import date, datetime, time, timedelta
+from typing import Any, TypeVarTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from routined.config import Settings
@@ -33,6 +34,8 @@ from routined.schedule import format_duration, iso, to_utc
 DEFAULT_PLANS = "pro:5,max:15,team:25,enterprise:25,unlimited:none"
 LIMITED_KINDS = frozenset({"api", "manual"})
 _UNKNOWN_PLAN_RETRY = 3600  # seconds: an operator has to act; look again in an hour
+
+Row = TypeVarTuple("Row")
 
 
 class PlanError(ValueError):
@@ -77,6 +80,13 @@ class Limits:
             zone=ZoneInfo(settings.timezone),
         )
 
+    def lowest_cap(self, plan_name: str) -> int:
+        """The lowest cap the runs of an account on this plan are counted against:
+        while the store holds fewer runs than this, no count is needed (`count`)."""
+        plan = self.plans.get(plan_name)
+        daily = [] if plan is None or plan.runs_per_day is None else [plan.runs_per_day]
+        return min(self.routine_hourly, self.account_api_hourly, *daily)
+
     def plan(self, name: str) -> Plan:
         try:
             return self.plans[name]
@@ -96,17 +106,23 @@ class Windows:
 def windows(now: datetime, zone: ZoneInfo) -> Windows:
     """The clock hour and the calendar day (in `zone`) that `now` falls in, in UTC."""
     hour_start = now.replace(minute=0, second=0, microsecond=0)
-    local = now.astimezone(zone)
-    # Midnights are found on the wall clock and converted on their own: a day
-    # with a daylight saving change is 23 or 25 hours long.
-    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
-    following = midnight + timedelta(days=1)
+    day_start, day_end = _day(now.astimezone(zone).date(), zone)
     return Windows(
         hour_start=hour_start,
         hour_end=hour_start + timedelta(hours=1),
-        day_start=to_utc(midnight, zone),
-        day_end=to_utc(following, zone),
+        day_start=day_start,
+        day_end=day_end,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _day(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """Where a calendar day in `zone` begins and ends, in UTC; kept, as every limit
+    check needs today's."""
+    # Midnights are found on the wall clock and converted on their own: a day
+    # with a daylight saving change is 23 or 25 hours long.
+    midnight = datetime.combine(day, time())
+    return to_utc(midnight, zone), to_utc(midnight + timedelta(days=1), zone)
 
 
 @dataclass(frozen=True)
@@ -209,19 +225,27 @@ def count(
     plan: Plan,
     limits: Limits,
     now: datetime,
+    runs_at_most: int | None = None,
 ) -> Counts:
     """The counts `decide` reads for a run of `kind`, each up to its limit (the rest 0).
 
-    A count at its cap stands for "at least that many".
+    A count at its cap stands for "at least that many". `runs_at_most` bounds the
+    runs in the store (`db.rows_at_most`): a limit above it cannot be reached, and
+    is not counted (0) either.
     """
+
+    def needed(cap: int) -> bool:
+        return runs_at_most is None or runs_at_most >= cap
+
     window = windows(now, limits.zone)
     today = hour = routine = 0
-    if plan.runs_per_day is not None:
-        today = count_up_to(session, _account_runs(account_id, window.day_start), plan.runs_per_day)
-    if kind == "api":
+    if plan.runs_per_day is not None and needed(plan.runs_per_day):
+        rows = _account_runs(account_id, window.day_start)
+        today = count_up_to(session, rows, plan.runs_per_day)
+    if kind == "api" and needed(limits.account_api_hourly):
         api_runs = _account_runs(account_id, window.hour_start).where(Run.trigger_type == "api")
         hour = count_up_to(session, api_runs, limits.account_api_hourly)
-    if kind in LIMITED_KINDS:
+    if kind in LIMITED_KINDS and needed(limits.routine_hourly):
         rows = _routine_limited_runs(routine_id, window.hour_start)
         routine = count_up_to(session, rows, limits.routine_hourly)
     return Counts(account_today=today, account_api_hour=hour, routine_hour=routine)
@@ -230,11 +254,30 @@ def count(
 def hold_account(session: Session, routine: Routine) -> Account:
     """The routine's account, held until commit: fires racing for its last run take
     turns (on SQLite every write transaction already does)."""
-    account = session.scalar(
-        select(Account).where(Account.id == routine.account_id).with_for_update(key_share=True)
-    )
-    assert account is not None  # a foreign key
-    return account
+    return hold_accounts(session, [routine.account_id])[routine.account_id]
+
+
+def hold_accounts(session: Session, account_ids: Iterable[str]) -> dict[str, Account]:
+    """These accounts by id, held until commit (see `hold_account` and `holding`)."""
+    wanted = sorted(set(account_ids))
+    held = {account.id: account for account in session.scalars(_held(), {"ids": wanted})}
+    assert len(held) == len(wanted)  # foreign keys
+    return held
+
+
+def holding(statement: Select[*Row]) -> Select[*Row]:
+    """`statement`, which reads accounts, holding them until commit as `hold_account` does.
+
+    All in one go, in a fixed order: taken one by one as each is needed, two
+    transactions could each hold one the other waits for.
+    """
+    return statement.order_by(Account.id).with_for_update(key_share=True, of=Account)
+
+
+@functools.cache
+def _held() -> Select[Account]:
+    """The statement of `hold_accounts`, built once: building costs more than running it."""
+    return holding(select(Account).where(Account.id.in_(bindparam("ids", expanding=True))))
 
 
 def check(
@@ -245,8 +288,12 @@ def check(
     *,
     limits: Limits,
     now: datetime,
+    runs_at_most: int | None = None,
 ) -> Verdict:
-    """Count the runs in the current windows and decide; hold the account first."""
+    """Count the runs in the current windows and decide; hold the account first.
+
+    `runs_at_most`: see `count`.
+    """
     try:
         plan = limits.plan(account.plan)
     except PlanError as error:
@@ -256,7 +303,16 @@ def check(
             f"account {account.name}: {error}; give it one with `routined account plan`",
             _UNKNOWN_PLAN_RETRY,
         )
-    counts = count(session, account.id, routine.id, kind, plan=plan, limits=limits, now=now)
+    counts = count(
+        session,
+        account.id,
+        routine.id,
+        kind,
+        plan=plan,
+        limits=limits,
+        now=now,
+        runs_at_most=runs_at_most,
+    )
     return decide(
         kind,
         counts,

@@ -17,13 +17,13 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import fires, keys, limits, routines, runs, scheduler, tokens
+from routined import fires, github, keys, limits, routines, runs, scheduler, tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
 from routined.keys import Principal, Scope
 from routined.limits import Limits, PlanError
-from routined.models import Account, ApiKey, Fire, Routine, Run, RunEvent, Trigger
+from routined.models import Account, ApiKey, Delivery, Fire, Routine, Run, RunEvent, Trigger
 from routined.schedule import iso
 from routined.views import fire_view, routine_view, run_event_view
 
@@ -71,6 +71,8 @@ def perform(store: Store, operation: Callable[[Session], T], *, readonly: bool =
 def require(principal: Principal, scope: Scope) -> None:
     if not principal.scope.allows(scope):
         raise Problem(403, f"this key has the {principal.scope} scope; this needs {scope}")
+    if principal.disabled and scope is not Scope.READ:
+        raise Problem(403, "this key's account is disabled: it can read, not change anything")
 
 
 def require_operator(principal: Principal) -> None:
@@ -249,7 +251,13 @@ def apply_routines(
     except routines.SpecError as error:
         raise Problem(400, str(error)) from None
     return [
-        {"name": c.name, "action": c.action, "details": c.details, "description": c.describe()}
+        {
+            "name": c.name,
+            "action": c.action,
+            "details": c.details,
+            "warnings": c.warnings,
+            "description": c.describe(),
+        }
         for c in changes
     ]
 
@@ -482,6 +490,88 @@ def fire_decisions(
     elif principal.account_id is not None:
         statement = statement.where(Routine.account_id == principal.account_id)
     return [fire_view(fire, name) for fire, name in session.execute(statement)]
+
+
+# GitHub deliveries
+
+
+def delivery_view(delivery: Delivery, decisions: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": delivery.id,
+        "event": delivery.event,
+        "action": delivery.action,
+        "repository": delivery.repository,
+        "installation_id": delivery.installation_id,
+        "headers": delivery.headers,
+        "received_at": iso(delivery.received_at),
+        "attempts": delivery.attempts,
+        "processed_at": iso(delivery.processed_at) if delivery.processed_at else None,
+        "outcome": delivery.outcome,
+        "decisions": decisions,
+    }
+
+
+def list_deliveries(
+    session: Session, principal: Principal, *, limit: int = 50
+) -> list[dict[str, Any]]:
+    """GitHub deliveries, newest first, each with the decisions it led to. An account's
+    key sees the deliveries its routines decided, and only those decisions."""
+    statement = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id).limit(limit)
+    if not _sees_all(principal):
+        statement = statement.where(
+            Delivery.id.in_(
+                select(Fire.delivery_id)
+                .join(Routine)
+                .where(Routine.account_id == principal.account_id)
+            )
+        )
+    deliveries = list(session.scalars(statement))
+    return [delivery_view(d, _delivery_decisions(session, principal, d.id)) for d in deliveries]
+
+
+def get_delivery(session: Session, principal: Principal, delivery_id: str) -> dict[str, Any]:
+    delivery = _delivery(session, principal, delivery_id)
+    return delivery_view(delivery, _delivery_decisions(session, principal, delivery.id))
+
+
+def replay_delivery(
+    session: Session, principal: Principal, delivery_id: str, *, settings: Settings, now: datetime
+) -> dict[str, Any]:
+    """The delivery against today's routines: what it would start, and why not."""
+    delivery = _delivery(session, principal, delivery_id)
+    would = [
+        {key: value for key, value in row.items() if key != "account_id"}
+        for row in github.replay(session, delivery, now=now, settings=settings)
+        if _sees_all(principal) or row["account_id"] == principal.account_id
+    ]
+    return {**delivery_view(delivery, []), "replayed_at": iso(now), "would": would}
+
+
+def _delivery_decisions(
+    session: Session, principal: Principal, delivery_id: str
+) -> list[dict[str, Any]]:
+    statement = (
+        select(Fire, Routine.name)
+        .join(Routine)
+        .where(Fire.delivery_id == delivery_id)
+        .order_by(Routine.name, Fire.id)
+    )
+    if not _sees_all(principal):
+        statement = statement.where(Routine.account_id == principal.account_id)
+    return [fire_view(fire, name) for fire, name in session.execute(statement)]
+
+
+def _delivery(session: Session, principal: Principal, delivery_id: str) -> Delivery:
+    delivery = session.get(Delivery, delivery_id)
+    if delivery is None or not (
+        _sees_all(principal) or _delivery_decisions(session, principal, delivery_id)
+    ):
+        raise Problem(404, f"no delivery {delivery_id}; `routined events deliveries` lists them")
+    return delivery
+
+
+def _sees_all(principal: Principal) -> bool:
+    return principal.account_id is None or principal.operator
 
 
 # Lookups that hide what the principal may not see

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from routined import keys, manage
@@ -49,13 +49,23 @@ class AccountOut(_Out):
     created_at: str
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text cannot hold one, and no name or text needs one.
+    if "\x00" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class AccountIn(BaseModel):
-    name: str = Field(description="Letters, digits, '.', '_' and '-'.")
-    plan: str = Field("unlimited", description="One of the server's ROUTINED_PLANS.")
+    name: Text = Field(description="Letters, digits, '.', '_' and '-'.")
+    plan: Text = Field("unlimited", description="One of the server's ROUTINED_PLANS.")
 
 
 class AccountPatch(BaseModel):
-    plan: str | None = None
+    plan: Text | None = None
     extra_usage: bool | None = Field(None, description="Runs go on past the daily limit.")
     disabled: bool | None = Field(None, description="A disabled account's API fires get 403.")
 
@@ -95,9 +105,9 @@ class NewKeyOut(KeyOut):
 
 
 class KeyIn(BaseModel):
-    name: str
+    name: Text
     scope: Literal["read", "write", "admin"] = "read"
-    account: str | None = Field(None, description="Operator only: the account to issue it for.")
+    account: Text | None = Field(None, description="Operator only: the account to issue it for.")
 
 
 class TriggerOut(_Out):
@@ -137,6 +147,7 @@ class ChangeOut(_Out):
     name: str
     action: Literal["created", "updated", "unchanged"]
     details: list[str]
+    warnings: list[str]
     description: str
 
 
@@ -147,7 +158,7 @@ class PausedOut(_Out):
 
 
 class FireIn(BaseModel):
-    text: str | None = Field(None, description="Passed to the run as its payload.")
+    text: Text | None = Field(None, description="Passed to the run as its payload.")
 
 
 class FiredOut(_Out):
@@ -213,23 +224,64 @@ class DecisionOut(_Out):
     outcome: str
     reason: str
     run_id: str | None
+    delivery_id: str | None = None
 
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": description}
-    for status, description in {
-        400: "Bad input; the message names the field.",
-        401: "No valid API key.",
-        403: "The key's scope does not allow this.",
-        404: "No such object for this key's account.",
-        409: "The object is not in a state that allows this.",
-        429: "A limit is reached; Retry-After says when it resets.",
-    }.items()
+class DeliveryOut(_Out):
+    id: str
+    event: str
+    action: str | None
+    repository: str | None
+    installation_id: int | None
+    headers: dict[str, str]
+    received_at: str
+    attempts: int
+    processed_at: str | None
+    outcome: str | None
+    decisions: list[DecisionOut]
+
+
+class WouldOut(_Out):
+    routine: str
+    trigger_id: str
+    outcome: str
+    reason: str
+
+
+class ReplayOut(DeliveryOut):
+    replayed_at: str
+    would: list[WouldOut]
+
+
+_MEANINGS = {
+    400: "Bad input; the message names the field.",
+    401: "No valid credentials.",
+    403: "Not allowed: the key's scope, or a disabled account.",
+    404: "No such object (for this key's account).",
+    409: "The object is not in a state that allows this.",
+    413: "The body is too big.",
+    429: "A limit is reached; Retry-After says when it resets.",
+    503: "The server cannot take it now; Retry-After says when to try again.",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, all in the envelope."""
+    return {status: {"model": ErrorOut, "description": _MEANINGS[status]} for status in statuses}
+
+
+_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 429)
 
 
 _BEARER = HTTPBearer(auto_error=False, description="An API key: `Bearer rtdk_…`.")
 _HEADER = APIKeyHeader(name="x-api-key", auto_error=False, description="An API key, `rtdk_…`.")
+
+
+def _no_nul_in_url(request: Request) -> None:
+    """Names and ids never hold a NUL; one in the path or query is bad input, refused
+    before a store that cannot hold it (PostgreSQL) is asked."""
+    if "\x00" in request.url.path or any("\x00" in v for v in request.query_params.values()):
+        raise Problem(400, "the path or query contains a NUL character (%00)")
 
 
 def router(
@@ -258,7 +310,7 @@ def router(
         return found
 
     Who = Annotated[Principal, Depends(principal or authenticated)]
-    api = APIRouter(prefix="/api/v1", responses=_ERRORS)
+    api = APIRouter(prefix="/api/v1", responses=_ERRORS, dependencies=[Depends(_no_nul_in_url)])
 
     def read(operation: Callable[[Session], T]) -> T:
         return manage.perform(store, operation, readonly=True)
@@ -410,12 +462,33 @@ def router(
     def run_events(
         who: Who,
         run: str,
-        after: Annotated[int, Query(ge=0, description="Only events after this seq.")] = 0,
+        after: Annotated[
+            int, Query(ge=0, le=2**31 - 1, description="Only events after this seq.")
+        ] = 0,
     ) -> Any:
         return read(lambda s: manage.run_events(s, who, run, after=after))
 
     @api.get("/events", response_model=list[DecisionOut], tags=["events"])
     def fire_decisions(who: Who, routine: str | None = None, limit: Limit = 50) -> Any:
         return read(lambda s: manage.fire_decisions(s, who, routine=routine, limit=limit))
+
+    @api.get("/deliveries", response_model=list[DeliveryOut], tags=["github"])
+    def list_deliveries(who: Who, limit: Limit = 50) -> Any:
+        return read(lambda s: manage.list_deliveries(s, who, limit=limit))
+
+    @api.get("/deliveries/{delivery_id}", response_model=DeliveryOut, tags=["github"])
+    def get_delivery(who: Who, delivery_id: str) -> Any:
+        return read(lambda s: manage.get_delivery(s, who, delivery_id))
+
+    @api.get(
+        "/deliveries/{delivery_id}/replay",
+        response_model=ReplayOut,
+        tags=["github"],
+        summary="What a stored delivery would do against today's routines",
+    )
+    def replay_delivery(who: Who, delivery_id: str) -> Any:
+        return read(
+            lambda s: manage.replay_delivery(s, who, delivery_id, settings=settings, now=clock())
+        )
 
     return api

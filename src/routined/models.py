@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Index,
@@ -98,6 +99,9 @@ class Routine(Base):
     catch_up_window: Mapped[int] = mapped_column(default=604_800, server_default="604800")
     overlap: Mapped[str] = mapped_column(String(20), default="skip", server_default="skip")
     stagger: Mapped[int] = mapped_column(default=0, server_default="0")
+    # What routined does with a run's pushed branches; see `routined.routines.RoutineSpec`.
+    pull_requests: Mapped[bool] = mapped_column(default=False, server_default=false())
+    comment: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     repositories: Mapped[list[Repository]] = relationship(
         back_populates="routine", order_by="Repository.position", cascade="all, delete-orphan"
@@ -133,6 +137,9 @@ class Trigger(Base):
     # (the instant plus the routine's stagger). Both empty once a schedule is done.
     next_at: Mapped[datetime | None]
     due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # GitHub triggers only: the repository they listen to, lower case (GitHub's names
+    # are case-insensitive), so a delivery finds its triggers by index.
+    repository: Mapped[str | None] = mapped_column(String(200), index=True)
 
     routine: Mapped[Routine] = relationship(back_populates="triggers")
 
@@ -195,6 +202,12 @@ class Run(Base):
     # A serial run starts only when no other run of its routine is active.
     serial: Mapped[bool] = mapped_column(default=False, server_default=false())
     cancel_requested_at: Mapped[datetime | None]
+    # What the run's workspace and delivery need of the event that started it (the pull
+    # request to fetch, the issue to comment on); see `routined.github`.
+    context: Mapped[dict[str, Any] | None]
+    # Runs of one routine with the same key follow its trigger's concurrency policy
+    # among themselves (a burst of pushes to one pull request), not the routine's.
+    concurrency_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class IdempotencyKey(Base):
@@ -238,6 +251,8 @@ class Fire(Base):
     __tablename__ = "fires"
     __table_args__ = (
         UniqueConstraint("trigger_id", "scheduled_at"),
+        # One decision per trigger per GitHub delivery: a redelivery starts nothing twice.
+        UniqueConstraint("delivery_id", "trigger_id"),
         Index(None, "routine_id", "decided_at"),
     )
 
@@ -251,3 +266,60 @@ class Fire(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str] = mapped_column(Text)
     run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    delivery_id: Mapped[str | None] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+
+
+class Delivery(Base):
+    """A GitHub webhook delivery as received, and what became of it as a whole.
+
+    Its id is GitHub's `X-GitHub-Delivery`: a redelivery finds the row it made the
+    first time and starts nothing. What each routine decided is in `fires`.
+    """
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(60))
+    action: Mapped[str | None] = mapped_column(String(60))
+    repository: Mapped[str | None] = mapped_column(String(200))
+    installation_id: Mapped[int | None] = mapped_column(BigInteger)
+    # The headers of record (event, delivery, hook and installation target, user agent).
+    headers: Mapped[dict[str, Any]]
+    body: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=1)
+    last_received_at: Mapped[datetime]
+    processed_at: Mapped[datetime | None] = mapped_column(index=True)
+    outcome: Mapped[str | None] = mapped_column(Text)
+
+
+class Installation(Base):
+    """Where the GitHub App is installed, as its `installation` events tell."""
+
+    __tablename__ = "installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    account_login: Mapped[str] = mapped_column(String(200))
+    # `all`: every repository of the account, also ones made later; `selected`: those listed.
+    repository_selection: Mapped[str] = mapped_column(String(20))
+    suspended_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+
+
+class InstallationRepository(Base):
+    __tablename__ = "installation_repositories"
+
+    installation_id: Mapped[int] = mapped_column(
+        ForeignKey("installations.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Lower case, as `Trigger.repository`.
+    repository: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+
+
+class Counter(Base):
+    """A number kept where nothing else may be: refused webhook signatures, say."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(60), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

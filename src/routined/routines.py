@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import schedule
+from routined import github, github_events, schedule
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
@@ -118,8 +125,56 @@ class ScheduleTriggerSpec(_Strict):
         return {"spec": self.spec, "timezone": self.timezone or "UTC"}
 
 
-TriggerSpec = Annotated[ApiTriggerSpec | ScheduleTriggerSpec, Field(discriminator="type")]
-TRIGGER_TYPES = "api, schedule"
+class ConcurrencySpec(_Strict):
+    """Runs whose events render the same key follow `policy` among themselves."""
+
+    key: str = Field(min_length=1, max_length=200)
+    policy: Overlap
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: Overlap) -> Overlap:
+        if value is Overlap.ALLOW:
+            raise ValueError("say cancel_previous, skip or queue_one")
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return github_events.check_key(value)
+
+
+class GitHubTriggerSpec(_Strict):
+    """GitHub App events on one repository, narrowed by `events` and `filters`."""
+
+    type: Literal["github"]
+    repository: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    events: list[str] = Field(min_length=1)
+    filters: list[dict[str, Any]] = Field(default_factory=list)
+    concurrency: ConcurrencySpec | None = None
+
+    @model_validator(mode="after")
+    def _events_and_filters(self) -> GitHubTriggerSpec:
+        github_events.check_filters(
+            github_events.parse_events(self.events), github_events.parse_filters(self.filters)
+        )
+        return self
+
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "repository": self.repository,
+            "events": list(self.events),
+            "filters": [dict(f) for f in self.filters],
+        }
+        if self.concurrency:
+            config["concurrency"] = self.concurrency.model_dump(mode="json")
+        return config
+
+
+TriggerSpec = Annotated[
+    ApiTriggerSpec | ScheduleTriggerSpec | GitHubTriggerSpec, Field(discriminator="type")
+]
+TRIGGER_TYPES = "api, schedule, github"
 
 
 def _seconds(value: Any, what: str, minimum: int, maximum: int) -> int:
@@ -143,6 +198,11 @@ class RoutineSpec(_Strict):
     catch_up_window: int = 604_800  # seconds; written as a duration such as 7d
     overlap: Overlap = Overlap.SKIP
     stagger: int = 0  # seconds; written as a duration such as 10m
+    # After a run: open a pull request for each `claude/` branch it pushed to a GitHub
+    # repository, and comment the session's link on the pull request or issue that
+    # started it.
+    pull_requests: bool = False
+    comment: bool = False
 
     @field_validator("catch_up_window", mode="before")
     @classmethod
@@ -217,11 +277,28 @@ def parse_document(
     folder a repository must be a git URL or an absolute path."""
     if not isinstance(document, dict):
         raise SpecError(f"{source}: expected a mapping with a `routines:` list at the top")
+    where = _nul_at(document)
+    if where is not None:
+        raise SpecError(f"{source}: {where or 'a key'}: contains a NUL character; remove it")
     try:
         spec = RoutinesFile.model_validate(document)
     except ValidationError as exc:
         raise SpecError(_describe(source, document, exc)) from exc
     return _check(source, base, spec, now=now, timezone=timezone, min_interval=min_interval)
+
+
+def _nul_at(node: Any, where: str = "") -> str | None:
+    """Where the document holds a NUL character (no store can keep one), or None."""
+    if isinstance(node, str):
+        return where if "\x00" in node else None
+    items: list[tuple[Any, str]] = []
+    if isinstance(node, dict):
+        items = [(k, where) for k in node] + [
+            (v, f"{where}.{k}" if where else str(k)) for k, v in node.items()
+        ]
+    elif isinstance(node, list):
+        items = [(v, f"{where}[{i}]") for i, v in enumerate(node)]
+    return next((found for child, at in items if (found := _nul_at(child, at)) is not None), None)
 
 
 def with_absolute_paths(document: Any, base: Path) -> Any:
@@ -327,7 +404,7 @@ def _check(
                     )
                 url = str(local)
             repositories.append(RepositorySpec(url=url))
-        triggers: list[ApiTriggerSpec | ScheduleTriggerSpec] = []
+        triggers: list[ApiTriggerSpec | ScheduleTriggerSpec | GitHubTriggerSpec] = []
         for number, trigger in enumerate(routine.triggers):
             if isinstance(trigger, ScheduleTriggerSpec):
                 trigger = _check_schedule(
@@ -366,6 +443,7 @@ class Change:
     name: str
     action: Literal["created", "updated", "unchanged"]
     details: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         suffix = f": {'; '.join(self.details)}" if self.details else ""
@@ -402,9 +480,11 @@ def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change
                 f"`routined account create {wanted.account} --plan PLAN`"
             )
         if current is None:
-            changes.append(_create(session, wanted, now, label, account_id))
+            change = _create(session, wanted, now, label, account_id)
         else:
-            changes.append(_update(session, current, wanted, now, label, account_id))
+            change = _update(session, current, wanted, now, label, account_id)
+        change.warnings = _installation_warnings(session, wanted)
+        changes.append(change)
     return changes
 
 
@@ -442,11 +522,15 @@ def _policy(wanted: RoutineSpec) -> dict[str, Any]:
         "catch_up_window": wanted.catch_up_window,
         "overlap": wanted.overlap.value,
         "stagger": wanted.stagger,
+        "pull_requests": wanted.pull_requests,
+        "comment": wanted.comment,
     }
 
 
 def _arm(wanted: RoutineSpec, where: str, trigger: Trigger, now: datetime) -> None:
-    """Point a new or changed schedule trigger at its first instant; refuse a past `once`."""
+    """Point a new or changed schedule trigger at its first instant; refuse a past `once`.
+    A GitHub trigger gets the repository its deliveries are found by."""
+    trigger.repository = trigger.config["repository"].lower() if trigger.type == "github" else None
     if trigger.type != "schedule":
         return
     arm(trigger, timedelta(seconds=wanted.stagger), now=now)
@@ -465,7 +549,21 @@ def _describe_trigger(trigger: Trigger) -> str:
             f"trigger schedule {trigger.id} ({trigger.config['spec']}, next "
             f"{local:%Y-%m-%d %H:%M} {where.key})"
         )
+    if trigger.type == "github":
+        events = ", ".join(trigger.config["events"])
+        return f"trigger github {trigger.id} ({trigger.config['repository']}: {events})"
     return f"trigger {trigger.type} {trigger.id}"
+
+
+def _installation_warnings(session: Session, routine: RoutineSpec) -> list[str]:
+    """What a GitHub trigger would miss: a repository the app is not installed on."""
+    return [
+        f"warning: the GitHub App is not installed on {trigger.repository}: its events "
+        "reach no routine until it is (GitHub sends them only where the app is installed)"
+        for trigger in routine.triggers
+        if isinstance(trigger, GitHubTriggerSpec)
+        and not github.installed_on(session, trigger.repository)
+    ]
 
 
 def _update(

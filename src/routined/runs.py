@@ -7,13 +7,15 @@ exactly one row, written in the same transaction as an event row saying why.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from routined.db import table_of
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
 
@@ -93,6 +95,59 @@ def add_event(
     return event
 
 
+@dataclass(frozen=True)
+class NewRun:
+    """A queued run and its first event, as rows not yet written (see `insert_all`)."""
+
+    row: dict[str, Any]
+    first_event: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def session_id(self) -> str:
+        return str(self.row["session_id"])
+
+
+def new(
+    routine: Routine,
+    *,
+    trigger_type: str,
+    trigger_id: str | None,
+    text: str | None,
+    now: datetime,
+    reason: str,
+    serial: bool = False,
+) -> NewRun:
+    run_id = new_id("run")
+    return NewRun(
+        row={
+            "id": run_id,
+            "session_id": new_id("session"),
+            "routine_id": routine.id,
+            "trigger_id": trigger_id,
+            "trigger_type": trigger_type,
+            "status": RunStatus.QUEUED,
+            "text": text,
+            "model": routine.model,
+            "created_at": now,
+            "branches": [],
+            "serial": serial,
+            "event_seq": 1,  # its first event, below: nobody else can write to it yet
+        },
+        first_event={
+            "run_id": run_id,
+            "seq": 1,
+            "at": now,
+            "kind": "status",
+            "reason": reason,
+            "to_status": RunStatus.QUEUED,
+        },
+    )
+
+
 def create(
     session: Session,
     routine: Routine,
@@ -104,25 +159,27 @@ def create(
     reason: str,
     serial: bool = False,
 ) -> Run:
-    run = Run(
-        id=new_id("run"),
-        session_id=new_id("session"),
-        routine_id=routine.id,
-        trigger_id=trigger_id,
+    created = new(
+        routine,
         trigger_type=trigger_type,
-        status=RunStatus.QUEUED,
+        trigger_id=trigger_id,
         text=text,
-        model=routine.model,
-        created_at=now,
-        branches=[],
+        now=now,
+        reason=reason,
         serial=serial,
-        event_seq=1,  # its first event, below: nobody else can write to it yet
     )
+    run = Run(**created.row)
     session.add(run)
-    session.add(
-        RunEvent(run_id=run.id, seq=1, at=now, kind="status", reason=reason, to_status=run.status)
-    )
+    session.add(RunEvent(**created.first_event))
     return run
+
+
+def insert_all(session: Session, created: Sequence[NewRun]) -> None:
+    """Write new runs with their first events, one statement for each table: the
+    ORM's bookkeeping for each object costs more than writing it."""
+    if created:
+        session.execute(insert(table_of(Run)), [run.row for run in created])
+        session.execute(insert(table_of(RunEvent)), [run.first_event for run in created])
 
 
 def transition(

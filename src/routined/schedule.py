@@ -234,13 +234,21 @@ def stagger_offset(trigger_id: str, window: timedelta) -> timedelta:
 def parse_duration(value: str | int, what: str) -> timedelta:
     """`90`, `90s`, `15m`, `2h`, `7d` or `1w`."""
     if isinstance(value, int):
-        return timedelta(seconds=value)
-    match = _DURATION.fullmatch(value.strip().lower())
-    if match is None:
-        raise ScheduleError(
-            f"{what}: {value!r} is not a duration; write it like 90s, 15m, 2h or 7d"
-        )
-    return timedelta(seconds=int(match["number"]) * _UNIT_SECONDS[match["unit"] or "s"])
+        seconds = value
+    else:
+        match = _DURATION.fullmatch(value.strip().lower())
+        if match is None:
+            raise ScheduleError(
+                f"{what}: {value!r} is not a duration; write it like 90s, 15m, 2h or 7d"
+            )
+        seconds = int(match["number"]) * _UNIT_SECONDS[match["unit"] or "s"]
+    if abs(seconds) > _LONGEST:
+        raise ScheduleError(f"{what}: {value!r} is longer than any duration routined keeps")
+    return timedelta(seconds=seconds)
+
+
+# Longer than any window or stagger routined accepts, and well inside timedelta's range.
+_LONGEST = 100 * 365 * 86400
 
 
 def format_duration(span: timedelta) -> str:

@@ -136,19 +136,8 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
         # `overlap`) cannot change under a decision, and `apply` waits for it.
         query = query.with_for_update(skip_locked=True, key_share=True, of=[Trigger, Routine])
     due = session.scalars(query).all()
-    # Their accounts are held (for the daily limit) in one go, in a fixed order:
-    # taken one by one as each trigger needs them, two schedulers could each
-    # hold one the other waits for.
-    wanted = sorted({trigger.routine.account_id for trigger in due})
-    accounts = {
-        account.id: account
-        for account in session.scalars(
-            select(Account)
-            .where(Account.id.in_(wanted))
-            .order_by(Account.id)
-            .with_for_update(key_share=True)
-        )
-    }
+    # Their accounts are held for the daily limit.
+    accounts = limits_.hold_accounts(session, (trigger.routine.account_id for trigger in due))
     limits = limits_.Limits.of(settings)
     started = 0
     for trigger in due:

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from routined import github
 from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
 from routined.schedule import format_duration, iso, zone
@@ -35,6 +36,8 @@ def routine_view(session: Session, routine: Routine, *, next_count: int) -> dict
             item["has_token"] = trigger.id in live_tokens
         if trigger.type == "schedule":
             item.update(_schedule_view(session, trigger, routine, next_count))
+        if trigger.type == "github":
+            item.update(_github_view(session, trigger))
         triggers.append(item)
     upcoming = [t for t in triggers if t.get("next_runs")]
     first = min(upcoming, key=lambda t: t["next_runs"][0], default=None)
@@ -95,6 +98,19 @@ def _local(moment: datetime, where: ZoneInfo) -> str:
     return f"{local:%Y-%m-%d %H:%M} {name}" + ("" if name == where.key else f" ({where.key})")
 
 
+def _github_view(session: Session, trigger: Trigger) -> dict[str, Any]:
+    repository = trigger.config["repository"]
+    installed = github.installed_on(session, repository)
+    return {
+        "repository": repository,
+        "events": trigger.config["events"],
+        "filters": trigger.config.get("filters", []),
+        "concurrency": trigger.config.get("concurrency"),
+        "installed": installed,
+        "state": "listening" if installed else f"app not installed on {repository}",
+    }
+
+
 def fire_view(fire: Fire, routine_name: str) -> dict[str, Any]:
     return {
         "routine": routine_name,
@@ -105,6 +121,7 @@ def fire_view(fire: Fire, routine_name: str) -> dict[str, Any]:
         "outcome": fire.outcome,
         "reason": fire.reason,
         "run_id": fire.run_id,
+        "delivery_id": fire.delivery_id,
     }
 
 

@@ -26,7 +26,7 @@ import re
 import resource
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -234,6 +234,28 @@ async def clone(mirror: Mirror, destination: Path) -> Checkout:
         base=tuple(sorted(base)),
         mirror_objects=mirror.objects,
     )
+
+
+async def fetch_pull_head(checkout: Checkout, number: int) -> tuple[Checkout, str]:
+    """Fetch pull request `number`'s head (GitHub's `refs/pull/N/head`) as the local
+    branch `pr/N`; return the checkout, which now counts that head as the origin's
+    (so it is not delivered as new work), and the branch name."""
+    branch = f"pr/{number}"
+    mirror = checkout.mirror_objects.parent
+    if local_repository(checkout.url) is None:
+        async with _locked(mirror.with_suffix(".lock")):
+            await git(
+                "fetch", "--quiet", "--no-write-fetch-head", checkout.url,
+                f"+refs/pull/{number}/head:refs/pull/{number}/head",
+                cwd=mirror, secret=checkout.url,
+            )  # fmt: skip
+    await git(
+        "fetch", "--quiet", "--no-write-fetch-head", str(mirror),
+        f"+refs/pull/{number}/head:refs/heads/{branch}",
+        cwd=checkout.path,
+    )  # fmt: skip
+    head = (await git("rev-parse", f"refs/heads/{branch}", cwd=checkout.path)).strip()
+    return replace(checkout, base=tuple(sorted({*checkout.base, head}))), branch
 
 
 async def mirror_state(mirror: Mirror) -> str:

@@ -54,6 +54,8 @@ def apply_(
     for change in changes:
         colour = {"created": "green", "updated": "yellow", "unchanged": "dim"}[change["action"]]
         out.print(f"[{colour}]{escape(change['description'])}[/]")
+        for warning in change["warnings"]:
+            out.print(f"  [yellow]{escape(warning)}[/]")
 
 
 @app.command("list")
@@ -141,6 +143,9 @@ def _trigger_line(trigger: dict[str, Any]) -> str:
     if trigger["type"] == "schedule":
         spec, where, state = trigger["schedule"], trigger["timezone"], trigger["state"]
         return f"schedule {trigger['id']} {spec} ({where}) {state}"
+    if trigger["type"] == "github":
+        events = ", ".join(trigger["events"])
+        return f"github {trigger['id']} {trigger['repository']} ({events}) {trigger['state']}"
     return f"{trigger['type']} {trigger['id']}"
 
 

@@ -1,4 +1,4 @@
-"""Commands about schedules and fire decisions: preview, events, scheduler."""
+"""Commands about schedules: preview, scheduler."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from routined.cli.common import JsonFlag, app, connect, fail, opened, out, print_json, settings
+from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
 from routined.schedule import ScheduleError, check_interval, iso, parse, zone
 from routined.scheduler import Scheduler
 from routined.worker import utcnow
@@ -77,32 +76,6 @@ def _instant(text: str, where: ZoneInfo) -> datetime:
             f"--from: {text!r} is not an ISO 8601 time such as 2027-03-27T00:00:00Z"
         ) from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=where)).astimezone(UTC)
-
-
-@app.command()
-def events(
-    routine: Annotated[str | None, typer.Argument(help="Only this routine's decisions.")] = None,
-    limit: Annotated[int, typer.Option(min=1, help="How many, newest first.")] = 50,
-    as_json: JsonFlag = False,
-) -> None:
-    """Every decision about a fire (fired, caught up, skipped, missed…) and why."""
-    with connect() as client:
-        rows = client.call("GET", "/events", params={"routine": routine, "limit": limit})
-    if as_json:
-        print_json(rows)
-        return
-    if not rows:
-        out.print("No fire decisions yet.")
-        return
-    # A line per decision and its reason beneath: reasons are long, terminals narrow.
-    for row in reversed(rows):
-        instant = f"for {row['scheduled_at']}" if row["scheduled_at"] else ""
-        run = f"→ {row['run_id']}" if row["run_id"] else ""
-        out.print(
-            f"[dim]{row['decided_at']}[/] {escape(row['routine'])} {row['trigger_type']} "
-            f"[bold]{row['outcome']}[/] {instant} {run}".rstrip()
-        )
-        out.print(f"    {escape(row['reason'])}")
 
 
 @app.command()

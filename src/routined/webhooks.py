@@ -1,0 +1,213 @@
+"""`POST /webhooks/github`: verify, record, answer; deciding comes after the answer.
+
+GitHub gives a receiver 10 seconds. This one checks the signature before it
+parses a byte, records the delivery in one short transaction (a redelivery finds
+its first row and only counts), and answers 202; `routined.github` decides what
+the delivery starts, in the background. A delivery with a bad or missing
+signature leaves nothing behind but a counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.sql.dml import ReturningInsert
+
+from routined import management
+from routined.config import Settings
+from routined.db import GroupCommit, Store, table_of
+from routined.manage import Problem
+from routined.models import Counter, Delivery
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB and does not send larger ones
+BAD_SIGNATURES = "github.bad_signatures"
+# What is kept of a delivery's headers: enough to tell where it came from and why.
+HEADERS_OF_RECORD = (
+    "x-github-event",
+    "x-github-delivery",
+    "x-github-hook-id",
+    "x-github-hook-installation-target-id",
+    "x-github-hook-installation-target-type",
+    "user-agent",
+    "content-type",
+)
+
+
+def signed(secret: bytes, body: bytes, signature: str | None) -> bool:
+    """Whether `signature` (X-Hub-Signature-256) is `sha256=` + HMAC-SHA256 of `body`."""
+    if not signature or not signature.startswith("sha256="):
+        return False
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.removeprefix("sha256=").strip().lower())
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The X-Hub-Signature-256 GitHub would send with `body`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Received:
+    """A verified delivery, parsed only as far as recording it needs."""
+
+    id: str
+    event: str
+    action: str | None
+    repository: str | None
+    installation_id: int | None
+    headers: dict[str, str]
+    body: str
+    at: datetime
+
+    @classmethod
+    def parse(cls, headers: dict[str, str], body: bytes, *, at: datetime) -> Received:
+        event = headers.get("x-github-event", "").strip()
+        delivery = headers.get("x-github-delivery", "").strip()
+        if not event or not delivery or len(delivery) > 64 or len(event) > 60:
+            raise Problem(400, "send X-GitHub-Event and X-GitHub-Delivery (at most 64 characters)")
+        try:
+            text = body.decode()
+            payload = json.loads(text)
+        except ValueError:
+            raise Problem(
+                400, "the body is not JSON; set the webhook's content type to application/json"
+            ) from None
+        if not isinstance(payload, dict):
+            raise Problem(400, "the body is not a JSON object")
+        if "\x00" in event or "\x00" in delivery:
+            raise Problem(400, "X-GitHub-Event and X-GitHub-Delivery cannot hold NUL")
+        action = payload.get("action")
+        repository = payload.get("repository")
+        installation = payload.get("installation")
+        full_name = repository.get("full_name") if isinstance(repository, dict) else None
+        installation_id = installation.get("id") if isinstance(installation, dict) else None
+        return cls(
+            id=delivery,
+            event=event,
+            action=_text(action, 60),
+            repository=_text(full_name, 200),
+            installation_id=installation_id if isinstance(installation_id, int) else None,
+            headers={name: headers[name] for name in HEADERS_OF_RECORD if name in headers},
+            body=text,
+            at=at,
+        )
+
+
+def record(store: Store, batch: list[Received]) -> list[bool | Exception]:
+    """Record deliveries in one transaction; for each, False if GitHub had delivered it
+    before (a redelivery only counts)."""
+    statement = _record_statement(store.engine.dialect.name)
+    with store.transaction() as session:
+        return [
+            session.scalar(
+                statement,
+                {
+                    "id": received.id,
+                    "event": received.event,
+                    "action": received.action,
+                    "repository": received.repository,
+                    "installation_id": received.installation_id,
+                    "headers": received.headers,
+                    "body": received.body,
+                    "received_at": received.at,
+                    "attempts": 1,
+                    "last_received_at": received.at,
+                },
+            )
+            == 1
+            for received in batch
+        ]
+
+
+@cache
+def _record_statement(dialect_name: str) -> ReturningInsert[int]:
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    table = table_of(Delivery)
+    statement = insert(table)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={
+            "attempts": table.c.attempts + 1,
+            "last_received_at": statement.excluded.last_received_at,
+        },
+    ).returning(table.c.attempts)
+
+
+def count_bad_signature(store: Store) -> None:
+    with store.transaction() as session:
+        bumped = session.execute(
+            update(Counter).where(Counter.name == BAD_SIGNATURES).values(value=Counter.value + 1)
+        )
+        if not bumped.rowcount:  # type: ignore[attr-defined]
+            session.add(Counter(name=BAD_SIGNATURES, value=1))
+
+
+def router(
+    store: Store,
+    settings: Settings,
+    *,
+    clock: Callable[[], datetime],
+    on_delivery: Callable[[], None] = lambda: None,
+) -> APIRouter:
+    webhooks = APIRouter()
+    # Deliveries arriving together are recorded in one transaction (see GroupCommit).
+    recorder: GroupCommit[Received, bool] = GroupCommit(lambda batch: record(store, batch))
+
+    @webhooks.post(
+        "/webhooks/github",
+        status_code=202,
+        tags=["webhooks"],
+        summary="Receive a GitHub App webhook delivery",
+        responses=management.error_responses(400, 401, 413, 503),
+    )
+    async def github(request: Request) -> Any:
+        secret = settings.github_webhook_secret.reveal().encode()
+        if not secret:
+            raise Problem(
+                503, "GitHub webhooks are off: set ROUTINED_GITHUB_WEBHOOK_SECRET to the app's"
+            )
+        body = await _body(request)
+        if not signed(secret, body, request.headers.get("x-hub-signature-256")):
+            await anyio.to_thread.run_sync(count_bad_signature, store)
+            raise Problem(401, "X-Hub-Signature-256 does not match the body and the secret")
+        received = Received.parse(dict(request.headers), body, at=clock())
+        first = await recorder.submit(received)
+        if first:
+            on_delivery()
+        return JSONResponse(
+            {"delivery": received.id, "status": "received" if first else "duplicate"},
+            status_code=202,
+        )
+
+    return webhooks
+
+
+def _text(value: Any, longest: int) -> str | None:
+    """A payload string fit for a column: cut to size, without NULs (PostgreSQL's text
+    cannot hold them; GitHub's names never have them)."""
+    return value.replace("\x00", "")[:longest] if isinstance(value, str) else None
+
+
+async def _body(request: Request) -> bytes:
+    too_big = Problem(413, f"the body is over {MAX_BODY} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_big
+    received = bytearray()
+    async for chunk in request.stream():
+        received += chunk
+        if len(received) > MAX_BODY:
+            raise too_big
+    return bytes(received)
