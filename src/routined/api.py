@@ -87,7 +87,7 @@ def create_app(
     whoever asks without an API key (the CLI working on the store in-process)."""
     app = FastAPI(title="routined", version=__version__, docs_url=None, redoc_url=None)
 
-    app.add_middleware(_Enveloped)
+    app.add_middleware(_Guard)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -138,7 +138,7 @@ def create_app(
             trigger_id=trigger_id,
             token=_bearer_token(request),
             idempotency_key=_idempotency_key(request),
-            text=_fire_text(await _body(request)),
+            text=_fire_text(await request.body()),
             now=clock(),
         )
         session_id = await recorder.submit(fired)
@@ -224,33 +224,47 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-class _Enveloped:
-    """On /v1/ and /api/: a `request-id` on every answer, and management bodies over
-    MAX_BODY refused with 413 (the fire endpoint checks its own). Plain ASGI:
-    starlette's BaseHTTPMiddleware costs a task group on every body read."""
+# The most a request body may have, by path: a fire's text (65,536 characters, each
+# possibly escaped) and management bodies fit in 1 MB; GitHub sends up to 25 MB.
+_BODY_LIMITS = (("/v1/", MAX_BODY), ("/api/", MAX_BODY), ("/webhooks/", webhooks.MAX_BODY))
+
+
+class _Guard:
+    """Plain ASGI (starlette's BaseHTTPMiddleware costs a task group on every body
+    read): a body over its path's limit is refused with 413 as soon as that is known,
+    declared or sent, before a handler reads it; answers on /v1/ and /api/ carry a
+    `request-id`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(_ENVELOPED):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = new_id("req").encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"request-id", request_id)]
-            await send(message)
-
-        if scope["path"].startswith("/api/"):
-            too_big = f"the body is over {MAX_BODY} bytes"
+        path: str = scope["path"]
+        if path.startswith(_ENVELOPED):
+            send = _with_request_id(send)
+        limit = next((most for prefix, most in _BODY_LIMITS if path.startswith(prefix)), None)
+        if limit is not None:
+            too_big = f"the body is over {limit} bytes"
             declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > MAX_BODY:
-                await envelope(413, too_big)(scope, receive, send_with_id)
+            if declared.isdigit() and int(declared) > limit:
+                await envelope(413, too_big)(scope, receive, send)
                 return
-            receive = _limited(receive, MAX_BODY, too_big)
-        await self.app(scope, receive, send_with_id)
+            receive = _limited(receive, limit, too_big)
+        await self.app(scope, receive, send)
+
+
+def _with_request_id(send: Send) -> Send:
+    request_id = new_id("req").encode()
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"request-id", request_id)]
+        await send(message)
+
+    return sending
 
 
 def _limited(receive: Receive, limit: int, message: str) -> Receive:
@@ -316,20 +330,6 @@ def _bearer_token(request: Request) -> str:
     if tokens.lookup_part(token) is None:
         raise Problem(401, "invalid token for this trigger")
     return token
-
-
-async def _body(request: Request) -> bytes:
-    """The body, refused as soon as it is known to be too big (declared or sent)."""
-    too_big = Problem(413, f"the body is over {MAX_BODY} bytes; text may have 65,536 characters")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise too_big
-    received = bytearray()
-    async for chunk in request.stream():
-        received += chunk
-        if len(received) > MAX_BODY:
-            raise too_big
-    return bytes(received)
 
 
 def _fire_text(body: bytes) -> str | None:

@@ -229,12 +229,20 @@ def claim(
     One statement picks and takes the run, so two workers can never both take it:
     on SQLite the UPDATE holds the write lock while its subquery picks; on
     PostgreSQL the subquery skips rows another worker is taking. A serial run
-    waits while another run of its routine is active.
+    waits while another run of its routine is active; one with a concurrency key,
+    only while a run with the same key is.
     """
     candidate, other = aliased(Run), aliased(Run)
     routine_busy = (
         select(other.id)
-        .where(other.routine_id == candidate.routine_id, other.status.in_(ACTIVE))
+        .where(
+            other.routine_id == candidate.routine_id,
+            other.status.in_(ACTIVE),
+            or_(
+                candidate.concurrency_key.is_(None),
+                other.concurrency_key == candidate.concurrency_key,
+            ),
+        )
         .exists()
     )
     oldest = (
