@@ -12,7 +12,6 @@ the row's key.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -23,9 +22,9 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from routined import fires, github_events, runs
+from routined import fires, github_events, limits, runs
 from routined.config import Settings
-from routined.db import Store, count_up_to
+from routined.db import count_up_to
 from routined.fires import InFlight, Outcome, Overlap
 from routined.models import (
     Delivery,
@@ -36,7 +35,7 @@ from routined.models import (
     Run,
     Trigger,
 )
-from routined.wakeup import Wakeup
+from routined.wakeup import Loop
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +44,14 @@ log = logging.getLogger(__name__)
 _BATCH = 50
 
 
-class Matcher:
+class Matcher(Loop):
     """Decides recorded deliveries; woken by the receiver, polling as a fallback."""
 
-    def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        *,
-        clock: Callable[[], datetime],
-        on_run_created: Callable[[], None] = lambda: None,
-        retry_after_error: float = 5.0,
-    ) -> None:
-        self.store = store
-        self.settings = settings
-        self.clock = clock
-        self.on_run_created = on_run_created
-        self.retry_after_error = retry_after_error
-        self._wakeup = Wakeup()
+    doing = "github: deciding deliveries"
 
-    def wake(self) -> None:
-        """A delivery was recorded; safe from any thread."""
-        self._wakeup.set()
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self._wakeup.bind()
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.run_pending, stop.is_set)
-            except Exception:
-                log.exception("github: deciding deliveries failed; trying again")
-                await self._wakeup.sleep(stop, self.retry_after_error)
-                continue
-            await self._wakeup.sleep(stop, self.settings.poll_interval)
+    def step(self, stopping: Callable[[], bool]) -> float:
+        self.run_pending(stopping)
+        return self.settings.poll_interval
 
     def run_pending(self, stopping: Callable[[], bool] = lambda: False) -> int:
         """Decide every recorded delivery; return how many runs they started."""
@@ -112,7 +86,12 @@ def decide_pending(session: Session, *, now: datetime, settings: Settings) -> tu
     deliveries = list(session.scalars(statement))
     started = 0
     for delivery in deliveries:
-        outcome, count = decide(session, delivery, now=now, settings=settings)
+        try:
+            with session.begin_nested():
+                outcome, count = decide(session, delivery, now=now, settings=settings)
+        except Exception as error:
+            log.exception("github: deciding delivery %s failed", delivery.id)
+            outcome, count = f"not decided: {type(error).__name__}: {error}"[:1000], 0
         delivery.processed_at = now
         delivery.outcome = outcome
         started += count
@@ -136,12 +115,7 @@ def decide(
     repository = delivery.repository.lower()
     if delivery.installation_id is not None:
         _learn(session, delivery.installation_id, repository, now=now)
-    rows = session.execute(
-        select(Trigger, Routine)
-        .join(Routine)
-        .where(Trigger.type == "github", Trigger.repository == repository)
-        .order_by(Routine.name, Trigger.position)
-    ).all()
+    rows = _listening(session, repository)
     if not rows:
         return f"no routine listens to {delivery.repository}", 0
     started = 0
@@ -165,6 +139,19 @@ def decide(
         started += run is not None
         lines.append(f"{routine.name}: {outcome}")
     return f"{_name(delivery)} on {delivery.repository}: " + "; ".join(lines), started
+
+
+def _listening(session: Session, repository: str) -> list[tuple[Trigger, Routine]]:
+    """The GitHub triggers on `repository` (lower case), with their routines, in order."""
+    return [
+        (trigger, routine)
+        for trigger, routine in session.execute(
+            select(Trigger, Routine)
+            .join(Routine)
+            .where(Trigger.type == "github", Trigger.repository == repository)
+            .order_by(Routine.name, Trigger.position)
+        )
+    ]
 
 
 @dataclass(frozen=True)
@@ -208,6 +195,12 @@ def evaluate(
         )
     if routine.paused_at is not None:
         return Verdict(Outcome.SKIPPED, f"{matched.reason}; the routine is paused")
+    account = limits.hold_account(session, routine)
+    allowed = limits.check(
+        session, routine, account, "github", limits=limits.Limits.of(settings), now=now
+    )
+    if not allowed.allowed:
+        return Verdict(Outcome.DROPPED, f"dropped: {allowed.reason}")
     capped = _cap(session, routine, now=now, settings=settings)
     if capped is not None:
         return Verdict(Outcome.DROPPED, f"dropped: cap: {capped}")
@@ -269,12 +262,7 @@ def replay(
     if delivery.repository is None:
         return []
     payload = json.loads(delivery.body)
-    rows = session.execute(
-        select(Trigger, Routine)
-        .join(Routine)
-        .where(Trigger.type == "github", Trigger.repository == delivery.repository.lower())
-        .order_by(Routine.name, Trigger.position)
-    ).all()
+    rows = _listening(session, delivery.repository.lower())
     return [
         {
             "routine": routine.name,
@@ -337,11 +325,13 @@ def _cap(session: Session, routine: Routine, *, now: datetime, settings: Setting
 def session_input(event: str, payload: dict[str, Any]) -> str:
     """What the session reads of the event (inside its untrusted block): a summary,
     then the payload."""
-    return (
+    text = (
         github_events.summary_text(github_events.summary(event, payload))
         + "\n\nPayload (JSON):\n"
         + json.dumps(payload, indent=1, ensure_ascii=False)
     )
+    # A title may hold a NUL (JSON can say \u0000), which no store's text can keep.
+    return text.replace("\x00", "")
 
 
 def context(delivery: Delivery, payload: dict[str, Any]) -> dict[str, Any]:

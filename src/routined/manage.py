@@ -222,10 +222,7 @@ def revoke_key(session: Session, principal: Principal, key_id: str, *, now: date
 
 
 def list_routines(session: Session, principal: Principal) -> list[dict[str, Any]]:
-    statement = _with_children(select(Routine).order_by(Routine.name))
-    if principal.account_id is not None:
-        statement = statement.where(Routine.account_id == principal.account_id)
-    return [routine_view(session, r, next_count=1) for r in session.scalars(statement)]
+    return [routine_view(session, r, next_count=1) for r in _routines_of(session, principal)]
 
 
 def get_routine(session: Session, principal: Principal, name: str) -> dict[str, Any]:
@@ -368,13 +365,11 @@ def fire_by_hand(
 def list_triggers(
     session: Session, principal: Principal, *, routine: str | None = None
 ) -> list[dict[str, Any]]:
-    if routine is not None:
-        found = [find_routine(session, principal, routine)]
-    else:
-        statement = _with_children(select(Routine).order_by(Routine.name))
-        if principal.account_id is not None:
-            statement = statement.where(Routine.account_id == principal.account_id)
-        found = list(session.scalars(statement))
+    found = (
+        [find_routine(session, principal, routine)]
+        if routine is not None
+        else _routines_of(session, principal)
+    )
     return [
         {**trigger, "routine": r.name}
         for r in found
@@ -584,6 +579,14 @@ def find_routine(session: Session, principal: Principal, name: str) -> Routine:
             404, f"no routine named {name!r}; `routined list` shows the routines there are"
         )
     return routine
+
+
+def _routines_of(session: Session, principal: Principal) -> list[Routine]:
+    """The routines the principal sees, by name."""
+    statement = _with_children(select(Routine).order_by(Routine.name))
+    if principal.account_id is not None:
+        statement = statement.where(Routine.account_id == principal.account_id)
+    return list(session.scalars(statement))
 
 
 def _with_children(statement: Select[Routine]) -> Select[Routine]:

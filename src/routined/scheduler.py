@@ -11,8 +11,6 @@ PostgreSQL database never fire a slot twice; there, each takes its batch with
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,13 +21,10 @@ from sqlalchemy.orm import Session, selectinload
 from routined import fires, runs
 from routined import limits as limits_
 from routined.config import Settings
-from routined.db import Store
 from routined.fires import InFlight, Outcome, Policy
 from routined.models import Account, Fire, Routine, Run, Trigger
 from routined.schedule import Schedule, format_duration, parse, stagger_offset
-from routined.wakeup import Wakeup
-
-log = logging.getLogger(__name__)
+from routined.wakeup import Loop
 
 Clock = Callable[[], datetime]
 # Decisions of one batch commit together: small enough that the first run of a
@@ -58,46 +53,22 @@ def restagger(trigger: Trigger, stagger: timedelta) -> None:
         trigger.due_at = trigger.next_at + stagger_offset(trigger.id, stagger)
 
 
-class Scheduler:
-    def __init__(
-        self,
-        store: Store,
-        settings: Settings,
-        *,
-        clock: Clock,
-        on_run_created: Callable[[], None] = lambda: None,
-        retry_after_error: float = 5.0,
-    ) -> None:
-        self.store = store
-        self.settings = settings
-        self.clock = clock
-        self.on_run_created = on_run_created
-        self.retry_after_error = retry_after_error
-        self._wakeup = Wakeup()
+class Scheduler(Loop):
+    """Decides due slots, then sleeps until the next one is due.
 
-    def wake(self) -> None:
-        """Look at the schedules again now (they changed); safe from any thread."""
-        self._wakeup.set()
+    Changes made by other processes (`routined apply`, another scheduler) are
+    seen within `ROUTINED_POLL_INTERVAL`: the sleep is never longer, and looking
+    costs one indexed query.
+    """
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Decide due slots, then sleep until the next one is due.
+    doing = "scheduler: deciding due schedules"
 
-        Changes made by other processes (`routined apply`, another scheduler) are
-        seen within `ROUTINED_POLL_INTERVAL`: the sleep is never longer, and
-        looking costs one indexed query.
-        """
-        self._wakeup.bind()
-        while not stop.is_set():
-            try:
-                next_due = await asyncio.to_thread(self.run_due, stop.is_set)
-            except Exception:
-                log.exception("scheduler: deciding due schedules failed; trying again")
-                await self._wakeup.sleep(stop, self.retry_after_error)
-                continue
-            delay = self.settings.poll_interval
-            if next_due is not None:
-                delay = min(delay, (next_due - self.clock()).total_seconds())
-            await self._wakeup.sleep(stop, max(delay, 0.0))
+    def step(self, stopping: Callable[[], bool]) -> float:
+        next_due = self.run_due(stopping)
+        delay = self.settings.poll_interval
+        if next_due is not None:
+            delay = min(delay, (next_due - self.clock()).total_seconds())
+        return delay
 
     def run_due(self, stopping: Callable[[], bool] = lambda: False) -> datetime | None:
         """Decide everything due now; return when the next decision is due.
