@@ -1010,7 +1010,9 @@ def test_a_nul_character_in_a_name_or_id_is_refused(api: Api) -> None:
         ("GET", "/keys", {"account": NUL}),
     ]:
         response = api.call(method, path, api.operator, params=params)
-        assert_error(response, 400, "invalid_request_error", "NUL", case=f"{method} {path} {params}")
+        assert_error(
+            response, 400, "invalid_request_error", "NUL", case=f"{method} {path} {params}"
+        )
 
 
 def test_a_nul_character_in_stored_text_is_refused_or_kept(api: Api) -> None:

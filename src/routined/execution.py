@@ -9,6 +9,7 @@ own failures end it as failed with the reason, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -344,13 +346,14 @@ class Executor:
             run_dir / "workspace" / workspace.checkout_name(url, taken)
             for url in context.repositories
         ]
+        fetched = await self._authenticated(context, context.repositories, "clone_failed")
         try:
             checkouts = list(
                 await asyncio.gather(
                     *(
-                        self._checkout(context, number, url, destination)
-                        for number, (url, destination) in enumerate(
-                            zip(context.repositories, destinations, strict=True)
+                        self._checkout(context, number, url, authenticated, destination)
+                        for number, (url, authenticated, destination) in enumerate(
+                            zip(context.repositories, fetched, destinations, strict=True)
                         )
                     )
                 )
@@ -371,13 +374,47 @@ class Executor:
         return checkouts
 
     async def _checkout(
-        self, context: RunContext, number: int, url: str, destination: Path
+        self, context: RunContext, number: int, url: str, authenticated: str, destination: Path
     ) -> workspace.Checkout:
         """The standby checkout if it is current, else a clone made now."""
-        mirror = await workspace.sync_mirror(url, self.settings.home / "mirrors")
+        mirror = await workspace.sync_mirror(authenticated, self.settings.home / "mirrors")
         standby = self._standby(context, number, url)
         ready = await workspace.take_standby(mirror, standby, destination)
         return ready or await workspace.clone(mirror, destination)
+
+    async def _authenticated(
+        self, context: RunContext, urls: Sequence[str], failure: str
+    ) -> list[str]:
+        """`urls`, those of repositories on GitHub with a token of the app's installation
+        in them (minted now: it lives an hour). git gets it outside the sandbox only;
+        the agent's checkouts name their origin without it."""
+        try:
+            app = forge.GitHubApp.from_settings(self.settings)
+        except forge.ForgeError as error:
+            raise RunFailure(failure, str(error)) from None
+        event = context.event or {}
+        authenticated = []
+        for url in urls:
+            repository = forge.repository_of(url, self.settings.github_url)
+            parts = urlsplit(url)
+            own_credentials = parts.username not in (None, forge.TOKEN_USER)
+            if (
+                app is None
+                or repository is None
+                or parts.scheme not in ("http", "https")
+                or own_credentials
+            ):
+                authenticated.append(url)  # SSH, the URL's own credentials, or not GitHub
+                continue
+            same = repository.lower() == str(event.get("repository", "")).lower()
+            try:
+                token = await app.installation_token(
+                    repository, installation_id=event.get("installation_id") if same else None
+                )
+            except forge.ForgeError as error:
+                raise RunFailure(failure, str(error)) from None
+            authenticated.append(forge.with_token(url, token))
+        return authenticated
 
     def _standby(self, context: RunContext, number: int, url: str) -> Path:
         key = hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -534,7 +571,10 @@ class Executor:
             **self._author_env(),
         }
         pushed: list[delivery.Pushed] = []
-        for number, checkout in enumerate(checkouts):
+        # Fresh tokens: the ones the clones took may have expired during the session.
+        origins = await self._authenticated(context, [c.url for c in checkouts], "delivery_failed")
+        for number, (checkout, origin) in enumerate(zip(checkouts, origins, strict=True)):
+            checkout = dataclasses.replace(checkout, url=origin)
             layout = sandbox.finishing_layout(
                 run_dir=run_dir,
                 cwd=checkout.path,
@@ -572,12 +612,15 @@ class Executor:
     @functools.cached_property
     def _masked(self) -> list[Path]:
         """What a sandbox must not show even where a system folder would: routined's
-        home, the service user's home, secret files and the store's file."""
+        home, the service user's home, secret files (the GitHub App's key among them)
+        and the store's file."""
         masked = [self.settings.home, Path.home()]
         for setting in SETTINGS:
             named = os.environ.get(setting.name + "_FILE") if setting.secret else None
             if named:
                 masked.append(Path(named).absolute())
+        if self.settings.github_private_key_file is not None:
+            masked.append(self.settings.github_private_key_file)
         database = self.store.url.database
         if self.store.is_sqlite and database and database != ":memory:":
             masked.append(Path(database).absolute().parent)

@@ -19,6 +19,8 @@ from githubkit.exception import GitHubException
 
 from routined.config import Settings
 
+# The user name GitHub takes with an installation token over https.
+TOKEN_USER = "x-access-token"  # noqa: S105 - a fixed user name, not a secret
 _SCP_LIKE = re.compile(r"^[^@/:]+@(?P<host>[^/:]+):(?P<path>.+)$")
 
 
@@ -95,6 +97,21 @@ class GitHubApp:
             raise ForgeError(f"commenting on {repository}#{number}: {error}") from None
         return created.parsed_data.html_url
 
+    async def installation_token(self, repository: str, *, installation_id: int | None) -> str:
+        """A short-lived token of the app's installation, for git on `repository` only."""
+        owner, name = repository.split("/", 1)
+        app = self._client()
+        try:
+            if installation_id is None:
+                found = await app.rest.apps.async_get_repo_installation(owner, name)
+                installation_id = found.parsed_data.id
+            minted = await app.rest.apps.async_create_installation_access_token(
+                installation_id, repositories=[name]
+            )
+        except GitHubException as error:
+            raise ForgeError(f"an installation token for {repository}: {error}") from None
+        return minted.parsed_data.token
+
     async def _installation(
         self, owner: str, name: str, installation_id: int | None
     ) -> GitHub[Any]:
@@ -104,6 +121,15 @@ class GitHubApp:
             installation_id = found.parsed_data.id
         installation: GitHub[Any] = app.with_auth(app.auth.as_installation(installation_id))
         return installation
+
+
+def with_token(url: str, token: str) -> str:
+    """An https URL that authenticates as the app's installation (GitHub's convention
+    for installation tokens over git)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{TOKEN_USER}:{token}@{host}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def repository_of(url: str, web_url: str) -> str | None:
