@@ -681,3 +681,14 @@ def test_github_runs_stop_at_the_accounts_daily_plan_limit(
     assert len(hub.runs()) == 2
     reason = hub.decision(decided[2])["reason"]
     assert reason.startswith("dropped: ") and "plan pro" in reason
+
+
+def test_a_huge_payload_reaches_the_session_cut_with_its_summary_whole() -> None:
+    opened = payload(OPENED)
+    opened["pull_request"]["body"] = "x" * (3 * github.MAX_PAYLOAD_TEXT)
+    text = github.session_input("pull_request", opened)
+    assert len(text) < github.MAX_PAYLOAD_TEXT + 5_000
+    assert "… (cut: the payload has" in text
+    assert f"number: {opened['pull_request']['number']}" in text
+    small = github.session_input("pull_request", payload(OPENED))
+    assert "(cut:" not in small and json.dumps(payload(OPENED), indent=1) in small

@@ -39,6 +39,7 @@ from routined.wakeup import Loop
 
 log = logging.getLogger(__name__)
 
+MAX_PAYLOAD_TEXT = 200_000
 # Deliveries decided in one transaction: enough to keep up with a burst, few enough
 # that the first run of a batch is not held back long.
 _BATCH = 50
@@ -324,11 +325,18 @@ def _cap(session: Session, routine: Routine, *, now: datetime, settings: Setting
 
 def session_input(event: str, payload: dict[str, Any]) -> str:
     """What the session reads of the event (inside its untrusted block): a summary,
-    then the payload."""
+    then the payload, cut at MAX_PAYLOAD_TEXT characters (GitHub sends up to 25 MB;
+    the model needs the gist, and the summary has it)."""
+    payload_text = json.dumps(payload, indent=1, ensure_ascii=False)
+    if len(payload_text) > MAX_PAYLOAD_TEXT:
+        payload_text = (
+            payload_text[:MAX_PAYLOAD_TEXT]
+            + f"\n… (cut: the payload has {len(payload_text):,} characters; the rest is on GitHub)"
+        )
     text = (
         github_events.summary_text(github_events.summary(event, payload))
         + "\n\nPayload (JSON):\n"
-        + json.dumps(payload, indent=1, ensure_ascii=False)
+        + payload_text
     )
     # A title may hold a NUL (JSON can say \u0000), which no store's text can keep.
     return text.replace("\x00", "")
