@@ -207,6 +207,7 @@ def test_a_pr_routine_fires_on_a_match_and_says_why_it_skips_each_variant(
             "number": 2,
             "head_ref": "changes",
             "head_sha": sent["pull_request"]["head"]["sha"],
+            "from_fork": False,
         },
         "comment_on": {"kind": "pull_request", "number": 2},
     }

@@ -102,10 +102,12 @@ class Api:
         return secret
 
     def routine(self, name: str, **fields: Any) -> dict[str, Any]:
+        # An account's key may name https repositories on public hosts only; these
+        # tests start runs but never clone.
         return {
             "name": name,
             "prompt": "Tidy up.",
-            "repositories": [{"url": str(self.origin)}],
+            "repositories": [{"url": "https://git.example.com/acme/app.git"}],
             "triggers": [{"type": "api"}, {"type": "schedule", "cron": "0 9 * * *"}],
             **fields,
         }
@@ -553,7 +555,8 @@ def test_routines_triggers_runs_and_events_round_trip(api: Api) -> None:
 
     [listed] = api.ok("GET", "/routines", key)
     shown = api.ok("GET", "/routines/nightly", key)
-    assert listed["id"] == shown["id"] and shown["repositories"] == [str(api.origin)]
+    assert listed["id"] == shown["id"]
+    assert shown["repositories"] == ["https://git.example.com/acme/app.git"]
     assert [t["type"] for t in shown["triggers"]] == ["api", "schedule"]
     schedule = shown["triggers"][1]
     assert (schedule["schedule"], schedule["state"], len(schedule["next_runs"])) == (
@@ -1032,3 +1035,46 @@ def test_a_nul_character_in_stored_text_is_refused_or_kept(api: Api) -> None:
             assert response.is_success, case
     stored = [k["name"] for k in api.ok("GET", "/keys", api.operator)]
     assert stored in (["operator"], ["operator", NUL]), stored
+
+
+def test_an_accounts_key_names_only_https_repositories_on_public_hosts(api: Api) -> None:
+    api.account("acme")
+    key = api.key("acme", "write")
+    for url in [
+        str(api.origin),
+        f"file://{api.origin}",
+        "git@github.com:acme/app.git",
+        "http://git.example.com/acme/app.git",
+        "https://127.0.0.1/acme/app.git",
+        "https://10.0.0.7/acme/app.git",
+        "https://localhost/acme/app.git",
+    ]:
+        refused = api.call(
+            "PUT",
+            "/routines",
+            key,
+            body={"routines": [api.routine("x", repositories=[{"url": url}])]},
+        )
+        assert_error(
+            refused, 400, "invalid_request_error", "https repositories on public hosts", case=url
+        )
+    github = {"type": "github", "repository": "acme/app", "events": ["issues"]}
+    refused = api.call(
+        "PUT", "/routines", key, body={"routines": [api.routine("x", triggers=[github])]}
+    )
+    assert_error(
+        refused, 400, "invalid_request_error", "GitHub triggers are applied by the operator"
+    )
+    # The operator may do both.
+    api.apply(
+        api.operator, api.routine("y", repositories=[{"url": str(api.origin)}], triggers=[github])
+    )
+
+
+def test_credentials_in_a_repository_url_are_never_shown(api: Api) -> None:
+    secret_url = "https://x-access-token:ghp_SECRET@git.example.com/acme/app.git"
+    changes = api.apply(api.operator, api.routine("nightly", repositories=[{"url": secret_url}]))
+    assert "ghp_SECRET" not in json.dumps(changes)
+    reader = api.key("default", "read")
+    assert "ghp_SECRET" not in json.dumps(api.ok("GET", "/routines", reader))
+    assert "ghp_SECRET" not in json.dumps(api.ok("GET", "/routines/nightly", reader))

@@ -80,7 +80,8 @@ def seed(store: Store, origin: Path, tmp_path: Path) -> Seeded:
         return {
             "name": name,
             "prompt": "Tidy up.",
-            "repositories": [{"url": str(origin)}],
+            # An account's key names https repositories on public hosts only.
+            "repositories": [{"url": "https://git.example.com/acme/app.git"}],
             "triggers": [{"type": "api"}, {"type": "schedule", "cron": "0 9 * * 1-5"}],
         }
 

@@ -91,7 +91,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        if request.url.path.startswith(_ENVELOPED):
+        if request.url.path.startswith((*_ENVELOPED, "/webhooks/")):
             message = {404: "no such endpoint", 405: f"{request.method} is not allowed here"}
             return envelope(error.status_code, message.get(error.status_code, str(error.detail)))
         return JSONResponse({"detail": error.detail}, status_code=error.status_code)
@@ -268,7 +268,7 @@ def _with_request_id(send: Send) -> Send:
 
 
 def _limited(receive: Receive, limit: int, message: str) -> Receive:
-    """`receive`, raising a 413 problem (answered by the app) past `limit` bytes."""
+    """`receive`, raising 413 (answered by the app, in the envelope) past `limit` bytes."""
     received = 0
 
     async def limited() -> Message:
@@ -276,7 +276,8 @@ def _limited(receive: Receive, limit: int, message: str) -> Receive:
         message_ = await receive()
         received += len(message_.get("body", b""))
         if received > limit:
-            raise Problem(413, message)
+            # An HTTPException: FastAPI turns others raised while it reads a body into 400.
+            raise StarletteHTTPException(413, message)
         return message_
 
     return limited

@@ -315,6 +315,7 @@ class Executor:
         self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
     ) -> _Worked:
         checkouts = await self._prepare(context, run_dir)
+        checkouts = await self._fetch_pull_head(context, checkouts, recorder)
         cloned = [
             (
                 "git.clone",
@@ -360,18 +361,31 @@ class Executor:
             )
         except workspace.GitError as error:
             raise RunFailure("clone_failed", str(error)) from error
-        pull = (context.event or {}).get("pull_request")
-        if pull and checkouts:
-            # The event's pull request is the first repository's (see docs/github.md).
-            try:
-                checkouts[0], _branch = await workspace.fetch_pull_head(
-                    checkouts[0], pull["number"]
-                )
-            except workspace.GitError as error:
-                raise RunFailure(
-                    "clone_failed", f"pull request #{pull['number']}: {error}"
-                ) from error
         return checkouts
+
+    async def _fetch_pull_head(
+        self, context: RunContext, checkouts: list[workspace.Checkout], recorder: Recorder
+    ) -> list[workspace.Checkout]:
+        """Fetch the event's pull request as `pr/N` into the first repository (see
+        docs/github.md). Not from a fork: its commits could reach the origin on a
+        claude/ branch, where the repository's own workflows would run them. A fetch
+        that fails is recorded; the run goes on without the branch."""
+        pull = (context.event or {}).get("pull_request")
+        if not pull or not checkouts:
+            return checkouts
+        number = pull["number"]
+        if pull.get("from_fork", True):
+            await recorder.event(
+                "git.pull_request", f"pull request #{number} comes from a fork: not fetched"
+            )
+            return checkouts
+        try:
+            first, branch = await workspace.fetch_pull_head(checkouts[0], number)
+        except workspace.GitError as error:
+            await recorder.event("git.pull_request", f"pull request #{number} not fetched: {error}")
+            return checkouts
+        await recorder.event("git.pull_request", f"fetched pull request #{number} as {branch}")
+        return [first, *checkouts[1:]]
 
     async def _checkout(
         self, context: RunContext, number: int, url: str, authenticated: str, destination: Path

@@ -20,11 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from routined import fires, github_events, limits, runs
 from routined.config import Settings
-from routined.db import count_up_to
+from routined.db import count_up_to, table_of
 from routined.fires import InFlight, Outcome, Overlap
 from routined.models import (
     Delivery,
@@ -85,6 +86,18 @@ def decide_pending(session: Session, *, now: datetime, settings: Settings) -> tu
     if session.get_bind().dialect.name == "postgresql":
         statement = statement.with_for_update(skip_locked=True)
     deliveries = list(session.scalars(statement))
+    # Every account these deliveries may start runs of, held at once and in order, as
+    # fires and the scheduler hold theirs: one at a time, the batch could deadlock
+    # with them.
+    repositories = {d.repository.lower() for d in deliveries if d.repository}
+    limits.hold_accounts(
+        session,
+        session.scalars(
+            select(Routine.account_id)
+            .join(Trigger)
+            .where(Trigger.type == "github", Trigger.repository.in_(repositories))
+        ),
+    )
     started = 0
     for delivery in deliveries:
         try:
@@ -354,10 +367,13 @@ def context(delivery: Delivery, payload: dict[str, Any]) -> dict[str, Any]:
     pull = payload.get("pull_request")
     if isinstance(pull, dict) and isinstance(pull.get("number"), int):
         head = _mapping(pull.get("head"))
+        head_repository = _mapping(head.get("repo")).get("full_name")
         found["pull_request"] = {
             "number": pull["number"],
             "head_ref": head.get("ref"),
             "head_sha": head.get("sha"),
+            # A fork's commits must not reach the origin through a claude/ branch.
+            "from_fork": str(head_repository or "").lower() != str(delivery.repository).lower(),
         }
     for kind in ("pull_request", "issue", "discussion"):
         subject = payload.get(kind)
@@ -429,21 +445,24 @@ def installed_on(session: Session, repository: str) -> bool:
 
 
 def _learn(session: Session, installation_id: int, repository: str, *, now: datetime) -> None:
-    """Remember that the installation covers the repository (its events say so)."""
-    if session.get(Installation, installation_id) is None:
-        session.add(
-            Installation(
-                id=installation_id,
-                account_login=repository.split("/")[0],
-                repository_selection="selected",
-                updated_at=now,
-            )
+    """Remember that the installation covers the repository (its events say so).
+    Upserts: matchers in two processes may learn the same thing at once."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(table_of(Installation))
+        .values(
+            id=installation_id,
+            account_login=repository.split("/")[0],
+            repository_selection="selected",
+            updated_at=now,
         )
-        session.flush()
-    key = (installation_id, repository.lower())
-    if session.get(InstallationRepository, key) is None:
-        session.add(InstallationRepository(installation_id=key[0], repository=key[1]))
-        session.flush()
+        .on_conflict_do_nothing()
+    )
+    session.execute(
+        insert(table_of(InstallationRepository))
+        .values(installation_id=installation_id, repository=repository.lower())
+        .on_conflict_do_nothing()
+    )
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -9,12 +9,15 @@ another account's objects: they are "not found", as if they did not exist.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy import Select, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from routined import fires, github, keys, limits, routines, runs, scheduler, tokens
@@ -58,13 +61,17 @@ class Problem(Exception):
 def perform(store: Store, operation: Callable[[Session], T], *, readonly: bool = False) -> T:
     """`operation` in one transaction of its own."""
     kept: Problem | None = None
-    with store.transaction(readonly=readonly) as session:
-        try:
-            return operation(session)
-        except Problem as problem:
-            if not problem.keeps:
-                raise
-            kept = problem
+    try:
+        with store.transaction(readonly=readonly) as session:
+            try:
+                return operation(session)
+            except Problem as problem:
+                if not problem.keeps:
+                    raise
+                kept = problem
+    except IntegrityError:
+        # Another request took the name (or the like) since this one looked.
+        raise Problem(409, "another request changed the same thing meanwhile; try again") from None
     raise kept
 
 
@@ -76,6 +83,8 @@ def require(principal: Principal, scope: Scope) -> None:
 
 
 def require_operator(principal: Principal) -> None:
+    if principal.disabled:
+        raise Problem(403, "this key's account is disabled: it can read, not change anything")
     if not principal.operator:
         raise Problem(
             403,
@@ -264,6 +273,9 @@ def delete_routine(session: Session, principal: Principal, name: str) -> None:
     worker would otherwise lose it mid-flight."""
     require(principal, Scope.WRITE)
     routine = find_routine(session, principal, name)
+    # Held against workers' claims (they hold the routine too), so no run of it can
+    # become active between the look below and the delete.
+    session.execute(select(Routine.id).where(Routine.id == routine.id).with_for_update())
     active = session.scalar(
         select(Run.id).where(Run.routine_id == routine.id, Run.status.in_(runs.ACTIVE))
     )
@@ -521,12 +533,11 @@ def list_deliveries(
             )
         )
     deliveries = list(session.scalars(statement))
-    return [delivery_view(d, _delivery_decisions(session, principal, d.id)) for d in deliveries]
+    return [_visible_delivery(session, principal, d) for d in deliveries]
 
 
 def get_delivery(session: Session, principal: Principal, delivery_id: str) -> dict[str, Any]:
-    delivery = _delivery(session, principal, delivery_id)
-    return delivery_view(delivery, _delivery_decisions(session, principal, delivery.id))
+    return _visible_delivery(session, principal, _delivery(session, principal, delivery_id))
 
 
 def replay_delivery(
@@ -539,7 +550,19 @@ def replay_delivery(
         for row in github.replay(session, delivery, now=now, settings=settings)
         if _sees_all(principal) or row["account_id"] == principal.account_id
     ]
-    return {**delivery_view(delivery, []), "replayed_at": iso(now), "would": would}
+    shown = _visible_delivery(session, principal, delivery)
+    return {**shown, "decisions": [], "replayed_at": iso(now), "would": would}
+
+
+def _visible_delivery(session: Session, principal: Principal, delivery: Delivery) -> dict[str, Any]:
+    """The delivery with the decisions the principal may see; for an account's key, its
+    one-line outcome is told again from those alone (it names every routine)."""
+    decisions = _delivery_decisions(session, principal, delivery.id)
+    shown = delivery_view(delivery, decisions)
+    if not _sees_all(principal):
+        told = "; ".join(f"{d['routine']}: {d['outcome']}" for d in decisions)
+        shown["outcome"] = f"{delivery.event} on {delivery.repository}: {told}"
+    return shown
 
 
 def _delivery_decisions(
@@ -629,7 +652,13 @@ def _for_principal(
     session: Session, principal: Principal, spec: routines.RoutinesFile
 ) -> routines.RoutinesFile:
     """A key's routines are its account's: unnamed accounts become it, other accounts
-    are unknown, and a name another account uses is taken."""
+    are unknown, and a name another account uses is taken.
+
+    What runs with the server's own reach stays the operator's: an account's key
+    may name only https repositories on public hosts (not the server's paths, its
+    SSH keys or its network), and no GitHub triggers, since an installation of
+    the app is not tied to one account.
+    """
     if principal.account_id is None:
         return spec
     own = session.get_one(Account, principal.account_id).name
@@ -643,8 +672,37 @@ def _for_principal(
         holder = session.scalar(select(Routine.account_id).where(Routine.name == routine.name))
         if holder is not None and holder != principal.account_id:
             raise routines.SpecError(f"{label}.name: the name is taken; choose another")
+        if not principal.operator:
+            _within_reach(label, routine)
         wanted.append(routine)
     return routines.RoutinesFile(routines=wanted)
+
+
+def _within_reach(label: str, routine: routines.RoutineSpec) -> None:
+    for number, repository in enumerate(routine.repositories):
+        parts = urlsplit(repository.url)
+        if parts.scheme != "https" or not parts.hostname or _private(parts.hostname):
+            raise routines.SpecError(
+                f"{label}.repositories[{number}].url: an account's key may name https "
+                "repositories on public hosts; ask the operator for anything else"
+            )
+    for number, trigger in enumerate(routine.triggers):
+        if isinstance(trigger, routines.GitHubTriggerSpec):
+            raise routines.SpecError(
+                f"{label}.triggers[{number}]: GitHub triggers are applied by the operator "
+                "(routined apply on the server, or an admin key of the default account)"
+            )
+
+
+def _private(host: str) -> bool:
+    """Whether `host` names this machine or a private network, literally."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return not address.is_global
 
 
 def _check_name(field: str, name: str) -> None:

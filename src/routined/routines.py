@@ -38,6 +38,7 @@ from routined.schedule import (
     zone,
 )
 from routined.scheduler import arm, restagger
+from routined.workspace import display_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
@@ -589,7 +590,7 @@ def _update(
         routine.repositories.clear()
         session.flush()  # old positions must be gone before new rows reuse them
         routine.repositories.extend(Repository(position=i, url=u) for i, u in enumerate(urls))
-        details.append("repositories " + ", ".join(urls))
+        details.append("repositories " + ", ".join(display_url(u) for u in urls))
     policy = _policy(wanted)
     for name, value in policy.items():
         if getattr(routine, name) != value:

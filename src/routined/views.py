@@ -14,6 +14,7 @@ from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
 from routined.schedule import format_duration, iso, zone
 from routined.scheduler import next_instants
+from routined.workspace import display_url
 
 
 def routine_view(session: Session, routine: Routine, *, next_count: int) -> dict[str, Any]:
@@ -47,7 +48,7 @@ def routine_view(session: Session, routine: Routine, *, next_count: int) -> dict
         "model": routine.model,
         "paused": routine.paused_at is not None,
         "paused_at": iso(routine.paused_at) if routine.paused_at else None,
-        "repositories": [repo.url for repo in routine.repositories],
+        "repositories": [display_url(repo.url) for repo in routine.repositories],
         "catch_up": routine.catch_up,
         "catch_up_window": format_duration(timedelta(seconds=routine.catch_up_window)),
         "overlap": routine.overlap,
