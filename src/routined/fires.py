@@ -239,6 +239,7 @@ def row(
     now: datetime,
     scheduled_at: datetime | None = None,
     run_id: str | None = None,
+    delivery_id: str | None = None,
 ) -> dict[str, Any]:
     """A decision as the `fires` row that stores it."""
     return {
@@ -250,6 +251,7 @@ def row(
         "outcome": outcome,
         "reason": reason,
         "run_id": run_id,
+        "delivery_id": delivery_id,
     }
 
 

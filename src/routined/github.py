@@ -25,11 +25,10 @@ from sqlalchemy.orm import Session
 
 from routined import fires, github_events, limits, runs
 from routined.config import Settings
-from routined.db import count_up_to, table_of
+from routined.db import count_up_to, rows_at_most, table_of
 from routined.fires import InFlight, Outcome, Overlap
 from routined.models import (
     Delivery,
-    Fire,
     Installation,
     InstallationRepository,
     Routine,
@@ -134,24 +133,26 @@ def decide(
         return f"no routine listens to {delivery.repository}", 0
     started = 0
     lines = []
+    decided = []
     for trigger, routine in rows:
         outcome, reason, run = _decide_trigger(
             session, delivery, payload, trigger, routine, now=now, settings=settings
         )
-        session.add(
-            Fire(
+        decided.append(
+            fires.row(
                 routine_id=routine.id,
                 trigger_id=trigger.id,
                 trigger_type="github",
-                decided_at=now,
                 outcome=outcome,
                 reason=reason,
+                now=now,
                 run_id=None if run is None else run.id,
                 delivery_id=delivery.id,
             )
         )
         started += run is not None
         lines.append(f"{routine.name}: {outcome}")
+    fires.record_all(session, decided)  # one statement: most decisions are skips
     return f"{_name(delivery)} on {delivery.repository}: " + "; ".join(lines), started
 
 
@@ -315,6 +316,10 @@ def _concurrency(
 
 def _cap(session: Session, routine: Routine, *, now: datetime, settings: Settings) -> str | None:
     """Why the hourly caps on GitHub-started runs leave no room, or None."""
+    if rows_at_most(session, table_of(Run)) < min(
+        settings.github_routine_hourly_cap, settings.github_account_hourly_cap
+    ):
+        return None  # the store holds fewer runs than either cap: neither is reached
     hour = now.replace(minute=0, second=0, microsecond=0)
     started = select(Run.id).where(Run.trigger_type == "github", Run.created_at >= hour)
     per_routine = settings.github_routine_hourly_cap
@@ -447,6 +452,14 @@ def installed_on(session: Session, repository: str) -> bool:
 def _learn(session: Session, installation_id: int, repository: str, *, now: datetime) -> None:
     """Remember that the installation covers the repository (its events say so).
     Upserts: matchers in two processes may learn the same thing at once."""
+    known = session.execute(
+        select(InstallationRepository.installation_id).where(
+            InstallationRepository.installation_id == installation_id,
+            InstallationRepository.repository == repository.lower(),
+        )
+    ).first()
+    if known is not None:
+        return  # the usual case, found with one read
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(
         insert(table_of(Installation))
