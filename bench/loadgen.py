@@ -351,14 +351,12 @@ def stalled_origin() -> Iterator[str]:
 class Server:
     """`routined serve --port 0` with its output in files, so nothing it prints can block it."""
 
-    def __init__(
-        self, env: dict[str, str], logs: Path, routined: Sequence[str] = (ROUTINED,)
-    ) -> None:
+    def __init__(self, env: dict[str, str], logs: Path, serve_args: Sequence[str] = ()) -> None:
         self.stdout = logs / "serve.out"
         self.stderr = logs / "serve.err"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [*routined, "serve", "--port", "0"], env=env, stdout=out, stderr=err
+                [ROUTINED, "serve", "--port", "0", *serve_args], env=env, stdout=out, stderr=err
             )
         self.pid = self.process.pid
 

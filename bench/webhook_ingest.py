@@ -45,13 +45,15 @@ The matcher decides deliveries in the same process as the receiver, after the
 answer, so it competes with it for the CPU (and the GIL). For each phase the
 report says how many deliveries were received, how many the matcher had decided
 by the end of the load, and how long it then took to decide the rest (drain);
-the next phase starts only once every delivery is decided. `--matcher off` is a
-diagnosis, not production: the server is `routined serve` with the matcher's
-task idle (patched in by this script), so the receiver is measured alone and
-deliveries stay undecided.
+the next phase starts only once every delivery is decided. `--matcher` says where
+it runs: `in` the serving process (`routined serve`, the default), `apart` in a
+process of its own (`routined serve --no-matcher` beside `routined matcher`, a
+split deployment; the server CPU reported is then the receiver's alone), or
+`off` (`routined serve --no-matcher` alone: a diagnosis of the receiver;
+deliveries stay undecided).
 
     .venv/bin/python bench/webhook_ingest.py [--rate 500] [--duration 10] [--warmup 3]
-        [--rounds 3] [--clients 16] [--matcher on|off]
+        [--rounds 3] [--clients 16] [--matcher in|apart|off]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--quick] [--json]
 
 With --database-url (an admin URL) the server runs on a PostgreSQL database the
@@ -61,7 +63,6 @@ benchmark creates there and drops afterwards; by default on the embedded SQLite.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import functools
 import json
@@ -74,7 +75,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -337,18 +338,16 @@ def settled(store: Store, timeout: float = DRAIN_TIMEOUT) -> Counts:
     return last
 
 
-def without_matcher() -> None:
-    """`routined` whose `serve` leaves its GitHub matcher idle (--matcher off)."""
-    import routined.github
-    from routined.cli import main
-
-    async def idle(self: routined.github.Matcher, stop: asyncio.Event) -> None:
-        await stop.wait()
-
-    routined.github.Matcher.run = idle  # type: ignore[method-assign,assignment]
-    sys.argv = [ROUTINED, *sys.argv[2:]]
-    main()
-    sys.exit(0)
+@contextlib.contextmanager
+def matcher_process(env: dict[str, str], logs: Path) -> Iterator[None]:
+    """`routined matcher` in a process of its own, for the length of the block."""
+    with (logs / "matcher.out").open("wb") as out, (logs / "matcher.err").open("wb") as err:
+        process = subprocess.Popen([ROUTINED, "matcher"], env=env, stdout=out, stderr=err)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 # -- orchestration and report ------------------------------------------------------
@@ -437,10 +436,10 @@ def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration:
         cli([ROUTINED, "apply", "-f", str(root / "routines.yaml")])
         store = Store(url)
         stack.callback(store.dispose)
-        matcher = options.matcher == "on"
-        server = Server(
-            env, root, (ROUTINED,) if matcher else (sys.executable, __file__, "--without-matcher")
-        )
+        matcher = options.matcher != "off"
+        server = Server(env, root, () if options.matcher == "in" else ("--no-matcher",))
+        if options.matcher == "apart":
+            stack.enter_context(matcher_process(env, root))
         try:
             host, port = server.wait_ready()
             cli([ROUTINED, "fire", "blocker"])
@@ -485,10 +484,13 @@ def report(result: dict[str, Any]) -> None:
     load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
     print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
           f"Python {host['python']}; load average before the run {load}")  # fmt: skip
-    matcher = result["matcher"] == "on"
-    print(f"store: {result['store']}; one `routined serve` (uvicorn, h11, asyncio loop, " + (
-          "the GitHub matcher in the same process)" if matcher else
-          "its GitHub matcher idle: --matcher off, the receiver alone)"))  # fmt: skip
+    where = {
+        "in": "the GitHub matcher in the same process)",
+        "apart": "--no-matcher) and `routined matcher` in a process of its own",
+        "off": "--no-matcher) and no matcher: the receiver alone",
+    }[result["matcher"]]
+    print(f"store: {result['store']}; one `routined serve` (uvicorn, h11, asyncio loop, "
+          + where)  # fmt: skip
     print(f"routines: {REPOSITORIES * len(ROUTINES):,} with a GitHub trigger, "
           f"{len(ROUTINES)} on each of {REPOSITORIES} repositories; GitHub caps and queue cap "
           "10,000,000; worker held (ROUTINED_WORKERS=1)")  # fmt: skip
@@ -572,14 +574,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of the two phases (default 3)")
     parser.add_argument("--clients", type=int, default=16, help="closed-loop connections")
     parser.add_argument("--seed", type=int, default=1, help="of the deliveries' sequence")
-    parser.add_argument("--matcher", choices=("on", "off"), default="on",
-                        help="off: the receiver alone (a diagnosis)")  # fmt: skip
+    parser.add_argument("--matcher", choices=("in", "apart", "off"), default="in",
+                        help="in the serving process, apart in its own, or off")  # fmt: skip
     parser.add_argument("--database-url", help="PostgreSQL admin URL; default: embedded SQLite")
     parser.add_argument("--quick", action="store_true", help="1 round of 5 s phases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
-    if sys.argv[1:2] == ["--without-matcher"]:
-        without_matcher()
     options = parser.parse_args()
     if options.generate:
         # The load generator: a spec on stdin, its measurements on stdout.

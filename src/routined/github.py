@@ -40,9 +40,9 @@ from routined.wakeup import Loop
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_TEXT = 200_000
-# Deliveries decided in one transaction: enough to keep up with a burst, few enough
-# that the first run of a batch is not held back long.
-_BATCH = 50
+# Deliveries decided in one transaction: few, so the store's write lock (SQLite) and
+# the accounts held are given back soon, to the receiver and the fire endpoint.
+_BATCH = 10
 
 
 class Matcher(Loop):

@@ -15,6 +15,7 @@ from routined.config import Settings
 from routined.db import Store
 from routined.github import Matcher
 from routined.scheduler import Scheduler
+from routined.wakeup import Loop
 from routined.worker import Worker, utcnow
 
 
@@ -31,31 +32,40 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
-def serve(settings: Settings, *, host: str, port: int, console: Console) -> None:
+def serve(
+    settings: Settings, *, host: str, port: int, console: Console, matcher: bool = True
+) -> None:
+    """Serve until stopped; without `matcher`, another process (`routined matcher`)
+    decides the GitHub deliveries this one records."""
     listener = bind(host, port)
     settings = settings.with_listen_address(host, listener.getsockname()[1], os.environ)
     store = Store(settings.database_url.reveal())
     store.migrate()
     worker = Worker(store, settings)
-    scheduler = Scheduler(store, settings, clock=utcnow, on_run_created=worker.wake)
-    matcher = Matcher(store, settings, clock=utcnow, on_run_created=worker.wake)
+    loops: list[Loop] = [Scheduler(store, settings, clock=utcnow, on_run_created=worker.wake)]
+    if matcher:
+        loops.append(Matcher(store, settings, clock=utcnow, on_run_created=worker.wake))
     app = create_app(
-        store, settings, clock=utcnow, on_run_created=worker.wake, on_delivery=matcher.wake
+        store,
+        settings,
+        clock=utcnow,
+        on_run_created=worker.wake,
+        # Without one here, the matcher elsewhere sees deliveries by polling.
+        on_delivery=loops[-1].wake if matcher else lambda: None,
     )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     shown_db = store.url.render_as_string(hide_password=True)
 
     async def main() -> None:
         stop = asyncio.Event()
-        working = asyncio.create_task(worker.run(stop))
-        scheduling = asyncio.create_task(scheduler.run(stop))
-        matching = asyncio.create_task(matcher.run(stop))
+        running = [asyncio.create_task(worker.run(stop))]
+        running += [asyncio.create_task(loop.run(stop)) for loop in loops]
         console.print(f"routined is serving at [bold]{settings.public_url}[/] (store: {shown_db})")
         try:
             await server.serve(sockets=[listener])
         finally:
             stop.set()
-            await asyncio.gather(working, scheduling, matching)
+            await asyncio.gather(*running)
             store.dispose()
 
     # What exists by now (modules, the app, the store) lives as long as the process.

@@ -17,8 +17,15 @@ from routined.cli.common import JsonFlag, app, connect, fail, out, print_json, s
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on (0: any free one).")] = None,
+    matcher: Annotated[
+        bool,
+        typer.Option(
+            help="Decide GitHub deliveries here; --no-matcher when `routined matcher` "
+            "runs in a process of its own."
+        ),
+    ] = True,
 ) -> None:
-    """Serve the fire API and run queued runs."""
+    """Serve the APIs, fire schedules, decide GitHub deliveries and run queued runs."""
     from routined.server import serve as run_server
 
     config = settings()
@@ -27,6 +34,7 @@ def serve(
         host=host if host is not None else config.host,
         port=port if port is not None else config.port,
         console=out,
+        matcher=matcher,
     )
 
 

@@ -1,4 +1,4 @@
-"""Commands about schedules: preview, scheduler."""
+"""Commands about schedules and background roles: preview, scheduler, matcher."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import typer
 from rich.table import Table
 
 from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
+from routined.github import Matcher
 from routined.schedule import ScheduleError, check_interval, iso, parse, zone
 from routined.scheduler import Scheduler
+from routined.wakeup import Loop
 from routined.worker import utcnow
 
 
@@ -86,12 +88,29 @@ def scheduler() -> None:
     """
     with opened() as (config, store):
         out.print(f"routined scheduler is running (time zone default {zone(config.timezone).key})")
+        _run_alone(Scheduler(store, config, clock=utcnow))
 
-        async def main() -> None:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for number in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(number, stop.set)
-            await Scheduler(store, config, clock=utcnow).run(stop)
 
-        asyncio.run(main())
+@app.command()
+def matcher() -> None:
+    """Run only the GitHub matcher: decide recorded deliveries (no API, no worker).
+
+    For deployments that split roles, with `routined serve --no-matcher`: deciding
+    then takes no CPU from the process that answers GitHub.
+    """
+    with opened() as (config, store):
+        out.print("routined matcher is running")
+        _run_alone(Matcher(store, config, clock=utcnow))
+
+
+def _run_alone(loop: Loop) -> None:
+    """Run one background loop in the foreground until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(number, stop.set)
+        await loop.run(stop)
+
+    asyncio.run(main())
