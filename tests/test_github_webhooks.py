@@ -370,3 +370,19 @@ def waiting_for_lock(store: Store) -> None:
                 return
         assert time.monotonic() < deadline, "the request never waited for the lock"
         time.sleep(0.01)
+
+
+def test_a_signature_that_is_not_ascii_is_refused_not_a_500(make_hub: Callable[..., Hub]) -> None:
+    hub = make_hub()
+    body = raw("ping/with-app_id.payload.json")
+    # Latin-1 bytes in the header: starlette reads them as text hmac cannot compare.
+    response = hub.client.post(
+        "/webhooks/github",
+        content=body,
+        headers={
+            b"x-github-event": b"ping",
+            b"x-github-delivery": b"not-ascii",
+            b"x-hub-signature-256": b"sha256=\xe9" + b"0" * 63,
+        },
+    )
+    assert_error(response, 401, "X-Hub-Signature-256")

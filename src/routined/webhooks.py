@@ -47,8 +47,8 @@ HEADERS_OF_RECORD = (
 
 def signed(secret: bytes, body: bytes, signature: str | None) -> bool:
     """Whether `signature` (X-Hub-Signature-256) is `sha256=` + HMAC-SHA256 of `body`."""
-    if not signature or not signature.startswith("sha256="):
-        return False
+    if not signature or not signature.startswith("sha256=") or not signature.isascii():
+        return False  # compare_digest refuses (raises on) text that is not ASCII
     expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature.removeprefix("sha256=").strip().lower())
 
