@@ -132,7 +132,7 @@ def create_app(
         tags=["fire"],
         summary="Fire a routine's API trigger (the hosted product's call)",
     )
-    async def fire(trigger_id: str, request: Request) -> dict[str, str]:
+    async def fire(trigger_id: str, request: Request) -> JSONResponse:
         _check_versions(request, settings.accepted_betas)
         fired = FireRequest(
             trigger_id=trigger_id,
@@ -142,11 +142,14 @@ def create_app(
             now=clock(),
         )
         session_id = await recorder.submit(fired)
-        return {
-            "type": "routine_fire",
-            "claude_code_session_id": session_id,
-            "claude_code_session_url": runs.session_url(settings.public_url, session_id),
-        }
+        # A response as is: FastAPI would check it against FireOut again, on every fire.
+        return JSONResponse(
+            {
+                "type": "routine_fire",
+                "claude_code_session_id": session_id,
+                "claude_code_session_url": runs.session_url(settings.public_url, session_id),
+            }
+        )
 
     @app.get("/sessions/{session_id}", responses={404: {"description": "No such session."}})
     async def session(session_id: str) -> dict[str, Any]:
