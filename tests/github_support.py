@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -256,3 +260,27 @@ def hubs(store: Store, tmp_path: Path) -> Iterator[Callable[..., Hub]]:
         yield factory
     finally:
         factory.close()
+
+
+ROUTINED = str(Path(sys.executable).with_name("routined"))
+
+
+@contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[str]:
+    """`routined serve` on a free port (with `args`); its URL once it listens."""
+    process = subprocess.Popen(
+        [ROUTINED, "serve", "--port", "0", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r"serving at (http://\S+)", line)
+    try:
+        assert found, f"serve printed {line!r}"
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -4,9 +4,7 @@ deliveries and `routined matcher` decides them, over one store."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +16,8 @@ from sqlalchemy import select
 from routined.db import Store
 from routined.models import Delivery
 from routined.webhooks import sign
-from tests.github_support import SECRET, github_env, raw
+from tests.github_support import ROUTINED, SECRET, github_env, raw, serving
 
-ROUTINED = str(Path(sys.executable).with_name("routined"))
 DEADLINE = 30.0
 
 
@@ -52,12 +49,9 @@ def test_serve_without_its_matcher_records_and_routined_matcher_decides(tmp_path
     env = {**os.environ, **github_env(tmp_path), "ROUTINED_POLL_INTERVAL": "0.2"}
     del env["ROUTINED_PUBLIC_URL"]  # serve then prints the address it listens on
     body = raw("ping/with-app_id.payload.json")
-    with running(env, "serve", "--port", "0", "--no-matcher") as server:
-        assert server.stdout is not None
-        found = re.search(r"serving at (http://\S+)", server.stdout.readline())
-        assert found, "serve did not start"
+    with serving(env, "--no-matcher") as url:
         answer = httpx.post(
-            f"{found.group(1)}/webhooks/github",
+            f"{url}/webhooks/github",
             content=body,
             headers={
                 "x-github-event": "ping",

@@ -10,12 +10,9 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -35,6 +32,7 @@ from tests.conftest import branches, git
 from tests.github_support import (
     PR_TRIGGER,
     REPOSITORY,
+    ROUTINED,
     SECRET,
     HubFactory,
     add_pull_head,
@@ -42,11 +40,11 @@ from tests.github_support import (
     encode,
     payload,
     raw,
+    serving,
     write_routines,
 )
 
 pytestmark = pytest.mark.agent
-ROUTINED = str(Path(sys.executable).with_name("routined"))
 RUN_DEADLINE = 90.0
 OPENED = "pull_request/opened.payload.json"
 
@@ -57,27 +55,6 @@ def routined(env: dict[str, str], *args: str) -> str:
     )
     assert done.returncode == 0, done.stderr + done.stdout
     return done.stdout
-
-
-@contextmanager
-def serving(env: dict[str, str]) -> Iterator[str]:
-    """`routined serve` on a free port; its URL once it listens."""
-    process = subprocess.Popen(
-        [ROUTINED, "serve", "--port", "0"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    found = re.search(r"serving at (http://\S+)", line)
-    try:
-        assert found, f"serve printed {line!r}"
-        yield found.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def ended_run(store: Store) -> Run:

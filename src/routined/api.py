@@ -41,7 +41,6 @@ ANTHROPIC_VERSION = "2023-06-01"
 MAX_IDEMPOTENCY_KEY = 255
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 OVERLOADED_RETRY_AFTER = 5  # seconds; workers take queued runs in about that
-MAX_TEXT = 65_536
 # Room for the longest text with every character escaped, and then some; a
 # bigger body is refused before it is read.
 MAX_BODY = 1_048_576
@@ -198,7 +197,7 @@ _FIRE_OPENAPI: dict[str, Any] = {
             "application/json": {
                 "schema": {
                     "type": "object",
-                    "properties": {"text": {"type": "string", "maxLength": MAX_TEXT}},
+                    "properties": {"text": {"type": "string", "maxLength": runs.MAX_TEXT}},
                 }
             }
         },
@@ -352,8 +351,8 @@ def _fire_text(body: bytes) -> str | None:
         raise Problem(400, f"text: must be a string, got {type(text).__name__}")
     if "\x00" in text:
         raise Problem(400, "text: contains a NUL character; remove it")
-    if len(text) > MAX_TEXT:
-        raise Problem(400, f"text: {len(text)} characters is over the limit of {MAX_TEXT}")
+    if len(text) > runs.MAX_TEXT:
+        raise Problem(400, f"text: {len(text)} characters is over the limit of {runs.MAX_TEXT}")
     return text
 
 

@@ -16,13 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningInsert
 
 from routined.db import table_of
-from routined.models import Fire, Routine
+from routined.models import Fire, Routine, Run
+from routined.runs import ACTIVE, RunStatus
 from routined.schedule import format_duration
 
 
@@ -77,6 +78,19 @@ class InFlight:
     run_id: str
     status: str
     serial: bool
+
+
+def in_flight(session: Session, routine_id: str, *, key: str | None = None) -> list[InFlight]:
+    """The routine's queued and active runs, oldest first; with `key`, only those of
+    that concurrency key."""
+    statement = (
+        select(Run.id, Run.status, Run.serial)
+        .where(Run.routine_id == routine_id, Run.status.in_([RunStatus.QUEUED, *ACTIVE]))
+        .order_by(Run.created_at)
+    )
+    if key is not None:
+        statement = statement.where(Run.concurrency_key == key)
+    return [InFlight(row.id, row.status, row.serial) for row in session.execute(statement)]
 
 
 @dataclass(frozen=True)

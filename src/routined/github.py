@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from routined import fires, github_events, limits, runs
 from routined.config import Settings
 from routined.db import count_up_to, rows_at_most, table_of
-from routined.fires import InFlight, Outcome, Overlap
+from routined.fires import Outcome, Overlap
 from routined.models import (
     Delivery,
     Installation,
@@ -297,18 +297,7 @@ def _concurrency(
     session: Session, routine: Routine, key: str, policy: Overlap, reason: str
 ) -> tuple[fires.Decision, list[str]]:
     """The trigger's concurrency policy against the routine's runs with the same key."""
-    in_flight = [
-        InFlight(row.id, row.status, row.serial)
-        for row in session.execute(
-            select(Run.id, Run.status, Run.serial)
-            .where(
-                Run.routine_id == routine.id,
-                Run.concurrency_key == key,
-                Run.status.in_([runs.RunStatus.QUEUED, *runs.ACTIVE]),
-            )
-            .order_by(Run.created_at)
-        )
-    ]
+    in_flight = fires.in_flight(session, routine.id, key=key)
     wanted = fires.Decision(slot=datetime.min, outcome=Outcome.FIRED, reason=f"{reason}; key {key}")
     decided, cancel = fires.overlap([wanted], policy, in_flight)
     return decided[0], cancel

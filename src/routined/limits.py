@@ -72,6 +72,7 @@ class Limits:
     zone: ZoneInfo  # where days begin
 
     @classmethod
+    @functools.cache  # settings are frozen; parsing plans on every decision was waste
     def of(cls, settings: Settings) -> Limits:
         return cls(
             plans=parse_plans(settings.plans),

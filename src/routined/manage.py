@@ -30,9 +30,6 @@ from routined.models import Account, ApiKey, Delivery, Fire, Routine, Run, RunEv
 from routined.schedule import iso
 from routined.views import fire_view, routine_view, run_event_view
 
-MAX_TEXT = 65_536
-
-
 T = TypeVar("T")
 
 
@@ -317,8 +314,8 @@ def fire_by_hand(
 ) -> dict[str, Any]:
     """Start a run now ("run now"); refused, with its reason recorded, past a limit."""
     require(principal, Scope.WRITE)
-    if text is not None and len(text) > MAX_TEXT:
-        raise Problem(400, f"text: {len(text)} characters is over the limit of {MAX_TEXT}")
+    if text is not None and len(text) > runs.MAX_TEXT:
+        raise Problem(400, f"text: {len(text)} characters is over the limit of {runs.MAX_TEXT}")
     routine = find_routine(session, principal, name)
     account = limits.hold_account(session, routine)
     verdict = limits.check(session, routine, account, "manual", limits=Limits.of(settings), now=now)

@@ -19,6 +19,9 @@ from routined.db import table_of
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
 
+# The most text a fire (over the API or by hand) may hand its run.
+MAX_TEXT = 65_536
+
 
 class RunStatus(enum.StrEnum):
     QUEUED = "queued"  # recorded, waiting for a worker

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, selectinload
 from routined import fires, runs
 from routined import limits as limits_
 from routined.config import Settings
-from routined.fires import InFlight, Outcome, Policy
-from routined.models import Account, Fire, Routine, Run, Trigger
+from routined.fires import Outcome, Policy
+from routined.models import Account, Fire, Routine, Trigger
 from routined.schedule import Schedule, format_duration, parse, stagger_offset
 from routined.wakeup import Loop
 
@@ -174,17 +174,6 @@ def _decide(
             why=f"only the latest {_MAX_SLOTS} slots are decided one by one",
         )  # fmt: skip
         slots = slots[-_MAX_SLOTS:]
-    in_flight = [
-        InFlight(row.id, row.status, row.serial)
-        for row in session.execute(
-            select(Run.id, Run.status, Run.serial)
-            .where(
-                Run.routine_id == routine.id,
-                Run.status.in_([runs.RunStatus.QUEUED, *runs.ACTIVE]),
-            )
-            .order_by(Run.created_at)
-        )
-    ]
     planned = fires.plan(
         slots,
         now=now,
@@ -192,7 +181,7 @@ def _decide(
         policy=policy,
         grace=timedelta(seconds=settings.schedule_grace),
         paused=routine.paused_at is not None if paused is None else paused,
-        in_flight=in_flight,
+        in_flight=fires.in_flight(session, routine.id),
         offset=offset,
         waited=waited,
     )

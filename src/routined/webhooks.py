@@ -1,7 +1,7 @@
 """`POST /webhooks/github`: verify, record, answer; deciding comes after the answer.
 
 GitHub gives a receiver 10 seconds. This one checks the signature before it
-parses a byte, records the delivery in one short transaction (a redelivery finds
+parses a byte, then parses and records the delivery in one short transaction (a redelivery finds
 its first row and only counts), and answers 202; `routined.github` decides what
 the delivery starts, in the background. A delivery with a bad or missing
 signature leaves nothing behind but a counter.
@@ -71,6 +71,21 @@ class Received:
     body: str
     at: datetime
 
+    def row(self) -> dict[str, Any]:
+        """The `deliveries` row it is recorded as, on its first arrival."""
+        return {
+            "id": self.id,
+            "event": self.event,
+            "action": self.action,
+            "repository": self.repository,
+            "installation_id": self.installation_id,
+            "headers": self.headers,
+            "body": self.body,
+            "received_at": self.at,
+            "attempts": 1,
+            "last_received_at": self.at,
+        }
+
     @classmethod
     def parse(cls, headers: dict[str, str], body: bytes, *, at: datetime) -> Received:
         event = headers.get("x-github-event", "").strip()
@@ -105,29 +120,32 @@ class Received:
         )
 
 
-def record(store: Store, batch: list[Received]) -> list[bool | Exception]:
-    """Record deliveries in one transaction; for each, False if GitHub had delivered it
-    before (a redelivery only counts)."""
+@dataclass(frozen=True)
+class Verified:
+    """A delivery whose signature matched, not yet parsed."""
+
+    headers: dict[str, str]
+    body: bytes
+    at: datetime
+
+
+def record(store: Store, batch: list[Verified]) -> list[tuple[str, bool] | Exception]:
+    """Parse verified deliveries (here, in the writer's thread, not on the event loop:
+    a body may have 25 MB) and record them in one transaction. For each: its id and
+    whether it is new (a redelivery only counts), or the problem that refuses it."""
+    parsed: list[Received | Exception] = []
+    for verified in batch:
+        try:
+            parsed.append(Received.parse(verified.headers, verified.body, at=verified.at))
+        except Problem as problem:
+            parsed.append(problem)
     statement = _record_statement(store.engine.dialect.name)
     with store.transaction() as session:
         return [
-            session.scalar(
-                statement,
-                {
-                    "id": received.id,
-                    "event": received.event,
-                    "action": received.action,
-                    "repository": received.repository,
-                    "installation_id": received.installation_id,
-                    "headers": received.headers,
-                    "body": received.body,
-                    "received_at": received.at,
-                    "attempts": 1,
-                    "last_received_at": received.at,
-                },
-            )
-            == 1
-            for received in batch
+            received
+            if isinstance(received, Exception)
+            else (received.id, session.scalar(statement, received.row()) == 1)
+            for received in parsed
         ]
 
 
@@ -171,7 +189,9 @@ def router(
 ) -> APIRouter:
     webhooks = APIRouter()
     # Deliveries arriving together are recorded in one transaction (see GroupCommit).
-    recorder: GroupCommit[Received, bool] = GroupCommit(lambda batch: record(store, batch))
+    recorder: GroupCommit[Verified, tuple[str, bool]] = GroupCommit(
+        lambda batch: record(store, batch)
+    )
 
     @webhooks.post(
         "/webhooks/github",
@@ -190,12 +210,11 @@ def router(
         if not signed(secret, body, request.headers.get("x-hub-signature-256")):
             await anyio.to_thread.run_sync(count_bad_signature, store)
             raise Problem(401, "X-Hub-Signature-256 does not match the body and the secret")
-        received = Received.parse(dict(request.headers), body, at=clock())
-        first = await recorder.submit(received)
+        delivery, first = await recorder.submit(Verified(dict(request.headers), body, clock()))
         if first:
             on_delivery()
         return JSONResponse(
-            {"delivery": received.id, "status": "received" if first else "duplicate"},
+            {"delivery": delivery, "status": "received" if first else "duplicate"},
             status_code=202,
         )
 

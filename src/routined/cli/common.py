@@ -101,17 +101,10 @@ class Client:
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return self._loop.run(work)
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        body: Any = None,
-        explain: Callable[[str], str] = lambda message: message,
-    ) -> Any:
-        """The answer's JSON; an error answer ends the command with its message."""
-        return self.run(self.acall(method, path, params=params, body=body, explain=explain))
+    def call(self, method: str, path: str, **options: Any) -> Any:
+        """The answer's JSON; an error answer ends the command with its message (see
+        `acall` for the options)."""
+        return self.run(self.acall(method, path, **options))
 
     async def acall(
         self,

@@ -14,7 +14,6 @@ from rich.table import Column, Table
 from routined import runs
 from routined.cli.common import Client, JsonFlag, app, connect, fail, out, print_json, segment
 from routined.logview import describe_event
-from routined.manage import MAX_TEXT
 from routined.worker import Worker
 
 _FOLLOW_POLL = 0.3
@@ -28,8 +27,8 @@ def fire(
     as_json: JsonFlag = False,
 ) -> None:
     """Start a run now ("run now"); a schedule is not disturbed."""
-    if text is not None and len(text) > MAX_TEXT:
-        fail(f"--text: {len(text)} characters is over the limit of {MAX_TEXT}")
+    if text is not None and len(text) > runs.MAX_TEXT:
+        fail(f"--text: {len(text)} characters is over the limit of {runs.MAX_TEXT}")
     with connect() as client:
         started = client.call("POST", f"/routines/{segment(routine)}/runs", body={"text": text})
         run_id, session_id = started["run_id"], started["session_id"]
