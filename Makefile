@@ -26,6 +26,8 @@ install: $(VENV)/.installed system-deps
 bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/fire_latency.py
 	$(PYTHON) bench/scheduler.py
+	$(PYTHON) bench/fire_load.py
+	$(PYTHON) bench/webhook_ingest.py
 
 $(PYTHON):
 	python3 -m venv $(VENV)
