@@ -318,7 +318,7 @@ def report(result: dict[str, Any]) -> None:
     load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
     print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
           f"Python {host['python']}; load average before the run {load}")  # fmt: skip
-    print(f"store: {result['store']}; one `routined serve` (uvicorn, h11, asyncio loop)")
+    print(f"store: {result['store']}; one `routined serve` (uvicorn, httptools, uvloop)")
     print(f"worker: {result['worker']} (ROUTINED_WORKERS=1); limits and queue cap 10,000,000")
     print(f"load: a second process on loopback; open loop at {result['rate']:g}/s, closed loop "
           f"with {result['clients']} clients; {result['warmup']:g} s warm-up + "
@@ -383,7 +383,7 @@ def report(result: dict[str, Any]) -> None:
     print()
     final = ", ".join(f"{count:,} {status}" for status, count in sorted(result["runs"].items()))
     print(f"runs in the store at the end: {final}")
-    # uvicorn ends by raising the SIGTERM it caught again, once it has shut down.
+    # routined serve ends by raising the SIGTERM it caught again, once all has stopped.
     if result["server_exit_code"] not in (0, -15) or result["server_stderr"]:
         tail = result["server_stderr"][-2000:] or "(empty)"
         print(f"\nroutined serve exited with {result['server_exit_code']}; its stderr "

@@ -41,19 +41,20 @@ second. No run executes an agent: the worker's only slot (ROUTINED_WORKERS=1) is
 held by a run of another routine whose repository never answers, as in
 fire_load.py's --worker held.
 
-The matcher decides deliveries in the same process as the receiver, after the
-answer, so it competes with it for the CPU (and the GIL). For each phase the
+The matcher decides deliveries after the answer, in a process of its own that
+`routined serve` starts (so that it computes on the other core), and shares the
+store with the receiver: on SQLite they take turns to write. For each phase the
 report says how many deliveries were received, how many the matcher had decided
 by the end of the load, and how long it then took to decide the rest (drain);
-the next phase starts only once every delivery is decided. `--matcher` says where
-it runs: `in` the serving process (`routined serve`, the default), `apart` in a
-process of its own (`routined serve --no-matcher` beside `routined matcher`, a
-split deployment; the server CPU reported is then the receiver's alone), or
-`off` (`routined serve --no-matcher` alone: a diagnosis of the receiver;
-deliveries stay undecided).
+the next phase starts only once every delivery is decided. `--matcher` says what
+decides: `serve` the matcher process of `routined serve` (the default), `apart`
+a `routined matcher` started on its own beside `routined serve --no-matcher` (a
+split deployment), or `off` (`routined serve --no-matcher` alone: a diagnosis of
+the receiver; deliveries stay undecided). The server CPU reported is the serving
+process's alone, never the matcher's.
 
     .venv/bin/python bench/webhook_ingest.py [--rate 500] [--duration 10] [--warmup 3]
-        [--rounds 3] [--clients 16] [--matcher in|apart|off]
+        [--rounds 3] [--clients 16] [--matcher serve|apart|off]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--quick] [--json]
 
 With --database-url (an admin URL) the server runs on a PostgreSQL database the
@@ -437,7 +438,7 @@ def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration:
         store = Store(url)
         stack.callback(store.dispose)
         matcher = options.matcher != "off"
-        server = Server(env, root, () if options.matcher == "in" else ("--no-matcher",))
+        server = Server(env, root, () if options.matcher == "serve" else ("--no-matcher",))
         if options.matcher == "apart":
             stack.enter_context(matcher_process(env, root))
         try:
@@ -485,11 +486,11 @@ def report(result: dict[str, Any]) -> None:
     print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
           f"Python {host['python']}; load average before the run {load}")  # fmt: skip
     where = {
-        "in": "the GitHub matcher in the same process)",
-        "apart": "--no-matcher) and `routined matcher` in a process of its own",
+        "serve": "with its GitHub matcher process)",
+        "apart": "--no-matcher) and `routined matcher` started apart",
         "off": "--no-matcher) and no matcher: the receiver alone",
     }[result["matcher"]]
-    print(f"store: {result['store']}; one `routined serve` (uvicorn, h11, asyncio loop, "
+    print(f"store: {result['store']}; one `routined serve` (uvicorn, httptools, uvloop, "
           + where)  # fmt: skip
     print(f"routines: {REPOSITORIES * len(ROUTINES):,} with a GitHub trigger, "
           f"{len(ROUTINES)} on each of {REPOSITORIES} repositories; GitHub caps and queue cap "
@@ -574,8 +575,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of the two phases (default 3)")
     parser.add_argument("--clients", type=int, default=16, help="closed-loop connections")
     parser.add_argument("--seed", type=int, default=1, help="of the deliveries' sequence")
-    parser.add_argument("--matcher", choices=("in", "apart", "off"), default="in",
-                        help="in the serving process, apart in its own, or off")  # fmt: skip
+    parser.add_argument("--matcher", choices=("serve", "apart", "off"), default="serve",
+                        help="serve's own process, one started apart, or none")  # fmt: skip
     parser.add_argument("--database-url", help="PostgreSQL admin URL; default: embedded SQLite")
     parser.add_argument("--quick", action="store_true", help="1 round of 5 s phases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")

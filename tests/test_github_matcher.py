@@ -6,6 +6,7 @@ CLI reads the same store."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typer.testing import CliRunner, Result
 from routined import github, runs
 from routined.cli import app as cli_app
 from routined.db import Store
-from routined.models import Delivery, Run
+from routined.models import Delivery, Routine, Run
 from routined.runs import Claim
 from tests.github_support import (
     PR_TRIGGER,
@@ -693,3 +694,94 @@ def test_a_huge_payload_reaches_the_session_cut_with_its_summary_whole() -> None
     assert f"number: {opened['pull_request']['number']}" in text
     small = github.session_input("pull_request", payload(OPENED))
     assert "(cut:" not in small and json.dumps(payload(OPENED), indent=1) in small
+
+
+# -- deciding in two steps: prepared in a snapshot, written in a short transaction --
+
+
+def prepared(hub: Hub) -> deque[github.Prepared]:
+    with hub.store.transaction(readonly=True) as session:
+        return deque(github.prepare(session))
+
+
+def decide_prepared(
+    hub: Hub, ready: deque[github.Prepared], enough: Callable[[], bool] = lambda: False
+) -> tuple[int, int]:
+    with hub.store.transaction() as session:
+        return github.decide_prepared(
+            session, ready, now=hub.clock(), settings=hub.settings, enough=enough
+        )
+
+
+def test_a_delivery_another_matcher_decided_meanwhile_is_left_alone(
+    make_hub: Callable[..., Hub], tmp_path: Path, origin: Path
+) -> None:
+    hub = make_hub()
+    apply(hub.store, write_routines(tmp_path, origin))
+    delivery = hub.accepted("pull_request", raw(OPENED))
+    ready = prepared(hub)
+    assert hub.decide() == 1  # the other matcher
+    assert decide_prepared(hub, ready) == (0, 0)
+    assert not ready
+    assert [d["outcome"] for d in hub.delivery(delivery)["decisions"]] == ["fired"]
+    assert len(hub.runs()) == 1
+
+
+def test_a_routine_removed_after_its_delivery_was_prepared_is_decided_anew(
+    make_hub: Callable[..., Hub], tmp_path: Path, origin: Path
+) -> None:
+    hub = make_hub()
+    skipping = (
+        "  - name: zz-releases\n"
+        "    prompt: Write the notes.\n"
+        "    repositories:\n"
+        f"      - url: {origin}\n"
+        "    triggers:\n"
+        f"      - {{type: github, repository: {REPOSITORY}, events: [release]}}\n"
+    )
+    apply(hub.store, write_routines(tmp_path, origin, more=skipping))
+    delivery = hub.accepted("pull_request", raw(OPENED))
+    ready = prepared(hub)
+    assert {listener.routine_name for listener in ready[0].listening} == {
+        "pr-review",
+        "zz-releases",
+    }
+    with hub.store.transaction() as session:
+        session.delete(session.scalars(select(Routine).where(Routine.name == "zz-releases")).one())
+    assert decide_prepared(hub, ready) == (1, 1)
+    found = hub.delivery(delivery)
+    # Its skip could no longer be written: decided again against the routines left.
+    assert [(d["routine"], d["outcome"]) for d in found["decisions"]] == [("pr-review", "fired")]
+    assert not found["outcome"].startswith("not decided")
+
+
+def test_a_trigger_that_may_fire_is_decided_as_it_is_when_written(
+    make_hub: Callable[..., Hub], tmp_path: Path, origin: Path
+) -> None:
+    hub = make_hub()
+    apply(hub.store, write_routines(tmp_path, origin))
+    delivery = hub.accepted("pull_request", raw(OPENED))
+    ready = prepared(hub)
+    assert not ready[0].skipped  # it matched when prepared
+    assert cli(hub, "pause", "pr-review")
+    assert decide_prepared(hub, ready) == (1, 0)
+    decision = hub.decision(delivery)
+    assert decision["outcome"] == "skipped"
+    assert decision["reason"].endswith("the routine is paused")
+
+
+def test_the_matcher_gives_the_store_back_when_its_budget_is_spent(
+    make_hub: Callable[..., Hub], tmp_path: Path, origin: Path
+) -> None:
+    hub = make_hub()
+    apply(hub.store, write_routines(tmp_path, origin))
+    first = hub.accepted("pull_request", raw(OPENED))
+    second = hub.accepted("pull_request", pull_request(3))
+    ready = prepared(hub)
+    assert decide_prepared(hub, ready, enough=lambda: True) == (1, 1)
+    # The rest waits, prepared, for the next transaction, in order.
+    assert [one.delivery.id for one in ready] == [second]
+    assert hub.delivery(first)["processed_at"] is not None
+    assert hub.delivery(second)["processed_at"] is None
+    assert decide_prepared(hub, ready) == (1, 1)
+    assert not ready

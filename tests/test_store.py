@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import queue as queues
+import shutil
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
 
 from routined import runs, tokens
-from routined.db import GroupCommit, Store, rows_at_most, table_of
+from routined.config import Settings
+from routined.db import Checkpointer, GroupCommit, Store, rows_at_most, table_of
 from routined.ids import new_id
 from routined.models import Base, Routine, Run, RunEvent, Token, Trigger
 from routined.runs import RunStatus, TransitionRefused
@@ -172,13 +183,18 @@ def test_concurrent_workers_never_claim_the_same_run(store: Store) -> None:
 
     def work(worker: str) -> None:
         barrier.wait()
-        while True:
+        # On PostgreSQL a claim skips the runs others hold (SKIP LOCKED), so finding
+        # none does not mean none are left: go on until all are claimed (or, a bug,
+        # some never are).
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             with store.transaction() as session:
                 claim = runs.claim(session, worker, now=T0)
-            if claim is None:
-                return
             with lock:
-                claimed.append(claim.run_id)
+                if claim is not None:
+                    claimed.append(claim.run_id)
+                if len(claimed) >= len(queued):
+                    return
 
     threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
     for thread in threads:
@@ -388,3 +404,242 @@ def test_group_commit_tells_every_caller_when_a_batch_fails() -> None:
 
     answers = asyncio.run(scenario())
     assert [str(answer) for answer in answers] == ["the store is gone"] * 2
+
+
+def impatient_store(url: str) -> Store:
+    """A store whose connections do not wait for SQLite's write lock: a writer that got
+    in without waiting for its turn would fail at once ("database is locked"), so only
+    the turns can make a second writer wait."""
+    store = Store(url)
+
+    def no_busy_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=0")
+
+    # Listeners run in the order they were added: this one after the store's own pragmas.
+    event.listen(store.engine, "connect", no_busy_wait)
+    store.migrate()
+    return store
+
+
+def names(store: Store) -> list[str]:
+    with store.transaction(readonly=True) as session:
+        return list(session.scalars(select(Routine.name).order_by(Routine.name)))
+
+
+def test_writer_threads_take_turns(tmp_path: Path) -> None:
+    store = impatient_store(f"sqlite:///{tmp_path / 'routined.db'}")
+    first_in, let_first_go = threading.Event(), threading.Event()
+    second_trying, second_in = threading.Event(), threading.Event()
+    seen_by_second: list[str] = []
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with store.transaction() as session:
+                session.add(
+                    Routine(
+                        id=new_id("rtn"), name="first", prompt="p", created_at=T0, updated_at=T0
+                    )
+                )
+                session.flush()
+                first_in.set()
+                assert let_first_go.wait(timeout=30)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    def second() -> None:
+        try:
+            second_trying.set()
+            with store.transaction() as session:
+                second_in.set()
+                seen_by_second.extend(session.scalars(select(Routine.name)))
+                session.add(
+                    Routine(
+                        id=new_id("rtn"), name="second", prompt="p", created_at=T0, updated_at=T0
+                    )
+                )
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    try:
+        threads[0].start()
+        assert first_in.wait(timeout=30)
+        threads[1].start()
+        assert second_trying.wait(timeout=30)
+        # A window for the second writer to get in, which it must not while the first
+        # is open: without turns it would be in (or failed) well within it.
+        assert not second_in.wait(timeout=0.3)
+    finally:
+        let_first_go.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert seen_by_second == ["first"]  # it began after the first had committed
+    assert names(store) == ["first", "second"]
+    store.dispose()
+
+
+# A writer in another process: it says when it is about to write, then records in its
+# row whether the test's row was already committed when its transaction began.
+_OTHER_PROCESS_WRITER = """
+import sys
+from datetime import UTC, datetime
+
+from sqlalchemy import event, select
+
+from routined.db import Store
+from routined.ids import new_id
+from routined.models import Routine
+
+store = Store(sys.argv[1])
+event.listen(
+    store.engine, "connect", lambda connection, _: connection.execute("PRAGMA busy_timeout=0")
+)
+print("started", flush=True)
+with store.transaction() as session:
+    seen = session.scalar(select(Routine.name).where(Routine.name == "parent"))
+    now = datetime.now(UTC)
+    session.add(
+        Routine(id=new_id("rtn"), name="child", prompt=f"saw {seen}", created_at=now, updated_at=now)
+    )
+store.dispose()
+"""
+
+
+def test_a_writer_in_another_process_waits_for_its_turn(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'routined.db'}"
+    store = impatient_store(url)
+    lines: queues.Queue[str] = queues.Queue()
+    with store.transaction() as session:
+        session.add(
+            Routine(id=new_id("rtn"), name="parent", prompt="p", created_at=T0, updated_at=T0)
+        )
+        session.flush()
+        child = subprocess.Popen(
+            [sys.executable, "-c", _OTHER_PROCESS_WRITER, url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            stdout = child.stdout
+            threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+            assert lines.get(timeout=30) == "started\n"
+            # Without turns the child, which does not wait for SQLite's lock, would
+            # have failed within this window; with them it is still waiting.
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(timeout=0.5)
+        except BaseException:
+            child.kill()
+            child.wait(timeout=30)
+            raise
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 0, stderr
+    with store.transaction(readonly=True) as session:
+        assert session.scalar(select(Routine.prompt).where(Routine.name == "child")) == (
+            "saw parent"
+        )
+    store.dispose()
+
+
+def test_a_write_transaction_holds_the_turn_for_other_processes(sqlite_store: Store) -> None:
+    writer = Path(f"{sqlite_store.url.database}-writer")
+    # What a writer in another process would take, asked for without waiting.
+    with writer.open("ab") as other, sqlite_store.transaction(), pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with writer.open("ab") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the writer is done
+        fcntl.flock(other, fcntl.LOCK_UN)
+
+
+def test_a_readonly_transaction_does_not_wait_for_an_open_writer(sqlite_store: Store) -> None:
+    make_routine(sqlite_store, "committed")
+    read: list[str] = []
+    with sqlite_store.transaction() as session:
+        session.add(
+            Routine(id=new_id("rtn"), name="pending", prompt="p", created_at=T0, updated_at=T0)
+        )
+        session.flush()
+        reader = threading.Thread(target=lambda: read.extend(names(sqlite_store)))
+        reader.start()
+        reader.join(timeout=10)
+        assert not reader.is_alive(), "the reader waited for the writer"
+    assert read == ["committed"]
+
+
+def test_background_checkpoints_turn_sqlites_own_off(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'routined.db'}"
+    stores = [Store(url, background_checkpoints=True), Store(url)]
+    try:
+        reported = []
+        for store in stores:
+            with store.engine.connect() as connection:
+                reported.append(connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+        assert reported == [0, 1000]
+    finally:
+        for store in stores:
+            store.dispose()
+
+
+def in_database_file(store: Store, tmp_path: Path) -> list[str]:
+    """The routines the database file holds, not counting what is still in the log."""
+    assert store.url.database is not None
+    copy = tmp_path / "copy" / "routined.db"
+    copy.parent.mkdir(exist_ok=True)
+    copy.unlink(missing_ok=True)
+    shutil.copyfile(store.url.database, copy)  # the file alone: not its -wal
+    with contextlib.closing(sqlite3.connect(copy)) as connection:
+        rows = connection.execute("SELECT name FROM routines ORDER BY name").fetchall()
+    return [name for (name,) in rows]
+
+
+def outside_a_transaction(store: Store) -> sqlite3.Connection:
+    """A plain connection to the store's database: SQLite checkpoints only outside a
+    transaction, and the store's connections begin one for every statement."""
+    assert store.url.database is not None
+    return sqlite3.connect(store.url.database, isolation_level=None)
+
+
+def fully_checkpointed(store: Store) -> bool:
+    with contextlib.closing(outside_a_transaction(store)) as connection:
+        busy, log, done = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy == 0 and log == done)
+
+
+@pytest.fixture
+def checkpointed_store(tmp_path: Path) -> Iterator[Store]:
+    """A store that leaves checkpoints to `checkpoint()`, its schema already in the
+    database file, so that what a test writes is all the log holds."""
+    store = Store(f"sqlite:///{tmp_path / 'routined.db'}", background_checkpoints=True)
+    store.migrate()
+    assert fully_checkpointed(store)
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+def test_checkpoint_moves_the_log_into_the_database_file(
+    checkpointed_store: Store, tmp_path: Path
+) -> None:
+    for name in ("a", "b", "c"):
+        make_routine(checkpointed_store, name)
+    wal = Path(f"{checkpointed_store.url.database}-wal")
+    assert wal.stat().st_size > 0
+    assert in_database_file(checkpointed_store, tmp_path) == []
+    checkpointed_store.checkpoint()
+    assert in_database_file(checkpointed_store, tmp_path) == ["a", "b", "c"]
+    assert fully_checkpointed(checkpointed_store)
+
+
+def test_the_checkpointer_checkpoints_and_comes_back(
+    checkpointed_store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    make_routine(checkpointed_store, "a")
+    assert in_database_file(checkpointed_store, tmp_path) == []
+    checkpointer = Checkpointer(checkpointed_store, settings, clock=lambda: T0)
+    assert checkpointer.step(lambda: False) > 0
+    assert in_database_file(checkpointed_store, tmp_path) == ["a"]

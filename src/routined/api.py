@@ -157,12 +157,13 @@ def create_app(
             raise StarletteHTTPException(404, f"no session {session_id}")
         return found
 
+    # Before the management API's many routes: GitHub's deliveries find theirs first.
+    app.include_router(webhooks.router(store, settings, clock=clock, on_delivery=on_delivery))
     app.include_router(
         management.router(
             store, settings, clock=clock, principal=principal, on_run_created=on_run_created
         )
     )
-    app.include_router(webhooks.router(store, settings, clock=clock, on_delivery=on_delivery))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

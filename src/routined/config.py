@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ROUTINED_DATABASE_URL",
         None,
-        "SQLAlchemy URL of the store; default: SQLite at $ROUTINED_HOME/routined.db. "
+        "SQLAlchemy URL of the store; default: SQLite at $ROUTINED_HOME/routined.db "
+        "(processes take turns to write on `routined.db-writer` beside it). "
         "Use postgresql+psycopg://… for PostgreSQL.",
         secret=True,
     ),

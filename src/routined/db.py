@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -31,6 +34,8 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from routined.wakeup import Loop
+
 # Whether the SQLite transaction being opened only reads (see `Store.transaction`).
 _reading: ContextVar[bool] = ContextVar("reading", default=False)
 # PostgreSQL's page layout (htup_details.h, bufpage.h): a page header, then per tuple
@@ -39,6 +44,8 @@ _reading: ContextVar[bool] = ContextVar("reading", default=False)
 _PAGE_HEADER = 24
 _TUPLE_OVERHEAD = 4 + 24
 
+_CHECKPOINT_INTERVAL = 1.0  # seconds
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -46,10 +53,13 @@ Result = TypeVar("Result")
 class Store:
     """Where routined keeps its rows: SQLite by default, PostgreSQL when configured."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
+        """`background_checkpoints` (SQLite): the process runs a `Checkpointer`, so its
+        commits leave checkpoints to it (see there)."""
         self.url = _with_driver(make_url(url))
-        self.engine = _create_engine(self.url)
+        self.engine = _create_engine(self.url, autocheckpoint=not background_checkpoints)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_turn = _WriteTurn(self.url.database) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -62,11 +72,17 @@ class Store:
         On SQLite a transaction that may write takes the write lock when it begins
         (BEGIN IMMEDIATE), waiting up to the busy timeout for it: one that read first
         could not write after another connection committed, and would fail at once.
-        `readonly` transactions take no lock and never wait for writers.
+        `readonly` transactions take no lock and never wait for writers. Before
+        that, writers take turns (`_WriteTurn`).
         """
+        turn = (
+            self._write_turn.taken()
+            if self._write_turn is not None and not readonly
+            else contextlib.nullcontext()
+        )
         reading = _reading.set(readonly)
         try:
-            with self._sessions.begin() as session:
+            with turn, self._sessions.begin() as session:
                 session.connection()  # begin now, while the flag says how
                 yield session
         finally:
@@ -100,8 +116,64 @@ class Store:
                 if raw is not None:
                     raw.execute("PRAGMA foreign_keys=ON")
 
+    def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database (SQLite), without
+        waiting for writers or holding them up (a passive checkpoint)."""
+        if self.is_sqlite:
+            # On the driver's connection, outside a transaction: SQLite cannot
+            # checkpoint inside one, and SQLAlchemy's connections begin one.
+            connection = self.engine.raw_connection()
+            try:
+                connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+            finally:
+                connection.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._write_turn is not None:
+            self._write_turn.close()
+
+
+class _WriteTurn:
+    """Writers to one SQLite database take turns before they ask SQLite for its lock.
+
+    SQLite has one writer at a time, and a writer waiting for the lock polls it in
+    sleeps that grow to 100 ms (its busy handler): behind a busy writer, one wakes
+    long after the lock was free, and a writer that keeps coming back (the GitHub
+    matcher) can starve one that sleeps (the webhook receiver). Taking turns
+    first, threads on a lock and processes on an flock of a file beside the
+    database, a waiter is woken the moment the turn is free. SQLite's busy handler
+    still guards against writers that do not take turns (other programs).
+    Reentrant: a write transaction nested in another fails on SQLite's busy
+    timeout, as without turns, instead of waiting forever.
+    """
+
+    def __init__(self, database: str | None) -> None:
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._file: BinaryIO | None = None
+        if database and database != ":memory:":
+            self._file = Path(f"{database}-writer").open("ab")  # noqa: SIM115 - the process's
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    @contextmanager
+    def taken(self) -> Iterator[None]:
+        with self._threads:
+            self._depth += 1
+            try:
+                if self._depth == 1 and self._file is not None:
+                    fcntl.flock(self._file, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    if self._depth == 1 and self._file is not None:
+                        fcntl.flock(self._file, fcntl.LOCK_UN)
+            finally:
+                self._depth -= 1
 
 
 def count_up_to(session: Session, rows: Select[Any], cap: int | None = None) -> int:
@@ -211,7 +283,7 @@ def _with_driver(url: URL) -> URL:
     return url
 
 
-def _create_engine(parsed: URL) -> Engine:
+def _create_engine(parsed: URL, *, autocheckpoint: bool = True) -> Engine:
     url = parsed.render_as_string(hide_password=False)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -232,6 +304,8 @@ def _create_engine(parsed: URL) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -245,3 +319,20 @@ def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("routined") / "migrations"))
     return config
+
+
+class Checkpointer(Loop):
+    """Checkpoints an SQLite store every second, apart from its writers.
+
+    By default SQLite checkpoints in the commit that takes its log past 1,000
+    pages: that writer copies the log into the database and syncs it, tens of
+    milliseconds during which every other writer waits its turn, and under a
+    stream of webhook bodies that is several times a second. Here a thread of
+    its own does it, and writers only append to the log.
+    """
+
+    doing = "store: checkpointing"
+
+    def step(self, stopping: Callable[[], bool]) -> float:
+        self.store.checkpoint()
+        return _CHECKPOINT_INTERVAL

@@ -1,26 +1,35 @@
 """GitHub deliveries, decided: which routines an event starts, and why the others not.
 
 `routined.webhooks` records each delivery and answers GitHub at once; the
-`Matcher` here takes recorded deliveries in order and decides each in one
-transaction: it keeps track of where the app is installed, and for every GitHub
-trigger on the delivery's repository records one decision (a `fires` row with
-the delivery's id) with a reason a person can read — fired run X, a filter that
-did not match and what it got, dropped by a cap, app not installed, a
-concurrency policy. A redelivery never reaches here twice: the delivery id is
-the row's key.
+`Matcher` here takes recorded deliveries in order and decides each: it keeps
+track of where the app is installed, and for every GitHub trigger on the
+delivery's repository records one decision (a `fires` row with the delivery's
+id) with a reason a person can read — fired run X, a filter that did not match
+and what it got, dropped by a cap, app not installed, a concurrency policy. A
+redelivery never reaches here twice: the delivery id is the row's key.
+
+Deciding is done in two steps, so that the store's single writer (SQLite) is held
+only briefly: `prepare` reads, parses and matches a batch of deliveries in a
+read-only transaction; `decide_prepared` then claims each (one another matcher
+decided meanwhile is left alone) and, in a short transaction, writes the skips
+found and decides what may fire against the store as it is then.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from routined import fires, github_events, limits, runs
@@ -40,9 +49,13 @@ from routined.wakeup import Loop
 log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_TEXT = 200_000
-# Deliveries decided in one transaction: few, so the store's write lock (SQLite) and
-# the accounts held are given back soon, to the receiver and the fire endpoint.
+# Deliveries prepared at a time.
 _BATCH = 10
+# How long one transaction may go on writing decisions (it finishes the delivery it
+# is on): meanwhile it holds the store's write lock (SQLite), which the receiver
+# and the fire endpoint wait for.
+_TRANSACTION_BUDGET = 0.003
+_ABOUT_INSTALLATIONS = ("installation", "installation_repositories")
 
 
 class Matcher(Loop):
@@ -55,93 +68,200 @@ class Matcher(Loop):
         return self.settings.poll_interval
 
     def run_pending(self, stopping: Callable[[], bool] = lambda: False) -> int:
-        """Decide every recorded delivery; return how many runs they started."""
+        """Decide every recorded delivery; return how many runs they started.
+
+        Most of the work (reading bodies, parsing, matching filters) is done in a
+        read-only transaction, which waits for no writer and holds up none; the
+        transactions that write the decisions then have little left to do, and
+        each gives the store back after _TRANSACTION_BUDGET.
+        """
         started_total = 0
+        prepared: deque[Prepared] = deque()
         while not stopping():
-            with self.store.transaction(readonly=True) as session:
-                pending = session.scalar(
-                    select(Delivery.id).where(Delivery.processed_at.is_(None)).limit(1)
-                )
-            if pending is None:
-                break
+            if not prepared:
+                with self.store.transaction(readonly=True) as session:
+                    prepared.extend(prepare(session))
+                if not prepared:
+                    break
             with self.store.transaction() as session:
-                decided, started = decide_pending(session, now=self.clock(), settings=self.settings)
+                decided, started = decide_prepared(
+                    session,
+                    prepared,
+                    now=self.clock(),
+                    settings=self.settings,
+                    enough=functools.partial(_past, time.monotonic() + _TRANSACTION_BUDGET),
+                )
             started_total += started
             if started:
                 self.on_run_created()
-            if decided == 0:
-                break  # another process holds them: it decides them
+            if decided == 0 and not prepared:
+                break  # another process decided them
         return started_total
 
 
-def decide_pending(session: Session, *, now: datetime, settings: Settings) -> tuple[int, int]:
-    """Decide one batch of recorded deliveries, oldest first; (decided, runs started)."""
-    statement = (
+def _past(moment: float) -> bool:
+    return time.monotonic() > moment
+
+
+@dataclass
+class Prepared:
+    """A delivery read, parsed and matched against its repository's triggers as the
+    store stood a moment before its decision is written."""
+
+    delivery: Delivery
+    payload: dict[str, Any] | None  # None: not a JSON object
+    listening: list[Listener]
+    # The triggers it skips, by id, with why: only the others need the transaction
+    # that writes (the app, the caps, the concurrency policy, a run).
+    skipped: dict[str, Verdict]
+    learn: bool  # it tells of an installation on its repository routined did not know
+
+    @property
+    def may_fire(self) -> list[Listener]:
+        return [one for one in self.listening if one.trigger_id not in self.skipped]
+
+
+class Listener(NamedTuple):
+    """A GitHub trigger as `prepare` needs it: plain values, read without the ORM's
+    bookkeeping (ten of them for every delivery)."""
+
+    trigger_id: str
+    config: dict[str, Any]
+    routine_id: str
+    routine_name: str
+    account_id: str
+    paused: bool
+
+
+def prepare(session: Session) -> list[Prepared]:
+    """The oldest undecided deliveries, a batch of them, prepared (read only)."""
+    deliveries = session.scalars(
         select(Delivery)
         .where(Delivery.processed_at.is_(None))
         .order_by(Delivery.received_at, Delivery.id)
         .limit(_BATCH)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        statement = statement.with_for_update(skip_locked=True)
-    deliveries = list(session.scalars(statement))
-    # Every account these deliveries may start runs of, held at once and in order, as
-    # fires and the scheduler hold theirs: one at a time, the batch could deadlock
-    # with them.
-    repositories = {d.repository.lower() for d in deliveries if d.repository}
-    limits.hold_accounts(
-        session,
-        session.scalars(
-            select(Routine.account_id)
-            .join(Trigger)
-            .where(Trigger.type == "github", Trigger.repository.in_(repositories))
-        ),
-    )
-    started = 0
-    for delivery in deliveries:
-        try:
-            with session.begin_nested():
-                outcome, count = decide(session, delivery, now=now, settings=settings)
-        except Exception as error:
-            log.exception("github: deciding delivery %s failed", delivery.id)
-            outcome, count = f"not decided: {type(error).__name__}: {error}"[:1000], 0
-        delivery.processed_at = now
-        delivery.outcome = outcome
-        started += count
-    return len(deliveries), started
+    return [_prepare_one(session, delivery) for delivery in deliveries]
 
 
-def decide(
-    session: Session, delivery: Delivery, *, now: datetime, settings: Settings
-) -> tuple[str, int]:
-    """What the delivery did, in a line, and how many runs it started."""
+def _prepare_one(session: Session, delivery: Delivery) -> Prepared:
     try:
         payload = json.loads(delivery.body)
     except ValueError:
-        return "not JSON; nothing decided", 0
+        payload = None
+    if not isinstance(payload, dict):
+        return Prepared(delivery, None, [], {}, learn=False)
+    listening: list[Listener] = []
+    skipped: dict[str, Verdict] = {}
+    if delivery.repository is not None and delivery.event not in _ABOUT_INSTALLATIONS:
+        listening = _listeners(session, delivery.repository)
+        for one in listening:
+            verdict = _prejudge(delivery, payload, one.config, paused=one.paused)
+            if isinstance(verdict, Verdict):
+                skipped[one.trigger_id] = verdict
+    learn = (
+        delivery.installation_id is not None
+        and delivery.repository is not None
+        and not _known(session, delivery.installation_id, delivery.repository)
+    )
+    return Prepared(delivery, payload, listening, skipped, learn)
+
+
+def decide_prepared(
+    session: Session,
+    prepared: deque[Prepared],
+    *,
+    now: datetime,
+    settings: Settings,
+    enough: Callable[[], bool] = lambda: False,
+) -> tuple[int, int]:
+    """Decide prepared deliveries in order, taking them off `prepared`, at least one,
+    until `enough` says so; one another process decided meanwhile is left alone.
+    (decided, runs started)"""
+    # Every account these deliveries may start runs of, held at once and in order, as
+    # fires and the scheduler hold theirs: one at a time, the batch could deadlock
+    # with them.
+    limits.hold_accounts(
+        session, (listener.account_id for one in prepared for listener in one.may_fire)
+    )
+    started = decided = 0
+    while prepared:
+        one = prepared.popleft()
+        delivery = one.delivery
+        claimed = session.execute(_CLAIM, {"delivery_id": delivery.id, "now": now})
+        if claimed.rowcount == 0:  # type: ignore[attr-defined]
+            continue
+        try:
+            try:
+                with session.begin_nested():
+                    outcome, count = decide(session, one, now=now, settings=settings)
+            except IntegrityError:
+                # A routine it was prepared against is gone: prepared again, as is.
+                with session.begin_nested():
+                    again = _prepare_one(session, delivery)
+                    outcome, count = decide(session, again, now=now, settings=settings)
+        except Exception as error:
+            log.exception("github: deciding delivery %s failed", delivery.id)
+            outcome, count = f"not decided: {type(error).__name__}: {error}"[:1000], 0
+        session.execute(_OUTCOME, {"delivery_id": delivery.id, "outcome": outcome})
+        started += count
+        decided += 1
+        if enough():
+            break
+    return decided, started
+
+
+# Built once, on the table: the ORM's bulk update costs more than the statement.
+_DELIVERIES = table_of(Delivery)
+_CLAIM = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.processed_at.is_(None))
+    .values(processed_at=bindparam("now"))
+)
+_OUTCOME = (
+    update(_DELIVERIES)
+    .where(_DELIVERIES.c.id == bindparam("delivery_id"))
+    .values(outcome=bindparam("outcome"))
+)
+
+
+def decide(
+    session: Session, prepared: Prepared, *, now: datetime, settings: Settings
+) -> tuple[str, int]:
+    """What the delivery did, in a line, and how many runs it started."""
+    delivery, payload = prepared.delivery, prepared.payload
+    if payload is None:
+        return "not a JSON object; nothing decided", 0
     if delivery.event == "ping":
         return f"ping from hook {payload.get('hook_id')}: {payload.get('zen', '')}".strip(), 0
-    if delivery.event in ("installation", "installation_repositories"):
+    if delivery.event in _ABOUT_INSTALLATIONS:
         return track_installation(session, delivery.event, payload, now=now), 0
     if delivery.repository is None:
         return f"{_name(delivery)} names no repository; no routine listens to it", 0
-    repository = delivery.repository.lower()
-    if delivery.installation_id is not None:
-        _learn(session, delivery.installation_id, repository, now=now)
-    rows = _listening(session, repository)
-    if not rows:
+    if prepared.learn and delivery.installation_id is not None:
+        _learn(session, delivery.installation_id, delivery.repository, now=now)
+    if not prepared.listening:
         return f"no routine listens to {delivery.repository}", 0
     started = 0
     lines = []
     decided = []
-    for trigger, routine in rows:
-        outcome, reason, run = _decide_trigger(
-            session, delivery, payload, trigger, routine, now=now, settings=settings
-        )
+    for listener in prepared.listening:
+        skipped = prepared.skipped.get(listener.trigger_id)
+        if skipped is not None:
+            outcome, reason, run = skipped.outcome, skipped.reason, None
+        else:
+            # As it is now: it may have changed since the delivery was prepared.
+            trigger = session.get(Trigger, listener.trigger_id)
+            if trigger is None:
+                lines.append(f"{listener.routine_name}: its trigger was removed meanwhile")
+                continue
+            outcome, reason, run = _decide_trigger(
+                session, delivery, payload, trigger, trigger.routine, now=now, settings=settings
+            )
         decided.append(
             fires.row(
-                routine_id=routine.id,
-                trigger_id=trigger.id,
+                routine_id=listener.routine_id,
+                trigger_id=listener.trigger_id,
                 trigger_type="github",
                 outcome=outcome,
                 reason=reason,
@@ -151,22 +271,33 @@ def decide(
             )
         )
         started += run is not None
-        lines.append(f"{routine.name}: {outcome}")
+        lines.append(f"{listener.routine_name}: {outcome}")
     fires.record_all(session, decided)  # one statement: most decisions are skips
     return f"{_name(delivery)} on {delivery.repository}: " + "; ".join(lines), started
 
 
-def _listening(session: Session, repository: str) -> list[tuple[Trigger, Routine]]:
-    """The GitHub triggers on `repository` (lower case), with their routines, in order."""
+def _listeners(session: Session, repository: str) -> list[Listener]:
+    """The GitHub triggers on `repository`, with what deciding needs of their routines,
+    in order."""
     return [
-        (trigger, routine)
-        for trigger, routine in session.execute(
-            select(Trigger, Routine)
-            .join(Routine)
-            .where(Trigger.type == "github", Trigger.repository == repository)
-            .order_by(Routine.name, Trigger.position)
-        )
+        Listener(*row) for row in session.execute(_LISTENERS, {"repository": repository.lower()})
     ]
+
+
+# Built once: building a statement costs more than running it.
+_LISTENERS = (
+    select(
+        Trigger.id,
+        Trigger.config,
+        Routine.id,
+        Routine.name,
+        Routine.account_id,
+        Routine.paused_at.is_not(None),
+    )
+    .join(Routine)
+    .where(Trigger.type == "github", Trigger.repository == bindparam("repository"))
+    .order_by(Routine.name, Trigger.position)
+)
 
 
 @dataclass(frozen=True)
@@ -178,6 +309,26 @@ class Verdict:
     key: str | None = None  # the run's concurrency key
     serial: bool = False  # the run waits for the key's active run (queue_one)
     cancel: tuple[str, ...] = ()  # runs it supersedes first (cancel_previous)
+
+
+def _prejudge(
+    delivery: Delivery, payload: dict[str, Any], config: dict[str, Any], *, paused: bool
+) -> Verdict | github_events.Verdict:
+    """What can be told of one trigger (its configuration, whether its routine is
+    paused) from the delivery alone: why it skips, or the match to take further."""
+    events, filters = _parsed(json.dumps(config, sort_keys=True))
+    matched = github_events.match(config["repository"], events, filters, delivery.event, payload)
+    if not matched.matched:
+        return Verdict(Outcome.SKIPPED, matched.reason)
+    if delivery.installation_id is None:
+        return Verdict(
+            Outcome.SKIPPED,
+            f"app not installed: the delivery names no installation of the GitHub App on "
+            f"{delivery.repository} (a repository webhook?); runs need the app to clone and push",
+        )
+    if paused:
+        return Verdict(Outcome.SKIPPED, f"{matched.reason}; the routine is paused")
+    return matched
 
 
 def evaluate(
@@ -192,24 +343,9 @@ def evaluate(
 ) -> Verdict:
     """Decide one trigger: events and filters, the app, the routine's state, the caps,
     and the concurrency policy. Reads only; `replay` shows it as it would be today."""
-    config = trigger.config
-    matched = github_events.match(
-        config["repository"],
-        github_events.parse_events(config["events"]),
-        github_events.parse_filters(config.get("filters", [])),
-        delivery.event,
-        payload,
-    )
-    if not matched.matched:
-        return Verdict(Outcome.SKIPPED, matched.reason)
-    if delivery.installation_id is None:
-        return Verdict(
-            Outcome.SKIPPED,
-            f"app not installed: the delivery names no installation of the GitHub App on "
-            f"{delivery.repository} (a repository webhook?); runs need the app to clone and push",
-        )
-    if routine.paused_at is not None:
-        return Verdict(Outcome.SKIPPED, f"{matched.reason}; the routine is paused")
+    matched = _prejudge(delivery, payload, trigger.config, paused=routine.paused_at is not None)
+    if isinstance(matched, Verdict):
+        return matched
     account = limits.hold_account(session, routine)
     allowed = limits.check(
         session, routine, account, "github", limits=limits.Limits.of(settings), now=now
@@ -220,7 +356,7 @@ def evaluate(
     if capped is not None:
         return Verdict(Outcome.DROPPED, f"dropped: cap: {capped}")
     reason = f"{matched.reason}; delivery {delivery.id}"
-    concurrency = config.get("concurrency")
+    concurrency = trigger.config.get("concurrency")
     if not concurrency:
         return Verdict(Outcome.FIRED, reason)
     try:
@@ -232,6 +368,18 @@ def evaluate(
     if cancel:
         reason += f"; supersedes {', '.join(cancel)} (concurrency: cancel_previous)"
     return Verdict(decision.outcome, reason, key, decision.serial, tuple(cancel))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(
+    config: str,
+) -> tuple[tuple[github_events.EventSelector, ...], tuple[github_events.Filter, ...]]:
+    """A trigger's events and filters, parsed once for each distinct configuration
+    (as JSON): the matcher meets the same few again with every delivery."""
+    raw = json.loads(config)
+    return github_events.parse_events(raw["events"]), github_events.parse_filters(
+        raw.get("filters", [])
+    )
 
 
 def _decide_trigger(
@@ -277,20 +425,22 @@ def replay(
     if delivery.repository is None:
         return []
     payload = json.loads(delivery.body)
-    rows = _listening(session, delivery.repository.lower())
-    return [
-        {
-            "routine": routine.name,
-            "account_id": routine.account_id,
-            "trigger_id": trigger.id,
-            "outcome": verdict.outcome.value,
-            "reason": verdict.reason,
-        }
-        for trigger, routine in rows
-        for verdict in [
-            evaluate(session, delivery, payload, trigger, routine, now=now, settings=settings)
-        ]
-    ]
+    decisions = []
+    for listener in _listeners(session, delivery.repository):
+        trigger = session.get_one(Trigger, listener.trigger_id)
+        verdict = evaluate(
+            session, delivery, payload, trigger, trigger.routine, now=now, settings=settings
+        )
+        decisions.append(
+            {
+                "routine": listener.routine_name,
+                "account_id": listener.account_id,
+                "trigger_id": listener.trigger_id,
+                "outcome": verdict.outcome.value,
+                "reason": verdict.reason,
+            }
+        )
+    return decisions
 
 
 def _concurrency(
@@ -438,17 +588,22 @@ def installed_on(session: Session, repository: str) -> bool:
     )
 
 
+def _known(session: Session, installation_id: int, repository: str) -> bool:
+    """Whether routined knows the installation covers the repository."""
+    return (
+        session.execute(
+            select(InstallationRepository.installation_id).where(
+                InstallationRepository.installation_id == installation_id,
+                InstallationRepository.repository == repository.lower(),
+            )
+        ).first()
+        is not None
+    )
+
+
 def _learn(session: Session, installation_id: int, repository: str, *, now: datetime) -> None:
     """Remember that the installation covers the repository (its events say so).
     Upserts: matchers in two processes may learn the same thing at once."""
-    known = session.execute(
-        select(InstallationRepository.installation_id).where(
-            InstallationRepository.installation_id == installation_id,
-            InstallationRepository.repository == repository.lower(),
-        )
-    ).first()
-    if known is not None:
-        return  # the usual case, found with one read
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(
         insert(table_of(Installation))

@@ -18,6 +18,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -277,6 +278,17 @@ class Delivery(Base):
     """
 
     __tablename__ = "deliveries"
+    # The matcher's queue: the undecided deliveries in the order they came, found
+    # without a sort of all that wait (a backlog grows under load).
+    __table_args__ = (
+        Index(
+            "ix_deliveries_undecided",
+            "received_at",
+            "id",
+            sqlite_where=text("processed_at IS NULL"),
+            postgresql_where=text("processed_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event: Mapped[str] = mapped_column(String(60))
@@ -289,7 +301,7 @@ class Delivery(Base):
     received_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(default=1)
     last_received_at: Mapped[datetime]
-    processed_at: Mapped[datetime | None] = mapped_column(index=True)
+    processed_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)
 
 

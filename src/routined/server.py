@@ -1,22 +1,35 @@
-"""`routined serve`: the HTTP API, the scheduler, the GitHub matcher and a worker in one process."""
+"""`routined serve`: the HTTP API, the scheduler and a worker in one process, the GitHub
+matcher in another."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import IO
 
 import uvicorn
 from rich.console import Console
 
 from routined.api import create_app
 from routined.config import Settings
-from routined.db import Store
-from routined.github import Matcher
+from routined.db import Checkpointer, Store
 from routined.scheduler import Scheduler
 from routined.wakeup import Loop
 from routined.worker import Worker, utcnow
+
+log = logging.getLogger(__name__)
+
+_RESTART_DELAY = 5.0  # seconds between a matcher process's end and the next's start
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,31 +48,34 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(
     settings: Settings, *, host: str, port: int, console: Console, matcher: bool = True
 ) -> None:
-    """Serve until stopped; without `matcher`, another process (`routined matcher`)
-    decides the GitHub deliveries this one records."""
+    """Serve until stopped, with a `MatcherProcess`; without `matcher`, another
+    process (`routined matcher`) decides the GitHub deliveries this one records."""
     listener = bind(host, port)
     settings = settings.with_listen_address(host, listener.getsockname()[1], os.environ)
-    store = Store(settings.database_url.reveal())
+    store = Store(settings.database_url.reveal(), background_checkpoints=True)
     store.migrate()
     worker = Worker(store, settings)
     loops: list[Loop] = [Scheduler(store, settings, clock=utcnow, on_run_created=worker.wake)]
-    if matcher:
-        loops.append(Matcher(store, settings, clock=utcnow, on_run_created=worker.wake))
+    if store.is_sqlite:
+        loops.append(Checkpointer(store, settings, clock=utcnow))
+    matching = MatcherProcess(on_run_created=worker.wake) if matcher else None
     app = create_app(
         store,
         settings,
         clock=utcnow,
         on_run_created=worker.wake,
-        # Without one here, the matcher elsewhere sees deliveries by polling.
-        on_delivery=loops[-1].wake if matcher else lambda: None,
+        # Without one of ours, the matcher elsewhere sees deliveries by polling.
+        on_delivery=matching.wake if matching else lambda: None,
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False))
     shown_db = store.url.render_as_string(hide_password=True)
 
     async def main() -> None:
         stop = asyncio.Event()
         running = [asyncio.create_task(worker.run(stop))]
         running += [asyncio.create_task(loop.run(stop)) for loop in loops]
+        if matching is not None:
+            running.append(asyncio.create_task(matching.supervise(stop)))
         console.print(f"routined is serving at [bold]{settings.public_url}[/] (store: {shown_db})")
         try:
             await server.serve(sockets=[listener])
@@ -72,4 +88,105 @@ def serve(
     # Frozen, it is left out of the collector's full passes, which otherwise walk
     # over 300,000 objects and stop every request for about 0.2 s each time.
     gc.freeze()
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+    for number in reversed(server.stopped_by):
+        signal.raise_signal(number)  # ended as the signal asks, now that all has stopped
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but the signal that stops it is raised again only once
+    everything else has stopped too: uvicorn raises it as soon as it has stopped
+    serving, which would end the process before the matcher process is stopped
+    and the store closed."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopped_by: list[int] = []
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # only the main thread receives signals
+            return
+        stopping = (signal.SIGINT, signal.SIGTERM)
+        previous = {number: signal.signal(number, self._stop) for number in stopping}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _stop(self, number: int, frame: FrameType | None) -> None:
+        self.stopped_by.append(number)
+        self.handle_exit(number, frame)
+
+
+class MatcherProcess:
+    """`routined matcher` in a process of its own, as long as the server runs.
+
+    Deciding deliveries (reading them, parsing, matching filters) is work for a
+    core, and a Python process computes on one core at a time: in a process of
+    its own the matcher has another, and the server answers GitHub without
+    waiting for it. They talk over its standard streams: a line in says a
+    delivery was recorded, a line out that runs were started (for the worker),
+    and the end of its input that the server has ended, also when it was killed.
+    Should it die, another is started.
+    """
+
+    def __init__(self, on_run_created: Callable[[], None]) -> None:
+        self._on_run_created = on_run_created
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def wake(self) -> None:
+        """A delivery was recorded: decide now."""
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        # Gone: the next one looks for undecided deliveries when it starts.
+        with contextlib.suppress(OSError, ValueError):
+            process.stdin.write(b"\n")
+            process.stdin.flush()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "routined", "matcher", "--supervised"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        threading.Thread(target=self._relay, args=(process.stdout,), daemon=True).start()
+        self._process = process
+        return process
+
+    def _relay(self, lines: IO[bytes]) -> None:
+        for _ in lines:
+            self._on_run_created()
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        process = self._start()
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _RESTART_DELAY)
+                if process.poll() is not None and not stop.is_set():
+                    log.error(
+                        "the GitHub matcher process ended (exit code %s); starting another",
+                        process.returncode,
+                    )
+                    process = self._start()
+        finally:
+            process.terminate()
+            if process.stdin is not None:
+                process.stdin.close()
+            await asyncio.to_thread(process.wait)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows), as uvicorn would
+    pick: its transports are written in C, and at hundreds of requests a second the
+    asyncio loop's own Python is a fair part of each."""
+    try:
+        import uvloop  # not on Windows
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

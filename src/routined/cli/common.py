@@ -62,9 +62,9 @@ def settings() -> Settings:
 
 
 @contextmanager
-def opened() -> Iterator[tuple[Settings, Store]]:
+def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, Store]]:
     config = settings()
-    store = Store(config.database_url.reveal())
+    store = Store(config.database_url.reveal(), background_checkpoints=background_checkpoints)
     try:
         store.migrate()
         yield config, store

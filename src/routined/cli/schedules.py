@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo
@@ -12,6 +15,7 @@ import typer
 from rich.table import Table
 
 from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
+from routined.db import Checkpointer
 from routined.github import Matcher
 from routined.schedule import ScheduleError, check_interval, iso, parse, zone
 from routined.scheduler import Scheduler
@@ -92,25 +96,59 @@ def scheduler() -> None:
 
 
 @app.command()
-def matcher() -> None:
+def matcher(
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            hidden=True,
+            help="Started by `routined serve`: woken by lines on standard input, stopped "
+            "by its end, telling of runs started by lines on standard output.",
+        ),
+    ] = False,
+) -> None:
     """Run only the GitHub matcher: decide recorded deliveries (no API, no worker).
 
-    For deployments that split roles, with `routined serve --no-matcher`: deciding
-    then takes no CPU from the process that answers GitHub.
+    `routined serve` starts one of its own; this is for deployments that split
+    roles, beside `routined serve --no-matcher`.
     """
-    with opened() as (config, store):
-        out.print("routined matcher is running")
-        _run_alone(Matcher(store, config, clock=utcnow))
+    with opened(background_checkpoints=True) as (config, store):
+        if not supervised:
+            out.print("routined matcher is running")
+        deciding = Matcher(store, config, clock=utcnow)
+        if supervised:
+            deciding.on_run_created = _tell_server
+        loops: list[Loop] = [deciding]
+        if store.is_sqlite:
+            loops.append(Checkpointer(store, config, clock=utcnow))
+        _run_alone(*loops, woken_by_input=deciding if supervised else None)
 
 
-def _run_alone(loop: Loop) -> None:
-    """Run one background loop in the foreground until SIGINT or SIGTERM."""
+def _run_alone(*loops: Loop, woken_by_input: Loop | None = None) -> None:
+    """Run background loops in the foreground until SIGINT or SIGTERM, or, with
+    `woken_by_input`, until standard input ends; each line of it wakes that loop."""
 
     async def main() -> None:
         stop = asyncio.Event()
         running = asyncio.get_running_loop()
         for number in (signal.SIGINT, signal.SIGTERM):
             running.add_signal_handler(number, stop.set)
-        await loop.run(stop)
+        if woken_by_input is not None:
+            threading.Thread(
+                target=_read_input, args=(woken_by_input, running, stop), daemon=True
+            ).start()
+        await asyncio.gather(*(loop.run(stop) for loop in loops))
 
     asyncio.run(main())
+
+
+def _read_input(woken: Loop, running: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    # Unbuffered: a thread blocked in a buffered read holds the buffer's lock, and
+    # the interpreter aborts when it finds it held as it shuts down.
+    while os.read(sys.stdin.fileno(), 4096):
+        woken.wake()
+    running.call_soon_threadsafe(stop.set)
+
+
+def _tell_server() -> None:
+    sys.stdout.write("\n")
+    sys.stdout.flush()
