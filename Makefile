@@ -28,6 +28,7 @@ bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/scheduler.py
 	$(PYTHON) bench/fire_load.py
 	$(PYTHON) bench/webhook_ingest.py
+	$(PYTHON) bench/workspace.py
 
 $(PYTHON):
 	python3 -m venv $(VENV)
