@@ -9,15 +9,16 @@ that building it takes seconds). Each round first pushes --new commits to the
 origin, then makes, in turn (the order swapping from round to round):
 
 - routined's workspace, as a run makes it: `workspace.sync_mirror` (`git
-  ls-remote` and a `git fetch` of what is new into routined's mirror) and
-  `workspace.clone` (a `git clone --shared` of the mirror: a fresh checkout of the
-  default branch that copies no objects);
+  ls-remote` and a `git fetch` of what is new into routined's mirror), then
+  `workspace.take_standby`: the checkout readied after the previous run (a `git
+  clone --shared` of the mirror, which copies no objects), brought up to the
+  mirror in place, so that only the files that changed are written;
 - a plain `git clone` of the origin's URL into an empty folder.
 
 Both checkouts are then checked to hold the origin's newest commit, and removed.
 The mirror is made once before the rounds, as the first run of a routine makes
-it. Standby checkouts (made after a run for the next) are left out: the origin
-has moved each time, so a standby would not be used.
+it, and the standby checkout is readied before each round (untimed: routined
+readies it after a run, for the next), before the new commits are pushed.
 
     .venv/bin/python bench/workspace.py [--files 30000] [--commits 5000] [--new 5]
         [--rounds 5] [--json]
@@ -129,10 +130,16 @@ def push_new_commits(work: Path, count: int, round_number: int) -> str:
     return git("rev-parse", "HEAD", cwd=work).strip()
 
 
-def routined_workspace(url: str, mirrors: Path, destination: Path) -> tuple[float, str]:
+def routined_workspace(
+    url: str, mirrors: Path, standby: Path, destination: Path
+) -> tuple[float, str]:
+    """As a run makes it: the mirror brought up to the origin, then the standby checkout
+    (brought up to the mirror) or, without one, a clone."""
+
     async def make() -> workspace.Checkout:
         mirror = await workspace.sync_mirror(url, mirrors)
-        return await workspace.clone(mirror, destination)
+        taken = await workspace.take_standby(mirror, standby, destination)
+        return taken or await workspace.clone(mirror, destination)
 
     started = time.perf_counter()
     checkout = asyncio.run(make())
@@ -161,19 +168,21 @@ def benchmark(options: argparse.Namespace) -> dict[str, Any]:
             git("clone", "--quiet", str(origin), str(work))
             git("config", "user.email", "bench@example.com", cwd=work)
             git("config", "user.name", "Bench", cwd=work)
-            mirrors = root / "mirrors"
+            mirrors, standby = root / "mirrors", root / "standby"
             progress("making routined's mirror (a routine's first run)")
-            first, _ = routined_workspace(url, mirrors, root / "first")
+            first, _ = routined_workspace(url, mirrors, standby, root / "first")
             shutil.rmtree(root / "first")
             rounds: list[dict[str, Any]] = []
             for number in range(1, options.rounds + 1):
+                # Readied after the previous run, before the origin moved again.
+                asyncio.run(workspace.prepare_standby(workspace.mirror_of(url, mirrors), standby))
                 newest = push_new_commits(work, options.new, number)
                 order = ("routined", "plain") if number % 2 else ("plain", "routined")
                 timings: dict[str, float] = {}
                 for side in order:
                     destination = root / f"{side}-{number}"
                     seconds, head = (
-                        routined_workspace(url, mirrors, destination)
+                        routined_workspace(url, mirrors, standby, destination)
                         if side == "routined"
                         else plain_clone(url, destination)
                     )
@@ -208,7 +217,9 @@ def report(result: dict[str, Any]) -> None:
           f"{result['origin_objects_mb']:.0f} MB of objects, served by `git daemon` on "
           f"loopback; {result['new_commits']} new commits pushed before each round")  # fmt: skip
     print(f"routined's mirror, made once first: {result['first_mirror_s']:.2f} s\n")
-    print("| round | routined workspace (fetch + clone --shared) s | plain git clone s | ratio |")
+    print(
+        "| round | routined workspace (fetch + standby caught up) s | plain git clone s | ratio |"
+    )
     print("|---:|---:|---:|---:|")
     for row in result["rounds"]:
         print(f"| {row['round']} | {row['routined']:.2f} | {row['plain']:.2f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,24 +128,48 @@ async def test_a_standby_checkout_is_taken_once_while_the_origin_has_not_moved(
     assert await workspace.take_standby(mirror, standby, tmp_path / "run2" / "app") is None
 
 
-@pytest.mark.parametrize("move", ["new commit", "new default branch", "new tag"])
-async def test_a_standby_checkout_is_refused_once_the_origin_moved(
+def checkout_state(path: Path) -> dict[str, str]:
+    """All a run can see of a checkout: its refs, where HEAD is, its files, its status."""
+    return {
+        "refs": git("for-each-ref", "--format=%(objectname) %(refname) %(symref)", cwd=path),
+        "head": git("symbolic-ref", "HEAD", cwd=path) + git("rev-parse", "HEAD", cwd=path),
+        "files": "\n".join(
+            sorted(str(p.relative_to(path)) for p in path.rglob("*") if ".git" not in p.parts)
+        ),
+        "status": git("status", "--porcelain", "--ignored", cwd=path),
+    }
+
+
+@pytest.mark.parametrize(
+    "move", ["new commit", "new default branch", "new tag", "tag and branch removed"]
+)
+async def test_a_standby_checkout_is_brought_up_to_an_origin_that_moved(
     origin: Path, tmp_path: Path, move: str
 ) -> None:
+    git("tag", "v0", "main", cwd=origin)
+    git("branch", "old-feature", "main", cwd=origin)
     mirror = await workspace.sync_mirror(str(origin), tmp_path / "mirrors")
     standby = tmp_path / "standby" / "0"
     await workspace.prepare_standby(mirror, standby)
+    # Left in the standby as a run never leaves it, to show it cannot outlive the catch-up.
+    (standby / "ready" / "repo" / "stray.txt").write_text("not from the origin\n")
     if move == "new default branch":
         git("branch", "trunk", "main", cwd=origin)
         git("symbolic-ref", "HEAD", "refs/heads/trunk", cwd=origin)
     elif move == "new tag":
         git("tag", "v1", "main", cwd=origin)
+    elif move == "tag and branch removed":
+        git("tag", "-d", "v0", cwd=origin)
+        git("branch", "-D", "old-feature", cwd=origin)
     else:
         push_commit(origin, tmp_path / "seed", "NEW.md", "new\n")
-    destination = tmp_path / "run" / "app"
-    assert await workspace.take_standby(mirror, standby, destination) is None
-    assert not destination.exists()
-    assert not (standby / "ready").exists()  # the stale one is not offered again
+    mirror = await workspace.sync_mirror(str(origin), tmp_path / "mirrors")
+    taken = await workspace.take_standby(mirror, standby, tmp_path / "run" / "app")
+    fresh = await workspace.clone(mirror, tmp_path / "fresh" / "app")
+    assert taken is not None and taken.path == tmp_path / "run" / "app"
+    assert (taken.default_branch, taken.base) == (fresh.default_branch, fresh.base)
+    assert checkout_state(taken.path) == checkout_state(fresh.path)
+    assert not (standby / "ready").exists()  # taken: not offered again
 
 
 async def test_credentials_never_reach_a_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,3 +190,18 @@ async def test_credentials_never_reach_a_command_line(monkeypatch: pytest.Monkey
     assert not any("ghs_SECRET" in arg for arg in args)
     assert "https://127.0.0.1:9/acme/app.git" in args
     assert env["GIT_CONFIG_KEY_0"] == f"url.{url}.insteadOf"
+
+
+async def test_a_standby_is_taken_by_a_run_whose_url_carries_a_fresh_token(
+    origin: Path, tmp_path: Path
+) -> None:
+    # A run on GitHub fetches with an installation token minted for it; the standby
+    # was readied with the routine's URL, which has none.
+    local = await workspace.sync_mirror(str(origin), tmp_path / "mirrors")
+    plain = "https://github.com/acme/app.git"
+    readied = workspace.Mirror(plain, local.path, local.objects, "main")
+    await workspace.prepare_standby(readied, tmp_path / "standby")
+    with_token = replace(readied, url="https://x-access-token:ghs_fresh@github.com/acme/app.git")
+    taken = await workspace.take_standby(with_token, tmp_path / "standby", tmp_path / "run")
+    assert taken is not None
+    assert git("remote", "get-url", "origin", cwd=taken.path) == plain

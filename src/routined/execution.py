@@ -390,7 +390,8 @@ class Executor:
     async def _checkout(
         self, context: RunContext, number: int, url: str, authenticated: str, destination: Path
     ) -> workspace.Checkout:
-        """The standby checkout if it is current, else a clone made now."""
+        """The standby checkout (brought up to the mirror if it has moved), else a clone
+        made now."""
         mirror = await workspace.sync_mirror(authenticated, self.settings.home / "mirrors")
         standby = self._standby(context, number, url)
         ready = await workspace.take_standby(mirror, standby, destination)

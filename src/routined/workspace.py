@@ -9,9 +9,11 @@ sandbox shows the mirror's objects read-only). Credentials in a repository URL
 are used here, outside the sandbox, and never written into a checkout.
 
 So that a run need not wait for its clone, routined keeps one checkout per
-repository of a routine on standby, made after the routine's previous run. A
-run takes it only if the mirror has not moved since it was made (same refs, same
-HEAD): it is then exactly the fresh clone the run would have made.
+repository of a routine on standby, made after the routine's previous run. If
+the mirror has not moved since it was made (same refs, same HEAD), it is exactly
+the fresh clone the run would have made; if it has, it is brought up to the
+mirror in place (fetch, check out the default branch, drop other branches and
+anything untracked), which writes only the files that changed.
 """
 
 from __future__ import annotations
@@ -212,17 +214,7 @@ async def clone(mirror: Mirror, destination: Path) -> Checkout:
     )  # fmt: skip
     if local_repository(mirror.url) is None:
         await git("remote", "set-url", "origin", display_url(mirror.url), cwd=destination)
-    # One look at the refs gives both what the origin had and its default branch.
-    listing = await git(
-        "for-each-ref", "--format=%(objectname) %(refname) %(symref)",
-        "refs/remotes", "refs/tags", cwd=destination,
-    )  # fmt: skip
-    base, default_branch = set(), None
-    for line in listing.splitlines():
-        sha, name, *target = line.split(" ")
-        base.add(sha)
-        if name == "refs/remotes/origin/HEAD" and target and target[0]:
-            default_branch = target[0].removeprefix("refs/remotes/origin/")
+    base, default_branch = await _origin_refs(destination)
     if default_branch is None:
         default_branch = mirror.default_branch
     if default_branch is None:  # an empty origin: no branch yet, HEAD names the future one
@@ -234,6 +226,22 @@ async def clone(mirror: Mirror, destination: Path) -> Checkout:
         base=tuple(sorted(base)),
         mirror_objects=mirror.objects,
     )
+
+
+async def _origin_refs(path: Path) -> tuple[set[str], str | None]:
+    """Every commit the origin's refs point at in a checkout, and its default branch
+    (None: origin/HEAD is not known), in one look at the refs."""
+    listing = await git(
+        "for-each-ref", "--format=%(objectname) %(refname) %(symref)",
+        "refs/remotes", "refs/tags", cwd=path,
+    )  # fmt: skip
+    base, default_branch = set(), None
+    for line in listing.splitlines():
+        sha, name, *target = line.split(" ")
+        base.add(sha)
+        if name == "refs/remotes/origin/HEAD" and target and target[0]:
+            default_branch = target[0].removeprefix("refs/remotes/origin/")
+    return base, default_branch
 
 
 async def fetch_pull_head(checkout: Checkout, number: int) -> tuple[Checkout, str]:
@@ -269,7 +277,8 @@ async def mirror_state(mirror: Mirror) -> str:
 
 
 async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Checkout | None:
-    """The checkout waiting on standby, moved to `destination`, if it is still current."""
+    """The checkout waiting on standby, moved to `destination`, brought up to the
+    mirror first if the origin has moved since it was made."""
     taken = standby / f"taken-{secrets.token_hex(4)}"
     try:
         (standby / "ready").rename(taken)  # only one run can take it
@@ -277,20 +286,29 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
         return None
     try:
         state = json.loads((taken / "state.json").read_text())
-        current = await mirror_state(mirror)
-        if state.get("mirror") != current or state.get("url") != mirror.url:
+        # Compared as shown: the run's URL may carry an installation token minted for
+        # it, which the standby's never does.
+        if display_url(str(state.get("url"))) != display_url(mirror.url):
             return None
+        current = state.get("mirror") == await mirror_state(mirror)
         destination.parent.mkdir(parents=True, exist_ok=True)
         (taken / "repo").rename(destination)
         if not (destination / ".git" / "HEAD").is_file():
+            destination.rename(taken / "repo")
             return None
-        return Checkout(
-            url=mirror.url,
-            path=destination,
-            default_branch=state["default_branch"],
-            base=tuple(state["base"]),
-            mirror_objects=mirror.objects,
-        )
+        if current:
+            return Checkout(
+                url=mirror.url,
+                path=destination,
+                default_branch=state["default_branch"],
+                base=tuple(state["base"]),
+                mirror_objects=mirror.objects,
+            )
+        try:
+            return await _catch_up(mirror, destination)
+        except GitError:
+            destination.rename(taken / "repo")  # not half a checkout: the run clones
+            return None
     except (OSError, ValueError, KeyError, GitError):
         return None
     finally:
@@ -298,6 +316,36 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
         # readied, not while this run waits.
         with contextlib.suppress(OSError):
             taken.rename(standby / f"trash-{secrets.token_hex(4)}")
+
+
+async def _catch_up(mirror: Mirror, path: Path) -> Checkout:
+    """A standby checkout brought up to the mirror as it is now: what a fresh clone of
+    it would be, with only the files that changed written (a clone writes every
+    file, which for a large repository is nearly all of its cost)."""
+    await git(
+        "fetch", "--quiet", "--prune", "--no-write-fetch-head", "--", str(mirror.path),
+        "+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*", cwd=path,
+    )  # fmt: skip
+    branch = mirror.default_branch or (
+        (await git("symbolic-ref", "--short", "HEAD", cwd=mirror.path)).strip()
+    )
+    remote = f"refs/remotes/origin/{branch}"
+    await git("symbolic-ref", "refs/remotes/origin/HEAD", remote, cwd=path)
+    await git("checkout", "--quiet", "--force", "-B", branch, remote, cwd=path)
+    # A fresh clone has the default branch alone, and nothing that is not tracked.
+    local = await git("for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=path)
+    others = [name for name in local.split() if name != branch]
+    if others:
+        await git("branch", "--quiet", "-D", *others, cwd=path)
+    await git("clean", "--quiet", "-ffdx", cwd=path)
+    base, _ = await _origin_refs(path)
+    return Checkout(
+        url=mirror.url,
+        path=path,
+        default_branch=branch,
+        base=tuple(sorted(base)),
+        mirror_objects=mirror.objects,
+    )
 
 
 async def prepare_standby(mirror: Mirror, standby: Path) -> None:
