@@ -32,7 +32,7 @@ most skip on their events or filters, a release is matched but skipped because
 its payload names no installation of the app, and two kinds fire: every
 `pull_request.opened` into master labelled bug, and every
 `pull_request.synchronize` by codertocat, whose trigger supersedes the pull
-request's previous run (concurrency cancel_previous): 10 % of deliveries start a
+request's previous run (concurrency cancel_previous): 10.6 % of deliveries start a
 run. The GitHub hourly caps (ROUTINED_GITHUB_ROUTINE_HOURLY_CAP and
 ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP) and ROUTINED_MAX_QUEUED_RUNS are set to
 10,000,000, so every match that should fire does: with the defaults (30 and 100

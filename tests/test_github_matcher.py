@@ -614,7 +614,7 @@ def test_deliveries_list_with_their_decisions(
     assert f"delivery {opened} pull_request.opened {REPOSITORY}, delivered 2 times" in human
     with hub.store.transaction() as session:
         [run_id] = session.scalars(select(Run.id))
-    assert f"pr-review github fired  → {run_id}" in human or f"→ {run_id}" in human
+    assert f"pr-review github fired  → {run_id}" in human
 
 
 def test_a_title_with_a_nul_character_does_not_hold_up_later_deliveries(
@@ -763,7 +763,7 @@ def test_a_trigger_that_may_fire_is_decided_as_it_is_when_written(
     delivery = hub.accepted("pull_request", raw(OPENED))
     ready = prepared(hub)
     assert not ready[0].skipped  # it matched when prepared
-    assert cli(hub, "pause", "pr-review")
+    cli(hub, "pause", "pr-review")  # it checks its exit code
     assert decide_prepared(hub, ready) == (1, 0)
     decision = hub.decision(delivery)
     assert decision["outcome"] == "skipped"

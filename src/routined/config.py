@@ -71,7 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ROUTINED_POLL_INTERVAL",
         "1.0",
-        "Most seconds before runs queued and schedules changed by other processes are seen.",
+        "Most seconds before runs queued, schedules changed and GitHub deliveries recorded "
+        "by other processes are seen.",
     ),
     Setting(
         "ROUTINED_TIMEZONE",

@@ -102,11 +102,9 @@ class GitHubApp:
         owner, name = repository.split("/", 1)
         app = self._client()
         try:
-            if installation_id is None:
-                found = await app.rest.apps.async_get_repo_installation(owner, name)
-                installation_id = found.parsed_data.id
+            found = await _installation_id(app, owner, name, installation_id)
             minted = await app.rest.apps.async_create_installation_access_token(
-                installation_id, repositories=[name]
+                found, repositories=[name]
             )
         except GitHubException as error:
             raise ForgeError(f"an installation token for {repository}: {error}") from None
@@ -116,11 +114,17 @@ class GitHubApp:
         self, owner: str, name: str, installation_id: int | None
     ) -> GitHub[Any]:
         app = self._client()
-        if installation_id is None:
-            found = await app.rest.apps.async_get_repo_installation(owner, name)
-            installation_id = found.parsed_data.id
-        installation: GitHub[Any] = app.with_auth(app.auth.as_installation(installation_id))
+        found = await _installation_id(app, owner, name, installation_id)
+        installation: GitHub[Any] = app.with_auth(app.auth.as_installation(found))
         return installation
+
+
+async def _installation_id(app: GitHub[Any], owner: str, name: str, known: int | None) -> int:
+    """The app's installation on a repository: `known` (the event named it), or asked."""
+    if known is not None:
+        return known
+    found = await app.rest.apps.async_get_repo_installation(owner, name)
+    return found.parsed_data.id
 
 
 def with_token(url: str, token: str) -> str:

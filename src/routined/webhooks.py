@@ -1,9 +1,9 @@
 """`POST /webhooks/github`: verify, record, answer; deciding comes after the answer.
 
 GitHub gives a receiver 10 seconds. This one checks the signature before it
-parses a byte, then parses and records the delivery in one short transaction (a redelivery finds
-its first row and only counts), and answers 202; `routined.github` decides what
-the delivery starts, in the background. A delivery with a bad or missing
+parses a byte, then parses and records the delivery in one short transaction (a
+redelivery finds its first row and only counts), and answers 202; `routined.github`
+decides what the delivery starts, in the background. A delivery with a bad or missing
 signature leaves nothing behind but a counter.
 """
 
