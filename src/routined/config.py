@@ -158,7 +158,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "ROUTINED_RUN_TIMEOUT",
         "3600",
-        "Seconds an agent session may run before routined stops it.",
+        "Seconds a run may take when its routine sets no `limits.max_duration`.",
+    ),
+    Setting(
+        "ROUTINED_SETUP_CACHE_MAX_AGE",
+        "604800",
+        "Seconds a cached setup script result is reused before the script runs again.",
+    ),
+    Setting(
+        "ROUTINED_SECRET_KEY",
+        None,
+        "Key that encrypts stored secrets (a Fernet key: `routined secret key` makes one); "
+        "default: one made at first use in $ROUTINED_HOME/secret.key.",
+        secret=True,
     ),
     Setting(
         "ROUTINED_HEARTBEAT_INTERVAL",
@@ -243,6 +255,8 @@ class Settings:
     github_routine_hourly_cap: int
     github_account_hourly_cap: int
     run_timeout: float
+    setup_cache_max_age: float
+    secret_key: Secret
     heartbeat_interval: float
     lost_after: float
     claude_path: Path | None
@@ -322,6 +336,10 @@ class Settings:
             run_timeout=_number(
                 "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
             ),
+            setup_cache_max_age=_number(
+                "ROUTINED_SETUP_CACHE_MAX_AGE", raw["ROUTINED_SETUP_CACHE_MAX_AGE"] or "", float, 0
+            ),
+            secret_key=Secret(raw["ROUTINED_SECRET_KEY"] or ""),
             heartbeat_interval=_number(
                 "ROUTINED_HEARTBEAT_INTERVAL", raw["ROUTINED_HEARTBEAT_INTERVAL"] or "", float, 0.1
             ),

@@ -103,6 +103,13 @@ class Routine(Base):
     # What routined does with a run's pushed branches; see `routined.routines.RoutineSpec`.
     pull_requests: Mapped[bool] = mapped_column(default=False, server_default=false())
     comment: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # What a run starts in and may spend, and which agent works: the routine file's
+    # `environment:`, `limits:`, `agent:` and `connectors:` as checked by
+    # `routined.routines.RoutineSpec` (secret values are never here, only names).
+    environment: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    limits: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    agent: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
+    connectors: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
     repositories: Mapped[list[Repository]] = relationship(
         back_populates="routine", order_by="Repository.position", cascade="all, delete-orphan"
@@ -120,6 +127,13 @@ class Repository(Base):
     routine_id: Mapped[str] = mapped_column(ForeignKey("routines.id", ondelete="CASCADE"))
     position: Mapped[int]
     url: Mapped[str] = mapped_column(Text)
+    # Where the agent's work may land; see `routined.delivery.PushRules`.
+    branch_prefix: Mapped[str] = mapped_column(
+        String(100), default="claude/", server_default="claude/"
+    )
+    allow_unrestricted_push: Mapped[bool] = mapped_column(default=False, server_default=false())
+    allow_force_push: Mapped[bool] = mapped_column(default=False, server_default=false())
+    allow_default_branch_push: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     routine: Mapped[Routine] = relationship(back_populates="repositories")
 
@@ -199,6 +213,12 @@ class Run(Base):
     heartbeat_at: Mapped[datetime | None]
     agent_session_id: Mapped[str | None] = mapped_column(String(64))
     cost_usd: Mapped[float | None]
+    # The results: the agent's final message, what its pushed branches change
+    # against the default branches ({files, insertions, deletions}), and the
+    # tokens it used ({input_tokens, output_tokens, …}, as the agent reports them).
+    summary: Mapped[str | None] = mapped_column(Text)
+    diff_stat: Mapped[dict[str, Any] | None]
+    usage: Mapped[dict[str, Any] | None]
     event_seq: Mapped[int] = mapped_column(default=0)
     # A serial run starts only when no other run of its routine is active.
     serial: Mapped[bool] = mapped_column(default=False, server_default=false())
@@ -209,6 +229,21 @@ class Run(Base):
     # Runs of one routine with the same key follow its trigger's concurrency policy
     # among themselves (a burst of pushes to one pull request), not the routine's.
     concurrency_key: Mapped[str | None] = mapped_column(String(200))
+
+
+class Secret(Base):
+    """A value a routine's runs may use, encrypted at rest (see `routined.vault`);
+    routines name the secrets they use, never their values."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("account_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class IdempotencyKey(Base):

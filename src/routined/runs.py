@@ -32,13 +32,20 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"  # ended by an error, with the reason in `error`
     CANCELLED = "cancelled"  # stopped on request before it finished
     SKIPPED = "skipped"  # never started: its trigger's gate said no
+    TIMED_OUT = "timed_out"  # stopped at its routine's max_duration; its work delivered
 
 
 ACTIVE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.FINISHING})
 # Past these a run's work is being delivered; a cancel request no longer stops it.
 CANCELLABLE = frozenset({RunStatus.PREPARING, RunStatus.RUNNING})
 TERMINAL = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
+    {
+        RunStatus.SUCCEEDED,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+        RunStatus.SKIPPED,
+        RunStatus.TIMED_OUT,
+    }
 )
 
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
@@ -47,11 +54,12 @@ ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
         {RunStatus.RUNNING, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED}
     ),
     RunStatus.RUNNING: frozenset({RunStatus.FINISHING, RunStatus.FAILED, RunStatus.CANCELLED}),
-    RunStatus.FINISHING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED}),
+    RunStatus.FINISHING: frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMED_OUT}),
     RunStatus.SUCCEEDED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELLED: frozenset(),
     RunStatus.SKIPPED: frozenset(),
+    RunStatus.TIMED_OUT: frozenset(),
 }
 
 
