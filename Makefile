@@ -29,6 +29,7 @@ bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/fire_load.py
 	$(PYTHON) bench/webhook_ingest.py
 	$(PYTHON) bench/workspace.py
+	$(PYTHON) bench/setup_cache.py
 
 $(PYTHON):
 	python3 -m venv $(VENV)

@@ -64,12 +64,12 @@ def work(
     ],
 )  # fmt: skip
 def test_plan(agent_work: AgentWork, expected: list[Push]) -> None:
-    assert delivery.plan(agent_work, own_branch=OWN) == expected
+    assert delivery.plan(agent_work, own_branch=OWN, default_branch="main") == expected
 
 
 def test_plan_refuses_an_own_branch_outside_the_prefix() -> None:
     with pytest.raises(ValueError, match="refusing to push outside claude/"):
-        delivery.plan(work(("main", "m1")), own_branch="main")
+        delivery.plan(work(("main", "m1")), own_branch="main", default_branch="main")
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,13 @@ class Run:
     def repo(self) -> Path:
         return self.checkout.path
 
-    async def deliver(self, masked: list[Path] | None = None) -> list[delivery.Pushed]:
+    async def deliver(
+        self,
+        masked: list[Path] | None = None,
+        *,
+        rules: delivery.PushRules = delivery.RESTRICTED,
+        own_branch: str = OWN,
+    ) -> list[delivery.Pushed]:
         layout = sandbox.finishing_layout(
             run_dir=self.run_dir,
             cwd=self.repo,
@@ -113,8 +119,9 @@ class Run:
             env=env,
             message="Leftovers\n\nRoutine-Session: http://x/sessions/s\n",
             scratch=self.run_dir / "private" / "delivery",
-            own_branch=OWN,
+            own_branch=own_branch,
             suffix="ab12cd34",
+            rules=rules,
         )
 
     def commit(self, path: str, content: str, *, branch: str | None = None) -> str:
@@ -127,14 +134,21 @@ class Run:
         return git("rev-parse", "HEAD", cwd=self.repo)
 
 
-@pytest.fixture
-async def run(origin: Path, tmp_path: Path) -> Run:
+async def make_run(origin: Path, tmp_path: Path, mirror: workspace.Mirror | None = None) -> Run:
+    """A run's checkout of `origin`, cloned from `mirror` (by default the origin
+    itself, as routined does for a local origin)."""
     run_dir = tmp_path / "home" / "runs" / "run_test"
     for folder in ("workspace", "home", "tmp", "private"):
         (run_dir / folder).mkdir(parents=True)
-    mirror = await workspace.sync_mirror(str(origin), tmp_path / "home" / "mirrors")
+    if mirror is None:
+        mirror = await workspace.sync_mirror(str(origin), tmp_path / "home" / "mirrors")
     checkout = await workspace.clone(mirror, run_dir / "workspace" / "app")
     return Run(checkout, run_dir, origin)
+
+
+@pytest.fixture
+async def run(origin: Path, tmp_path: Path) -> Run:
+    return await make_run(origin, tmp_path)
 
 
 async def test_leftover_changes_land_on_the_own_branch_and_main_is_untouched(run: Run) -> None:
@@ -260,3 +274,44 @@ async def test_links_planted_in_the_workspace_mount_nothing_during_delivery(
     assert [p.branch for p in pushed] == [OWN]
     listing = git("ls-tree", "-r", "--name-only", OWN, cwd=run.origin).split()
     assert listing == ["CHANGELOG.md", "NOTES.md", "README.md"]
+
+
+async def test_pushed_branches_say_what_they_change_against_the_default_branch(run: Run) -> None:
+    git("switch", "--quiet", "-c", "claude/guide", cwd=run.repo)
+    (run.repo / "GUIDE.md").write_text("one\ntwo\nthree\n")
+    (run.repo / "CHANGELOG.md").write_text("")
+    git("add", "--all", cwd=run.repo)
+    git("commit", "--quiet", "-m", "a 3-line guide, a line less in the changelog", cwd=run.repo)
+    git("switch", "--quiet", "main", cwd=run.repo)
+    (run.repo / "README.md").write_text("# app, edited\n")
+    pushed = {p.branch: p for p in await run.deliver()}
+    guide, own = pushed["claude/guide"], pushed[OWN]
+    assert (guide.files, guide.insertions, guide.deletions) == (2, 3, 1)
+    assert (own.files, own.insertions, own.deletions) == (1, 1, 1)
+    shown = guide.as_dict()
+    assert (shown["files"], shown["insertions"], shown["deletions"]) == (2, 3, 1)
+    assert delivery.total(list(pushed.values())) == {"files": 3, "insertions": 4, "deletions": 2}
+
+
+def test_nothing_pushed_has_no_total() -> None:
+    assert delivery.total([]) is None
+
+
+async def test_changes_are_counted_from_where_the_checkout_had_the_default_branch(
+    run: Run, tmp_path: Path
+) -> None:
+    """The origin's main moves during the session (a local origin is its own mirror):
+    the colleague's file is neither the agent's insertion nor its deletion."""
+    push_commit(run.origin, tmp_path / "colleague", "BIG.md", "x\n" * 10)
+    run.commit("NEW.md", "a\nb\nc\n")
+    [pushed] = await run.deliver()
+    assert (pushed.files, pushed.insertions, pushed.deletions) == (1, 3, 0)
+
+
+async def test_changes_to_an_empty_origin_count_every_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(empty))
+    run = await make_run(empty, tmp_path)
+    (run.repo / "FIRST.md").write_text("one\ntwo\n")
+    [pushed] = await run.deliver()
+    assert (pushed.branch, pushed.files, pushed.insertions, pushed.deletions) == (OWN, 1, 2, 0)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy, HostRule, ModelGateway
+from routined import network
+from routined.egress import (
+    EgressDecision,
+    EgressPolicy,
+    EgressProxy,
+    HostRule,
+    ModelGateway,
+    _public_address,
+)
 from routined.testing.fake_anthropic import FakeAnthropic
 
 pytestmark = pytest.mark.anyio
@@ -44,6 +54,74 @@ def test_an_empty_policy_allows_nothing() -> None:
 
 
 @pytest.mark.parametrize(
+    ("host", "port"), [("example.com", 443), ("127.0.0.1", 5432), ("::1", 22), ("", 1)]
+)
+def test_allow_all_allows_any_host(host: str, port: int) -> None:
+    assert EgressPolicy(allow_all=True).allows(host, port)
+    assert not EgressPolicy().allows(host, port)
+
+
+_INDEXED_RULES = (
+    *network.policy("trusted").trusted,
+    *map(
+        HostRule.parse,
+        ["*.example.com:8443", "example.com:80", "127.0.0.2:8080", "[::1]:9000", "*.internal"],
+    ),
+)
+_PROBES = [
+    "pypi.org", "PyPI.ORG", "x.pypi.org", "files.pythonhosted.org", "githubusercontent.com",
+    "raw.githubusercontent.com", "a.b.githubusercontent.com", "githubusercontent.com.evil.com",
+    "evilgithubusercontent.com", ".githubusercontent.com", "a..githubusercontent.com",
+    "example.com", "a.example.com", "a.b.example.com", "badexample.com", "internal",
+    "db.internal", "127.0.0.2", "127.0.0.3", "[::1]", "::1", "", ".", "com",
+    "us-docker.pkg.dev", "pkg.dev",
+]  # fmt: skip
+
+
+def test_the_policy_answers_as_its_rules_do() -> None:
+    """The policy looks hosts up in sets; each answer is the rules' own."""
+    policy = EgressPolicy(_INDEXED_RULES)
+    answers = set()
+    for host in _PROBES:
+        for port in (80, 443, 8080, 8443, 9000):
+            expected = any(rule.matches(host.lower().strip("[]"), port) for rule in _INDEXED_RULES)
+            assert policy.allows(host, port) is expected, (host, port)
+            answers.add(expected)
+    assert answers == {True, False}
+
+
+def test_names_longer_than_dns_allows_match_no_wildcard() -> None:
+    policy = EgressPolicy((HostRule.parse("*.example.com"), HostRule.parse("*.a.a")))
+    assert policy.allows("a" * 240 + ".example.com", 443)  # 252 characters
+    assert not policy.allows("a" * 242 + ".example.com", 443)  # 254
+    assert not policy.allows("a." * 30_000 + "a", 443)
+
+
+@pytest.mark.parametrize(
+    ("policy", "described"),
+    [
+        (EgressPolicy(), "none: only the model API"),
+        (EgressPolicy(allow_all=True), "full: any host"),
+        (EgressPolicy((HostRule("a.com"), HostRule("a.com"))), "custom: 1 host"),
+        (
+            EgressPolicy((HostRule("a.com"),), trusted=(HostRule("b.com"),), level="custom"),
+            "custom: 1 host + trusted",
+        ),
+        (
+            EgressPolicy(trusted=(HostRule("b.com"), HostRule("c.com")), level="trusted"),
+            "trusted: 2 hosts",
+        ),
+        (
+            EgressPolicy(extra=(HostRule("mcp.example.com"),)),
+            "none: only the model API + 1 added by routined",
+        ),
+    ],
+)
+def test_a_policy_describes_itself(policy: EgressPolicy, described: str) -> None:
+    assert policy.describe() == described
+
+
+@pytest.mark.parametrize(
     ("base_url", "authority", "prefix", "tls"),
     [
         ("https://api.anthropic.com", "api.anthropic.com", "", True),
@@ -66,14 +144,13 @@ def test_a_gateway_needs_an_http_url() -> None:
         ModelGateway("ftp://example.com", "k")
 
 
-@pytest.fixture
-async def proxy(fake_api: FakeAnthropic) -> AsyncIterator[tuple[Path, list[EgressDecision]]]:
+@contextlib.asynccontextmanager
+async def serving(
+    policy: EgressPolicy, fake_api: FakeAnthropic
+) -> AsyncIterator[tuple[Path, list[EgressDecision]]]:
+    """A run's proxy with `policy`, its model gateway the fake API; its socket and decisions."""
     decisions: list[EgressDecision] = []
-    server = EgressProxy(
-        EgressPolicy((HostRule("127.0.0.1", fake_api.port),)),
-        decisions.append,
-        ModelGateway(fake_api.base_url, "sk-ant-test"),
-    )
+    server = EgressProxy(policy, decisions.append, ModelGateway(fake_api.base_url, "sk-ant-test"))
     with tempfile.TemporaryDirectory(prefix="routined-test-") as folder:
         socket_path = Path(folder) / "egress.sock"
         await server.start(socket_path)
@@ -81,6 +158,42 @@ async def proxy(fake_api: FakeAnthropic) -> AsyncIterator[tuple[Path, list[Egres
             yield socket_path, decisions
         finally:
             await server.close()
+
+
+@pytest.fixture
+async def proxy(fake_api: FakeAnthropic) -> AsyncIterator[tuple[Path, list[EgressDecision]]]:
+    async with serving(EgressPolicy((HostRule("127.0.0.1", fake_api.port),)), fake_api) as served:
+        yield served
+
+
+@dataclass
+class Neighbour:
+    """A web server on 127.0.0.2, standing for a service on routined's host."""
+
+    port: int
+    heads: list[bytes] = field(default_factory=list)
+
+
+@pytest.fixture
+async def neighbour() -> AsyncIterator[Neighbour]:
+    found = Neighbour(0)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        found.heads.append(await reader.readuntil(b"\r\n\r\n"))
+        body = b"neighbour here\n"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.2", 0)
+    found.port = server.sockets[0].getsockname()[1]
+    try:
+        yield found
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def exchange(socket_path: Path, *messages: bytes) -> list[bytes]:
@@ -218,3 +331,107 @@ async def test_the_gateway_passes_only_what_claude_code_needs(
     head, _ = await exchange(socket_path, f"{request_line} HTTP/1.1\r\n\r\n".encode())
     assert head.startswith(b"HTTP/1.1 403") and b"x-deny-reason: path_not_allowed" in head
     assert [d.reason for d in decisions] == ["path_not_allowed"]
+
+
+async def test_under_none_the_gateway_answers_and_nothing_else_does(
+    fake_api: FakeAnthropic, neighbour: Neighbour
+) -> None:
+    async with serving(network.policy("none"), fake_api) as (socket_path, decisions):
+        body = b'{"model": "network-none", "messages": []}'
+        head, answer = await exchange(
+            socket_path,
+            b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body,
+        )
+        assert head.startswith(b"HTTP/1.1 200") and b"input_tokens" in answer
+        [seen] = [
+            r for r in fake_api.requests if r.body == {"model": "network-none", "messages": []}
+        ]
+        fake_api.requests.remove(seen)
+        denied, why = await exchange(
+            socket_path, f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode()
+        )
+    assert denied.startswith(b"HTTP/1.1 403")
+    assert b"x-deny-reason: host_not_allowed" in denied
+    assert f"127.0.0.2:{neighbour.port} is not on this run's network allowlist".encode() in why
+    assert decisions == [EgressDecision("127.0.0.2", neighbour.port, False, "CONNECT")]
+    assert neighbour.heads == []
+
+
+async def test_a_custom_host_and_port_are_reached_and_no_other(
+    fake_api: FakeAnthropic, neighbour: Neighbour
+) -> None:
+    allowed = network.policy("custom", [f"127.0.0.2:{neighbour.port}"])
+    async with serving(allowed, fake_api) as (socket_path, decisions):
+        tunnel, head, body = await exchange(
+            socket_path,
+            f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode(),
+            b"GET /through-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == b"neighbour here\n"
+        head, body = await exchange(
+            socket_path,
+            f"GET http://127.0.0.2:{neighbour.port}/absolute HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        )
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == b"neighbour here\n"
+        for target in ("127.0.0.2:9", f"127.0.0.1:{fake_api.port}"):
+            denied, _ = await exchange(socket_path, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
+    assert [head.split(b"\r\n")[:2] for head in neighbour.heads] == [
+        [b"GET /through-the-tunnel HTTP/1.1", b"Host: x"],
+        [b"GET /absolute HTTP/1.1", f"Host: 127.0.0.2:{neighbour.port}".encode()],
+    ]
+    assert [(d.host, d.allowed) for d in decisions] == [
+        ("127.0.0.2", True),
+        ("127.0.0.2", True),
+        ("127.0.0.2", False),
+        ("127.0.0.1", False),
+    ]
+
+
+async def test_under_full_local_addresses_stay_out_of_reach(
+    fake_api: FakeAnthropic, neighbour: Neighbour
+) -> None:
+    async with serving(network.policy("full"), fake_api) as (socket_path, decisions):
+        for target in (f"127.0.0.2:{neighbour.port}", "localhost:5432", "169.254.169.254:80"):
+            denied, why = await exchange(socket_path, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
+            assert b"which network: full does not reach" in why
+        denied, _ = await exchange(
+            socket_path, f"GET {fake_api.base_url}/v1/models HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        assert denied.startswith(b"HTTP/1.1 403")
+    assert [(d.host, d.allowed) for d in decisions] == [
+        ("127.0.0.2", False),
+        ("localhost", False),
+        ("169.254.169.254", False),
+        ("127.0.0.1", False),
+    ]
+    assert neighbour.heads == []
+
+
+async def test_under_full_a_host_routined_adds_is_reached_even_when_local(
+    fake_api: FakeAnthropic, neighbour: Neighbour
+) -> None:
+    named = network.policy("full", extra_hosts=[f"127.0.0.2:{neighbour.port}"])
+    async with serving(named, fake_api) as (socket_path, decisions):
+        tunnel, head, body = await exchange(
+            socket_path,
+            f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode(),
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == b"neighbour here\n"
+    assert [(d.host, d.allowed) for d in decisions] == [("127.0.0.2", True)]
+
+
+async def test_full_connects_to_public_addresses_by_the_address_it_checked() -> None:
+    assert await _public_address("93.184.215.14", 443) == "93.184.215.14"
+    assert await _public_address("[2606:2800:21f:cb07:6820:80da:af6b:8b2c]", 443) == (
+        "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+    )
+    for local in ("10.1.2.3", "192.168.0.1", "[::1]", "100.64.0.1", "0.0.0.0"):
+        refused = await _public_address(local, 80)
+        assert isinstance(refused, ValueError), local
+    assert await _public_address("no-such-host.invalid", 80) is None

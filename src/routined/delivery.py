@@ -1,4 +1,4 @@
-"""Delivery: the agent's work leaves as git objects and lands only on `claude/` branches.
+"""Delivery: the agent's work leaves as git objects and lands where its push rules allow.
 
 routined never runs git on the host in a repository the agent could change. Once
 the agent has stopped:
@@ -8,9 +8,14 @@ the agent has stopped:
    they are) and packs every branch with new commits into a git bundle.
 2. Outside, the bundle is fetched, with every object checked (`fsck`), into an
    outbox: a bare repository routined owns that borrows the mirror's objects.
-3. `plan` decides what goes where; every target is under the prefix.
-4. Pushes go from the outbox to the origin. They never force, and never move a
-   branch that already exists: a name already taken gets the run's suffix.
+3. `plan` decides, from the repository's `PushRules`, what goes where and how:
+   by default every target is a new branch under the prefix (`claude/`).
+4. Pushes go from the outbox to the origin. A branch under the prefix is only
+   ever created, never moved: a name already taken gets the run's suffix. Only
+   when the rules allow it does a branch outside the prefix keep its name, moved
+   forward only, or rewritten only if the origin still has what the run saw; a
+   push the origin refuses is delivered under the prefix instead, so no work is
+   lost. Each pushed branch carries what it changes against the default branch.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import re
 import resource
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from routined.workspace import Checkout, GitError, git, remove
@@ -74,6 +80,33 @@ exec git bundle create - "${refs[@]}" --stdin
 """.replace("$LEFTOVERS", LEFTOVERS).replace("$DETACHED", DETACHED)
 
 
+class Mode(StrEnum):
+    """How a push may write its branch on the origin."""
+
+    CREATE = "create"  # a new branch only: one that exists is never moved
+    FAST_FORWARD = "fast-forward"  # new, or moved forward: the origin refuses anything else
+    FORCE = "force"  # may rewrite it, if the origin still has what the run's checkout saw
+
+
+@dataclass(frozen=True)
+class PushRules:
+    """Where one repository of a routine lets the agent's work land.
+
+    By default, only new branches under `prefix`. `unrestricted`: a branch outside
+    it that the agent made or moved keeps its name, moved only forward, or rewritten
+    too with `force`; the default branch is pushed only with `default_branch`.
+    Branches under the prefix are routined's own: always created, never moved.
+    """
+
+    prefix: str = BRANCH_PREFIX
+    unrestricted: bool = False
+    force: bool = False
+    default_branch: bool = False
+
+
+RESTRICTED = PushRules()
+
+
 @dataclass(frozen=True)
 class LocalBranch:
     name: str
@@ -95,6 +128,10 @@ class Push:
     sha: str
     branch: str
     source: str
+    mode: Mode = Mode.CREATE
+    # Under the prefix: where the work goes if the origin refuses it under the
+    # branch's own name. None for CREATE, where a taken name gets the suffix.
+    fallback: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,14 +140,56 @@ class Pushed:
     branch: str
     sha: str
     source: str
+    # What the commit changes against the default branch as the run's checkout had it.
+    files: int
+    insertions: int
+    deletions: int
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | int]:
         return {
             "repository": self.repository,
             "branch": self.branch,
             "sha": self.sha,
             "source": self.source,
+            "files": self.files,
+            "insertions": self.insertions,
+            "deletions": self.deletions,
         }
+
+
+def total(pushed: Sequence[Pushed]) -> dict[str, int] | None:
+    """What the pushed branches change, added up; None when nothing was pushed."""
+    if not pushed:
+        return None
+    return {
+        "files": sum(p.files for p in pushed),
+        "insertions": sum(p.insertions for p in pushed),
+        "deletions": sum(p.deletions for p in pushed),
+    }
+
+
+@dataclass(frozen=True)
+class OriginView:
+    """The origin as routined knows it: its branches as the mirror has them, and
+    every commit the origin's refs pointed at when the run's checkout was made."""
+
+    heads: Mapping[str, str]
+    base: frozenset[str]
+    default_branch: str
+
+    def lease(self, branch: str) -> str | None:
+        """What the origin's `branch` must still be for a forced push over it: its
+        commit when the run's checkout was made, "" if there was no such branch;
+        None when that is not known."""
+        # The checkout keeps the commits the origin's refs pointed at, not their
+        # names; the mirror has the names and is fetched before every run. A
+        # commit of the mirror's that the checkout never saw means the branch moved
+        # after the checkout was made: forcing over it could drop commits the agent
+        # never saw, so it is not forced.
+        sha = self.heads.get(branch)
+        if sha is None:
+            return ""
+        return sha if sha in self.base else None
 
 
 async def deliver(
@@ -122,12 +201,13 @@ async def deliver(
     scratch: Path,
     own_branch: str,
     suffix: str,
-    prefix: str = BRANCH_PREFIX,
+    rules: PushRules = RESTRICTED,
 ) -> list[Pushed]:
-    """Push what the agent left in `checkout` to its origin, under `prefix`.
+    """Push what the agent left in `checkout` to its origin, as `rules` allow.
 
     `sandboxed` is the command line that runs bash in the run's sandbox (without
-    network) in the checkout; `scratch` a folder only routined can reach.
+    network) in the checkout; `scratch` a folder only routined can reach;
+    `own_branch` the run's branch, under `rules.prefix`.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -137,13 +217,22 @@ async def deliver(
         work = await collect(checkout, bundle=bundle, said=said, outbox=outbox)
         if work is None:
             return []
-        pushes = plan(work, own_branch=own_branch, prefix=prefix)
+        pushes = plan(
+            work, own_branch=own_branch, default_branch=checkout.default_branch, rules=rules
+        )
         if len(pushes) > MAX_PUSHES:
             raise GitError(
                 f"{checkout.shown_url}: the agent left {len(pushes)} branches to deliver; "
                 f"at most {MAX_PUSHES} are pushed per repository"
             )
-        return await push(checkout, outbox, pushes, suffix=suffix, prefix=prefix)
+        # Read once, before anything is pushed: a local origin is its own mirror,
+        # and the pushes move it. Changes are measured before pushing too, so that
+        # a failure leaves the origin as it was rather than half delivered.
+        view = await origin_view(checkout)
+        changes = {sha: await diffstat(outbox, view, sha) for sha in {p.sha for p in pushes}}
+        return await push(
+            checkout, outbox, pushes, suffix=suffix, rules=rules, view=view, changes=changes
+        )
     finally:
         await remove(scratch)
 
@@ -191,41 +280,67 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (BUNDLE_LIMIT, BUNDLE_LIMIT))
 
 
-def plan(work: AgentWork, *, own_branch: str, prefix: str = BRANCH_PREFIX) -> list[Push]:
-    """Which commits to push where. Pure: every target is under `prefix`.
+def plan(
+    work: AgentWork, *, own_branch: str, default_branch: str, rules: PushRules = RESTRICTED
+) -> list[Push]:
+    """Which commits to push where, and how. Pure: the one place the rules are applied.
 
-    1. Leftover changes, committed on top of HEAD, go to `own_branch`; the branch
-       HEAD is on is then not pushed separately when it is `own_branch` or outside
-       the prefix, since the leftover commit carries its commits.
-    2. Branches the agent made under the prefix keep their names.
-    3. Work on any other branch (or a detached HEAD) is not lost: it goes under
-       the prefix, as `own_branch` when it is the only such work, otherwise as
-       `own_branch-<name>`.
+    1. Leftover changes, committed on top of HEAD, go to `own_branch`.
+    2. Branches the agent made under the prefix keep their names, created only.
+    3. With `rules.unrestricted`, any other branch keeps its name too (the default
+       branch only with `rules.default_branch`): fast-forward only, or forced with
+       `rules.force`. Should the origin refuse, its `fallback` under the prefix
+       takes the work.
+    4. Work that may not keep its name (another branch, a detached HEAD) is not
+       lost: it goes under the prefix, as `own_branch` when it is the only such
+       work, otherwise as `own_branch-<name>`.
+    5. The branch HEAD is on, when leftovers were committed, is not pushed
+       separately where it would land under the prefix (or is `own_branch`): the
+       leftover commit carries its commits.
     """
+    prefix = rules.prefix
     if not own_branch.startswith(prefix):
         raise ValueError(f"refusing to push outside {prefix}: {own_branch}")
     pushes: list[Push] = []
     if work.leftovers is not None:
         source = f"uncommitted changes on {work.head_branch or 'a detached HEAD'}"
         pushes.append(Push(work.leftovers, own_branch, source))
-    renamed: list[tuple[str, str]] = []
+    # Work outside the prefix: where it is, its commit, how it may be pushed under
+    # its own name (None: it may not) and why not.
+    outside: list[tuple[str, str, str, Mode | None, str]] = []
     for branch in work.branches:
         carried = work.leftovers is not None and branch.name == work.head_branch
-        under_prefix = branch.name.startswith(prefix) and branch.name != prefix
-        if carried and (branch.name == own_branch or not under_prefix):
+        if branch.name.startswith(prefix) and branch.name != prefix:
+            if not (carried and branch.name == own_branch):
+                pushes.append(Push(branch.sha, branch.name, f"branch {branch.name}"))
             continue
-        if under_prefix:
-            pushes.append(Push(branch.sha, branch.name, f"branch {branch.name}"))
-        else:
-            renamed.append((branch.name, branch.sha))
+        mode, why = _own_name(branch.name, default_branch, rules)
+        if not (carried and mode is None):
+            outside.append((branch.name, f"branch {branch.name}", branch.sha, mode, why))
     if work.detached_head is not None and work.leftovers is None:
-        renamed.append(("detached", work.detached_head))
-    alone = work.leftovers is None and len(renamed) == 1
-    for label, sha in renamed:
-        target = own_branch if alone else f"{own_branch}-{slug(label)}"
-        origin = "a detached HEAD" if label == "detached" else f"branch {label}"
-        pushes.append(Push(sha, target, f"{origin} (only {prefix} branches are pushed)"))
+        why = (
+            f"not on a branch; delivered under {prefix}"
+            if rules.unrestricted
+            else f"only {prefix} branches are pushed"
+        )
+        outside.append(("detached", "a detached HEAD", work.detached_head, None, why))
+    alone = work.leftovers is None and len(outside) == 1
+    for label, origin, sha, mode, why in outside:
+        under = own_branch if alone else f"{own_branch}-{slug(label)}"
+        if mode is None:
+            pushes.append(Push(sha, under, f"{origin} ({why})"))
+        else:
+            pushes.append(Push(sha, label, origin, mode, fallback=under))
     return pushes
+
+
+def _own_name(name: str, default_branch: str, rules: PushRules) -> tuple[Mode | None, str]:
+    """How a branch outside the prefix may be pushed under its own name, or why not."""
+    if not rules.unrestricted:
+        return None, f"only {rules.prefix} branches are pushed"
+    if name == default_branch and not rules.default_branch:
+        return None, f"pushes to the default branch are not allowed; delivered under {rules.prefix}"
+    return (Mode.FORCE if rules.force else Mode.FAST_FORWARD), ""
 
 
 async def collect(checkout: Checkout, *, bundle: Path, said: str, outbox: Path) -> AgentWork | None:
@@ -264,31 +379,166 @@ async def collect(checkout: Checkout, *, bundle: Path, said: str, outbox: Path) 
     return AgentWork(tuple(branches), head_branch or None, detached, leftovers)
 
 
+async def origin_view(checkout: Checkout) -> OriginView:
+    """The origin's branches as its mirror has them now, with what the checkout saw."""
+    listing = await git(
+        f"--git-dir={checkout.mirror_objects.parent}",
+        "for-each-ref", "--format=%(objectname) %(refname:lstrip=2)", "refs/heads",
+    )  # fmt: skip
+    heads = {}
+    for line in listing.splitlines():
+        sha, name = line.split(" ", 1)
+        heads[name] = sha
+    return OriginView(heads, frozenset(checkout.base), checkout.default_branch)
+
+
+async def diffstat(outbox: Path, view: OriginView, sha: str) -> tuple[int, int, int]:
+    """Files, insertions and deletions of `sha` against the default branch as the
+    run's checkout had it."""
+    base = view.heads.get(view.default_branch)
+    if base is not None and base not in view.base:
+        # The mirror's default branch moved after the checkout was made (another
+        # run's fetch, or a push to a local origin): the work left it where the
+        # two histories meet.
+        try:
+            base = (await git("merge-base", base, sha, cwd=outbox, confined=True)).strip()
+        except GitError:
+            base = None  # no history in common: all of it is new
+    if base is None:  # an empty origin, or unrelated work: measured from nothing
+        base = (await git("hash-object", "-t", "tree", "--stdin", cwd=outbox, stdin=b"")).strip()
+    said = await git(
+        "diff", "--shortstat", "--find-renames", base, sha, "--", cwd=outbox, confined=True
+    )
+    files, insertions, deletions = (
+        int(found.group(1)) if (found := re.search(rf"(\d+) {word}", said)) else 0
+        for word in (r"files? changed", r"insertions?\(\+\)", r"deletions?\(-\)")
+    )
+    return files, insertions, deletions
+
+
 async def push(
-    checkout: Checkout, outbox: Path, pushes: Sequence[Push], *, suffix: str, prefix: str
+    checkout: Checkout,
+    outbox: Path,
+    pushes: Sequence[Push],
+    *,
+    suffix: str,
+    rules: PushRules,
+    view: OriginView,
+    changes: Mapping[str, tuple[int, int, int]],
 ) -> list[Pushed]:
-    """Push each planned branch as a new branch; a name already taken gets `-suffix`."""
+    """Push each planned branch as its mode says; one the origin refuses under its
+    own name goes to its fallback under the prefix, as a new branch."""
     pushed = []
     for planned in pushes:
-        for branch in (planned.branch, f"{planned.branch}-{suffix}"):
-            if not branch.startswith(prefix):
-                raise GitError(f"refusing to push outside {prefix}: {branch}")
-            await git("check-ref-format", f"refs/heads/{branch}")
-            try:
-                # An empty lease means "only if the branch does not exist yet": the
-                # agent cannot move a branch someone else made, even fast-forward.
-                await git(
-                    "push", "--porcelain", f"--force-with-lease=refs/heads/{branch}:",
-                    "--", checkout.url, f"{planned.sha}:refs/heads/{branch}",
-                    cwd=outbox, secret=checkout.url,
-                )  # fmt: skip
-            except GitError as error:
-                if branch != planned.branch or "rejected" not in str(error):
-                    raise
-                continue
-            pushed.append(Pushed(checkout.shown_url, branch, planned.sha, planned.source))
-            break
+        branch, source = planned.branch, planned.source
+        if planned.mode is Mode.CREATE:
+            branch = await _create(checkout, outbox, planned.sha, branch, suffix, rules.prefix)
+        else:
+            _check_allowed(planned, rules, checkout.default_branch)
+            taken, note = await _update(checkout, outbox, planned, view)
+            if taken:
+                source += note
+            elif planned.fallback is None:
+                raise GitError(f"{branch}: refused ({note}), and no branch to deliver it to")
+            else:
+                source = f"{source} ({note}; delivered under {rules.prefix})"
+                branch = await _create(
+                    checkout, outbox, planned.sha, planned.fallback, suffix, rules.prefix
+                )
+        counts = changes[planned.sha]
+        pushed.append(Pushed(checkout.shown_url, branch, planned.sha, source, *counts))
     return pushed
+
+
+def _check_allowed(planned: Push, rules: PushRules, default_branch: str) -> None:
+    """`plan` applies the rules; this keeps a mistake there from reaching the origin."""
+    if (
+        not rules.unrestricted
+        or planned.branch.startswith(rules.prefix)
+        or (planned.branch == default_branch and not rules.default_branch)
+        or (planned.mode is Mode.FORCE and not rules.force)
+    ):
+        raise GitError(
+            f"refusing to push {planned.branch} ({planned.mode}): the push rules do not allow it"
+        )
+
+
+async def _create(
+    checkout: Checkout, outbox: Path, sha: str, branch: str, suffix: str, prefix: str
+) -> str:
+    """Push `sha` as a new branch `branch`, or `branch-suffix` if that name is taken;
+    the name it got."""
+    try:
+        await _create_as(checkout, outbox, sha, branch, prefix)
+        return branch
+    except GitError as error:
+        if "rejected" not in str(error):
+            raise
+    await _create_as(checkout, outbox, sha, f"{branch}-{suffix}", prefix)
+    return f"{branch}-{suffix}"
+
+
+async def _create_as(checkout: Checkout, outbox: Path, sha: str, branch: str, prefix: str) -> None:
+    if not branch.startswith(prefix):
+        raise GitError(f"refusing to push outside {prefix}: {branch}")
+    await git("check-ref-format", f"refs/heads/{branch}")
+    # An empty lease means "only if the branch does not exist yet": the agent
+    # cannot move a branch someone else made, even fast-forward.
+    await git(
+        "push", "--porcelain", f"--force-with-lease=refs/heads/{branch}:",
+        "--", checkout.url, f"{sha}:refs/heads/{branch}",
+        cwd=outbox, secret=checkout.url,
+    )  # fmt: skip
+
+
+async def _update(
+    checkout: Checkout, outbox: Path, planned: Push, view: OriginView
+) -> tuple[bool, str]:
+    """Push `planned` under its own name as its mode allows: whether the origin took
+    it, and a note for its source (when refused, why)."""
+    ref = f"refs/heads/{planned.branch}"
+    await git("check-ref-format", ref)
+    options, lease = [], ""
+    if planned.mode is Mode.FORCE:
+        # --force-with-lease, against the branch's commit when the run's checkout
+        # was made (`OriginView.lease`), never a plain force.
+        known = view.lease(planned.branch)
+        if known is None:
+            return False, _MOVED
+        options, lease = [f"--force-with-lease={ref}:{known}"], known
+    try:
+        # Without a force option the origin takes only a new branch or a fast-forward.
+        said = await git(
+            "push", "--porcelain", *options, "--", checkout.url, f"{planned.sha}:{ref}",
+            cwd=outbox, secret=checkout.url,
+        )  # fmt: skip
+    except GitError as error:
+        why = _refusal(str(error))
+        if why is None:  # not a refusal (the network, credentials): delivery fails
+            raise
+        return False, why
+    forced = any(line.startswith("+\t") for line in said.splitlines())
+    return True, f" (force-pushed over {lease})" if forced else ""
+
+
+_MOVED = "the branch has moved on the origin since the run's checkout was made"
+_REFUSED = re.compile(r"!\t\S+\t\[(rejected|remote rejected)\] \((.*)\)$", re.MULTILINE)
+_REASONS = {
+    "non-fast-forward": "not a fast-forward of the origin's branch",
+    "fetch first": "the origin's branch has commits the run's checkout did not have",
+    "stale info": _MOVED,
+}
+
+
+def _refusal(said: str) -> str | None:
+    """Why the origin refused a push, from git's porcelain output; None if it did not."""
+    found = _REFUSED.search(said)
+    if found is None:
+        return None
+    kind, reason = found.groups()
+    if kind == "rejected" and reason in _REASONS:
+        return _REASONS[reason]
+    return f"the origin refused it: {reason[:200]}"
 
 
 def slug(text: str) -> str:

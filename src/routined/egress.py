@@ -9,8 +9,9 @@ so this is a wall, not a convention. It serves three kinds of request:
   placeholder, so a key it never had cannot leak through its work. Only the
   endpoints Claude Code needs pass.
 - `CONNECT host:port` tunnels (HTTPS) and absolute-form requests
-  (`GET http://host/…`) to hosts on the run's allowlist, each connection
-  carrying requests for the one host that was checked.
+  (`GET http://host/…`) to hosts the run's policy allows (its network level,
+  `routined.network`), each connection carrying requests for the one host
+  that was checked.
 - Anything else gets `403` with an `x-deny-reason` header and is reported.
 """
 
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import re
+import socket
 import ssl
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -40,6 +43,7 @@ _GATEWAY_ENDPOINTS = re.compile(r"POST /v1/messages(/count_tokens)?(\?[^ ]*)?")
 # Inside the sandbox, the bridge serves this proxy at this port on loopback.
 PROXY_PORT = 3128
 _GATEWAY_AUTHORITIES = (("127.0.0.1", PROXY_PORT), ("localhost", PROXY_PORT))
+_LONGEST_NAME = 253  # characters in a DNS name (RFC 1035)
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,93 @@ class HostRule:
 
 @dataclass(frozen=True)
 class EgressPolicy:
+    """Which hosts a run may reach. The model gateway is not among them: it is the
+    proxy itself, reachable whatever the policy.
+
+    `rules` are the routine's own; `trusted` the shipped trusted list when the
+    level includes it, and `extra` the hosts routined adds (its MCP servers).
+    They are kept apart only so `describe` can say where the hosts came from.
+    """
+
     rules: tuple[HostRule, ...] = ()
+    allow_all: bool = False
+    trusted: tuple[HostRule, ...] = ()
+    extra: tuple[HostRule, ...] = ()
+    level: str = ""
+    _index: _RuleIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", _RuleIndex((*self.rules, *self.trusted, *self.extra)))
 
     def allows(self, host: str, port: int) -> bool:
-        host = host.lower().strip("[]")
-        return any(rule.matches(host, port) for rule in self.rules)
+        return self.allow_all or self.names(host, port)
+
+    def names(self, host: str, port: int) -> bool:
+        """Whether a rule (not `allow_all`) lets this host through."""
+        return self._index.matches(host.lower().strip("[]"), port)
+
+    def describe(self) -> str:
+        """A short line for people, e.g. "none: only the model API" or "custom: 3 hosts +
+        trusted"."""
+        if self.allow_all:
+            return f"{self.level or 'full'}: any host"
+        parts = []
+        if self.rules:
+            parts.append(_hosts(len(set(self.rules))))
+        if self.trusted:
+            parts.append("trusted" if parts else _hosts(len(set(self.trusted))))
+        level = self.level or ("custom" if parts else "none")
+        if not parts:
+            parts.append("only the model API")
+        if self.extra:
+            parts.append(f"{len(set(self.extra))} added by routined")
+        return f"{level}: {' + '.join(parts)}"
+
+
+class _RuleIndex:
+    """Host rules as sets, so a check costs a few lookups however long the list is
+    (the trusted list is checked on every new connection)."""
+
+    def __init__(self, rules: Iterable[HostRule]) -> None:
+        hosts: set[str] = set()
+        host_ports: set[tuple[str, int]] = set()
+        domains: set[str] = set()
+        domain_ports: set[tuple[str, int]] = set()
+        for rule in rules:
+            wildcard = rule.host.startswith("*.")
+            name = rule.host[2:] if wildcard else rule.host
+            if rule.port is None:
+                (domains if wildcard else hosts).add(name)
+            else:
+                (domain_ports if wildcard else host_ports).add((name, rule.port))
+        self._hosts = frozenset(hosts)
+        self._host_ports = frozenset(host_ports)
+        self._domains = frozenset(domains)
+        self._domain_ports = frozenset(domain_ports)
+
+    def matches(self, host: str, port: int) -> bool:
+        """What `any(rule.matches(host, port) for rule in rules)` answers, except that
+        a name longer than DNS allows matches no wildcard."""
+        if host in self._hosts or (host, port) in self._host_ports:
+            return True
+        # Walking the parents of a name of thousands of labels (a request head may
+        # hold 64 KiB) would hold up every other connection; no real host has one.
+        if not (self._domains or self._domain_ports) or len(host) > _LONGEST_NAME:
+            return False
+        # `*.example.com` matches a host when one of its parents is example.com:
+        # look each parent up, shortest prefix first. The host itself is not a
+        # parent, so the wildcard never matches example.com alone.
+        dot = host.find(".")
+        while dot != -1:
+            parent = host[dot + 1 :]
+            if parent in self._domains or (parent, port) in self._domain_ports:
+                return True
+            dot = host.find(".", dot + 1)
+        return False
+
+
+def _hosts(count: int) -> str:
+    return f"{count} host" if count == 1 else f"{count} hosts"
 
 
 @dataclass(frozen=True)
@@ -206,16 +292,30 @@ class EgressProxy:
                 await self._gateway(reader, writer, method, path, version, header_block)
                 return
         allowed = self.policy.allows(host, port)
+        address = host
+        refusal = f"{host}:{port} is not on this run's network allowlist"
+        if allowed and not self.policy.names(host, port):
+            # Any host means any host out there, not this machine's own services
+            # (routined's API, its database) or the cloud's metadata endpoint: the
+            # name is resolved here and connected to by address, so it cannot
+            # resolve somewhere else a moment later.
+            resolved = await _public_address(host, port)
+            if isinstance(resolved, ValueError):
+                allowed = False
+                refusal = (
+                    f"{host}:{port} {resolved}, which network: full does not reach; "
+                    "list it under network: custom to reach it"
+                )
+            elif resolved is None:
+                await _answer(writer, 502, f"cannot resolve {host}")
+                return
+            else:
+                address = resolved
         self._on_decision(EgressDecision(host, port, allowed, method))
         if not allowed:
-            await _answer(
-                writer,
-                403,
-                f"{host}:{port} is not on this run's network allowlist",
-                deny_reason="host_not_allowed",
-            )
+            await _answer(writer, 403, refusal, deny_reason="host_not_allowed")
             return
-        upstream = await _connect(writer, host, port, tls=False)
+        upstream = await _connect(writer, address, port, tls=False)
         if upstream is None:
             return
         if method == "CONNECT":
@@ -260,6 +360,23 @@ class EgressProxy:
             + _forwarded_headers(header_block, gateway.authority, extra=key)
         )
         await _relay(reader, writer, *upstream)
+
+
+async def _public_address(host: str, port: int) -> str | ValueError | None:
+    """An address of `host` on the network at large; a ValueError saying why when it is
+    one of this machine's or its private network's, None when it does not resolve."""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM
+        )
+    except (OSError, UnicodeError):
+        return None
+    addresses = [str(info[4][0]) for info in found]
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        if not address.is_global or address.is_multicast:
+            return ValueError(f"resolves to {text}, an address of this machine or its network")
+    return addresses[0] if addresses else None
 
 
 async def _connect(

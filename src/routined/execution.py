@@ -19,17 +19,29 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
-from routined import agent, delivery, fires, forge, gate, runs, sandbox, workspace
+from routined import (
+    agent,
+    delivery,
+    fires,
+    forge,
+    gate,
+    runs,
+    sandbox,
+    schedule,
+    vault,
+    workspace,
+)
 from routined.config import SETTINGS, Settings
 from routined.db import Store
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
+from routined.egress import EgressDecision, EgressProxy, ModelGateway
+from routined.environment import Environment, SetupCache, cache_folder, run_script
 from routined.ids import short
 from routined.models import Repository, Routine, Run, Trigger
 from routined.runs import Claim, RunStatus
@@ -37,8 +49,8 @@ from routined.runs import Claim, RunStatus
 Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
-# The checkouts a run worked in, and why its agent failed (None: it did not).
-_Worked = tuple[list["workspace.Checkout"], str | None]
+# The checkouts a run worked in, and how its agent ended.
+_Worked = tuple[list["workspace.Checkout"], "Ending"]
 _STDERR_LINES = 200
 _DENIALS_RECORDED = 50
 
@@ -51,11 +63,26 @@ class RunFailure(Exception):
         self.pushed = list(pushed)  # branches delivered before the failure
 
 
+@dataclass
+class Ending:
+    """How the agent's part of a run ended: `status` is the run's end unless delivery
+    fails, `error` why it did not succeed (None: it did)."""
+
+    status: RunStatus = RunStatus.SUCCEEDED
+    error: str | None = None
+    outcome: agent.SessionOutcome | None = None
+
+    @classmethod
+    def failed(cls, error: str, outcome: agent.SessionOutcome | None = None) -> Ending:
+        return cls(RunStatus.FAILED, error, outcome)
+
+
 @dataclass(frozen=True)
 class RunContext:
     run_id: str
     session_id: str
     routine_id: str
+    account_id: str
     routine: str
     prompt: str
     model: str | None
@@ -68,10 +95,17 @@ class RunContext:
     event: dict[str, Any] | None = None
     pull_requests: bool = False
     comment: bool = False
+    # One for each repository, in order.
+    push_rules: tuple[delivery.PushRules, ...] = ()
+    environment: Environment = field(default_factory=Environment)
+    limits: dict[str, Any] = field(default_factory=dict)
+    agent: dict[str, Any] = field(default_factory=dict)
+    connectors: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def own_branch(self) -> str:
-        return f"{delivery.BRANCH_PREFIX}{delivery.slug(self.routine)}-{short(self.run_id)}"
+    def own_branch(self, number: int = 0) -> str:
+        """The branch the agent's uncommitted work goes to in repository `number`."""
+        prefix = self.push_rules[number].prefix if self.push_rules else delivery.BRANCH_PREFIX
+        return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
 
 @dataclass
@@ -81,6 +115,8 @@ class Recorder:
     store: Store
     run_id: str
     clock: Clock
+    # The run's secret values, kept out of everything it stores.
+    redactor: vault.Redactor = field(default_factory=lambda: vault.Redactor({}))
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
@@ -97,6 +133,9 @@ class Recorder:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _write(self, kind: str, reason: str | None, data: dict[str, Any] | None) -> None:
+        if self.redactor:
+            reason = None if reason is None else self.redactor.text(reason)
+            data = self.redactor.data(data)
         with self.store.transaction() as session:
             runs.add_event(session, self.run_id, kind, now=self.clock(), reason=reason, data=data)
 
@@ -112,6 +151,7 @@ class Executor:
         self._sandbox_checked: asyncio.Task[None] | None = None
         self._cancellable: dict[str, asyncio.Task[_Worked]] = {}
         self._cancel_reasons: dict[str, str] = {}
+        self._redactors: dict[str, vault.Redactor] = {}
 
     async def close(self) -> None:
         """Stop background work (standby checkouts); they are only ever a head start."""
@@ -138,36 +178,42 @@ class Executor:
             work = asyncio.create_task(self._prepare_and_run(context, claim, run_dir, recorder))
             self._cancellable[claim.run_id] = work
             try:
-                checkouts, failure = await work
+                checkouts, ending = await work
             finally:
                 self._cancellable.pop(claim.run_id, None)
             await self._move(
                 claim,
                 RunStatus.RUNNING,
                 RunStatus.FINISHING,
-                "the agent stopped: " + (failure or "it finished its session"),
+                "the agent stopped: " + (ending.error or "it finished its session"),
             )
             pushed = await self._deliver(context, checkouts, run_dir, recorder)
             delivered = True
             await self._publish(context, checkouts, pushed, recorder)
-            branches = [p.as_dict() for p in pushed]
-            summary = ", ".join(p.branch for p in pushed) or "no changes to deliver"
-            if failure:
-                error = f"agent_failed: {failure}"
+            outcome = ending.outcome or agent.SessionOutcome()
+            results = {
+                "branches": [p.as_dict() for p in pushed],
+                "diff_stat": delivery.total(pushed),
+                "summary": outcome.summary,
+                "usage": outcome.usage,
+                "cost_usd": outcome.cost_usd,
+            }
+            listed = ", ".join(p.branch for p in pushed) or "no changes to deliver"
+            if ending.error:
                 await self._move(
                     claim,
                     RunStatus.FINISHING,
-                    RunStatus.FAILED,
-                    f"{error} (delivered: {summary})",
-                    changes={"branches": branches, "error": error},
+                    ending.status,
+                    f"{ending.error} (delivered: {listed})",
+                    changes={**results, "error": ending.error},
                 )
             else:
                 await self._move(
                     claim,
                     RunStatus.FINISHING,
                     RunStatus.SUCCEEDED,
-                    f"delivered: {summary}",
-                    changes={"branches": branches},
+                    f"delivered: {listed}",
+                    changes=results,
                 )
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claim.run_id, None)
@@ -183,6 +229,7 @@ class Executor:
             await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
             self._cancel_reasons.pop(claim.run_id, None)
+            self._redactors.pop(claim.run_id, None)
             await recorder.flush()
             # The home keeps Claude Code's transcript; delivered work is on the
             # origin; undelivered work stays for a person to look at.
@@ -314,25 +361,168 @@ class Executor:
     async def _prepare_and_run(
         self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
     ) -> _Worked:
+        revealed = await asyncio.to_thread(self._reveal, context)
+        recorder.redactor = self._redactors[claim.run_id] = vault.Redactor(revealed)
         checkouts = await self._prepare(context, run_dir)
         checkouts = await self._fetch_pull_head(context, checkouts, recorder)
-        cloned = [
-            (
+        for checkout in checkouts:
+            await recorder.event(
                 "git.clone",
-                f"cloned {c.shown_url} ({c.default_branch})",
-                {
-                    "repository": c.shown_url,
-                    "path": str(c.path),
-                    "default_branch": c.default_branch,
-                },
+                f"cloned {checkout.shown_url} ({checkout.default_branch})",
+                repository=checkout.shown_url,
+                path=str(checkout.path),
+                default_branch=checkout.default_branch,
             )
-            for c in checkouts
-        ]
-        await self._move(
-            claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting", cloned
+        gateway = ModelGateway(
+            self.settings.anthropic_base_url, self.settings.anthropic_api_key.reveal()
         )
-        failure = await self._run_agent(context, claim, checkouts, run_dir, recorder)
-        return checkouts, failure
+        policy = context.environment.policy(extra_hosts=_connector_hosts(context.connectors))
+        denied: Counter[str] = Counter()
+
+        def on_decision(decision: EgressDecision) -> None:
+            if decision.allowed:
+                return
+            target = f"{decision.host}:{decision.port}"
+            denied[target] += 1
+            if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
+                recorder.event_soon(
+                    "egress.denied",
+                    f"blocked {decision.method} to {target}: {decision.reason}",
+                    host=decision.host,
+                    port=decision.port,
+                    deny_reason=decision.reason,
+                )
+
+        # One proxy serves the setup script and the agent: the run's network level
+        # holds for both.
+        proxy = EgressProxy(policy, on_decision, gateway)
+        socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
+        egress_socket = socket_dir / "egress.sock"
+        limit = float(context.limits.get("max_duration") or self.settings.run_timeout)
+        deadline = asyncio.get_running_loop().time() + limit
+        try:
+            await proxy.start(egress_socket)
+            await recorder.event(
+                "environment.network",
+                f"network {policy.describe()}",
+                level=context.environment.network,
+            )
+            await self._set_up(
+                context, run_dir, checkouts, egress_socket, revealed, recorder, deadline
+            )
+            await self._move(claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting")
+            ending = await self._run_agent(
+                context, claim, checkouts, run_dir, recorder, egress_socket, revealed, deadline
+            )
+        finally:
+            await proxy.close()
+            shutil.rmtree(socket_dir, ignore_errors=True)
+            if denied:
+                await recorder.flush()
+                total = sum(denied.values())
+                await recorder.event(
+                    "egress.summary",
+                    f"{total} requests blocked to {len(denied)} hosts",
+                    blocked=dict(denied.most_common(_DENIALS_RECORDED)),
+                )
+        return checkouts, ending
+
+    def _reveal(self, context: RunContext) -> dict[str, str]:
+        names = context.environment.secret_names
+        if not names:
+            return {}
+        try:
+            with self.store.transaction(readonly=True) as session:
+                return vault.reveal(
+                    session, self.settings, account_id=context.account_id, names=names
+                )
+        except vault.VaultError as error:
+            raise RunFailure("secrets_unavailable", str(error)) from None
+
+    async def _set_up(
+        self,
+        context: RunContext,
+        run_dir: Path,
+        checkouts: list[workspace.Checkout],
+        egress_socket: Path,
+        revealed: dict[str, str],
+        recorder: Recorder,
+        deadline: float,
+    ) -> None:
+        """Run the routine's setup script in the sandbox, or restore what it left last
+        time (see `routined.environment`); a script that fails fails the run."""
+        environment = context.environment
+        if environment.setup_script is None:
+            return
+        home = run_dir / "home"
+        cache = SetupCache(
+            cache_folder(self.settings.home, context.routine_id), self.settings.setup_cache_max_age
+        )
+        key = environment.cache_key()
+        started = asyncio.get_running_loop().time()
+        age = await cache.restore(key, home, now=self.clock())
+        if age is not None:
+            agent.seed_home(home, self._seed_file)  # the copy's seed may be older
+            took = asyncio.get_running_loop().time() - started
+            await recorder.event(
+                "setup.cached",
+                f"the setup script's result from {_ago(age)} ago was restored in "
+                f"{took:.2f} s; the script did not run",
+                key=key,
+                seconds=round(took, 3),
+            )
+            return
+        await recorder.event("setup.started", "the setup script is running", key=key)
+        layout = self._layout(run_dir, checkouts, egress_socket)
+        env = sandbox.agent_environment(
+            home=home,
+            tmp=run_dir / "tmp",
+            extra={**self._author_env(), **environment.setup_variables(revealed)},
+        )
+        command = sandbox.bwrap_command(layout, Path("/bin/bash"))
+        try:
+            async with asyncio.timeout_at(deadline):
+                outcome = await run_script(command, env, environment.setup_script)
+        except TimeoutError:
+            raise RunFailure(
+                "setup_failed",
+                "the setup script was still running when the run reached its max_duration",
+            ) from None
+        finally:
+            await sandbox.stop(f"{run_dir}/")
+        await recorder.event(
+            "setup.output",
+            f"the setup script exited with status {outcome.exit_code} "
+            f"after {outcome.seconds:.1f} s",
+            exit_code=outcome.exit_code,
+            seconds=round(outcome.seconds, 3),
+            lines=outcome.lines,
+        )
+        if outcome.exit_code != 0:
+            last = next((line for line in reversed(outcome.lines) if line.strip()), "")
+            raise RunFailure(
+                "setup_failed",
+                f"the setup script exited with status {outcome.exit_code}"
+                + (f": {last.strip()[:500]}" if last else "")
+                + " (its output is in the run's events)",
+            )
+        try:
+            await cache.keep(key, home, now=self.clock(), seconds=outcome.seconds)
+        except OSError as error:
+            await recorder.event("setup.cache_failed", f"the result was not cached: {error}")
+
+    def _layout(
+        self, run_dir: Path, checkouts: list[workspace.Checkout], egress_socket: Path
+    ) -> sandbox.Layout:
+        claude = sandbox.claude_binary(self.settings.claude_path)
+        return sandbox.run_layout(
+            run_dir=run_dir,
+            cwd=checkouts[0].path,
+            protected=[path for c in checkouts for path in workspace.protected_paths(c)],
+            readable=[claude, *self._borrowed(checkouts)],
+            masked=self._masked,
+            egress_socket=egress_socket,
+        )
 
     async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
         await self._check_sandbox()
@@ -458,8 +648,11 @@ class Executor:
         checkouts: list[workspace.Checkout],
         run_dir: Path,
         recorder: Recorder,
-    ) -> str | None:
-        """Run the session in its sandbox; return why it failed, or None.
+        egress_socket: Path,
+        revealed: dict[str, str],
+        deadline: float,
+    ) -> Ending:
+        """Run the session in its sandbox, within the run's limits; say how it ended.
 
         However the session ends, its sandbox is gone before this returns: nothing
         the agent started can touch the workspace while its work is delivered.
@@ -471,27 +664,22 @@ class Executor:
             claude = sandbox.claude_binary(settings.claude_path)
         except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
-        gateway = ModelGateway(settings.anthropic_base_url, settings.anthropic_api_key.reveal())
         env = sandbox.agent_environment(
-            home=run_dir / "home", tmp=run_dir / "tmp", extra=self._author_env()
+            home=run_dir / "home",
+            tmp=run_dir / "tmp",
+            extra={**self._author_env(), **context.environment.agent_variables(revealed)},
         )
         launcher = run_dir / "private" / "launch-agent"
-        denied: Counter[str] = Counter()
+        command = context.agent.get("command")
+        program = Path(command[0]) if command else claude
+        layout = self._layout(run_dir, checkouts, egress_socket)
+        sandbox.write_launcher(
+            launcher,
+            run_id=context.run_id,
+            command=sandbox.bwrap_command(layout, program),
+            keep=[*env, "ROUTINED_PROMPT_FILE"],
+        )
         stderr: list[str] = []
-
-        def on_decision(decision: EgressDecision) -> None:
-            if decision.allowed:
-                return
-            target = f"{decision.host}:{decision.port}"
-            denied[target] += 1
-            if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
-                recorder.event_soon(
-                    "egress.denied",
-                    f"blocked {decision.method} to {target}: {decision.reason}",
-                    host=decision.host,
-                    port=decision.port,
-                    deny_reason=decision.reason,
-                )
 
         def on_stderr(line: str) -> None:
             if len(stderr) < _STDERR_LINES:
@@ -500,69 +688,69 @@ class Executor:
         async def on_message(kind: str, data: dict[str, Any]) -> None:
             await recorder.event(kind, None, **data)
 
-        proxy = EgressProxy(EgressPolicy(), on_decision, gateway)
-        socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
-        failure: str | None = None
+        prompt = agent.build_prompt(context.prompt, context.text, source=context.trigger_type)
+        limits = context.limits
+        ending = Ending()
         try:
-            egress_socket = socket_dir / "egress.sock"
-            layout = sandbox.run_layout(
-                run_dir=run_dir,
-                cwd=checkouts[0].path,
-                protected=[path for c in checkouts for path in workspace.protected_paths(c)],
-                readable=[claude, *self._borrowed(checkouts)],
-                masked=self._masked,
-                egress_socket=egress_socket,
-            )
-            sandbox.write_launcher(
-                launcher,
-                run_id=context.run_id,
-                command=sandbox.bwrap_command(layout, claude),
-                keep=env,
-            )
-            await proxy.start(egress_socket)
-            async with asyncio.timeout(settings.run_timeout):
-                outcome = await agent.run_session(
-                    prompt=agent.build_prompt(
-                        context.prompt, context.text, source=context.trigger_type
-                    ),
-                    system_addition=agent.system_prompt_addition(
-                        routine=context.routine,
-                        own_branch=context.own_branch,
-                        repositories=[c.path for c in checkouts],
-                    ),
-                    model=context.model,
-                    launcher=launcher,
-                    cwd=checkouts[0].path,
-                    add_dirs=[c.path for c in checkouts[1:]],
-                    env=env,
-                    on_message=on_message,
-                    on_stderr=on_stderr,
-                )
-            failure = outcome.error
+            async with asyncio.timeout_at(deadline):
+                if command:
+                    outcome = await agent.run_command(
+                        command=command,
+                        prompt=prompt,
+                        launcher=launcher,
+                        cwd=checkouts[0].path,
+                        tmp=run_dir / "tmp",
+                        env=env,
+                        on_message=on_message,
+                        on_stderr=on_stderr,
+                    )
+                else:
+                    outcome = await agent.run_session(
+                        prompt=prompt,
+                        system_addition=agent.system_prompt_addition(
+                            routine=context.routine,
+                            repositories=[
+                                (c.path, rules.prefix, context.own_branch(number))
+                                for number, (c, rules) in enumerate(
+                                    zip(checkouts, context.push_rules, strict=True)
+                                )
+                            ],
+                        ),
+                        model=context.model,
+                        launcher=launcher,
+                        cwd=checkouts[0].path,
+                        add_dirs=[c.path for c in checkouts[1:]],
+                        env=env,
+                        on_message=on_message,
+                        on_stderr=on_stderr,
+                        max_turns=limits.get("max_turns"),
+                        max_cost_usd=limits.get("max_cost_usd"),
+                        mcp_servers=context.connectors,
+                    )
+            ending.outcome = outcome
+            if outcome.limit is not None:
+                ending = Ending.failed(_budget_error(outcome, limits), outcome)
+            elif outcome.error is not None:
+                ending = Ending.failed(f"agent_failed: {outcome.error}", outcome)
             if outcome.agent_session_id:
                 await asyncio.to_thread(self._note_agent_session, claim, outcome)
         except TimeoutError:
-            failure = f"timeout: stopped after {settings.run_timeout:g} s (ROUTINED_RUN_TIMEOUT)"
+            took = _ago(limits.get("max_duration") or settings.run_timeout)
+            source = "limits.max_duration" if limits.get("max_duration") else "ROUTINED_RUN_TIMEOUT"
+            ending = Ending(RunStatus.TIMED_OUT, f"timed_out: stopped after {took} ({source})")
         except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
             said = " | ".join(stderr[-5:])
-            failure = f"{type(error).__name__}: {error}" + (f" (stderr: {said})" if said else "")
+            ending = Ending.failed(
+                f"agent_failed: {type(error).__name__}: {error}"
+                + (f" (stderr: {said})" if said else "")
+            )
         finally:
             await sandbox.stop(f"{run_dir}/")
-            await proxy.close()
-            shutil.rmtree(socket_dir, ignore_errors=True)
-        if failure is None:
+        if ending.error is None and not command:
             await asyncio.to_thread(agent.learn_seed, run_dir / "home", self._seed_file)
         if stderr:
             await recorder.event("agent.stderr", f"{len(stderr)} lines", lines=stderr)
-        if denied:
-            await recorder.flush()
-            total = sum(denied.values())
-            await recorder.event(
-                "egress.summary",
-                f"{total} requests blocked to {len(denied)} hosts",
-                blocked=dict(denied.most_common(_DENIALS_RECORDED)),
-            )
-        return failure
+        return ending
 
     async def _deliver(
         self,
@@ -603,8 +791,9 @@ class Executor:
                     env=env,
                     message=message,
                     scratch=run_dir / "private" / f"delivery-{number}",
-                    own_branch=context.own_branch,
+                    own_branch=context.own_branch(number),
                     suffix=short(context.run_id),
+                    rules=context.push_rules[number],
                 )
             except (workspace.GitError, TimeoutError) as error:
                 raise RunFailure(
@@ -664,8 +853,8 @@ class Executor:
             routine = session.get(Routine, run.routine_id)
             if routine is None:
                 raise RunFailure("internal_error", f"routine of run {run_id} disappeared")
-            urls = session.scalars(
-                select(Repository.url)
+            repositories = session.scalars(
+                select(Repository)
                 .where(Repository.routine_id == routine.id)
                 .order_by(Repository.position)
             ).all()
@@ -674,16 +863,30 @@ class Executor:
                 run_id=run.id,
                 session_id=run.session_id,
                 routine_id=routine.id,
+                account_id=routine.account_id,
                 routine=routine.name,
                 prompt=routine.prompt,
                 model=run.model,
                 text=run.text,
                 trigger_type=run.trigger_type,
-                repositories=tuple(urls),
+                repositories=tuple(r.url for r in repositories),
                 gate=trigger.config.get("gate") if trigger is not None else None,
                 event=run.context,
                 pull_requests=routine.pull_requests,
                 comment=routine.comment,
+                push_rules=tuple(
+                    delivery.PushRules(
+                        prefix=r.branch_prefix,
+                        unrestricted=r.allow_unrestricted_push,
+                        force=r.allow_force_push,
+                        default_branch=r.allow_default_branch_push,
+                    )
+                    for r in repositories
+                ),
+                environment=Environment.from_config(routine.environment or {}),
+                limits=dict(routine.limits or {}),
+                agent=dict(routine.agent or {}),
+                connectors=dict(routine.connectors or {}),
             )
 
     async def _move(
@@ -692,23 +895,23 @@ class Executor:
         expected: RunStatus,
         to: RunStatus,
         reason: str,
-        events: Sequence[tuple[str, str, dict[str, Any]]] = (),
         *,
         changes: dict[str, Any] | None = None,
     ) -> None:
-        """Make the move, with any events that led to it, in one transaction."""
+        """Make the move (with `changes` to the run) in one transaction."""
+        redactor = self._redactors.get(claim.run_id)
+        if redactor:
+            reason = redactor.text(reason)
+            changes = redactor.data(changes)
 
         def write() -> None:
             with self.store.transaction() as session:
-                now = self.clock()
-                for kind, why, data in events:
-                    runs.add_event(session, claim.run_id, kind, now=now, reason=why, data=data)
                 runs.transition(
                     session,
                     claim.run_id,
                     expected,
                     to,
-                    now=now,
+                    now=self.clock(),
                     reason=reason,
                     lease=claim.lease,
                     changes=changes,
@@ -719,6 +922,10 @@ class Executor:
     async def _end_failed(
         self, claim: Claim, error: str, pushed: Sequence[delivery.Pushed] = ()
     ) -> None:
+        redactor = self._redactors.get(claim.run_id)
+        if redactor:
+            error = redactor.text(error)
+
         def write() -> None:
             with self.store.transaction() as session:
                 if runs.fail(session, claim, now=self.clock(), error=error) and pushed:
@@ -749,8 +956,7 @@ class Executor:
             run = session.get(Run, claim.run_id)
             if run is not None and run.lease == claim.lease:
                 run.agent_session_id = outcome.agent_session_id
-                if outcome.result is not None:
-                    run.cost_usd = outcome.result.total_cost_usd
+                run.cost_usd = outcome.cost_usd
 
     async def _check_sandbox(self) -> None:
         # Once per worker: a machine that cannot sandbox fails every run the same way.
@@ -760,6 +966,31 @@ class Executor:
             await asyncio.shield(self._sandbox_checked)
         except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
+
+
+def _ago(seconds: float) -> str:
+    return schedule.format_duration(timedelta(seconds=int(seconds)))
+
+
+def _budget_error(outcome: agent.SessionOutcome, limits: dict[str, Any]) -> str:
+    if outcome.limit == "max_turns":
+        return (
+            f"budget: stopped at max_turns {limits.get('max_turns')} ({outcome.turns} turns taken)"
+        )
+    spent = f"${outcome.cost_usd:.4f}" if outcome.cost_usd is not None else "unknown"
+    return f"budget: stopped at max_cost_usd {limits.get('max_cost_usd')} ({spent} spent)"
+
+
+def _connector_hosts(connectors: dict[str, Any]) -> list[str]:
+    """The hosts of the routine's remote MCP servers: the routine asked for them, so its
+    network level lets them through."""
+    hosts = []
+    for definition in connectors.values():
+        parts = urlsplit(str(definition.get("url") or ""))
+        if parts.hostname:
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            hosts.append(f"{host}:{parts.port}" if parts.port else host)
+    return hosts
 
 
 def _pull_request_body(context: RunContext, session_url: str) -> str:

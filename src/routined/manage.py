@@ -1,4 +1,4 @@
-"""What can be done to accounts, routines, triggers, tokens, runs and keys, and by whom.
+"""What can be done to accounts, routines, triggers, tokens, runs, keys and secrets, and by whom.
 
 The management API and the CLI both call these functions, so a command prints
 the same thing whether it works on the store here or on a server through the
@@ -10,9 +10,13 @@ another account's objects: they are "not found", as if they did not exist.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import secrets
+import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,15 +24,26 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from routined import fires, github, keys, limits, routines, runs, scheduler, tokens
+from routined import fires, github, keys, limits, routines, runs, scheduler, tokens, vault
 from routined.config import Settings
 from routined.db import Store
+from routined.environment import cache_folder
 from routined.ids import new_id
 from routined.keys import Principal, Scope
 from routined.limits import Limits, PlanError
-from routined.models import Account, ApiKey, Delivery, Fire, Routine, Run, RunEvent, Trigger
+from routined.models import (
+    Account,
+    ApiKey,
+    Delivery,
+    Fire,
+    Routine,
+    Run,
+    RunEvent,
+    Secret,
+    Trigger,
+)
 from routined.schedule import iso
-from routined.views import fire_view, routine_view, run_event_view
+from routined.views import fire_view, routine_view, run_event_view, run_view
 
 T = TypeVar("T")
 
@@ -224,6 +239,66 @@ def revoke_key(session: Session, principal: Principal, key_id: str, *, now: date
     keys.revoke(session, key_id, now=now)
 
 
+# Secrets
+
+
+def secret_view(secret: Secret, account_name: str) -> dict[str, Any]:
+    """A secret as listed: never its value."""
+    return {
+        "name": secret.name,
+        "account": account_name,
+        "created_at": iso(secret.created_at),
+        "updated_at": iso(secret.updated_at),
+    }
+
+
+def set_secret(
+    session: Session,
+    principal: Principal,
+    account: str,
+    name: str,
+    *,
+    value: str,
+    settings: Settings,
+    now: datetime,
+) -> dict[str, Any]:
+    """Store a secret for the account's routines, or replace its value."""
+    require(principal, Scope.WRITE)
+    owner = _account(session, principal, account)
+    try:
+        created = vault.set_secret(
+            session, settings, account_id=owner.id, name=name, value=value, now=now
+        )
+    except vault.VaultError as error:
+        # The server's key is unusable: the operator's to fix, not the caller's input.
+        raise Problem(500, str(error)) from None
+    except ValueError as error:
+        message = str(error)
+        raise Problem(
+            400, message if message.startswith("value:") else f"name: {message}"
+        ) from None
+    stored = session.scalars(
+        select(Secret).where(Secret.account_id == owner.id, Secret.name == name)
+    ).one()
+    return {**secret_view(stored, owner.name), "created": created}
+
+
+def list_secrets(session: Session, principal: Principal, account: str) -> list[dict[str, Any]]:
+    owner = _account(session, principal, account)
+    return [secret_view(s, owner.name) for s in vault.list_secrets(session, account_id=owner.id)]
+
+
+def delete_secret(session: Session, principal: Principal, account: str, name: str) -> None:
+    require(principal, Scope.WRITE)
+    owner = _account(session, principal, account)
+    if not vault.delete_secret(session, account_id=owner.id, name=name):
+        hint = "" if owner.name == "default" else f" --account {owner.name}"
+        raise Problem(
+            404,
+            f"no secret {name!r} in account {owner.name}; `routined secret list{hint}` shows them",
+        )
+
+
 # Routines
 
 
@@ -300,6 +375,37 @@ def set_paused(
     elif changed:
         scheduler.resume(session, routine, now=now, settings=settings)
     return {"name": routine.name, "paused": paused, "changed": changed}
+
+
+def setup_cache_folder(
+    session: Session, principal: Principal, name: str, *, settings: Settings
+) -> Path:
+    """Where the routine's cached setup results are, for `clear_setup_cache`."""
+    require(principal, Scope.WRITE)
+    return cache_folder(settings.home, find_routine(session, principal, name).id)
+
+
+def clear_setup_cache(folder: Path) -> int:
+    """Remove a routine's cached setup results; how many there were (one subfolder
+    each; a `.partial-` one is a result still being written, not counted).
+
+    Outside any transaction: it is file work. The folder is first renamed aside, which
+    is atomic, so a run storing a result meanwhile starts a new folder rather than
+    writing into one being removed.
+    """
+    aside = folder.with_name(f".{folder.name}.clearing-{secrets.token_hex(6)}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return 0  # nothing cached, or another clear took it
+    with os.scandir(aside) as entries:
+        count = sum(
+            1
+            for entry in entries
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+        )
+    shutil.rmtree(aside)
+    return count
 
 
 def fire_by_hand(
@@ -439,7 +545,7 @@ def list_runs(
     elif principal.account_id is not None:
         statement = statement.where(Routine.account_id == principal.account_id)
     return [
-        runs.summary(run, name, public_url=settings.public_url)
+        run_view(run, name, public_url=settings.public_url)
         for run, name in session.execute(statement.limit(limit))
     ]
 
@@ -448,7 +554,7 @@ def get_run(
     session: Session, principal: Principal, run: str, *, settings: Settings
 ) -> dict[str, Any]:
     found, name = _run(session, principal, run)
-    return runs.summary(found, name, public_url=settings.public_url)
+    return run_view(found, name, public_url=settings.public_url)
 
 
 def cancel_run(

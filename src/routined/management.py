@@ -179,6 +179,21 @@ class RevokedOut(_Out):
     revoked: bool
 
 
+class DiffStatOut(_Out):
+    files: int
+    insertions: int
+    deletions: int
+
+
+class TokenUsageOut(_Out):
+    """As the agent reports it; an agent may report more, or fewer, kinds of token."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
 class RunOut(_Out):
     id: str
     session_id: str
@@ -187,11 +202,20 @@ class RunOut(_Out):
     status: str
     trigger: str
     trigger_id: str | None
-    branches: list[Any]
+    branches: list[Any] = Field(
+        description="Pushed branches: repository, branch, sha, source, and what each "
+        "changes (files, insertions, deletions) when known."
+    )
     created_at: str
     started_at: str | None
     finished_at: str | None
     error: str | None
+    summary: str | None = Field(description="The agent's final message, secrets redacted.")
+    diff_stat: DiffStatOut | None = Field(
+        description="What the pushed branches change against the default branches, together."
+    )
+    usage: TokenUsageOut | None = Field(description="Tokens the agent used.")
+    cost_usd: float | None = Field(description="What the agent's model requests cost, in USD.")
 
 
 class CancelOut(_Out):
@@ -213,6 +237,26 @@ class RunEventsOut(_Out):
     run_id: str
     status: str
     events: list[RunEventOut]
+
+
+class SecretOut(_Out):
+    name: str
+    account: str
+    created_at: str
+    updated_at: str
+
+
+class SecretSetOut(SecretOut):
+    created: bool = Field(description="False when an existing value was replaced.")
+
+
+class SecretIn(BaseModel):
+    value: Text = Field(description="The value: 1 to 65,536 characters, never shown again.")
+
+
+class CacheClearedOut(_Out):
+    routine: str
+    cleared: int = Field(description="How many cached setup results were removed.")
 
 
 class DecisionOut(_Out):
@@ -352,6 +396,28 @@ def router(
             )
         )
 
+    @api.get("/accounts/{account}/secrets", response_model=list[SecretOut], tags=["secrets"])
+    def list_secrets(who: Who, account: str) -> Any:
+        return read(lambda s: manage.list_secrets(s, who, account))
+
+    @api.put(
+        "/accounts/{account}/secrets/{name}",
+        response_model=SecretSetOut,
+        tags=["secrets"],
+        summary="Store a secret, or replace its value (routined secret set)",
+    )
+    def set_secret(who: Who, account: str, name: str, body: SecretIn) -> Any:
+        return write(
+            lambda s: manage.set_secret(
+                s, who, account, name, value=body.value, settings=settings, now=clock()
+            )
+        )
+
+    @api.delete("/accounts/{account}/secrets/{name}", status_code=204, tags=["secrets"])
+    def delete_secret(who: Who, account: str, name: str) -> Response:
+        write(lambda s: manage.delete_secret(s, who, account, name))
+        return Response(status_code=204)
+
     @api.get("/usage", response_model=list[UsageOut], tags=["accounts"])
     def usage(who: Who, account: str | None = None) -> Any:
         return read(lambda s: manage.usage(s, who, account=account, settings=settings, now=clock()))
@@ -406,6 +472,16 @@ def router(
         return write(
             lambda s: manage.set_paused(s, who, name, paused=False, settings=settings, now=clock())
         )
+
+    @api.delete(
+        "/routines/{name}/setup-cache",
+        response_model=CacheClearedOut,
+        tags=["routines"],
+        summary="Remove the routine's cached setup script results (routined cache clear)",
+    )
+    def clear_setup_cache(who: Who, name: str) -> Any:
+        folder = read(lambda s: manage.setup_cache_folder(s, who, name, settings=settings))
+        return {"routine": name, "cleared": manage.clear_setup_cache(folder)}
 
     @api.post(
         "/routines/{name}/runs",

@@ -25,7 +25,7 @@ from pydantic import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import github, github_events, schedule
+from routined import github, github_events, network, schedule, vault
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
@@ -53,8 +53,186 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False, frozen=True)
 
 
+_BRANCH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*/")
+_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+_CONNECTOR_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
 class RepositorySpec(_Strict):
+    """A repository cloned into each run's workspace, and where the run's work may land
+    on it (see `routined.delivery.PushRules`)."""
+
     url: str = Field(min_length=1)
+    branch_prefix: str = "claude/"
+    # Push the agent's other branches under their own names (fast-forward only);
+    # forcing and the default branch each need their own yes as well.
+    allow_unrestricted_push: bool = False
+    allow_force_push: bool = False
+    allow_default_branch_push: bool = False
+
+    @field_validator("branch_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if (
+            not _BRANCH_PREFIX.fullmatch(value)
+            or len(value) > 100
+            or ".." in value
+            or value.startswith("refs/")
+            or any(part.endswith(".lock") or part.startswith(".") for part in value.split("/"))
+        ):
+            raise ValueError(
+                "give a branch name prefix ending in '/', such as claude/ or bots/nightly/"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _unrestricted_first(self) -> RepositorySpec:
+        for name in ("allow_force_push", "allow_default_branch_push"):
+            if getattr(self, name) and not self.allow_unrestricted_push:
+                raise ValueError(f"{name} applies only with allow_unrestricted_push: true")
+        return self
+
+    def push_rules(self) -> dict[str, Any]:
+        return {
+            "branch_prefix": self.branch_prefix,
+            "allow_unrestricted_push": self.allow_unrestricted_push,
+            "allow_force_push": self.allow_force_push,
+            "allow_default_branch_push": self.allow_default_branch_push,
+        }
+
+
+class SecretUse(_Strict):
+    """A stored secret a routine's runs get as an environment variable."""
+
+    name: str = Field(pattern=_VARIABLE)
+    # Given to the setup script only, and gone before the agent starts.
+    setup_only: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        vault.check_variable_name(value)
+        return value
+
+
+class EnvironmentSpec(_Strict):
+    """What a run starts in: its network, a setup script, variables and secrets."""
+
+    network: Literal["none", "trusted", "full", "custom"] = "trusted"
+    allowed_hosts: list[str] = Field(default_factory=list)
+    include_trusted: bool = False
+    setup_script: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets: list[SecretUse] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [network.check_host(host) for host in value]
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: Any) -> Any:
+        # YAML reads `DEBUG: 1` and `VERBOSE: true` as a number and a boolean.
+        if isinstance(value, dict):
+            return {
+                key: str(item).lower()
+                if isinstance(item, bool)
+                else str(item)
+                if isinstance(item, int | float)
+                else item
+                for key, item in value.items()
+            }
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(_VARIABLE, name):
+                raise ValueError(
+                    f"{name!r} is not a variable name (letters, digits and '_', "
+                    "not starting with a digit)"
+                )
+            vault.check_variable_name(name)
+        return value
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _names_alone(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("setup_script")
+    @classmethod
+    def _script(cls, value: str | None) -> str | None:
+        return value if value and value.strip() else None
+
+    @model_validator(mode="after")
+    def _custom_hosts(self) -> EnvironmentSpec:
+        if self.network != "custom" and (self.allowed_hosts or self.include_trusted):
+            raise ValueError("allowed_hosts and include_trusted apply only to network: custom")
+        names = [secret.name for secret in self.secrets]
+        twice = sorted(
+            {name for name in names if names.count(name) > 1} | (set(names) & set(self.env))
+        )
+        if twice:
+            raise ValueError(f"{', '.join(twice)}: named twice among env and secrets; keep one")
+        return self
+
+
+class LimitsSpec(_Strict):
+    """What one run may spend; reaching a limit stops the agent and keeps its work."""
+
+    max_duration: int | None = None  # seconds; written as a duration such as 45m
+    max_turns: int | None = Field(default=None, ge=1, le=10_000)
+    max_cost_usd: float | None = Field(default=None, gt=0, le=100_000)
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int | None:
+        return None if value is None else _seconds(value, "max_duration", 1, 7 * 86400)
+
+
+class CommandAgentSpec(_Strict):
+    """Any agent CLI: the prompt on its stdin and in $ROUTINED_PROMPT_FILE, the first
+    repository as its working directory, in the same sandbox as Claude Code."""
+
+    command: list[str] = Field(min_length=1)
+
+    @field_validator("command")
+    @classmethod
+    def _program(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the first item is the program to run; it is empty")
+        return value
+
+
+class ConnectorSpec(BaseModel):
+    """An MCP server, in the shape of `.mcp.json`'s `mcpServers` entries (stdio:
+    `command`, `args`, `env`; remote: `type: http` or `sse` with `url`, `headers`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal["stdio", "http", "sse"] = "stdio"
+    command: str | None = Field(default=None, min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ConnectorSpec:
+        if self.type == "stdio" and (self.command is None or self.url is not None):
+            raise ValueError("a stdio connector gives `command:` (and `args:`), not `url:`")
+        if self.type != "stdio" and (self.url is None or self.command is not None):
+            raise ValueError(f"a {self.type} connector gives `url:`, not `command:`")
+        return self
+
+    def definition(self) -> dict[str, Any]:
+        """The entry Claude Code takes in `mcpServers`."""
+        return self.model_dump(mode="json", exclude_defaults=True) | {"type": self.type}
 
 
 class GateSpec(_Strict):
@@ -204,6 +382,12 @@ class RoutineSpec(_Strict):
     # started it.
     pull_requests: bool = False
     comment: bool = False
+    environment: EnvironmentSpec = Field(default_factory=EnvironmentSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    agent: Literal["claude"] | CommandAgentSpec = "claude"
+    connectors: dict[Annotated[str, Field(pattern=_CONNECTOR_NAME)], ConnectorSpec] = Field(
+        default_factory=dict
+    )
 
     @field_validator("catch_up_window", mode="before")
     @classmethod
@@ -404,7 +588,7 @@ def _check(
                         f"git URL nor an existing path ({local} does not exist)"
                     )
                 url = str(local)
-            repositories.append(RepositorySpec(url=url))
+            repositories.append(repository.model_copy(update={"url": url}))
         triggers: list[ApiTriggerSpec | ScheduleTriggerSpec | GitHubTriggerSpec] = []
         for number, trigger in enumerate(routine.triggers):
             if isinstance(trigger, ScheduleTriggerSpec):
@@ -501,9 +685,11 @@ def _create(
         created_at=now,
         updated_at=now,
         **_policy(wanted),
+        **runtime(wanted),
     )
     routine.repositories = [
-        Repository(position=i, url=r.url) for i, r in enumerate(wanted.repositories)
+        Repository(position=i, url=r.url, **r.push_rules())
+        for i, r in enumerate(wanted.repositories)
     ]
     routine.triggers = [
         Trigger(id=new_id("trig"), position=i, type=t.type, config=t.config(), created_at=now)
@@ -525,6 +711,24 @@ def _policy(wanted: RoutineSpec) -> dict[str, Any]:
         "stagger": wanted.stagger,
         "pull_requests": wanted.pull_requests,
         "comment": wanted.comment,
+    }
+
+
+def runtime(wanted: RoutineSpec) -> dict[str, dict[str, Any]]:
+    """The run's environment, limits, agent and connectors, as the routine's row keeps
+    them (read back by `routined.execution`)."""
+    agent = (
+        {"type": "claude"}
+        if wanted.agent == "claude"
+        else {"type": "command", "command": list(wanted.agent.command)}
+    )
+    return {
+        "environment": wanted.environment.model_dump(mode="json"),
+        "limits": wanted.limits.model_dump(mode="json", exclude_none=True),
+        "agent": agent,
+        "connectors": {
+            name: connector.definition() for name, connector in wanted.connectors.items()
+        },
     }
 
 
@@ -585,12 +789,21 @@ def _update(
     if routine.model != wanted.model:
         details.append(f"model {routine.model or 'default'} → {wanted.model or 'default'}")
         routine.model = wanted.model
-    urls = [r.url for r in wanted.repositories]
-    if [r.url for r in routine.repositories] != urls:
+    wanted_repositories = [(r.url, r.push_rules()) for r in wanted.repositories]
+    current_repositories = [(r.url, _push_rules_of(r)) for r in routine.repositories]
+    if current_repositories != wanted_repositories:
         routine.repositories.clear()
         session.flush()  # old positions must be gone before new rows reuse them
-        routine.repositories.extend(Repository(position=i, url=u) for i, u in enumerate(urls))
+        routine.repositories.extend(
+            Repository(position=i, url=url, **rules)
+            for i, (url, rules) in enumerate(wanted_repositories)
+        )
+        urls = [url for url, _ in wanted_repositories]
         details.append("repositories " + ", ".join(display_url(u) for u in urls))
+    for name, value in runtime(wanted).items():
+        if getattr(routine, name) != value:
+            details.append(f"{name} changed")
+            setattr(routine, name, value)
     policy = _policy(wanted)
     for name, value in policy.items():
         if getattr(routine, name) != value:
@@ -603,6 +816,10 @@ def _update(
     if details:
         routine.updated_at = now
     return Change(wanted.name, "updated" if details else "unchanged", details)
+
+
+def _push_rules_of(repository: Repository) -> dict[str, Any]:
+    return {name: getattr(repository, name) for name in RepositorySpec(url="-").push_rules()}
 
 
 def _update_triggers(

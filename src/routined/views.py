@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import github
+from routined import github, runs
 from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
 from routined.schedule import format_duration, iso, zone
@@ -123,6 +123,18 @@ def fire_view(fire: Fire, routine_name: str) -> dict[str, Any]:
         "reason": fire.reason,
         "run_id": fire.run_id,
         "delivery_id": fire.delivery_id,
+    }
+
+
+def run_view(run: Run, routine_name: str, *, public_url: str) -> dict[str, Any]:
+    """A run as `routined runs --json` and `show-run --json` print it, and the API answers:
+    its state and, once it has them, its results (branches keep every key they have)."""
+    return {
+        **runs.summary(run, routine_name, public_url=public_url),
+        "summary": run.summary,
+        "diff_stat": run.diff_stat,
+        "usage": run.usage,
+        "cost_usd": run.cost_usd,
     }
 
 

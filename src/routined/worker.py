@@ -119,15 +119,26 @@ class Worker:
         return True
 
     async def _beat(self, stop: asyncio.Event) -> None:
+        """Beat every heartbeat interval; in between, look for cancel requests every
+        second (a read, which takes no write turn), so a cancel stops a run at once."""
+        check_every = min(_CANCEL_CHECK_INTERVAL, self.settings.heartbeat_interval)
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.settings.heartbeat_interval
         while not stop.is_set():
-            await _wait(stop, self.settings.heartbeat_interval)
+            await _wait(stop, check_every)
             if not self._claims:
                 continue
+            beat = loop.time() >= next_beat
             try:
-                asked = await asyncio.to_thread(self._heartbeat, list(self._claims.values()))
+                asked = await asyncio.to_thread(
+                    self._heartbeat if beat else self._cancel_requests,
+                    list(self._claims.values()),
+                )
             except Exception:
                 log.exception("worker %s: heartbeat failed; trying again", self.id)
                 continue
+            if beat:
+                next_beat = loop.time() + self.settings.heartbeat_interval
             for run_id, reason in asked.items():
                 self.executor.cancel(run_id, reason)
 
@@ -139,6 +150,10 @@ class Worker:
         """Beat for these runs; return the ones someone asked to cancel, with why."""
         with self.store.transaction() as session:
             runs.heartbeat(session, claims, now=self.clock())
+            return runs.cancel_requests(session, claims)
+
+    def _cancel_requests(self, claims: list[Claim]) -> dict[str, str]:
+        with self.store.transaction(readonly=True) as session:
             return runs.cancel_requests(session, claims)
 
     def _end_lost_runs(self) -> None:
@@ -154,6 +169,9 @@ class Worker:
             await self.executor.execute(claim, standby=standby)
         finally:
             self._claims.pop(claim.run_id, None)
+
+
+_CANCEL_CHECK_INTERVAL = 1.0
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -1,6 +1,16 @@
 """The `routined` command: one module per group of commands, one Typer app."""
 
-from routined.cli import accounts, events, keys, routines, runs, schedules
+from routined.cli import accounts, events, keys, routines, runs, schedules, secrets
 from routined.cli.common import app, main
 
-__all__ = ["accounts", "app", "events", "keys", "main", "routines", "runs", "schedules"]
+__all__ = [
+    "accounts",
+    "app",
+    "events",
+    "keys",
+    "main",
+    "routines",
+    "runs",
+    "schedules",
+    "secrets",
+]

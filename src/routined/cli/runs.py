@@ -1,19 +1,22 @@
-"""Commands about runs: fire ("run now"), runs, logs, cancel."""
+"""Commands about runs: fire ("run now"), runs, show-run, logs, cancel, and cache clear."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Column, Table
 
 from routined import runs
 from routined.cli.common import Client, JsonFlag, app, connect, fail, out, print_json, segment
 from routined.logview import describe_event
+from routined.schedule import format_duration
 from routined.worker import Worker
 
 _FOLLOW_POLL = 0.3
@@ -96,6 +99,113 @@ def runs_(
     out.print(table)
 
 
+@app.command("show-run")
+def show_run(
+    run: Annotated[str, typer.Argument(help="Run id or session id.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """One run: its state, times, error, the agent's summary, what it pushed and spent."""
+    with connect() as client:
+        found = client.call("GET", f"/runs/{segment(run)}")
+    if as_json:
+        print_json(found)
+        return
+    out.print(_run_panel(found))
+
+
+_STATUS_COLOURS = {
+    runs.RunStatus.SUCCEEDED: "green",
+    runs.RunStatus.FAILED: "red",
+    runs.RunStatus.TIMED_OUT: "yellow",
+    runs.RunStatus.CANCELLED: "yellow",
+}
+
+
+def _run_panel(run: dict[str, Any]) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    colour = _STATUS_COLOURS.get(run["status"], "cyan")
+    grid.add_row("Status", f"[{colour}]{run['status']}[/]")
+    grid.add_row("Routine", escape(run["routine"]))
+    trigger = run["trigger"] + (f" ({run['trigger_id']})" if run["trigger_id"] else "")
+    grid.add_row("Trigger", trigger)
+    grid.add_row("Session", f"{run['session_id']}  {escape(run['session_url'])}")
+    for label, key in (("Created", "created_at"), ("Started", "started_at")):
+        grid.add_row(label, _moment(run[key]))
+    grid.add_row("Finished", _moment(run["finished_at"]))
+    duration = _duration(run["started_at"], run["finished_at"])
+    if duration:
+        grid.add_row("Duration", duration)
+    if run["error"]:
+        grid.add_row("Error", f"[red]{escape(run['error'])}[/]")
+    if run.get("summary"):
+        grid.add_row("Summary", escape(run["summary"]))
+    if run["branches"]:
+        grid.add_row("Branches", _branches(run["branches"]))
+    if run.get("diff_stat"):
+        grid.add_row("Changes", _diff_stat(run["diff_stat"]))
+    if run.get("usage"):
+        grid.add_row("Tokens", _usage(run["usage"]))
+    if run.get("cost_usd") is not None:
+        grid.add_row("Cost", f"${run['cost_usd']:.4f}")
+    return Panel(grid, title=f"Run {run['id']}", title_align="left", expand=False)
+
+
+def _moment(value: str | None) -> str:
+    return "—" if value is None else value[:19].replace("T", " ") + " UTC"
+
+
+def _duration(started: str | None, finished: str | None) -> str | None:
+    if started is None or finished is None:
+        return None
+    span = datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+    return format_duration(span)
+
+
+def _branches(branches: list[dict[str, Any]]) -> Table:
+    # Pushed branches always name repository and branch; older runs lack the counts.
+    table = Table(
+        Column("Repository", overflow="fold"),
+        Column("Branch", overflow="fold"),
+        Column("Commit", no_wrap=True),
+        Column("Changes", no_wrap=True),
+        box=None,
+        pad_edge=False,
+    )
+    for branch in branches:
+        table.add_row(
+            escape(str(branch.get("repository", ""))),
+            escape(str(branch.get("branch", ""))),
+            str(branch.get("sha", ""))[:12],
+            _diff_stat(branch) if "files" in branch else "",
+        )
+    return table
+
+
+def _diff_stat(stat: dict[str, Any]) -> str:
+    files = stat.get("files", 0)
+    return (
+        f"{files} file{'' if files == 1 else 's'}, "
+        f"[green]+{stat.get('insertions', 0)}[/] [red]-{stat.get('deletions', 0)}[/]"
+    )
+
+
+_TOKEN_KINDS = (
+    ("input_tokens", "input"),
+    ("output_tokens", "output"),
+    ("cache_read_input_tokens", "cache read"),
+    ("cache_creation_input_tokens", "cache write"),
+)
+
+
+def _usage(usage: dict[str, Any]) -> str:
+    parts = [
+        f"{usage[key]:,} {label}" for key, label in _TOKEN_KINDS if isinstance(usage.get(key), int)
+    ]
+    return ", ".join(parts) or "—"
+
+
 @app.command()
 def logs(
     run: Annotated[str, typer.Argument(help="Run id or session id.")],
@@ -120,6 +230,23 @@ def cancel(run: Annotated[str, typer.Argument(help="Run id or session id.")]) ->
         out.print(f"run {answer['run_id']} cancelled")
     else:
         out.print(f"run {answer['run_id']}: asked its worker to stop it")
+
+
+cache = typer.Typer(help="Cached setup script results, reused by a routine's runs.")
+app.add_typer(cache, name="cache")
+
+
+@cache.command("clear")
+def clear_cache(routine: str) -> None:
+    """Remove the routine's cached setup results: its next run runs the setup script again."""
+    with connect() as client:
+        cleared = client.call("DELETE", f"/routines/{segment(routine)}/setup-cache")
+    count = cleared["cleared"]
+    if count:
+        noun = "result" if count == 1 else "results"
+        out.print(f"{escape(routine)}: removed {count} cached setup {noun}")
+    else:
+        out.print(f"{escape(routine)}: no cached setup results to remove")
 
 
 async def _follow(client: Client, run: str, *, quiet: bool, as_json: bool = False) -> None:

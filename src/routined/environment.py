@@ -1,0 +1,207 @@
+"""A run's environment: its network, variables and secrets, and its setup script's cache.
+
+The setup script runs in the run's sandbox before the agent, with the routine's
+network level (see `routined.execution`). What it leaves in the run's home (a
+virtualenv in `~/.venv`, tools in `~/.local`, a package manager's cache) is its
+result: it is kept, and the next run whose script, network and variables are
+the same starts from a copy of that home instead of running the script again,
+until the copy is older than the cache's age limit. `routined cache clear`
+removes a routine's copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import platform
+import secrets as random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from routined import network
+from routined.egress import EgressPolicy
+from routined.workspace import remove
+
+# Bumped when what a cache entry holds changes, so old entries are not restored.
+_CACHE_FORMAT = 1
+OUTPUT_LIMIT = 64 * 1024
+OUTPUT_LINES = 200
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A routine's `environment:` as its row keeps it (see `routines.EnvironmentSpec`)."""
+
+    network: str = "trusted"
+    allowed_hosts: tuple[str, ...] = ()
+    include_trusted: bool = False
+    setup_script: str | None = None
+    variables: Mapping[str, str] = field(default_factory=dict)
+    # Each secret's name, and whether only the setup script gets it.
+    secrets: tuple[tuple[str, bool], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Environment:
+        return cls(
+            network=config.get("network", "trusted"),
+            allowed_hosts=tuple(config.get("allowed_hosts", ())),
+            include_trusted=bool(config.get("include_trusted", False)),
+            setup_script=config.get("setup_script"),
+            variables=dict(config.get("env", {})),
+            secrets=tuple(
+                (item["name"], bool(item.get("setup_only"))) for item in config.get("secrets", ())
+            ),
+        )
+
+    @property
+    def secret_names(self) -> list[str]:
+        return [name for name, _ in self.secrets]
+
+    def policy(self, extra_hosts: Sequence[str] = ()) -> EgressPolicy:
+        return network.policy(
+            self.network,
+            self.allowed_hosts,
+            include_trusted=self.include_trusted,
+            extra_hosts=extra_hosts,
+        )
+
+    def setup_variables(self, revealed: Mapping[str, str]) -> dict[str, str]:
+        """What the setup script sees on top of the sandbox's own: every secret."""
+        return {**self.variables, **{name: revealed[name] for name, _ in self.secrets}}
+
+    def agent_variables(self, revealed: Mapping[str, str]) -> dict[str, str]:
+        """What the agent sees: the setup-only secrets are not there."""
+        kept = {name: revealed[name] for name, setup_only in self.secrets if not setup_only}
+        return {**self.variables, **kept}
+
+    def cache_key(self) -> str:
+        """What a setup result depends on: the script, where it may connect, the
+        variables it is given (secrets by name only) and the system it ran on."""
+        described = {
+            "format": _CACHE_FORMAT,
+            "script": self.setup_script,
+            "network": self.network,
+            "allowed_hosts": sorted(self.allowed_hosts),
+            "include_trusted": self.include_trusted,
+            "variables": sorted(self.variables.items()),
+            "secrets": sorted(self.secrets),
+            "system": base_system(),
+        }
+        return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:32]
+
+
+@functools.cache
+def base_system() -> str:
+    """The system a setup script builds on: what it installs is only good for the same."""
+    try:
+        release = Path("/etc/os-release").read_text()
+    except OSError:
+        release = ""
+    return f"{platform.machine()} {hashlib.sha256(release.encode()).hexdigest()[:16]}"
+
+
+@dataclass(frozen=True)
+class SetupOutcome:
+    exit_code: int
+    output: str
+    seconds: float
+
+    @property
+    def lines(self) -> list[str]:
+        return self.output.splitlines()[-OUTPUT_LINES:]
+
+
+async def run_script(command: list[str], env: dict[str, str], script: str) -> SetupOutcome:
+    """Run `script` with bash in the sandbox `command` starts; what it printed (both
+    streams, the end of it) comes back with its exit status. The caller bounds the time."""
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        "-c",
+        script,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    said = bytearray()
+    try:
+        while chunk := await process.stdout.read(65536):
+            said = (said + chunk)[-OUTPUT_LIMIT:]
+        code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return SetupOutcome(code, said.decode(errors="replace"), time.monotonic() - started)
+
+
+def cache_folder(home: Path, routine_id: str) -> Path:
+    """Where a routine's setup results are kept, under routined's home."""
+    return home / "setup-cache" / routine_id
+
+
+class SetupCache:
+    """One routine's setup results: a copy of the home each left, by cache key."""
+
+    def __init__(self, folder: Path, max_age: float) -> None:
+        self.folder = folder
+        self.max_age = max_age
+
+    def _entry(self, key: str) -> Path:
+        return self.folder / key
+
+    async def restore(self, key: str, home: Path, *, now: datetime) -> float | None:
+        """Copy the cached home for `key` into `home`; its age in seconds, or None when
+        there is none fresh enough (an expired one is removed)."""
+        entry = self._entry(key)
+        try:
+            made = json.loads((entry / "made.json").read_text())
+            age = now.timestamp() - float(made["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not 0 <= age <= self.max_age:
+            await remove(entry)
+            return None
+        await _copy_tree(entry / "home", home)
+        return age
+
+    async def keep(self, key: str, home: Path, *, now: datetime, seconds: float) -> None:
+        """Keep a copy of `home` as the result for `key`; it replaces the routine's
+        other results, which no run will ask for again unless their script returns."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self.folder / f".partial-{random.token_hex(6)}"
+        try:
+            partial.mkdir(mode=0o700)
+            await _copy_tree(home, partial / "home")
+            (partial / "made.json").write_text(
+                json.dumps({"at": now.timestamp(), "seconds": seconds})
+            )
+            entry = self._entry(key)
+            await remove(entry)
+            partial.rename(entry)
+        finally:
+            await remove(partial)
+        for other in self.folder.iterdir():
+            if other.name != key and not other.name.startswith(".partial-"):
+                await remove(other)
+
+
+async def _copy_tree(source: Path, destination: Path) -> None:
+    """Copy a folder's contents as they are (links stay links, nothing is followed);
+    on file systems that can, the copy shares blocks until either side changes."""
+    destination.mkdir(parents=True, exist_ok=True)
+    process = await asyncio.create_subprocess_exec(
+        "cp", "-a", "--reflink=auto", "--no-dereference", "--", f"{source}/.", str(destination),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await process.communicate()
+    if process.returncode != 0:
+        raise OSError(f"could not copy {source}: {stderr.decode(errors='replace').strip()}")

@@ -1,0 +1,274 @@
+"""Secrets: values a routine's runs get as environment variables, encrypted at rest.
+
+A value is stored as a Fernet token (AES-128-CBC with an HMAC): the store alone
+reveals nothing. The key is ROUTINED_SECRET_KEY when set, else the file
+`$ROUTINED_HOME/secret.key`, made at the first write; whoever holds the store and
+the key holds the secrets. Values leave only through `reveal` (to a run) and are
+kept out of what a run records by a `Redactor`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from routined.config import Settings
+from routined.models import Account, Secret
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
+
+# The sandbox sets these itself; a routine's value would break it or slip past it
+# (a proxy variable routes around the egress filter, LD_PRELOAD runs code first).
+RESERVED: frozenset[str] = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "TERM",
+        "SHELL",
+        "USER",
+        "IS_SANDBOX",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    }
+)
+# Claude Code and routined read their settings from these.
+RESERVED_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "ROUTINED_")
+
+# The most a value may hold: the kernel refuses an environment string past 128 KiB.
+MAX_VALUE = 65_536
+# Shorter values are not redacted: "1", "yes" or "dev" would wreck ordinary text.
+MIN_REDACTED = 4
+
+KEY_FILE = "secret.key"
+
+
+class VaultError(Exception):
+    """Secrets cannot be written or read as asked; the message says what to do."""
+
+
+def check_variable_name(name: str) -> None:
+    """Refuse a name a routine may not use as a variable or secret (ValueError)."""
+    if re.fullmatch(NAME_PATTERN, name) is None:
+        raise ValueError(
+            f"{name!r} is not a variable name: use letters, digits and '_', not starting "
+            "with a digit, at most 100 characters"
+        )
+    if name in RESERVED:
+        raise ValueError(f"{name!r} is set by the sandbox itself; choose another name")
+    if name.startswith(RESERVED_PREFIXES):
+        raise ValueError(
+            f"{name!r}: names starting with {', '.join(RESERVED_PREFIXES)} are Claude Code's "
+            "and routined's own; choose another name"
+        )
+
+
+def set_secret(
+    session: Session, settings: Settings, *, account_id: str, name: str, value: str, now: datetime
+) -> bool:
+    """Store `value` under `name` for the account: True if created, False if replaced.
+
+    Bad input raises ValueError naming the field; a key that cannot be used, VaultError.
+    """
+    check_variable_name(name)
+    if not value:
+        raise ValueError("value: empty; give the secret's value")
+    if "\x00" in value:
+        raise ValueError("value: contains a NUL character, which an environment variable cannot")
+    if len(value) > MAX_VALUE:
+        raise ValueError(f"value: {len(value)} characters is over the limit of {MAX_VALUE}")
+    ciphertext = _fernet(settings, create=True).encrypt(value.encode()).decode("ascii")
+    found = session.scalar(
+        select(Secret).where(Secret.account_id == account_id, Secret.name == name)
+    )
+    if found is not None:
+        found.ciphertext = ciphertext
+        found.updated_at = now
+        return False
+    # Two first writes of one name race to the unique (account, name): one fails.
+    session.add(
+        Secret(
+            account_id=account_id, name=name, ciphertext=ciphertext, created_at=now, updated_at=now
+        )
+    )
+    session.flush()
+    return True
+
+
+def delete_secret(session: Session, *, account_id: str, name: str) -> bool:
+    """Whether there was such a secret to delete."""
+    result = session.execute(
+        delete(Secret).where(Secret.account_id == account_id, Secret.name == name)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def list_secrets(session: Session, *, account_id: str) -> list[Secret]:
+    """The account's secrets by name; show their names and times, never their values."""
+    return list(
+        session.scalars(select(Secret).where(Secret.account_id == account_id).order_by(Secret.name))
+    )
+
+
+def reveal(
+    session: Session, settings: Settings, *, account_id: str, names: Sequence[str]
+) -> dict[str, str]:
+    """The values of `names` for a run; VaultError if any is missing or unreadable."""
+    if not names:
+        return {}
+    stored = {
+        secret.name: secret.ciphertext
+        for secret in session.scalars(
+            select(Secret).where(Secret.account_id == account_id, Secret.name.in_(set(names)))
+        )
+    }
+    missing = [name for name in dict.fromkeys(names) if name not in stored]
+    if missing:
+        how = "routined secret set NAME" + _account_option(session, account_id)
+        raise VaultError(
+            f"no secret {', '.join(missing)} stored for this routine's account; "
+            f"store {'it' if len(missing) == 1 else 'each'} with `{how}` (the value on stdin)"
+        )
+    fernet = _fernet(settings, create=False)
+    values = {}
+    for name in dict.fromkeys(names):
+        try:
+            values[name] = fernet.decrypt(stored[name]).decode()
+        except InvalidToken:
+            raise VaultError(
+                f"secret {name} cannot be decrypted: the key changed since it was stored "
+                f"({_key_source(settings)}); restore the key it was stored with, or store it "
+                f"again with `routined secret set {name}{_account_option(session, account_id)}`"
+            ) from None
+    return values
+
+
+class Redactor:
+    """Replaces secret values in text and JSON-like data with `[redacted:NAME]`."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        # Longest first, so a value that contains another is replaced whole; one name
+        # per value (the first by name) when several secrets hold the same.
+        ordered = sorted(
+            ((value, name) for name, value in values.items() if len(value) >= MIN_REDACTED),
+            key=lambda pair: (-len(pair[0]), pair[1]),
+        )
+        self._names: dict[str, str] = {}
+        for value, name in ordered:
+            self._names.setdefault(value, name)
+        # One pass over the text: a replacement is never searched again, so a value
+        # such as "redacted" cannot eat into the marks already made.
+        self._pattern = re.compile("|".join(re.escape(value) for value in self._names))
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def text(self, s: str) -> str:
+        # Called on every event a run records: substring tests (in C) rule out the
+        # usual case of no secret at all before the pattern is run.
+        if not any(value in s for value in self._names):
+            return s
+        return self._pattern.sub(lambda found: f"[redacted:{self._names[found[0]]}]", s)
+
+    def data(self, obj: Any) -> Any:
+        """`obj` with every string in it redacted, dict keys too; other values as they are."""
+        if not self._names:
+            return obj
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, dict):
+            return {
+                (self.text(key) if isinstance(key, str) else key): self.data(value)
+                for key, value in obj.items()
+            }
+        if isinstance(obj, list | tuple):
+            return [self.data(item) for item in obj]
+        return obj
+
+
+def _fernet(settings: Settings, *, create: bool) -> Fernet:
+    configured = settings.secret_key.reveal().strip()
+    if configured:
+        try:
+            return Fernet(configured)
+        except ValueError:  # binascii.Error, for bad base64, is one too
+            raise VaultError(
+                "ROUTINED_SECRET_KEY: not a Fernet key (32 bytes in URL-safe base64); "
+                "`routined secret key` makes one"
+            ) from None
+    path = settings.home / KEY_FILE
+    try:
+        return _from_file(path)
+    except FileNotFoundError:
+        if not create:
+            raise VaultError(
+                f"no key to decrypt secrets with: {path} does not exist and "
+                "ROUTINED_SECRET_KEY is not set; set it (or restore the file) to the key "
+                "the secrets were stored with"
+            ) from None
+    return _from_file(_create_key_file(path))
+
+
+def _from_file(path: Path) -> Fernet:
+    try:
+        return Fernet(path.read_bytes().strip())
+    except ValueError:
+        raise VaultError(
+            f"{path}: not a Fernet key; restore the key secrets were stored with, or set "
+            "ROUTINED_SECRET_KEY"
+        ) from None
+    except PermissionError as error:
+        raise VaultError(f"{path}: cannot read the secret key: {error.strerror}") from None
+
+
+def _create_key_file(path: Path) -> Path:
+    """Write a new key to `path` unless another process got there first.
+
+    1. Write the key whole to a file of our own, readable by the owner only.
+    2. Link it to `path`: linking never replaces, so of processes racing to make
+       the key exactly one succeeds and the rest use its key; a reader never sees
+       a half-written file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)  # whatever the umask
+        os.write(descriptor, Fernet.generate_key() + b"\n")
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path
+
+
+def _key_source(settings: Settings) -> str:
+    if settings.secret_key:
+        return "ROUTINED_SECRET_KEY"
+    return str(settings.home / KEY_FILE)
+
+
+def _account_option(session: Session, account_id: str) -> str:
+    name = session.scalar(select(Account.name).where(Account.id == account_id))
+    return "" if name in (None, "default") else f" --account {name}"

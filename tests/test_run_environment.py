@@ -1,0 +1,377 @@
+"""A run's environment, whole: network levels, the setup script and its cache, secrets,
+connectors, limits, push rules and any agent CLI.
+
+Real parts throughout, as in tests/test_agent_runs.py: the `routined` command, the
+store, git with bare origins, bubblewrap, the egress proxy and the real Claude Code
+binary against the scripted model on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from routined.config import Settings
+from routined.db import Store
+from routined.models import Run, RunEvent
+from routined.testing.fake_anthropic import FakeAnthropic, bash, text, tool_use, write_file
+from tests.conftest import branches, git, push_commit
+from tests.test_agent_runs import ROUTINED, cli_env, routined, run_here, stored_events
+
+pytestmark = pytest.mark.agent
+PROBE_SERVER = Path(__file__).with_name("mcp_probe_server.py")
+
+
+def apply(settings: Settings, tmp_path: Path, origin: Path, prompt: str, extra: str) -> Store:
+    """Apply one routine, `docs-nightly`, with `extra` YAML lines under it."""
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        "routines:\n"
+        "  - name: docs-nightly\n"
+        f"    prompt: {json.dumps(prompt)}\n"
+        "    repositories:\n"
+        f"      - url: {origin}\n" + extra
+    )
+    routined(settings, "apply", "-f", str(path))
+    return Store(settings.database_url.reveal())
+
+
+def tool_results(events: list[RunEvent]) -> str:
+    return " ".join(json.dumps(e.data) for e in events if e.kind == "agent.user")
+
+
+@pytest.fixture
+def outside_service() -> Iterator[int]:
+    """An HTTP server on 127.0.0.2: to the sandbox, a host elsewhere on the network."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"outside-service-says-hello"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.2", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("level", ["none", "custom"])
+def test_network_none_refuses_a_host_that_custom_allows(
+    settings: Settings,
+    origin: Path,
+    tmp_path: Path,
+    fake_api: FakeAnthropic,
+    outside_service: int,
+    level: str,
+) -> None:
+    marker = f"[case:network-{level}]"
+    fake_api.script(
+        marker,
+        [
+            [bash(f"curl -s -w ' status:%{{http_code}}' http://127.0.0.2:{outside_service}/")],
+            [text("Fetched.")],
+        ],
+    )
+    environment = (
+        "    environment:\n      network: none\n"
+        if level == "none"
+        else f"    environment:\n      network: custom\n"
+        f"      allowed_hosts: ['127.0.0.2:{outside_service}']\n"
+    )
+    store = apply(settings, tmp_path, origin, f"Fetch. {marker}", environment)
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    # The model API answered every turn either way: the run got to its end.
+    assert ended.status == "succeeded", ended.error
+    events = stored_events(settings, ended.id)
+    said = tool_results(events)
+    if level == "none":
+        assert "status:403" in said and "outside-service-says-hello" not in said
+        [denied] = [e for e in events if e.kind == "egress.denied"]
+        assert denied.data == {
+            "host": "127.0.0.2",
+            "port": outside_service,
+            "deny_reason": "host_not_allowed",
+        }
+    else:
+        assert "outside-service-says-hello status:200" in said
+        assert not [e for e in events if e.kind == "egress.denied"]
+    [network] = [e for e in events if e.kind == "environment.network"]
+    assert network.data == {"level": level}
+
+
+def test_a_failing_setup_script_fails_the_run_with_its_output(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:setup-fails]"
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Never starts. {marker}",
+        "    environment:\n"
+        "      setup_script: |\n"
+        "        echo installing the toolchain\n"
+        "        echo 'no such package: frobnicate' >&2\n"
+        "        exit 3\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.startswith(
+        "setup_failed: the setup script exited with status 3: no such package: frobnicate"
+    )
+    events = stored_events(settings, ended.id)
+    [output] = [e for e in events if e.kind == "setup.output"]
+    assert output.data is not None and output.data["exit_code"] == 3
+    assert output.data["lines"] == ["installing the toolchain", "no such package: frobnicate"]
+    assert not fake_api.conversations(marker)  # the agent never started
+    assert branches(origin).keys() == {"main"}
+
+
+def test_an_unchanged_setup_script_is_not_run_again(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:setup-cache]"
+    fake_api.script(marker, [[bash("cat ~/.tool/version")], [text("Checked.")]])
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Use the tool. {marker}",
+        "    environment:\n"
+        "      setup_script: |\n"
+        "        mkdir -p ~/.tool\n"
+        '        echo "built $(cat /proc/sys/kernel/random/uuid)" > ~/.tool/version\n'
+        "        sleep 1  # stands for an install that takes a while\n",
+    )
+
+    def one_run() -> tuple[Run, list[RunEvent]]:
+        ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+        assert ended.status == "succeeded", ended.error
+        return ended, stored_events(settings, ended.id)
+
+    _, first = one_run()
+    _, second = one_run()
+    [ran] = [e for e in first if e.kind == "setup.output"]
+    assert ran.data is not None and ran.data["exit_code"] == 0
+    assert not [e for e in second if e.kind in ("setup.output", "setup.started")]
+    [cached] = [e for e in second if e.kind == "setup.cached"]
+    assert cached.data is not None and cached.data["seconds"] < ran.data["seconds"]
+    # The second agent saw what the first run's script built, not a new build.
+    first_build = tool_results(first).split("built ", 1)[1][:36]
+    assert first_build in tool_results(second)
+
+    routined(settings, "cache", "clear", "docs-nightly")
+    _, third = one_run()
+    assert [e for e in third if e.kind == "setup.output"]
+    assert first_build not in tool_results(third)
+
+
+def test_secret_values_never_reach_events_logs_or_the_api(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    deploy, agent_token = "dpl-6f1c2a9e8b7d", "agt-0b9e77c3d2a1"
+    marker = "[case:secrets]"
+    fake_api.script(
+        marker,
+        [
+            [
+                bash(
+                    "cat ~/.deployrc; echo agent sees ${DEPLOY_TOKEN:-no-deploy-token} $AGENT_TOKEN"
+                )
+            ],
+            [text(f"Done; the token was {agent_token}.")],
+        ],
+    )
+    for name, value in (("DEPLOY_TOKEN", deploy), ("AGENT_TOKEN", agent_token)):
+        subprocess.run(
+            [ROUTINED, "secret", "set", name],
+            input=value + "\n",
+            env=cli_env(settings),
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Deploy. {marker}",
+        "    environment:\n"
+        "      env: {LOG_LEVEL: debug}\n"
+        "      secrets: [AGENT_TOKEN, {name: DEPLOY_TOKEN, setup_only: true}]\n"
+        "      setup_script: |\n"
+        '        echo "token=$DEPLOY_TOKEN" > ~/.deployrc\n'
+        '        echo "setup used $DEPLOY_TOKEN at $LOG_LEVEL"\n',
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    events = stored_events(settings, ended.id)
+    stored = json.dumps([[e.kind, e.reason, e.data] for e in events])
+    # The agent did print both: the setup file, and its own variable; the setup-only
+    # secret was gone from its environment.
+    said = tool_results(events)
+    assert "token=[redacted:DEPLOY_TOKEN]" in said
+    assert "agent sees no-deploy-token [redacted:AGENT_TOKEN]" in said
+    [setup] = [e for e in events if e.kind == "setup.output"]
+    assert setup.data is not None
+    assert setup.data["lines"] == ["setup used [redacted:DEPLOY_TOKEN] at debug"]
+    logs = routined(settings, "logs", ended.id).stdout
+    shown = routined(settings, "show-run", ended.id, "--json").stdout
+    listed = routined(settings, "runs", "--json").stdout
+    for value in (deploy, agent_token):
+        assert value not in stored
+        assert value not in logs and value not in shown and value not in listed
+        assert value not in (ended.summary or "") and value not in (ended.error or "")
+    assert ended.summary == "Done; the token was [redacted:AGENT_TOKEN]."
+
+
+def test_a_connector_shows_up_in_the_agents_tools(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    push_commit(origin, tmp_path / "pusher", "probe.py", PROBE_SERVER.read_text())
+    marker = "[case:connector]"
+    fake_api.script(
+        marker, [[tool_use("mcp__probe__echo", text="ping")], [text("The probe answered.")]]
+    )
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Ask the probe. {marker}",
+        "    connectors:\n      probe: {command: python3, args: [probe.py]}\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    events = stored_events(settings, ended.id)
+    # Claude Code's own account of the session's tools (it offers MCP tools to the
+    # model through its tool search, so they need not be in the first request).
+    [init] = [e for e in events if e.kind == "agent.system"]
+    assert init.data is not None
+    assert "mcp__probe__echo" in init.data["data"]["tools"]
+    assert {"name": "probe", "status": "connected", "source": "dynamic"} in init.data["data"][
+        "mcp_servers"
+    ]
+    assert "probe says ping" in tool_results(events)
+
+
+def test_max_turns_stops_a_longer_session_and_keeps_its_work(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:max-turns]"
+    fake_api.script(
+        marker,
+        [
+            [write_file("one.md", "first turn\n")],
+            [write_file("two.md", "second turn\n")],
+            [write_file("three.md", "third turn\n")],
+            [write_file("four.md", "fourth turn\n")],
+            [text("All four written.")],
+        ],
+    )
+    store = apply(
+        settings, tmp_path, origin, f"Write four files. {marker}", "    limits: {max_turns: 2}\n"
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "failed"
+    assert ended.error is not None and ended.error.startswith("budget: stopped at max_turns 2")
+    [kept] = ended.branches
+    files = git("ls-tree", "--name-only", kept["branch"], cwd=origin).split()
+    assert {"one.md", "two.md"} <= set(files) and "three.md" not in files
+    assert ended.usage and ended.usage["output_tokens"] > 0
+    assert ended.diff_stat is not None and ended.diff_stat["files"] == len(
+        {"one.md", "two.md"} & set(files)
+    )
+
+
+def test_max_duration_ends_the_run_as_timed_out_with_its_work(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:max-duration]"
+    fake_api.script(
+        marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
+    )
+    store = apply(settings, tmp_path, origin, f"Hang. {marker}", "    limits: {max_duration: 4s}\n")
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "timed_out"
+    assert ended.error == "timed_out: stopped after 4 seconds (limits.max_duration)"
+    [kept] = ended.branches
+    assert git("show", f"{kept['branch']}:partial.txt", cwd=origin) == "partial"
+
+
+def test_any_agent_cli_gets_the_prompt_and_its_work_is_delivered(
+    settings: Settings, origin: Path, tmp_path: Path
+) -> None:
+    script = (
+        'cat > from-stdin.txt; cp "$ROUTINED_PROMPT_FILE" from-file.txt; '
+        "echo working; echo 'Wrote both copies of the prompt.'"
+    )
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        "Copy your prompt into two files.",
+        f"    agent: {{command: [bash, -c, {json.dumps(script)}]}}\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    [kept] = ended.branches
+    assert kept["branch"].startswith("claude/docs-nightly-")
+    for name in ("from-stdin.txt", "from-file.txt"):
+        assert git("show", f"{kept['branch']}:{name}", cwd=origin) == (
+            "Copy your prompt into two files."
+        )
+    assert ended.summary == "working\nWrote both copies of the prompt."
+    outputs = [e for e in stored_events(settings, ended.id) if e.kind == "agent.output"]
+    assert outputs and outputs[0].data == {"lines": ["working", "Wrote both copies of the prompt."]}
+
+
+def test_each_repository_delivers_under_its_own_prefix(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    second = tmp_path / "second.git"
+    git("clone", "--quiet", "--bare", str(origin), str(second))
+    marker = "[case:prefixes]"
+    fake_api.script(
+        marker,
+        [
+            [
+                bash(
+                    'echo a > A.md && for d in ../*/; do [ "$d" = ../app/ ] || echo b > $d/B.md; done'
+                )
+            ],
+            [text("Both written.")],
+        ],
+    )
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Write in both. {marker}",
+        f"      - url: {second}\n        branch_prefix: bots/nightly/\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    by_repository = {Path(b["repository"]).name: b["branch"] for b in ended.branches}
+    assert by_repository["app.git"].startswith("claude/docs-nightly-")
+    assert by_repository["second.git"].startswith("bots/nightly/docs-nightly-")
+    assert git("show", f"{by_repository['second.git']}:B.md", cwd=second) == "b"

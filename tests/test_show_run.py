@@ -1,0 +1,262 @@
+"""A run's results in the API and `routined show-run`, and `routined cache clear`.
+
+The runs are made by `routined fire` and given their results directly in the store,
+as a worker that finished them would; the commands run on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from typer.testing import CliRunner, Result
+
+from routined.cli import app
+from routined.config import Settings
+from routined.db import Store
+from routined.models import Run
+from tests.conftest import T0
+from tests.test_management_api import Api, assert_error, make_api
+
+runner = CliRunner()
+
+BRANCHES = [
+    {
+        "repository": "app",
+        "branch": "claude/nightly-a1",
+        "sha": "0123456789abcdef0123456789abcdef01234567",
+        "source": "agent",
+        "files": 2,
+        "insertions": 10,
+        "deletions": 3,
+    },
+    # A branch pushed before the counts were recorded.
+    {
+        "repository": "lib",
+        "branch": "claude/nightly-b2",
+        "sha": "fedcba9876543210",
+        "source": "agent",
+    },
+]
+USAGE = {
+    "input_tokens": 1234,
+    "output_tokens": 567,
+    "cache_read_input_tokens": 8901,
+    "cache_creation_input_tokens": 12,
+    "server_tool_use": {"web_search_requests": 0},
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    monkeypatch.setenv("ROUTINED_HOME", str(tmp_path / "home"))
+    for name in ("ROUTINED_URL", "ROUTINED_API_KEY", "ROUTINED_PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if request.param == "sqlite":
+        monkeypatch.delenv("ROUTINED_DATABASE_URL", raising=False)
+        return f"sqlite:///{tmp_path / 'home' / 'routined.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("ROUTINED_DATABASE_URL", url)
+    return url
+
+
+def run(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}"
+    return result.stdout
+
+
+def apply(tmp_path: Path, origin: Path, *names: str) -> None:
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        "routines:\n"
+        + "".join(
+            f"  - {{name: {name}, prompt: Tidy up., repositories: [{{url: {origin}}}]}}\n"
+            for name in names
+        )
+    )
+    ok(run("apply", "-f", str(path)))
+
+
+def fire(routine: str) -> str:
+    run_id: str = json.loads(ok(run("fire", routine, "--json")))["run_id"]
+    return run_id
+
+
+def finish(url: str, run_id: str, **columns: Any) -> None:
+    """Write the run's columns as its worker would have."""
+    store = Store(url)
+    try:
+        with store.transaction() as session:
+            session.execute(update(Run).where(Run.id == run_id).values(**columns))
+    finally:
+        store.dispose()
+
+
+@pytest.fixture
+def finished(database: str, tmp_path: Path, origin: Path) -> str:
+    """A run of `nightly` that succeeded with every result; its id."""
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    finish(
+        database,
+        run_id,
+        status="succeeded",
+        started_at=T0,
+        finished_at=T0 + timedelta(minutes=4, seconds=12),
+        summary="Updated the changelog from 3 merged pull requests.",
+        branches=BRANCHES,
+        diff_stat={"files": 3, "insertions": 12, "deletions": 4},
+        usage=USAGE,
+        cost_usd=0.123456,
+    )
+    return run_id
+
+
+def test_the_api_answers_a_runs_results(finished: str) -> None:
+    shown = json.loads(ok(run("show-run", finished, "--json")))
+    assert shown["id"] == finished and shown["status"] == "succeeded"
+    assert shown["summary"] == "Updated the changelog from 3 merged pull requests."
+    assert shown["branches"] == BRANCHES  # every key kept, counts or not
+    assert shown["diff_stat"] == {"files": 3, "insertions": 12, "deletions": 4}
+    assert shown["usage"] == USAGE  # also what the agent reports beyond the known kinds
+    assert shown["cost_usd"] == pytest.approx(0.123456)
+    assert (shown["started_at"], shown["finished_at"]) == (
+        "2026-11-28T12:00:00Z",
+        "2026-11-28T12:04:12Z",
+    )
+    # `runs --json` is the same view, by session id as well as by run id.
+    [listed] = json.loads(ok(run("runs", "--json")))
+    assert listed == shown
+    assert json.loads(ok(run("show-run", shown["session_id"], "--json"))) == shown
+
+
+def test_show_run_prints_the_results(finished: str) -> None:
+    shown = ok(run("show-run", finished))
+    for line in (
+        f"Run {finished}",
+        "Status    succeeded",
+        "Routine   nightly",
+        "Trigger   manual",
+        "Created   ",
+        "Started   2026-11-28 12:00:00 UTC",
+        "Finished  2026-11-28 12:04:12 UTC",
+        "Duration  4 minutes 12 seconds",
+        "Summary   Updated the changelog from 3 merged pull requests.",
+        "claude/nightly-a1",
+        "0123456789ab",
+        "2 files, +10 -3",
+        "claude/nightly-b2",
+        "Changes   3 files, +12 -4",
+        "Tokens    1,234 input, 567 output, 8,901 cache read, 12 cache write",
+        "Cost      $0.1235",
+    ):
+        assert line in shown, f"{line!r} not in:\n{shown}"
+    assert "Error" not in shown
+    # The branch without counts shows none rather than zeros.
+    [second] = [line for line in shown.splitlines() if "claude/nightly-b2" in line]
+    assert "file" not in second
+
+
+def test_show_run_of_a_failed_run_shows_its_error_and_omits_what_it_lacks(
+    database: str, tmp_path: Path, origin: Path
+) -> None:
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    queued = ok(run("show-run", run_id))
+    assert "Status    queued" in queued and "Started   —" in queued and "Finished  —" in queued
+    for absent in ("Duration", "Error", "Summary", "Branches", "Changes", "Tokens", "Cost"):
+        assert absent not in queued, absent
+    finish(
+        database,
+        run_id,
+        status="failed",
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=30),
+        error="clone failed: app.git: repository not found",
+        usage={"input_tokens": 10},
+        cost_usd=0.0,
+    )
+    failed = ok(run("show-run", run_id))
+    assert "Status    failed" in failed and "Duration  30 seconds" in failed
+    assert "Error     clone failed: app.git: repository not found" in failed
+    assert "Tokens    10 input" in failed and "Cost      $0.0000" in failed
+
+
+def test_show_run_of_an_unknown_run_says_where_to_look(database: str) -> None:
+    result = run("show-run", "run_nope")
+    assert result.exit_code == 1
+    assert "no run or session 'run_nope'; `routined runs` lists them" in result.output
+
+
+# The setup cache
+
+
+def cache_of(routine: str) -> Path:
+    routine_id: str = json.loads(ok(run("show", routine, "--json")))["id"]
+    return Settings.from_env().home / "setup-cache" / routine_id
+
+
+def fill(folder: Path, entries: int) -> None:
+    for number in range(entries):
+        entry = folder / f"entry-{number}"
+        (entry / "files").mkdir(parents=True)
+        (entry / "files" / "node_modules.tar").write_bytes(b"cached")
+
+
+def test_cache_clear_removes_the_routines_cached_setup_results(
+    database: str, tmp_path: Path, origin: Path
+) -> None:
+    apply(tmp_path, origin, "nightly", "weekly")
+    nightly, weekly = cache_of("nightly"), cache_of("weekly")
+    fill(nightly, 3)
+    fill(weekly, 1)
+    (nightly / "a-stray-file").write_text("not an entry")
+    (nightly / ".partial-0a1b2c").mkdir()  # a result still being written
+
+    said = ok(run("cache", "clear", "nightly"))
+    assert said.strip() == "nightly: removed 3 cached setup results"
+    assert not nightly.exists()
+    assert [p.name for p in nightly.parent.iterdir()] == [weekly.name]  # nothing left aside
+    assert [p.name for p in weekly.iterdir()] == ["entry-0"]
+
+    again = ok(run("cache", "clear", "nightly"))
+    assert again.strip() == "nightly: no cached setup results to remove"
+    assert ok(run("cache", "clear", "weekly")).strip() == "weekly: removed 1 cached setup result"
+    unknown = run("cache", "clear", "ghost")
+    assert unknown.exit_code == 1 and "no routine named 'ghost'" in unknown.output
+
+
+@pytest.fixture
+def api(store: Store, tmp_path: Path) -> Iterator[Api]:
+    yield from make_api(store, tmp_path, tmp_path)
+
+
+def test_cache_clear_needs_write_and_stays_in_the_account(api: Api) -> None:
+    api.account("acme")
+    api.account("beta")
+    writer, reader, other = api.key("acme", "write"), api.key("acme", "read"), api.key("beta")
+    api.apply(writer, api.routine("acme-nightly"))
+    routine_id = api.ok("GET", "/routines/acme-nightly", writer)["id"]
+    folder = api.settings.home / "setup-cache" / routine_id
+    fill(folder, 2)
+    path = "/routines/acme-nightly/setup-cache"
+
+    assert_error(api.call("DELETE", path, reader), 403, "permission_error", "this needs write")
+    assert_error(
+        api.call("DELETE", path, other), 404, "not_found_error", "no routine named 'acme-nightly'"
+    )
+    assert folder.exists()
+    assert api.ok("DELETE", path, writer) == {"routine": "acme-nightly", "cleared": 2}
+    assert not folder.exists()
+    assert api.ok("DELETE", path, writer) == {"routine": "acme-nightly", "cleared": 0}
