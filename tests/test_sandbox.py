@@ -303,3 +303,34 @@ async def test_orphaned_sandboxes_are_reaped(box: Box, tmp_path: Path) -> None:
     reaped = sandbox.reap_orphans(runs_dir)
     assert reaped
     await wait_until(lambda: not run_processes(box.run_dir))
+
+
+async def test_a_masked_folder_inside_another_is_hidden_by_it(tmp_path: Path) -> None:
+    # A store beside routined's home rather than in it: both folders are masked.
+    outer = tmp_path / "srv"
+    inner = outer / "routined-home"
+    run_dir = inner / "runs" / "run_nested"
+    for folder in ("workspace", "home", "tmp"):
+        (run_dir / folder).mkdir(parents=True)
+    (outer / "routined.db").write_text("the store")
+    (inner / "secret.key").write_text("the key")
+    layout = sandbox.run_layout(
+        run_dir=run_dir,
+        cwd=run_dir / "workspace",
+        protected=[],
+        readable=[],
+        masked=[inner, outer],
+        egress_socket=None,
+    )
+    layout = dataclasses.replace(layout, system_roots=(*layout.system_roots, str(tmp_path)))
+    process = await asyncio.create_subprocess_exec(
+        *sandbox.bwrap_command(layout, Path("/bin/sh")),
+        "-c",
+        f"cat {outer}/routined.db {inner}/secret.key; echo made > made.txt; echo end",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert out.decode().split() == ["end"]
+    assert (run_dir / "workspace" / "made.txt").read_text() == "made\n"

@@ -174,6 +174,15 @@ def bwrap_command(layout: Layout, program: Path) -> list[str]:
     # once the run's own folders (which may lie inside them) are mounted.
     emptied = [name for name in MASKED_FOLDERS if Path(name).is_dir()]
     emptied += [str(path) for path in layout.masked if path.is_dir()]
+    # A folder inside another masked one is hidden by it already; a second empty
+    # mount there could not be made read-only.
+    emptied = [
+        name
+        for name in dict.fromkeys(emptied)
+        if not any(
+            Path(name) != Path(outer) and Path(name).is_relative_to(outer) for outer in emptied
+        )
+    ]
     for name in emptied:
         args += ["--tmpfs", name]
     for path in layout.masked:
