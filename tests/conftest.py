@@ -157,3 +157,20 @@ async def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 - nothing to wait on but the state itself
             await asyncio.sleep(0.02)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The store CLI commands run in this process work on, as its URL: SQLite in a fresh
+    `ROUTINED_HOME`, or a PostgreSQL database of the test's own; no remote server."""
+    monkeypatch.setenv("ROUTINED_HOME", str(tmp_path / "home"))
+    for name in ("ROUTINED_URL", "ROUTINED_API_KEY", "ROUTINED_SECRET_KEY", "ROUTINED_PUBLIC_URL"):
+        monkeypatch.delenv(name, raising=False)
+    if request.param == "sqlite":
+        monkeypatch.delenv("ROUTINED_DATABASE_URL", raising=False)
+        return f"sqlite:///{tmp_path / 'home' / 'routined.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("ROUTINED_DATABASE_URL", url)
+    return url

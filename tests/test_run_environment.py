@@ -375,3 +375,38 @@ def test_each_repository_delivers_under_its_own_prefix(
     assert by_repository["app.git"].startswith("claude/docs-nightly-")
     assert by_repository["second.git"].startswith("bots/nightly/docs-nightly-")
     assert git("show", f"{by_repository['second.git']}:B.md", cwd=second) == "b"
+
+
+def test_what_a_repository_commits_for_claude_code_is_honoured(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    pusher = tmp_path / "pusher"
+    push_commit(origin, pusher, "probe.py", PROBE_SERVER.read_text())
+    push_commit(
+        origin,
+        pusher,
+        ".mcp.json",
+        json.dumps({"mcpServers": {"committed": {"command": "python3", "args": ["probe.py"]}}}),
+    )
+    push_commit(origin, pusher, "CLAUDE.md", "House rule: write dates as ISO 8601 (rule-7f3a).\n")
+    (pusher / ".claude" / "skills" / "release-notes").mkdir(parents=True)
+    push_commit(
+        origin,
+        pusher,
+        ".claude/skills/release-notes/SKILL.md",
+        "---\nname: release-notes\ndescription: Write release notes the house way.\n---\n"
+        "List the merged pull requests.\n",
+    )
+    marker = "[case:repository-setup]"
+    fake_api.script(marker, [[tool_use("mcp__committed__echo", text="pong")], [text("Done.")]])
+    store = apply(settings, tmp_path, origin, f"Follow the house rules. {marker}", "")
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    events = stored_events(settings, ended.id)
+    [init] = [e for e in events if e.kind == "agent.system"]
+    assert init.data is not None
+    assert "mcp__committed__echo" in init.data["data"]["tools"]
+    assert "release-notes" in json.dumps(init.data["data"])
+    assert "probe says pong" in tool_results(events)
+    [first, *_] = fake_api.conversations(marker)
+    assert "rule-7f3a" in json.dumps(first.body)

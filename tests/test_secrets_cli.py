@@ -31,22 +31,6 @@ from tests.test_management_api import Api, assert_error, make_api, operator_key
 runner = CliRunner()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    """The store the commands work on, as its URL."""
-    monkeypatch.setenv("ROUTINED_HOME", str(tmp_path / "home"))
-    for name in ("ROUTINED_URL", "ROUTINED_API_KEY", "ROUTINED_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    if request.param == "sqlite":
-        monkeypatch.delenv("ROUTINED_DATABASE_URL", raising=False)
-        return f"sqlite:///{tmp_path / 'home' / 'routined.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    monkeypatch.setenv("ROUTINED_DATABASE_URL", url)
-    return url
-
-
 def run(*args: str, stdin: str | None = None) -> Result:
     return runner.invoke(app, list(args), input=stdin)
 

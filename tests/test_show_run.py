@@ -52,21 +52,6 @@ USAGE = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str:
-    monkeypatch.setenv("ROUTINED_HOME", str(tmp_path / "home"))
-    for name in ("ROUTINED_URL", "ROUTINED_API_KEY", "ROUTINED_PUBLIC_URL"):
-        monkeypatch.delenv(name, raising=False)
-    if request.param == "sqlite":
-        monkeypatch.delenv("ROUTINED_DATABASE_URL", raising=False)
-        return f"sqlite:///{tmp_path / 'home' / 'routined.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    monkeypatch.setenv("ROUTINED_DATABASE_URL", url)
-    return url
-
-
 def run(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
