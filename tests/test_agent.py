@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from routined.agent import build_prompt, describe, system_prompt_addition
+from routined.agent import build_prompt, describe, seed_home, system_prompt_addition
 
 
 def test_without_text_the_prompt_is_the_routines_own() -> None:
@@ -109,3 +110,15 @@ def test_files_the_agent_controls_are_read_without_following_or_blocking(tmp_pat
     huge = tmp_path / "huge.json"
     huge.write_text('{"x": "' + "y" * 100_000 + '"}')
     assert _read_small_json(huge) is None  # cut at the limit: not valid JSON
+
+
+def test_seeding_a_home_never_follows_a_link_planted_there(tmp_path: Path) -> None:
+    victim = tmp_path / "secret.key"
+    victim.write_text("the key\n")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".claude.json").symlink_to(victim)  # as a setup script's cached home may hold
+    seed_home(home, tmp_path / "agent-seed.json")
+    assert victim.read_text() == "the key\n"
+    assert not (home / ".claude.json").is_symlink()
+    assert set(json.loads((home / ".claude.json").read_text())) >= {"userID", "machineID"}

@@ -428,10 +428,11 @@ async def test_under_full_a_host_routined_adds_is_reached_even_when_local(
 
 async def test_full_connects_to_public_addresses_by_the_address_it_checked() -> None:
     assert await _public_address("93.184.215.14", 443) == "93.184.215.14"
+    assert await _public_address("[64:ff9b::5db8:d70e]", 443) == "64:ff9b::5db8:d70e"
     assert await _public_address("[2606:2800:21f:cb07:6820:80da:af6b:8b2c]", 443) == (
         "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
     )
-    for local in ("10.1.2.3", "192.168.0.1", "[::1]", "100.64.0.1", "0.0.0.0"):
+    for local in ("10.1.2.3", "192.168.0.1", "[::1]", "100.64.0.1", "0.0.0.0", "[64:ff9b::7f00:1]"):
         refused = await _public_address(local, 80)
         assert isinstance(refused, ValueError), local
     assert await _public_address("no-such-host.invalid", 80) is None

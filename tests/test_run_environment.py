@@ -410,3 +410,48 @@ def test_what_a_repository_commits_for_claude_code_is_honoured(
     assert "probe says pong" in tool_results(events)
     [first, *_] = fake_api.conversations(marker)
     assert "rule-7f3a" in json.dumps(first.body)
+
+
+def test_a_setup_script_stopped_at_max_duration_leaves_its_output(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        "Never starts. [case:setup-hangs]",
+        "    limits: {max_duration: 3s}\n"
+        "    environment:\n"
+        "      setup_script: |\n"
+        "        echo fetching the toolchain\n"
+        "        sleep 60\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "failed"
+    assert ended.error == (
+        "setup_failed: the setup script was still running when the run reached its max_duration"
+    )
+    [output] = [e for e in stored_events(settings, ended.id) if e.kind == "setup.output"]
+    assert output.reason == "the setup script was stopped at the run's max_duration"
+    assert output.data == {"lines": ["fetching the toolchain"]}
+
+
+def test_an_agent_cli_printing_an_endless_line_is_still_read_to_its_end(
+    settings: Settings, origin: Path, tmp_path: Path
+) -> None:
+    script = "python3 -c \"print('x' * 3000000)\"; echo finished > done.txt; echo ok"
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        "Print a lot.",
+        f"    agent: {{command: [bash, -c, {json.dumps(script)}]}}\n",
+    )
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "succeeded", ended.error
+    [kept] = ended.branches
+    assert git("show", f"{kept['branch']}:done.txt", cwd=origin) == "finished"
+    [output] = [e for e in stored_events(settings, ended.id) if e.kind == "agent.output"]
+    assert output.data is not None
+    long_line, last = output.data["lines"]
+    assert long_line == "x" * 65536 and last == "ok"

@@ -643,3 +643,23 @@ def test_the_checkpointer_checkpoints_and_comes_back(
     checkpointer = Checkpointer(checkpointed_store, settings, clock=lambda: T0)
     assert checkpointer.step(lambda: False) > 0
     assert in_database_file(checkpointed_store, tmp_path) == ["a"]
+
+
+def test_routines_stored_before_network_levels_keep_the_model_api_only(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        store.migrate("0006")
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO routines (id, account_id, name, prompt, created_at, updated_at, "
+                "catch_up, catch_up_window, overlap, stagger, pull_requests, comment) VALUES "
+                "('rtn_old', 'acct_default', 'old', 'p', '2026-11-01 00:00:00', "
+                "'2026-11-01 00:00:00', 'latest', 604800, 'skip', 0, 0, 0)"
+            )
+        store.migrate()
+        with store.transaction() as session:
+            old = session.get(Routine, "rtn_old")
+            assert old is not None
+            assert old.environment == {"network": "none"} and old.limits == {}
+    finally:
+        store.dispose()

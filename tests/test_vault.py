@@ -6,6 +6,7 @@ home, made by racing processes in one test.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import stat
 from collections.abc import Iterator
@@ -348,6 +349,16 @@ def test_values_with_pattern_characters_are_matched_literally() -> None:
 def test_multi_line_values_are_replaced_whole() -> None:
     pem = "-----BEGIN KEY-----\nMIIB\n-----END KEY-----"
     assert Redactor({"DEPLOY_KEY": pem}).text(f"cat:\n{pem}\n") == "cat:\n[redacted:DEPLOY_KEY]\n"
+
+
+def test_a_multi_line_value_cut_into_lines_or_escaped_is_redacted_line_by_line() -> None:
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA\nAAAABG5vbmUAAAAE\n-----END"
+    redactor = Redactor({"DEPLOY_KEY": key, "QUOTED": 'pa"ss\\word'})
+    printed = redactor.data({"lines": ["+ cat deploy_key", *key.splitlines()]})
+    assert printed == {"lines": ["+ cat deploy_key", *["[redacted:DEPLOY_KEY]"] * 4]}
+    preview = json.dumps({"said": f'{key} and pa"ss\\\\word'})[:80]
+    assert "b3Bl" not in redactor.text(preview) and "BEGIN" not in redactor.text(preview)
+    assert redactor.text(json.dumps('pa"ss\\word')) == '"[redacted:QUOTED]"'
 
 
 def test_json_like_data_is_redacted_in_keys_values_and_lists() -> None:

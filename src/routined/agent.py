@@ -16,7 +16,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +79,17 @@ def seed_home(home: Path, seed_file: Path) -> None:
         stored = json.loads(seed_file.read_text())
     except (OSError, ValueError):
         stored = {}
-    (home / ".claude.json").write_text(json.dumps(seed_config(stored)) + "\n")
+    write_fresh(home / ".claude.json", json.dumps(seed_config(stored)) + "\n")
+
+
+def write_fresh(path: Path, text: str) -> None:
+    """Write `path` as a new file, in a folder something else may have written to (a
+    setup script, a cached home): whatever was there goes, and a link there is never
+    followed to a file elsewhere on the host."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
 
 
 def learn_seed(home: Path, seed_file: Path) -> None:
@@ -255,6 +266,7 @@ PROMPT_FILE = "routined-prompt.md"
 _OUTPUT_BATCH = 100
 _OUTPUT_LINES = 5000
 _SUMMARY_LIMIT = 4000
+_LINE_LIMIT = 64 * 1024
 
 
 async def run_command(
@@ -272,7 +284,7 @@ async def run_command(
     `ROUTINED_PROMPT_FILE`; what it prints becomes `agent.output` events, and the
     end of it the run's summary."""
     prompt_file = tmp / PROMPT_FILE
-    prompt_file.write_text(prompt)
+    write_fresh(prompt_file, prompt)
     process = await asyncio.create_subprocess_exec(
         str(launcher),
         *command[1:],
@@ -281,10 +293,9 @@ async def run_command(
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        limit=1024 * 1024,
     )
     assert process.stdin and process.stdout and process.stderr
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=200)
 
     async def feed() -> None:
         assert process.stdin
@@ -297,9 +308,8 @@ async def run_command(
         assert process.stdout
         batch: list[str] = []
         seen = 0
-        async for raw in process.stdout:
-            line = raw.decode(errors="replace").rstrip("\n")
-            tail[:] = [*tail[-199:], line]
+        async for line in _lines(process.stdout):
+            tail.append(line)
             seen += 1
             if seen <= _OUTPUT_LINES:
                 batch.append(line)
@@ -313,8 +323,8 @@ async def run_command(
 
     async def read_stderr() -> None:
         assert process.stderr
-        async for raw in process.stderr:
-            on_stderr(raw.decode(errors="replace"))
+        async for line in _lines(process.stderr):
+            on_stderr(line)
 
     try:
         await asyncio.gather(feed(), read_stdout(), read_stderr())
@@ -328,6 +338,19 @@ async def run_command(
         error=None if code == 0 else f"the agent exited with status {code}",
         summary=said[-_SUMMARY_LIMIT:] or None,
     )
+
+
+async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
+    """The lines a process prints, each cut at `_LINE_LIMIT` bytes: an agent's output is
+    its own, and one endless line must not stop routined from reading the rest."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            yield line[:_LINE_LIMIT].decode(errors="replace")
+        pending = pending[:_LINE_LIMIT]
+    if pending:
+        yield pending.decode(errors="replace")
 
 
 def describe(message: object) -> tuple[str, dict[str, Any]]:

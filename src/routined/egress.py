@@ -362,6 +362,9 @@ class EgressProxy:
         await _relay(reader, writer, *upstream)
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 async def _public_address(host: str, port: int) -> str | ValueError | None:
     """An address of `host` on the network at large; a ValueError saying why when it is
     one of this machine's or its private network's, None when it does not resolve."""
@@ -374,6 +377,9 @@ async def _public_address(host: str, port: int) -> str | ValueError | None:
     addresses = [str(info[4][0]) for info in found]
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
+        if isinstance(address, ipaddress.IPv6Address) and address in _NAT64:
+            # Where a NAT64 gateway runs, this reaches the IPv4 address it embeds.
+            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if not address.is_global or address.is_multicast:
             return ValueError(f"resolves to {text}, an address of this machine or its network")
     return addresses[0] if addresses else None

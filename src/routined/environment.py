@@ -12,13 +12,16 @@ removes a routine's copies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import platform
 import secrets as random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -114,33 +117,37 @@ class SetupOutcome:
 
     @property
     def lines(self) -> list[str]:
-        return self.output.splitlines()[-OUTPUT_LINES:]
+        return output_lines(self.output.encode())
 
 
-async def run_script(command: list[str], env: dict[str, str], script: str) -> SetupOutcome:
-    """Run `script` with bash in the sandbox `command` starts; what it printed (both
-    streams, the end of it) comes back with its exit status. The caller bounds the time."""
+def output_lines(said: bytes | bytearray) -> list[str]:
+    """The last lines of what a setup script printed, as its events keep them."""
+    return bytes(said).decode(errors="replace").splitlines()[-OUTPUT_LINES:]
+
+
+async def run_script(command: list[str], env: dict[str, str], said: bytearray) -> SetupOutcome:
+    """Run the setup script `command` runs in its sandbox; what it printed (both
+    streams, the end of it) is kept in `said` as it comes, so a caller that stops it
+    early still has it. The caller bounds the time."""
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         *command,
-        "-c",
-        script,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     assert process.stdout is not None
-    said = bytearray()
     try:
         while chunk := await process.stdout.read(65536):
-            said = (said + chunk)[-OUTPUT_LIMIT:]
+            said += chunk
+            del said[:-OUTPUT_LIMIT]
         code = await process.wait()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    return SetupOutcome(code, said.decode(errors="replace"), time.monotonic() - started)
+    return SetupOutcome(code, bytes(said).decode(errors="replace"), time.monotonic() - started)
 
 
 def cache_folder(home: Path, routine_id: str) -> Path:
@@ -149,7 +156,12 @@ def cache_folder(home: Path, routine_id: str) -> Path:
 
 
 class SetupCache:
-    """One routine's setup results: a copy of the home each left, by cache key."""
+    """One routine's setup results: a copy of the home each left, by cache key.
+
+    Runs of one routine may restore and keep at once, in several processes: a copy
+    is restored under a shared lock and replaced under an exclusive one, so no entry
+    goes away while a run copies it.
+    """
 
     def __init__(self, folder: Path, max_age: float) -> None:
         self.folder = folder
@@ -160,38 +172,68 @@ class SetupCache:
 
     async def restore(self, key: str, home: Path, *, now: datetime) -> float | None:
         """Copy the cached home for `key` into `home`; its age in seconds, or None when
-        there is none fresh enough (an expired one is removed)."""
-        entry = self._entry(key)
-        try:
-            made = json.loads((entry / "made.json").read_text())
-            age = now.timestamp() - float(made["at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-        if not 0 <= age <= self.max_age:
-            await remove(entry)
-            return None
-        await _copy_tree(entry / "home", home)
-        return age
+        there is none fresh enough. A copy that fails raises OSError, with `home`
+        holding part of it."""
+        async with self._locked(exclusive=False):
+            entry = self._entry(key)
+            try:
+                made = json.loads((entry / "made.json").read_text())
+                age = now.timestamp() - float(made["at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+            if not 0 <= age <= self.max_age:
+                return None  # replaced by the result of the script that runs now
+            await _copy_tree(entry / "home", home)
+            return age
 
     async def keep(self, key: str, home: Path, *, now: datetime, seconds: float) -> None:
         """Keep a copy of `home` as the result for `key`; it replaces the routine's
         other results, which no run will ask for again unless their script returns."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = self.folder / f".partial-{random.token_hex(6)}"
+        partial = self.folder / f"{_PARTIAL}{random.token_hex(6)}"
         try:
             partial.mkdir(mode=0o700)
             await _copy_tree(home, partial / "home")
             (partial / "made.json").write_text(
                 json.dumps({"at": now.timestamp(), "seconds": seconds})
             )
-            entry = self._entry(key)
-            await remove(entry)
-            partial.rename(entry)
+            async with self._locked(exclusive=True):
+                entry = self._entry(key)
+                await remove(entry)
+                partial.rename(entry)
+                for other in self.folder.iterdir():
+                    if other.name in (key, _LOCK) or _copying(other, now):
+                        continue
+                    await remove(other)
         finally:
             await remove(partial)
-        for other in self.folder.iterdir():
-            if other.name != key and not other.name.startswith(".partial-"):
-                await remove(other)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, *, exclusive: bool) -> AsyncIterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.folder / _LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            await asyncio.to_thread(fcntl.flock, descriptor, mode)
+            yield
+        finally:
+            os.close(descriptor)  # and with it the lock
+
+
+_LOCK = ".lock"
+_PARTIAL = ".partial-"
+# A copy being made for `keep` is left alone this long; one older was abandoned
+# (its run was cancelled, or its process died) and goes.
+_ABANDONED_AFTER = 3600.0
+
+
+def _copying(path: Path, now: datetime) -> bool:
+    if not path.name.startswith(_PARTIAL):
+        return False
+    try:
+        return now.timestamp() - path.stat().st_mtime < _ABANDONED_AFTER
+    except OSError:
+        return False
 
 
 async def _copy_tree(source: Path, destination: Path) -> None:
@@ -202,6 +244,11 @@ async def _copy_tree(source: Path, destination: Path) -> None:
         "cp", "-a", "--reflink=auto", "--no-dereference", "--", f"{source}/.", str(destination),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    _, stderr = await process.communicate()
+    try:
+        _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:  # cancelled: the copy stops with the run
+            process.kill()
+            await process.wait()
     if process.returncode != 0:
         raise OSError(f"could not copy {source}: {stderr.decode(errors='replace').strip()}")

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,7 +41,13 @@ from routined import (
 from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.egress import EgressDecision, EgressProxy, ModelGateway
-from routined.environment import Environment, SetupCache, cache_folder, run_script
+from routined.environment import (
+    Environment,
+    SetupCache,
+    cache_folder,
+    output_lines,
+    run_script,
+)
 from routined.ids import short
 from routined.models import Repository, Routine, Run, Trigger
 from routined.runs import Claim, RunStatus
@@ -89,14 +95,13 @@ class RunContext:
     text: str | None
     trigger_type: str
     repositories: tuple[str, ...]
+    push_rules: tuple[delivery.PushRules, ...]  # one for each repository, in order
     gate: dict[str, Any] | None = None  # the trigger's triage gate, if it has one
     # The GitHub event that started it (see `routined.github.context`), and what to
     # do on GitHub afterwards.
     event: dict[str, Any] | None = None
     pull_requests: bool = False
     comment: bool = False
-    # One for each repository, in order.
-    push_rules: tuple[delivery.PushRules, ...] = ()
     environment: Environment = field(default_factory=Environment)
     limits: dict[str, Any] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +109,7 @@ class RunContext:
 
     def own_branch(self, number: int = 0) -> str:
         """The branch the agent's uncommitted work goes to in repository `number`."""
-        prefix = self.push_rules[number].prefix if self.push_rules else delivery.BRANCH_PREFIX
+        prefix = self.push_rules[number].prefix
         return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
 
@@ -460,7 +465,16 @@ class Executor:
         )
         key = environment.cache_key()
         started = asyncio.get_running_loop().time()
-        age = await cache.restore(key, home, now=self.clock())
+        try:
+            age = await cache.restore(key, home, now=self.clock())
+        except OSError as error:
+            await recorder.event(
+                "setup.cache_failed", f"the cached result was not restored: {error}"
+            )
+            await workspace.remove(home)
+            home.mkdir()
+            agent.seed_home(home, self._seed_file)
+            age = None
         if age is not None:
             agent.seed_home(home, self._seed_file)  # the copy's seed may be older
             took = asyncio.get_running_loop().time() - started
@@ -473,21 +487,38 @@ class Executor:
             )
             return
         await recorder.event("setup.started", "the setup script is running", key=key)
-        layout = self._layout(run_dir, checkouts, egress_socket)
+        script = run_dir / "private" / "setup.sh"
+        script.write_text(environment.setup_script)
+        layout = self._layout(run_dir, checkouts, egress_socket, also_readable=[script])
         env = sandbox.agent_environment(
             home=home,
             tmp=run_dir / "tmp",
             extra={**self._author_env(), **environment.setup_variables(revealed)},
         )
-        command = sandbox.bwrap_command(layout, Path("/bin/bash"))
+        command = [*sandbox.bwrap_command(layout, Path("/bin/bash")), str(script)]
+        said = bytearray()
         try:
-            async with asyncio.timeout_at(deadline):
-                outcome = await run_script(command, env, environment.setup_script)
+            async with asyncio.timeout_at(deadline) as scope:
+                outcome = await run_script(command, env, said)
         except TimeoutError:
+            if not scope.expired():
+                raise
+            await recorder.event(
+                "setup.output",
+                "the setup script was stopped at the run's max_duration",
+                lines=output_lines(said),
+            )
             raise RunFailure(
                 "setup_failed",
                 "the setup script was still running when the run reached its max_duration",
             ) from None
+        except asyncio.CancelledError:
+            recorder.event_soon(
+                "setup.output",
+                "the setup script was stopped: the run was cancelled",
+                lines=output_lines(said),
+            )
+            raise
         finally:
             await sandbox.stop(f"{run_dir}/")
         await recorder.event(
@@ -512,14 +543,19 @@ class Executor:
             await recorder.event("setup.cache_failed", f"the result was not cached: {error}")
 
     def _layout(
-        self, run_dir: Path, checkouts: list[workspace.Checkout], egress_socket: Path
+        self,
+        run_dir: Path,
+        checkouts: list[workspace.Checkout],
+        egress_socket: Path,
+        *,
+        also_readable: Sequence[Path] = (),
     ) -> sandbox.Layout:
         claude = sandbox.claude_binary(self.settings.claude_path)
         return sandbox.run_layout(
             run_dir=run_dir,
             cwd=checkouts[0].path,
             protected=[path for c in checkouts for path in workspace.protected_paths(c)],
-            readable=[claude, *self._borrowed(checkouts)],
+            readable=[claude, *self._borrowed(checkouts), *also_readable],
             masked=self._masked,
             egress_socket=egress_socket,
         )
@@ -679,11 +715,10 @@ class Executor:
             command=sandbox.bwrap_command(layout, program),
             keep=[*env, "ROUTINED_PROMPT_FILE"],
         )
-        stderr: list[str] = []
+        stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
 
         def on_stderr(line: str) -> None:
-            if len(stderr) < _STDERR_LINES:
-                stderr.append(line.rstrip())
+            stderr.append(line.rstrip())
 
         async def on_message(kind: str, data: dict[str, Any]) -> None:
             await recorder.event(kind, None, **data)
@@ -691,8 +726,9 @@ class Executor:
         prompt = agent.build_prompt(context.prompt, context.text, source=context.trigger_type)
         limits = context.limits
         ending = Ending()
+        scope = asyncio.timeout_at(deadline)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with scope:
                 if command:
                     outcome = await agent.run_command(
                         command=command,
@@ -734,22 +770,26 @@ class Executor:
                 ending = Ending.failed(f"agent_failed: {outcome.error}", outcome)
             if outcome.agent_session_id:
                 await asyncio.to_thread(self._note_agent_session, claim, outcome)
-        except TimeoutError:
-            took = _ago(limits.get("max_duration") or settings.run_timeout)
-            source = "limits.max_duration" if limits.get("max_duration") else "ROUTINED_RUN_TIMEOUT"
-            ending = Ending(RunStatus.TIMED_OUT, f"timed_out: stopped after {took} ({source})")
         except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
-            said = " | ".join(stderr[-5:])
+            said = " | ".join(list(stderr)[-5:])
             ending = Ending.failed(
                 f"agent_failed: {type(error).__name__}: {error}"
                 + (f" (stderr: {said})" if said else "")
             )
+            if isinstance(error, TimeoutError) and scope.expired():
+                took = _ago(limits.get("max_duration") or settings.run_timeout)
+                source = (
+                    "limits.max_duration" if limits.get("max_duration") else "ROUTINED_RUN_TIMEOUT"
+                )
+                ending = Ending(RunStatus.TIMED_OUT, f"timed_out: stopped after {took} ({source})")
         finally:
             await sandbox.stop(f"{run_dir}/")
         if ending.error is None and not command:
             await asyncio.to_thread(agent.learn_seed, run_dir / "home", self._seed_file)
         if stderr:
-            await recorder.event("agent.stderr", f"{len(stderr)} lines", lines=stderr)
+            await recorder.event(
+                "agent.stderr", f"its last {len(stderr)} lines", lines=list(stderr)
+            )
         return ending
 
     async def _deliver(
@@ -931,7 +971,8 @@ class Executor:
                 if runs.fail(session, claim, now=self.clock(), error=error) and pushed:
                     run = session.get(Run, claim.run_id)
                     if run is not None:
-                        run.branches = [p.as_dict() for p in pushed]
+                        branches = [p.as_dict() for p in pushed]
+                        run.branches = redactor.data(branches) if redactor else branches
 
         try:
             await asyncio.shield(asyncio.to_thread(write))
@@ -956,7 +997,6 @@ class Executor:
             run = session.get(Run, claim.run_id)
             if run is not None and run.lease == claim.lease:
                 run.agent_session_id = outcome.agent_session_id
-                run.cost_usd = outcome.cost_usd
 
     async def _check_sandbox(self) -> None:
         # Once per worker: a machine that cannot sandbox fails every run the same way.

@@ -54,7 +54,6 @@ class _Strict(BaseModel):
 
 
 _BRANCH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*/")
-_VARIABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 _CONNECTOR_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
@@ -104,7 +103,7 @@ class RepositorySpec(_Strict):
 class SecretUse(_Strict):
     """A stored secret a routine's runs get as an environment variable."""
 
-    name: str = Field(pattern=_VARIABLE)
+    name: str = Field(pattern=vault.NAME_PATTERN)
     # Given to the setup script only, and gone before the agent starts.
     setup_only: bool = False
 
@@ -121,7 +120,7 @@ class EnvironmentSpec(_Strict):
     network: Literal["none", "trusted", "full", "custom"] = "trusted"
     allowed_hosts: list[str] = Field(default_factory=list)
     include_trusted: bool = False
-    setup_script: str | None = None
+    setup_script: str | None = Field(default=None, max_length=100_000)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[SecretUse] = Field(default_factory=list)
 
@@ -149,11 +148,6 @@ class EnvironmentSpec(_Strict):
     @classmethod
     def _names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not re.fullmatch(_VARIABLE, name):
-                raise ValueError(
-                    f"{name!r} is not a variable name (letters, digits and '_', "
-                    "not starting with a digit)"
-                )
             vault.check_variable_name(name)
         return value
 

@@ -9,6 +9,7 @@ kept out of what a run records by a `Redactor`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -164,11 +165,18 @@ class Redactor:
 
     def __init__(self, values: Mapping[str, str]) -> None:
         # Longest first, so a value that contains another is replaced whole; one name
-        # per value (the first by name) when several secrets hold the same.
-        ordered = sorted(
-            ((value, name) for name, value in values.items() if len(value) >= MIN_REDACTED),
-            key=lambda pair: (-len(pair[0]), pair[1]),
-        )
+        # per value (the first by name) when several secrets hold the same. What a run
+        # records is often cut into lines (a key file printed) or JSON-escaped (an
+        # event's preview), so each line of a value, and each form escaped, counts too.
+        forms = {
+            (form, name)
+            for name, value in values.items()
+            for part in (value, *value.splitlines())
+            for text in (part, part.strip())
+            for form in (text, json.dumps(text)[1:-1])
+            if len(form.strip()) >= MIN_REDACTED
+        }
+        ordered = sorted(forms, key=lambda pair: (-len(pair[0]), pair[1]))
         self._names: dict[str, str] = {}
         for value, name in ordered:
             self._names.setdefault(value, name)

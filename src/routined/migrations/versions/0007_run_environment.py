@@ -25,6 +25,9 @@ def upgrade() -> None:
     with op.batch_alter_table("routines", schema=None) as batch_op:
         for name in _ROUTINE_SETTINGS:
             batch_op.add_column(sa.Column(name, sa.JSON(), server_default="{}", nullable=False))
+    # Before network levels every run reached the model API only; routines stored
+    # then keep that until their file is applied again (which `apply` reports).
+    op.execute(sa.text("""UPDATE routines SET environment = '{"network": "none"}'"""))
     with op.batch_alter_table("repositories", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column(

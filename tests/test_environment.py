@@ -1,0 +1,98 @@
+"""The setup script's cache and what its key depends on (`routined.environment`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from routined.environment import Environment, SetupCache
+from tests.conftest import T0
+
+pytestmark = pytest.mark.anyio
+
+
+def built_home(tmp_path: Path) -> Path:
+    home = tmp_path / f"built-{len(list(tmp_path.glob('built-*')))}"
+    (home / ".venv" / "bin").mkdir(parents=True)
+    (home / ".venv" / "bin" / "tool").write_text("#!/bin/sh\necho tool\n")
+    (home / ".venv" / "bin" / "tool").chmod(0o755)
+    (home / ".cache-link").symlink_to("/etc/hostname")  # kept as a link, never followed
+    return home
+
+
+async def test_a_kept_home_is_restored_as_it_was(tmp_path: Path) -> None:
+    cache = SetupCache(tmp_path / "cache", max_age=3600)
+    await cache.keep("k1", built_home(tmp_path), now=T0, seconds=2.5)
+    home = tmp_path / "run-home"
+    home.mkdir()
+    assert await cache.restore("k1", home, now=T0 + timedelta(minutes=5)) == 300
+    assert (home / ".venv" / "bin" / "tool").read_text() == "#!/bin/sh\necho tool\n"
+    assert os.access(home / ".venv" / "bin" / "tool", os.X_OK)
+    assert (home / ".cache-link").is_symlink()
+    assert (home / ".cache-link").readlink() == Path("/etc/hostname")
+
+
+async def test_an_old_or_other_result_is_not_restored(tmp_path: Path) -> None:
+    cache = SetupCache(tmp_path / "cache", max_age=3600)
+    await cache.keep("k1", built_home(tmp_path), now=T0, seconds=1)
+    home = tmp_path / "run-home"
+    home.mkdir()
+    assert await cache.restore("k2", home, now=T0) is None
+    assert await cache.restore("k1", home, now=T0 + timedelta(hours=2)) is None
+    assert await cache.restore("k1", home, now=T0 - timedelta(hours=1)) is None  # clock went back
+    assert list(home.iterdir()) == []
+
+
+async def test_a_new_result_replaces_the_others_and_abandoned_copies(tmp_path: Path) -> None:
+    folder = tmp_path / "cache"
+    cache = SetupCache(folder, max_age=3600)
+    await cache.keep("k1", built_home(tmp_path), now=T0, seconds=1)
+    abandoned, copying = folder / ".partial-dead", folder / ".partial-busy"
+    abandoned.mkdir()
+    copying.mkdir()
+    os.utime(abandoned, (T0.timestamp() - 7200, T0.timestamp() - 7200))
+    os.utime(copying, (T0.timestamp() - 60, T0.timestamp() - 60))
+    await cache.keep("k2", built_home(tmp_path), now=T0, seconds=1)
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", ".partial-busy", "k2"]
+
+
+async def test_a_result_is_not_replaced_while_a_run_restores_it(tmp_path: Path) -> None:
+    cache = SetupCache(tmp_path / "cache", max_age=3600)
+    await cache.keep("k1", built_home(tmp_path), now=T0, seconds=1)
+    async with cache._locked(exclusive=False):  # a restore in progress
+        replacing = asyncio.create_task(cache.keep("k2", built_home(tmp_path), now=T0, seconds=1))
+        done, _ = await asyncio.wait([replacing], timeout=1)
+        assert not done and (tmp_path / "cache" / "k1").exists()
+    await replacing
+    assert not (tmp_path / "cache" / "k1").exists() and (tmp_path / "cache" / "k2").exists()
+
+
+def test_the_key_follows_what_the_result_depends_on() -> None:
+    base = Environment(setup_script="make deps", variables={"A": "1"}, secrets=(("T", False),))
+    assert (
+        base.cache_key()
+        == Environment(
+            setup_script="make deps", variables={"A": "1"}, secrets=(("T", False),)
+        ).cache_key()
+    )
+    others = [
+        Environment(setup_script="make deps2", variables={"A": "1"}, secrets=(("T", False),)),
+        Environment(setup_script="make deps", variables={"A": "2"}, secrets=(("T", False),)),
+        Environment(setup_script="make deps", variables={"A": "1"}, secrets=(("U", False),)),
+        Environment(
+            setup_script="make deps", network="none", variables={"A": "1"}, secrets=(("T", False),)
+        ),
+        Environment(
+            setup_script="make deps",
+            network="custom",
+            allowed_hosts=("pypi.org",),
+            variables={"A": "1"},
+            secrets=(("T", False),),
+        ),
+    ]
+    keys = {other.cache_key() for other in others}
+    assert base.cache_key() not in keys and len(keys) == len(others)
