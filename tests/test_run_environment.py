@@ -455,3 +455,39 @@ def test_an_agent_cli_printing_an_endless_line_is_still_read_to_its_end(
     assert output.data is not None
     long_line, last = output.data["lines"]
     assert long_line == "x" * 65536 and last == "ok"
+
+
+def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
+    settings: Settings,
+    origin: Path,
+    tmp_path: Path,
+    fake_api: FakeAnthropic,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    value = "tok-9d8c7b6a5f4e"
+    subprocess.run(
+        [ROUTINED, "secret", "set", "API_TOKEN"],
+        input=value,
+        env=cli_env(settings),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        "Work. [case:bug]",
+        "    environment: {secrets: [API_TOKEN]}\n",
+    )
+
+    def broken(pushed: object) -> None:
+        raise RuntimeError(f"a bug that quotes {value}")
+
+    monkeypatch.setattr("routined.execution.delivery.total", broken)
+    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    assert ended.status == "failed"
+    assert ended.error == "internal_error: RuntimeError: a bug that quotes [redacted:API_TOKEN]"
+    [logged] = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert value not in logged.getMessage() and "[redacted:API_TOKEN]" in logged.getMessage()

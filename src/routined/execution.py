@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import traceback
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -229,8 +230,14 @@ class Executor:
             await self._end_cancelled(claim, reason)
         except RunFailure as failure:
             await self._end_failed(claim, str(failure), failure.pushed)
-        except Exception as error:
-            log.exception("run %s failed unexpectedly", claim.run_id)
+        except Exception as error:  # noqa: BLE001 - a bug: logged, and the run ends failed
+            said = traceback.format_exc()
+            redactor = self._redactors.get(claim.run_id)
+            log.error(
+                "run %s failed unexpectedly\n%s",
+                claim.run_id,
+                redactor.text(said) if redactor else said,
+            )
             await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
             self._cancel_reasons.pop(claim.run_id, None)
