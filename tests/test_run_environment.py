@@ -45,6 +45,18 @@ def apply(settings: Settings, tmp_path: Path, origin: Path, prompt: str, extra: 
     return Store(settings.database_url.reveal())
 
 
+def set_secret(settings: Settings, name: str, given: str) -> None:
+    """`routined secret set NAME`, the value on stdin."""
+    subprocess.run(
+        [ROUTINED, "secret", "set", name],
+        input=given,
+        env=cli_env(settings),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+
+
 def tool_results(events: list[RunEvent]) -> str:
     return " ".join(json.dumps(e.data) for e in events if e.kind == "agent.user")
 
@@ -202,15 +214,8 @@ def test_secret_values_never_reach_events_logs_or_the_api(
             [text(f"Done; the token was {agent_token}.")],
         ],
     )
-    for name, value in (("DEPLOY_TOKEN", deploy), ("AGENT_TOKEN", agent_token)):
-        subprocess.run(
-            [ROUTINED, "secret", "set", name],
-            input=value + "\n",
-            env=cli_env(settings),
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+    set_secret(settings, "DEPLOY_TOKEN", deploy + "\n")  # as `echo … |` sends it
+    set_secret(settings, "AGENT_TOKEN", agent_token)
     store = apply(
         settings,
         tmp_path,
@@ -466,14 +471,7 @@ def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     value = "tok-9d8c7b6a5f4e"
-    subprocess.run(
-        [ROUTINED, "secret", "set", "API_TOKEN"],
-        input=value,
-        env=cli_env(settings),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    set_secret(settings, "API_TOKEN", value)
     store = apply(
         settings,
         tmp_path,
