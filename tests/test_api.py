@@ -113,6 +113,8 @@ def test_a_fire_records_a_queued_run_and_answers_with_the_session(api: Fixture) 
         assert event is not None and api.trigger_id in (event.reason or "")
     page = api.client.get(f"/sessions/{session_id}")
     assert page.status_code == 200 and page.json()["status"] == "queued"
+    # The run's results, once it has them (see `views.run_view`).
+    assert {"summary", "diff_stat", "usage", "cost_usd"} <= page.json().keys()
 
 
 @pytest.mark.parametrize("body", [None, {}, {"text": None}])

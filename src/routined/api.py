@@ -36,6 +36,7 @@ from routined.keys import Principal
 from routined.limits import Limits
 from routined.manage import Problem
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
+from routined.views import run_view
 
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_IDEMPOTENCY_KEY = 255
@@ -600,4 +601,4 @@ def _session(store: Store, session_id: str, public_url: str) -> dict[str, Any] |
         row = session.execute(runs.with_routine_name().where(Run.session_id == session_id)).first()
         if row is None:
             return None
-        return runs.summary(row[0], row[1], public_url=public_url)
+        return run_view(row[0], row[1], public_url=public_url)

@@ -448,7 +448,7 @@ def with_routine_name() -> Select[Run, str]:
 
 
 def summary(run: Run, routine_name: str, *, public_url: str) -> dict[str, Any]:
-    """A run as `routined runs --json` and the session endpoint show it."""
+    """A run's state, as every view of it starts (`views.run_view` adds its results)."""
     return {
         "id": run.id,
         "session_id": run.session_id,
