@@ -3,11 +3,12 @@ PostgreSQL database, and the description of the machine a result came from."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,6 +75,25 @@ def machine() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+def print_header(result: dict[str, Any]) -> None:
+    """The date and machine lines every report starts with."""
+    host = result["machine"]
+    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
+    print(f"date: {result['date']}")
+    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
+          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+
+
+def emit(
+    result: dict[str, Any], *, as_json: bool, report: Callable[[dict[str, Any]], None]
+) -> None:
+    """Print a benchmark's result: as JSON, or as its report's tables."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        report(result)
 
 
 def store_name(admin_url: str | None) -> str:

@@ -27,7 +27,6 @@ benchmark creates there and drops afterwards; by default on the embedded SQLite.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -44,7 +43,17 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, insert, select
 
-from benchkit import TICKS, database, machine, percentile, process_cpu, progress, store_name
+from benchkit import (
+    TICKS,
+    database,
+    emit,
+    machine,
+    percentile,
+    print_header,
+    process_cpu,
+    progress,
+    store_name,
+)
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
@@ -370,11 +379,8 @@ def milliseconds(seconds: float) -> str:
 
 
 def report(result: dict[str, Any]) -> None:
-    late, idle, host = result["lateness"], result["idle"], result["machine"]
-    print(f"date: {result['date']}")
-    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
-    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
-          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+    late, idle = result["lateness"], result["idle"]
+    print_header(result)
     print(f"store: {result['store']}; one `routined scheduler` process, poll interval "
           f"{result['poll_interval_s']} s")  # fmt: skip
     print(f"triggers: {result['triggers']:,} schedule triggers over {len(ZONES)} time zones "
@@ -459,10 +465,7 @@ def main() -> None:
         "lateness": lateness,
         "idle": idle,
     }
-    if options.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
+    emit(result, as_json=options.json, report=report)
 
 
 if __name__ == "__main__":

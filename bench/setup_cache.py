@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from benchkit import machine, progress
+from benchkit import emit, machine, print_header, progress
 from routined import routines, runs
 from routined.config import Settings
 from routined.db import Store
@@ -150,11 +149,7 @@ def benchmark(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    host = result["machine"]
-    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
-    print(f"date: {result['date']}")
-    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
-          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+    print_header(result)
     print("setup script: " + result["script"].strip().replace("\n", "; ") + "\n")
     print("| round | script runs: s to the agent's start | cached: s | ratio |")
     print("|---:|---:|---:|---:|")
@@ -173,10 +168,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     options = parser.parse_args()
     result = benchmark(options)
-    if options.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
+    emit(result, as_json=options.json, report=report)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 import loadgen
-from benchkit import database, machine, progress, store_name
+from benchkit import database, emit, machine, print_header, progress, store_name
 from loadgen import (
     REQUEST_TIMEOUT,
     ROUTINED,
@@ -480,11 +480,8 @@ def ms(value: float | None) -> str:
 
 
 def report(result: dict[str, Any]) -> None:
-    host, phases = result["machine"], result["phases"]
-    print(f"date: {result['date']}")
-    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
-    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
-          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+    phases = result["phases"]
+    print_header(result)
     where = {
         "serve": "with its GitHub matcher process)",
         "apart": "--no-matcher) and `routined matcher` started apart",
@@ -610,10 +607,7 @@ def main() -> None:
         "server_exit_code": code,
         "server_stderr": errors,
     }
-    if options.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
+    emit(result, as_json=options.json, report=report)
 
 
 if __name__ == "__main__":

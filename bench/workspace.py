@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import random
 import shutil
 import socket
@@ -42,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchkit import machine, progress
+from benchkit import emit, machine, print_header, progress
 from routined import workspace
 
 TARGET = 5.0
@@ -208,11 +207,7 @@ def benchmark(options: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> None:
-    host = result["machine"]
-    load = ", ".join(f"{value:.2f}" for value in host["load_average_before"])
-    print(f"date: {result['date']}")
-    print(f"machine: {host['cpu']}, {host['cores']} cores, {host['system']}, "
-          f"Python {host['python']}; load average before the run {load}")  # fmt: skip
+    print_header(result)
     print(f"origin: {result['files']:,} files, {result['commits'] + 1:,} commits, "
           f"{result['origin_objects_mb']:.0f} MB of objects, served by `git daemon` on "
           f"loopback; {result['new_commits']} new commits pushed before each round")  # fmt: skip
@@ -241,10 +236,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     options = parser.parse_args()
     result = benchmark(options)
-    if options.json:
-        print(json.dumps(result, indent=2))
-    else:
-        report(result)
+    emit(result, as_json=options.json, report=report)
 
 
 if __name__ == "__main__":
