@@ -45,6 +45,25 @@ def apply(settings: Settings, tmp_path: Path, origin: Path, prompt: str, extra: 
     return Store(settings.database_url.reveal())
 
 
+def run_once(settings: Settings, store: Store) -> Run:
+    """Run `docs-nightly` here, to its end."""
+    return asyncio.run(run_here(settings, store, "docs-nightly", None))
+
+
+def run_succeeds(settings: Settings, store: Store) -> tuple[Run, list[RunEvent]]:
+    ended = run_once(settings, store)
+    assert ended.status == "succeeded", ended.error
+    return ended, stored_events(settings, ended.id)
+
+
+def session_init(events: list[RunEvent]) -> dict[str, Any]:
+    """What Claude Code says of the session as it starts: its tools, MCP servers, skills."""
+    [init] = [e for e in events if e.kind == "agent.system"]
+    assert init.data is not None
+    data: dict[str, Any] = init.data["data"]
+    return data
+
+
 def set_secret(settings: Settings, name: str, given: str) -> None:
     """`routined secret set NAME`, the value on stdin."""
     subprocess.run(
@@ -111,10 +130,8 @@ def test_network_none_refuses_a_host_that_custom_allows(
         f"      allowed_hosts: ['127.0.0.2:{outside_service}']\n"
     )
     store = apply(settings, tmp_path, origin, f"Fetch. {marker}", environment)
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
     # The model API answered every turn either way: the run got to its end.
-    assert ended.status == "succeeded", ended.error
-    events = stored_events(settings, ended.id)
+    _, events = run_succeeds(settings, store)
     said = tool_results(events)
     if level == "none":
         assert "status:403" in said and "outside-service-says-hello" not in said
@@ -146,7 +163,7 @@ def test_a_failing_setup_script_fails_the_run_with_its_output(
         "        echo 'no such package: frobnicate' >&2\n"
         "        exit 3\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error is not None and ended.error.startswith(
         "setup_failed: the setup script exited with status 3: no such package: frobnicate"
@@ -177,9 +194,7 @@ def test_an_unchanged_setup_script_is_not_run_again(
     )
 
     def one_run() -> tuple[Run, list[RunEvent]]:
-        ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-        assert ended.status == "succeeded", ended.error
-        return ended, stored_events(settings, ended.id)
+        return run_succeeds(settings, store)
 
     _, first = one_run()
     _, second = one_run()
@@ -228,9 +243,7 @@ def test_secret_values_never_reach_events_logs_or_the_api(
         '        echo "token=$DEPLOY_TOKEN" > ~/.deployrc\n'
         '        echo "setup used $DEPLOY_TOKEN at $LOG_LEVEL"\n',
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
-    events = stored_events(settings, ended.id)
+    ended, events = run_succeeds(settings, store)
     stored = json.dumps([[e.kind, e.reason, e.data] for e in events])
     # The agent did print both: the setup file, and its own variable; the setup-only
     # secret was gone from its environment.
@@ -265,17 +278,12 @@ def test_a_connector_shows_up_in_the_agents_tools(
         f"Ask the probe. {marker}",
         "    connectors:\n      probe: {command: python3, args: [probe.py]}\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
-    events = stored_events(settings, ended.id)
+    _, events = run_succeeds(settings, store)
     # Claude Code's own account of the session's tools (it offers MCP tools to the
     # model through its tool search, so they need not be in the first request).
-    [init] = [e for e in events if e.kind == "agent.system"]
-    assert init.data is not None
-    assert "mcp__probe__echo" in init.data["data"]["tools"]
-    assert {"name": "probe", "status": "connected", "source": "dynamic"} in init.data["data"][
-        "mcp_servers"
-    ]
+    init = session_init(events)
+    assert "mcp__probe__echo" in init["tools"]
+    assert {"name": "probe", "status": "connected", "source": "dynamic"} in init["mcp_servers"]
     assert "probe says ping" in tool_results(events)
 
 
@@ -296,7 +304,7 @@ def test_max_turns_stops_a_longer_session_and_keeps_its_work(
     store = apply(
         settings, tmp_path, origin, f"Write four files. {marker}", "    limits: {max_turns: 2}\n"
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error is not None and ended.error.startswith("budget: stopped at max_turns 2")
     [kept] = ended.branches
@@ -316,7 +324,7 @@ def test_max_duration_ends_the_run_as_timed_out_with_its_work(
         marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
     )
     store = apply(settings, tmp_path, origin, f"Hang. {marker}", "    limits: {max_duration: 4s}\n")
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    ended = run_once(settings, store)
     assert ended.status == "timed_out"
     assert ended.error == "timed_out: stopped after 4 seconds (limits.max_duration)"
     [kept] = ended.branches
@@ -337,8 +345,7 @@ def test_any_agent_cli_gets_the_prompt_and_its_work_is_delivered(
         "Copy your prompt into two files.",
         f"    agent: {{command: [bash, -c, {json.dumps(script)}]}}\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
+    ended, _ = run_succeeds(settings, store)
     [kept] = ended.branches
     assert kept["branch"].startswith("claude/docs-nightly-")
     for name in ("from-stdin.txt", "from-file.txt"):
@@ -374,8 +381,7 @@ def test_each_repository_delivers_under_its_own_prefix(
         f"Write in both. {marker}",
         f"      - url: {second}\n        branch_prefix: bots/nightly/\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
+    ended, _ = run_succeeds(settings, store)
     by_repository = {Path(b["repository"]).name: b["branch"] for b in ended.branches}
     assert by_repository["app.git"].startswith("claude/docs-nightly-")
     assert by_repository["second.git"].startswith("bots/nightly/docs-nightly-")
@@ -405,13 +411,10 @@ def test_what_a_repository_commits_for_claude_code_is_honoured(
     marker = "[case:repository-setup]"
     fake_api.script(marker, [[tool_use("mcp__committed__echo", text="pong")], [text("Done.")]])
     store = apply(settings, tmp_path, origin, f"Follow the house rules. {marker}", "")
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
-    events = stored_events(settings, ended.id)
-    [init] = [e for e in events if e.kind == "agent.system"]
-    assert init.data is not None
-    assert "mcp__committed__echo" in init.data["data"]["tools"]
-    assert "release-notes" in json.dumps(init.data["data"])
+    _, events = run_succeeds(settings, store)
+    init = session_init(events)
+    assert "mcp__committed__echo" in init["tools"]
+    assert "release-notes" in json.dumps(init)
     assert "probe says pong" in tool_results(events)
     [first, *_] = fake_api.conversations(marker)
     assert "rule-7f3a" in json.dumps(first.body)
@@ -431,7 +434,7 @@ def test_a_setup_script_stopped_at_max_duration_leaves_its_output(
         "        echo fetching the toolchain\n"
         "        sleep 60\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error == (
         "setup_failed: the setup script was still running when the run reached its max_duration"
@@ -452,8 +455,7 @@ def test_an_agent_cli_printing_an_endless_line_is_still_read_to_its_end(
         "Print a lot.",
         f"    agent: {{command: [bash, -c, {json.dumps(script)}]}}\n",
     )
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
-    assert ended.status == "succeeded", ended.error
+    ended, _ = run_succeeds(settings, store)
     [kept] = ended.branches
     assert git("show", f"{kept['branch']}:done.txt", cwd=origin) == "finished"
     [output] = [e for e in stored_events(settings, ended.id) if e.kind == "agent.output"]
@@ -484,7 +486,7 @@ def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
         raise RuntimeError(f"a bug that quotes {value}")
 
     monkeypatch.setattr("routined.execution.delivery.total", broken)
-    ended = asyncio.run(run_here(settings, store, "docs-nightly", None))
+    ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error == "internal_error: RuntimeError: a bug that quotes [redacted:API_TOKEN]"
     [logged] = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
