@@ -54,8 +54,9 @@ class Store:
     """Where routined keeps its rows: SQLite by default, PostgreSQL when configured."""
 
     def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
-        """`background_checkpoints` (SQLite): the process runs a `Checkpointer`, so its
-        commits leave checkpoints to it (see there)."""
+        """`background_checkpoints` (SQLite): a `Checkpointer` runs for this store (in
+        this process, or in the server that started it), so its commits leave
+        checkpoints to it (see there)."""
         self.url = _with_driver(make_url(url))
         self.engine = _create_engine(self.url, autocheckpoint=not background_checkpoints)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

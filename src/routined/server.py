@@ -88,7 +88,9 @@ def serve(
     # Frozen, it is left out of the collector's full passes, which otherwise walk
     # over 300,000 objects and stop every request for about 0.2 s each time.
     gc.freeze()
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    # uvicorn's choice: uvloop where it is installed (not on Windows), whose
+    # transports are in C; at hundreds of requests a second that matters.
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(main())
     for number in reversed(server.stopped_by):
         signal.raise_signal(number)  # ended as the signal asks, now that all has stopped
@@ -143,7 +145,8 @@ class MatcherProcess:
         process = self._process
         if process is None or process.stdin is None:
             return
-        # Gone: the next one looks for undecided deliveries when it starts.
+        # Gone: the next one looks for undecided deliveries when it starts. A full
+        # pipe (a matcher busy for long) holds wakes enough: nothing waits on it.
         with contextlib.suppress(OSError, ValueError):
             process.stdin.write(b"\n")
             process.stdin.flush()
@@ -154,6 +157,9 @@ class MatcherProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        assert process.stdin is not None
+        # `wake` is called on the event loop, which must never block on the pipe.
+        os.set_blocking(process.stdin.fileno(), False)
         threading.Thread(target=self._relay, args=(process.stdout,), daemon=True).start()
         self._process = process
         return process
@@ -177,16 +183,6 @@ class MatcherProcess:
         finally:
             process.terminate()
             if process.stdin is not None:
-                process.stdin.close()
+                with contextlib.suppress(OSError):  # a full pipe cannot take its last wake
+                    process.stdin.close()
             await asyncio.to_thread(process.wait)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (not on Windows), as uvicorn would
-    pick: its transports are written in C, and at hundreds of requests a second the
-    asyncio loop's own Python is a fair part of each."""
-    try:
-        import uvloop  # not on Windows
-    except ImportError:
-        return None
-    return uvloop.new_event_loop

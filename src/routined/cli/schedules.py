@@ -114,11 +114,11 @@ def matcher(
     with opened(background_checkpoints=True) as (config, store):
         if not supervised:
             out.print("routined matcher is running")
-        deciding = Matcher(store, config, clock=utcnow)
-        if supervised:
-            deciding.on_run_created = _tell_server
+        deciding = Matcher(
+            store, config, clock=utcnow, on_run_created=_tell_server if supervised else lambda: None
+        )
         loops: list[Loop] = [deciding]
-        if store.is_sqlite:
+        if store.is_sqlite and not supervised:  # the server checkpoints its store itself
             loops.append(Checkpointer(store, config, clock=utcnow))
         _run_alone(*loops, woken_by_input=deciding if supervised else None)
 
