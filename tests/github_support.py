@@ -146,15 +146,7 @@ class Hub:
     ) -> Any:
         """POST a delivery as GitHub does; `signature` "sign" signs it with SECRET,
         None leaves the header out, anything else is sent as it is."""
-        sent = {
-            "x-github-event": event,
-            "x-github-delivery": delivery or str(uuid.uuid4()),
-            "x-github-hook-id": "292430182",
-            "x-github-hook-installation-target-id": "79929171",
-            "x-github-hook-installation-target-type": "integration",
-            "user-agent": "GitHub-Hookshot/044aadd",
-            "content-type": "application/json",
-        }
+        sent = delivery_headers(event, body, delivery=delivery, secret=None)
         if signature == "sign":
             sent["x-hub-signature-256"] = sign(SECRET.encode(), body)
         elif signature is not None:
@@ -265,9 +257,28 @@ def hubs(store: Store, tmp_path: Path) -> Iterator[Callable[..., Hub]]:
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 
 
-@contextmanager
-def serving(env: dict[str, str], *args: str) -> Iterator[str]:
-    """`routined serve` on a free port (with `args`); its URL once it listens."""
+def delivery_headers(
+    event: str, body: bytes, *, delivery: str | None = None, secret: str | None = SECRET
+) -> dict[str, str]:
+    """The headers GitHub sends with a webhook delivery (see
+    fixtures/github-rest/webhook-delivery.md), signed with `secret` unless it is None."""
+    headers = {
+        "x-github-event": event,
+        "x-github-delivery": delivery or str(uuid.uuid4()),
+        "x-github-hook-id": "292430182",
+        "x-github-hook-installation-target-id": "79929171",
+        "x-github-hook-installation-target-type": "integration",
+        "user-agent": "GitHub-Hookshot/044aadd",
+        "content-type": "application/json",
+    }
+    if secret is not None:
+        headers["x-hub-signature-256"] = sign(secret.encode(), body)
+    return headers
+
+
+def start_serve(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], str | None]:
+    """`routined serve` on a free port (with `args`), and the URL it says it serves at
+    (None, when the first line it printed says something else)."""
     process = subprocess.Popen(
         [ROUTINED, "serve", "--port", "0", *args],
         env=env,
@@ -276,11 +287,17 @@ def serving(env: dict[str, str], *args: str) -> Iterator[str]:
         text=True,
     )
     assert process.stdout is not None
-    line = process.stdout.readline()
-    found = re.search(r"serving at (http://\S+)", line)
+    found = re.search(r"serving at (http://\S+)", process.stdout.readline())
+    return process, found.group(1) if found else None
+
+
+@contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[str]:
+    """`routined serve` on a free port (with `args`); its URL once it listens."""
+    process, url = start_serve(env, *args)
     try:
-        assert found, f"serve printed {line!r}"
-        yield found.group(1)
+        assert url, "serve did not say where it serves"
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=30)

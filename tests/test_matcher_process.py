@@ -10,10 +10,8 @@ every wait is on state, with a deadline.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,11 +23,9 @@ import pytest
 
 from routined.db import Store
 from routined.models import Delivery
-from routined.webhooks import sign
+from tests.github_support import FIXTURES, delivery_headers, start_serve
 
-ROUTINED = str(Path(sys.executable).with_name("routined"))
 SECRET = "matcher-process-secret"
-FIXTURES = Path(__file__).parent / "fixtures" / "github-webhooks"
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="finds serve's children through /proc"
@@ -131,19 +127,10 @@ def serve(env: dict[str, str]) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(*args: str) -> Server:
-        process = subprocess.Popen(
-            [ROUTINED, "serve", "--port", "0", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"serving at (http://\S+)", line)
-        server = Server(process, found.group(1) if found else "")
+        process, url = start_serve(env, *args)
+        server = Server(process, url or "")
         started.append(server)
-        assert found, f"serve printed {line!r}"
+        assert url, "serve did not say where it serves"
         return server
 
     yield start
@@ -174,12 +161,7 @@ def post_ping(server: Server) -> str:
     answer = httpx.post(
         f"{server.url}/webhooks/github",
         content=body,
-        headers={
-            "x-github-event": "ping",
-            "x-github-delivery": delivery,
-            "x-hub-signature-256": sign(SECRET.encode(), body),
-            "content-type": "application/json",
-        },
+        headers=delivery_headers("ping", body, delivery=delivery, secret=SECRET),
         timeout=10,
     )
     assert answer.status_code == 202, answer.text
