@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -150,6 +151,15 @@ def settings(tmp_path: Path, fake_api: FakeAnthropic) -> Settings:
             "ROUTINED_HEARTBEAT_INTERVAL": "0.5",
         }
     )
+
+
+def poll_until(what: str, condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Poll, without an event loop, for a state another process brings about."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds} s")
+        time.sleep(0.05)
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 30) -> None:

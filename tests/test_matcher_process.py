@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pytest
 
 from routined.db import Store
 from routined.models import Delivery
+from tests.conftest import poll_until
 from tests.github_support import FIXTURES, delivery_headers, start_serve
 
 SECRET = "matcher-process-secret"
@@ -74,14 +74,6 @@ def command(process: Process) -> list[str]:
     except (FileNotFoundError, ProcessLookupError):
         return []
     return raw.decode().split("\0")[:-1]
-
-
-def wait_for(what: str, condition: Callable[[], bool], seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {seconds} s")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -187,7 +179,7 @@ def test_serve_runs_one_matcher_which_decides_deliveries_and_stops_with_serve(
     # Serve has no matcher of its own: the decision is the child's.
     store = Store(env["ROUTINED_DATABASE_URL"])
     try:
-        wait_for("the ping's decision", lambda: decision(store, delivery) is not None, 30)
+        poll_until("the ping's decision", lambda: decision(store, delivery) is not None, 30)
         assert (decision(store, delivery) or "").startswith("ping from hook 109948940")
     finally:
         store.dispose()
@@ -208,7 +200,7 @@ def test_the_matcher_ends_on_its_own_when_serve_is_killed(serve: Callable[..., S
     matcher = only_matcher(server)
     server.process.kill()
     server.process.wait(timeout=30)
-    wait_for("the orphaned matcher's end", lambda: not running(matcher), seconds=15)
+    poll_until("the orphaned matcher's end", lambda: not running(matcher), seconds=15)
 
 
 def test_serve_without_matcher_starts_none(serve: Callable[..., Server]) -> None:

@@ -24,6 +24,7 @@ from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
 from routined.models import Fire, Repository, Routine, Run, Trigger
+from tests.conftest import poll_until
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 DEADLINE = 60.0
@@ -83,15 +84,6 @@ def routine_yaml(origin: Path, name: str, trigger: str, extra: str = "") -> str:
     )
 
 
-def wait_for(condition: str, check: object, seconds: float = DEADLINE) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{condition} did not happen within {seconds} s")
-
-
 def test_a_once_trigger_starts_its_run_at_its_instant(
     settings: Settings, tmp_path: Path, origin: Path, servers: list[subprocess.Popen[str]]
 ) -> None:
@@ -109,7 +101,7 @@ def test_a_once_trigger_starts_its_run_at_its_instant(
             with store.transaction() as session:
                 return session.scalar(select(Run.created_at))
 
-        wait_for("the once run", lambda: created() is not None, seconds=30)
+        poll_until("the once run", lambda: created() is not None, seconds=30)
         started = created()
         assert started is not None
         lateness = (started - instant).total_seconds()
@@ -157,7 +149,7 @@ def test_a_crash_across_a_daily_instant_catches_up_once_under_latest_and_not_und
                 ).all()
             return {name: (outcome, run_id) for name, outcome, run_id in rows}
 
-        wait_for("both decisions", lambda: len(decided()) == 2)
+        poll_until("both decisions", lambda: len(decided()) == 2, DEADLINE)
         outcomes = decided()
         assert outcomes["latest"][0] == "caught_up" and outcomes["latest"][1] is not None
         assert outcomes["skip"] == ("missed", None)
@@ -216,7 +208,7 @@ def test_two_schedulers_on_one_postgresql_store_fire_a_thousand_slots_once_each(
                 with store.transaction() as session:
                     return session.scalar(select(func.count(Fire.id))) or 0
 
-            wait_for("a decision for every slot", lambda: decided() >= count, seconds=120)
+            poll_until("a decision for every slot", lambda: decided() >= count, seconds=120)
         finally:
             outputs = []
             for process in schedulers:
