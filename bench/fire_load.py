@@ -56,8 +56,13 @@ without IPPROTO_TCP, asyncio leaves Nagle on for the connections it accepts, and
 uvicorn writes a response's head and body separately, so the body waits for the
 client's delayed ACK (40 ms on Linux).
 
+--without-store measures a ceiling, not routined: the server runs with a fire's
+store work (the thread hop's write, its transaction, the limit decision) replaced
+by an answer at once, so the fire phases show what the endpoint could reach if
+recording a fire cost nothing, beside the same empty endpoint.
+
     .venv/bin/python bench/fire_load.py [--rate 200] [--duration 20] [--warmup 3]
-        [--rounds 3] [--clients 16] [--worker held|failing]
+        [--rounds 3] [--clients 16] [--worker held|failing] [--without-store]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--quick] [--json]
 
 With --database-url (an admin URL) the server runs on a PostgreSQL database the
@@ -136,6 +141,19 @@ def server_env(home: Path, url: str, worker: str) -> dict[str, str]:
         # Never reached by a run (each fails before its session), but valid.
         env["ANTHROPIC_BASE_URL"] = "http://127.0.0.1:9"
     return env
+
+
+# `routined`, with a fire's recording replaced by an answer at once (--without-store).
+WITHOUT_STORE = (
+    sys.executable,
+    "-c",
+    "import sys\n"
+    "import routined.api as api\n"
+    "from routined.cli import main\n"
+    "api._record_fires = lambda store, requests, **_: ['session_' + '0' * 26] * len(requests)\n"
+    "sys.argv[0] = 'routined'\n"
+    "sys.exit(main())\n",
+)
 
 
 def run_counts(store: Store) -> dict[str, int]:
@@ -260,7 +278,7 @@ def benchmark(options: argparse.Namespace, rounds: int, warmup: float, duration:
         issued = json.loads(cli([ROUTINED, "token", "bench", "--json"]).stdout)
         store = Store(url)
         stack.callback(store.dispose)
-        server = Server(env, root)
+        server = Server(env, root, command=WITHOUT_STORE if options.without_store else (ROUTINED,))
         try:
             host, port = server.wait_ready()
             if options.worker == "held":
@@ -317,6 +335,8 @@ def report(result: dict[str, Any]) -> None:
     print_header(result)
     print(f"store: {result['store']}; one `routined serve` (uvicorn, httptools, uvloop)")
     print(f"worker: {result['worker']} (ROUTINED_WORKERS=1); limits and queue cap 10,000,000")
+    if result["without_store"]:
+        print("--without-store: fires are answered without being recorded; a ceiling, not routined")
     print(f"load: a second process on loopback; open loop at {result['rate']:g}/s, closed loop "
           f"with {result['clients']} clients; {result['warmup']:g} s warm-up + "
           f"{result['duration']:g} s measured per phase; {result['rounds']} rounds, "
@@ -366,9 +386,11 @@ def report(result: dict[str, Any]) -> None:
         (f"p50 at {rate} (ms)", both("rate", "latency.p50"), ""),
         (f"p90 at {rate} (ms)", both("rate", "latency.p90"), ""),
         (f"p99 at {rate} (ms)", both("rate", "latency.p99"),
+         "" if result["without_store"] else
          f"fire < 25 ms: {'met' if fire_p99 < 25 else 'missed'}"),
         (f"accepted at {rate} (per s)", both("rate", "ok_per_s"), rate),
         (f"most per s, {result['clients']} clients", (fire_max, empty_max),
+         f"ceiling without the store ({ratio:.2f})" if result["without_store"] else
          f"fire ≥ half of empty: {'met' if ratio >= 0.5 else 'missed'} ({ratio:.2f})"),
         ("p50 at most per s (ms)", both("closed", "latency.p50"), ""),
         ("p99 at most per s (ms)", both("closed", "latency.p99"), ""),
@@ -397,6 +419,8 @@ def main() -> None:
     parser.add_argument("--worker", choices=("held", "failing"), default="held",
                         help="how runs are kept from executing agents (see above)")  # fmt: skip
     parser.add_argument("--database-url", help="PostgreSQL admin URL; default: embedded SQLite")
+    parser.add_argument("--without-store", action="store_true",
+                        help="a ceiling: fires answered without recording (see above)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="1 round of 5 s phases")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
@@ -418,6 +442,7 @@ def main() -> None:
         "machine": host,
         "store": store_name(options.database_url),
         "worker": options.worker,
+        "without_store": options.without_store,
         "rate": options.rate,
         "clients": options.clients,
         "warmup": warmup,

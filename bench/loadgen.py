@@ -351,12 +351,18 @@ def stalled_origin() -> Iterator[str]:
 class Server:
     """`routined serve --port 0` with its output in files, so nothing it prints can block it."""
 
-    def __init__(self, env: dict[str, str], logs: Path, serve_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        logs: Path,
+        serve_args: Sequence[str] = (),
+        command: Sequence[str] = (ROUTINED,),
+    ) -> None:
         self.stdout = logs / "serve.out"
         self.stderr = logs / "serve.err"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [ROUTINED, "serve", "--port", "0", *serve_args], env=env, stdout=out, stderr=err
+                [*command, "serve", "--port", "0", *serve_args], env=env, stdout=out, stderr=err
             )
         self.pid = self.process.pid
 

@@ -258,6 +258,8 @@ def test_tokens_are_stored_as_digests_and_only_the_newest_works(store: Store) ->
         "rtd_" + "a" * 45,
         "xyz_" + "a" * 44,
         "rtd_" + "é" * 44,
+        "rtd_" + "a" * 43 + "٣",  # a digit, but not an ASCII one
+        "rtd_" + "a" * 43 + "-",
     ],
 )
 def test_malformed_tokens_are_refused_before_any_lookup(presented: str) -> None:

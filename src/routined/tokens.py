@@ -36,7 +36,7 @@ def lookup_part(token: str, prefix: str = PREFIX) -> str | None:
     if len(token) != len(prefix) + _LOOKUP_LENGTH + _SECRET_LENGTH or not token.startswith(prefix):
         return None
     body = token[len(prefix) :]
-    if any(char not in _ALPHABET for char in body):
+    if not (body.isascii() and body.isalnum()):  # the letters and digits of _ALPHABET
         return None
     return body[:_LOOKUP_LENGTH]
 
