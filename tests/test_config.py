@@ -15,6 +15,10 @@ def test_defaults_put_everything_under_routined_home(tmp_path: Path) -> None:
     assert settings.public_url == "http://127.0.0.1:8080"
     assert settings.anthropic_base_url == "https://api.anthropic.com"
     assert settings.runs_dir == tmp_path / "h" / "runs"
+    assert settings.run_files_max_age == 7 * 24 * 3600
+    assert Settings.from_env({"ROUTINED_RUN_FILES_MAX_AGE": "inf"}).run_files_max_age == float(
+        "inf"
+    )
 
 
 def test_the_public_url_follows_the_listen_address_unless_set() -> None:
@@ -41,6 +45,9 @@ def test_secrets_hide_themselves_and_can_come_from_files(tmp_path: Path) -> None
     [
         ({"ROUTINED_PORT": "eighty"}, "ROUTINED_PORT: 'eighty' is not a number"),
         ({"ROUTINED_WORKERS": "0"}, "ROUTINED_WORKERS: must be at least 1"),
+        ({"ROUTINED_RUN_FILES_MAX_AGE": "-1"}, "ROUTINED_RUN_FILES_MAX_AGE: must be at least 0"),
+        ({"ROUTINED_RUN_FILES_MAX_AGE": "a week"}, "ROUTINED_RUN_FILES_MAX_AGE: 'a week' is not"),
+        ({"ROUTINED_RUN_TIMEOUT": "nan"}, "ROUTINED_RUN_TIMEOUT: 'nan' is not a number"),
         ({"ANTHROPIC_API_KEY_FILE": "/nonexistent/key"}, "ANTHROPIC_API_KEY_FILE: cannot read"),
         (
             {"ANTHROPIC_BASE_URL": "api.anthropic.com"},

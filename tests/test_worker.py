@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import os
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,10 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from routined import runs
+from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
-from routined.models import Repository, Routine, Run
+from routined.models import Repository, Routine, Run, RunEvent
 from routined.worker import Worker, utcnow
 from tests.conftest import wait_until
 
@@ -25,11 +30,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def queue_unclonable(store: Store, tmp_path: Path) -> str:
+def queue_unclonable(store: Store, tmp_path: Path, name: str = "gone") -> str:
     """A run whose repository is not there: it fails at once, without an agent."""
     with store.transaction() as session:
         routine = Routine(
-            id=new_id("rtn"), name="gone", prompt="x", created_at=utcnow(), updated_at=utcnow()
+            id=new_id("rtn"), name=name, prompt="x", created_at=utcnow(), updated_at=utcnow()
         )
         routine.repositories = [Repository(position=0, url=str(tmp_path / "missing.git"))]
         session.add(routine)
@@ -84,3 +89,115 @@ async def test_a_run_taken_by_another_worker_is_left_alone(
     assert await Worker(store, settings).run_claimed(run_id) is False
     with store.transaction() as session:
         assert session.scalar(select(Run.worker_id).where(Run.id == run_id)) == "elsewhere"
+
+
+def run_folder(settings: Settings, run_id: str, *, changed: datetime | None = None) -> Path:
+    folder = settings.runs_dir / run_id
+    (folder / "home").mkdir(parents=True)
+    (folder / "home" / "transcript.jsonl").write_text("{}\n")
+    if changed is not None:
+        os.utime(folder, (changed.timestamp(), changed.timestamp()))
+    return folder
+
+
+def ended_at(store: Store, tmp_path: Path, moment: datetime) -> str:
+    """A run cancelled while queued at `moment`: ended, with nothing else done."""
+    run_id = queue_unclonable(store, tmp_path, name=f"ended-{new_id('rtn')[-8:]}")
+    with store.transaction() as session:
+        assert runs.cancel(session, run_id, now=moment, reason="test") is not None
+    return run_id
+
+
+def event_kinds(store: Store, run_id: str) -> list[tuple[str, str | None]]:
+    with store.transaction(readonly=True) as session:
+        rows = session.execute(
+            select(RunEvent.kind, RunEvent.reason)
+            .where(RunEvent.run_id == run_id)
+            .order_by(RunEvent.seq)
+        )
+        return [(kind, reason) for kind, reason in rows]
+
+
+async def test_folders_of_runs_that_ended_long_enough_ago_are_removed_and_that_is_recorded(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    now = utcnow()
+    settings = replace(settings, run_files_max_age=3600)
+    long_ago = ended_at(store, tmp_path, now - timedelta(hours=2))
+    lately = ended_at(store, tmp_path, now - timedelta(minutes=10))
+    queued = queue_unclonable(store, tmp_path)
+    forgotten_long_ago = new_id("run")  # its routine was removed, and its runs with it
+    forgotten_lately = new_id("run")
+    folders = {
+        long_ago: run_folder(settings, long_ago),
+        lately: run_folder(settings, lately),
+        queued: run_folder(settings, queued, changed=now - timedelta(days=30)),
+        forgotten_long_ago: run_folder(
+            settings, forgotten_long_ago, changed=now - timedelta(hours=2)
+        ),
+        forgotten_lately: run_folder(
+            settings, forgotten_lately, changed=now - timedelta(minutes=10)
+        ),
+    }
+    not_a_run = settings.runs_dir / "notes"
+    not_a_run.mkdir()
+    os.utime(not_a_run, (0, 0))
+    halfway = settings.runs_dir / f".removing-{new_id('run')}-0a1b2c3d"  # a stopped removal
+    (halfway / "home").mkdir(parents=True)
+
+    removed = await Worker(store, settings, clock=lambda: now).remove_expired_files()
+
+    assert sorted(removed) == sorted([long_ago, forgotten_long_ago])
+    assert sorted(run_id for run_id, folder in folders.items() if folder.exists()) == sorted(
+        [lately, queued, forgotten_lately]
+    )
+    assert not_a_run.exists() and not halfway.exists()
+    assert sorted(path.name for path in settings.runs_dir.iterdir()) == sorted(
+        [lately, queued, forgotten_lately, "notes"]
+    )
+    assert event_kinds(store, long_ago)[-1] == (
+        "files.removed",
+        "the run's folder was removed 0.0416667 days after the run ended "
+        "(ROUTINED_RUN_FILES_MAX_AGE)",
+    )
+    assert [kind for kind, _ in event_kinds(store, lately)] == ["status", "status"]
+
+
+async def test_an_infinite_max_age_keeps_every_folder(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    now = utcnow()
+    settings = replace(settings, run_files_max_age=math.inf)
+    long_ago = ended_at(store, tmp_path, now - timedelta(days=3650))
+    folder = run_folder(settings, long_ago)
+    assert await Worker(store, settings, clock=lambda: now).remove_expired_files() == []
+    assert folder.exists()
+
+
+async def test_the_worker_loop_removes_expired_folders(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    settings = replace(settings, run_files_max_age=0)
+    folder = run_folder(settings, ended_at(store, tmp_path, utcnow() - timedelta(seconds=1)))
+    stop = asyncio.Event()
+    looping = asyncio.create_task(Worker(store, settings).run(stop))
+    try:
+        await wait_until(lambda: not folder.exists())
+    finally:
+        stop.set()
+        await looping
+
+
+async def test_a_folder_another_worker_removed_first_is_not_removed_or_recorded_again(
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = utcnow()
+    settings = replace(settings, run_files_max_age=0)
+    run_id = ended_at(store, tmp_path, now - timedelta(hours=1))
+    run_folder(settings, run_id)
+    listed = worker_module._run_folders(settings.runs_dir)
+    (settings.runs_dir / run_id).rename(settings.runs_dir / ".removing-by-another-worker")
+    monkeypatch.setattr(worker_module, "_run_folders", lambda runs_dir: listed)
+
+    assert await Worker(store, settings, clock=lambda: now).remove_expired_files() == []
+    assert [kind for kind, _ in event_kinds(store, run_id)] == ["status", "status"]

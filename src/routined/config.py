@@ -166,6 +166,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a cached setup script result is reused before the script runs again.",
     ),
     Setting(
+        "ROUTINED_RUN_FILES_MAX_AGE",
+        "604800",
+        "Seconds after a run ended that its folder (the agent's home with its transcript, "
+        "an undelivered workspace) is kept under $ROUTINED_HOME/runs; then it is removed "
+        "(inf: kept for good).",
+    ),
+    Setting(
         "ROUTINED_SECRET_KEY",
         None,
         "Key that encrypts stored secrets (a Fernet key: `routined secret key` makes one); "
@@ -223,6 +230,8 @@ def _number(name: str, raw: str, kind: Callable[[str], Any], minimum: float) -> 
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if value != value:  # NaN passes every comparison below
+        raise ConfigError(f"{name}: {raw!r} is not a number")
     if value < minimum:
         raise ConfigError(f"{name}: must be at least {minimum}, got {raw!r}")
     return value
@@ -256,6 +265,7 @@ class Settings:
     github_account_hourly_cap: int
     run_timeout: float
     setup_cache_max_age: float
+    run_files_max_age: float
     secret_key: Secret
     heartbeat_interval: float
     lost_after: float
@@ -338,6 +348,9 @@ class Settings:
             ),
             setup_cache_max_age=_number(
                 "ROUTINED_SETUP_CACHE_MAX_AGE", raw["ROUTINED_SETUP_CACHE_MAX_AGE"] or "", float, 0
+            ),
+            run_files_max_age=_number(
+                "ROUTINED_RUN_FILES_MAX_AGE", raw["ROUTINED_RUN_FILES_MAX_AGE"] or "", float, 0
             ),
             secret_key=Secret(raw["ROUTINED_SECRET_KEY"] or ""),
             heartbeat_interval=_number(

@@ -438,6 +438,51 @@ def end_lost(session: Session, *, now: datetime, lost_after: timedelta) -> list[
     return ended
 
 
+@dataclass(frozen=True)
+class ExpiredFiles:
+    """Run folders whose time is up: of runs that ended at least the kept time ago
+    (their removal is recorded on them), and of runs the store no longer has (removed
+    with their routine), which only the folder's own age can date."""
+
+    ended: list[str]
+    unknown: list[str]
+
+
+def expired_files(
+    session: Session, run_ids: Sequence[str], *, now: datetime, keep_for: timedelta
+) -> ExpiredFiles:
+    """Which of these runs' folders may go, `keep_for` after their runs ended."""
+    found: dict[str, tuple[str, datetime | None]] = {}
+    for start in range(0, len(run_ids), _IDS_PER_STATEMENT):
+        chunk = run_ids[start : start + _IDS_PER_STATEMENT]
+        rows = session.execute(select(Run.id, Run.status, Run.finished_at).where(Run.id.in_(chunk)))
+        found.update((run_id, (status, finished)) for run_id, status, finished in rows)
+    return ExpiredFiles(
+        ended=[
+            run_id
+            for run_id, (status, finished) in found.items()
+            if status in TERMINAL and finished is not None and finished <= now - keep_for
+        ],
+        unknown=[run_id for run_id in run_ids if run_id not in found],
+    )
+
+
+def record_files_removed(
+    session: Session, run_ids: Sequence[str], *, now: datetime, kept: timedelta
+) -> None:
+    days = kept.total_seconds() / 86_400
+    reason = (
+        f"the run's folder was removed {days:g} days after the run ended "
+        "(ROUTINED_RUN_FILES_MAX_AGE)"
+    )
+    for run_id in run_ids:
+        add_event(session, run_id, "files.removed", now=now, reason=reason)
+
+
+# Well under every store's limit on bound parameters (SQLite's is 32,766).
+_IDS_PER_STATEMENT = 500
+
+
 def session_url(public_url: str, session_id: str) -> str:
     return f"{public_url}/sessions/{session_id}"
 

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import os
 import secrets
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from routined import runs, sandbox
+from routined import runs, sandbox, workspace
 from routined.config import Settings
 from routined.db import Store
 from routined.execution import Clock, Executor
@@ -58,12 +60,14 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         self._wakeup.bind()
         beating = asyncio.create_task(self._beat(stop))
+        # Beside the loop: removing a long-kept backlog of folders must not hold up runs.
+        sweeping = asyncio.create_task(self._sweep_files(stop))
         last_sweep: datetime | None = None
         try:
             while not stop.is_set():
                 try:
                     now = self.clock()
-                    if last_sweep is None or now - last_sweep > timedelta(seconds=30):
+                    if last_sweep is None or now - last_sweep > _LOST_SWEEP_INTERVAL:
                         await asyncio.to_thread(self._end_lost_runs)
                         last_sweep = now
                     while await self.run_once():
@@ -75,9 +79,10 @@ class Worker:
                 await self._wakeup.sleep(stop, self.settings.poll_interval)
         finally:
             beating.cancel()
+            sweeping.cancel()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(beating, *self._tasks, return_exceptions=True)
+            await asyncio.gather(beating, sweeping, *self._tasks, return_exceptions=True)
             await self.executor.close()
 
     async def run_once(self) -> bool:
@@ -164,6 +169,54 @@ class Worker:
                 session, now=self.clock(), lost_after=timedelta(seconds=self.settings.lost_after)
             )
 
+    async def _sweep_files(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.remove_expired_files()
+            except Exception:
+                log.exception("worker %s: removing expired run folders failed", self.id)
+            await _wait(stop, _FILES_SWEEP_INTERVAL)
+
+    async def remove_expired_files(self) -> list[str]:
+        """Remove the folders of runs that ended ROUTINED_RUN_FILES_MAX_AGE ago (and of
+        runs the store no longer has, that long after the folder last changed); return
+        the runs whose folders this worker removed."""
+        if math.isinf(self.settings.run_files_max_age):
+            return []
+        runs_dir = self.settings.runs_dir
+        keep_for = timedelta(seconds=self.settings.run_files_max_age)
+        now = self.clock()
+        folders, set_aside_before = await asyncio.to_thread(_run_folders, runs_dir)
+        for leftover in set_aside_before:  # by a removal that was stopped halfway
+            await workspace.remove(leftover)
+        mine = set(self._claims)
+        with_folders = [run_id for run_id in folders if run_id not in mine]
+        expired = await asyncio.to_thread(self._expired_files, with_folders, now, keep_for)
+        oldest = (now - keep_for).timestamp()
+        forgotten = [run_id for run_id in expired.unknown if folders[run_id] <= oldest]
+        removed: list[str] = []
+        for run_id in [*expired.ended, *forgotten]:
+            # Renamed first: of workers sharing this home, one removes each folder and
+            # records it once, and a removal stopped halfway never looks like a run's.
+            aside = await asyncio.to_thread(_set_aside, runs_dir / run_id)
+            if aside is not None:
+                await workspace.remove(aside)
+                removed.append(run_id)
+        recorded = [run_id for run_id in removed if run_id in set(expired.ended)]
+        if recorded:
+            await asyncio.to_thread(self._record_files_removed, recorded, now, keep_for)
+        return removed
+
+    def _expired_files(
+        self, run_ids: list[str], now: datetime, keep_for: timedelta
+    ) -> runs.ExpiredFiles:
+        with self.store.transaction(readonly=True) as session:
+            return runs.expired_files(session, run_ids, now=now, keep_for=keep_for)
+
+    def _record_files_removed(self, run_ids: list[str], now: datetime, kept: timedelta) -> None:
+        with self.store.transaction() as session:
+            runs.record_files_removed(session, run_ids, now=now, kept=kept)
+
     async def _execute(self, claim: Claim, *, standby: bool = True) -> None:
         try:
             await self.executor.execute(claim, standby=standby)
@@ -172,6 +225,37 @@ class Worker:
 
 
 _CANCEL_CHECK_INTERVAL = 1.0
+_LOST_SWEEP_INTERVAL = timedelta(seconds=30)
+_FILES_SWEEP_INTERVAL = 600.0  # seconds
+_SET_ASIDE = ".removing-"
+
+
+def _run_folders(runs_dir: Path) -> tuple[dict[str, float], list[Path]]:
+    """The run folders under `runs_dir` by run id, with when each last changed; and
+    folders set aside for removal."""
+    try:
+        entries = list(os.scandir(runs_dir))
+    except FileNotFoundError:
+        return {}, []
+    folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
+    return (
+        {
+            entry.name: entry.stat(follow_symlinks=False).st_mtime
+            for entry in folders
+            if entry.name.startswith("run_")
+        },
+        [Path(entry.path) for entry in folders if entry.name.startswith(_SET_ASIDE)],
+    )
+
+
+def _set_aside(folder: Path) -> Path | None:
+    """`folder` under a name no run has, or None if another worker took it first."""
+    aside = folder.with_name(f"{_SET_ASIDE}{folder.name}-{secrets.token_hex(4)}")
+    try:
+        folder.rename(aside)
+    except FileNotFoundError:
+        return None
+    return aside
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
