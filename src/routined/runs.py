@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 from routined.db import table_of
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
+from routined.schedule import format_duration
 
 # The most text a fire (over the API or by hand) may hand its run.
 MAX_TEXT = 65_536
@@ -470,10 +471,9 @@ def expired_files(
 def record_files_removed(
     session: Session, run_ids: Sequence[str], *, now: datetime, kept: timedelta
 ) -> None:
-    days = kept.total_seconds() / 86_400
     reason = (
-        f"the run's folder was removed {days:g} days after the run ended "
-        "(ROUTINED_RUN_FILES_MAX_AGE)"
+        "the run's folder was removed: folders are kept "
+        f"{format_duration(kept)} after their runs end (ROUTINED_RUN_FILES_MAX_AGE)"
     )
     for run_id in run_ids:
         add_event(session, run_id, "files.removed", now=now, reason=reason)

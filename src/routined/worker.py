@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import os
 import secrets
 import socket
@@ -181,7 +180,7 @@ class Worker:
         """Remove the folders of runs that ended ROUTINED_RUN_FILES_MAX_AGE ago (and of
         runs the store no longer has, that long after the folder last changed); return
         the runs whose folders this worker removed."""
-        if math.isinf(self.settings.run_files_max_age):
+        if self.settings.run_files_max_age > _KEPT_FOR_GOOD:
             return []
         runs_dir = self.settings.runs_dir
         keep_for = timedelta(seconds=self.settings.run_files_max_age)
@@ -202,7 +201,8 @@ class Worker:
             if aside is not None:
                 await workspace.remove(aside)
                 removed.append(run_id)
-        recorded = [run_id for run_id in removed if run_id in set(expired.ended)]
+        ended = set(expired.ended)
+        recorded = [run_id for run_id in removed if run_id in ended]
         if recorded:
             await asyncio.to_thread(self._record_files_removed, recorded, now, keep_for)
         return removed
@@ -228,6 +228,9 @@ _CANCEL_CHECK_INTERVAL = 1.0
 _LOST_SWEEP_INTERVAL = timedelta(seconds=30)
 _FILES_SWEEP_INTERVAL = 600.0  # seconds
 _SET_ASIDE = ".removing-"
+# Longer than any deployment lives (and `inf`): such folders are kept for good, and
+# the dates reckoned from it stay in range.
+_KEPT_FOR_GOOD = 100 * 365 * 86400
 
 
 def _run_folders(runs_dir: Path) -> tuple[dict[str, float], list[Path]]:
