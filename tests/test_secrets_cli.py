@@ -162,6 +162,52 @@ def test_secret_key_prints_a_new_usable_key(
     assert "ROUTINED_SECRET_KEY" in first.stderr
 
 
+def test_rotate_moves_every_secret_to_the_new_key_so_the_old_one_can_go(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", old)
+    ok(run("account", "create", "acme"))
+    ok(run("secret", "set", "NPM_TOKEN", stdin="npm-rotated-1"))
+    ok(run("secret", "set", "DEPLOY_KEY", "--account", "acme", stdin="acme-rotated-2"))
+    store = Store(database)
+    with store.transaction(readonly=True) as session:
+        acme = session.query(Account).filter_by(name="acme").one().id
+    store.dispose()
+
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", f"{new},{old}")
+    # Both keys decrypt meanwhile: runs go on while the key changes.
+    assert stored(database, DEFAULT_ACCOUNT_ID, "NPM_TOKEN") == {"NPM_TOKEN": "npm-rotated-1"}
+    assert json.loads(ok(run("secret", "rotate", "--json"))) == {"rotated": 2, "unreadable": []}
+
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", new)
+    assert stored(database, DEFAULT_ACCOUNT_ID, "NPM_TOKEN") == {"NPM_TOKEN": "npm-rotated-1"}
+    assert stored(database, acme, "DEPLOY_KEY") == {"DEPLOY_KEY": "acme-rotated-2"}
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", old)
+    with pytest.raises(vault.VaultError, match="ROUTINED_SECRET_KEY=NEW,OLD"):
+        stored(database, acme, "DEPLOY_KEY")
+
+
+def test_rotate_names_secrets_no_key_reads_and_leaves_them_as_they_are(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lost, old, new = (Fernet.generate_key().decode() for _ in range(3))
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", lost)
+    ok(run("secret", "set", "LOST_TOKEN", stdin="lost-value-1"))
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", old)
+    ok(run("secret", "set", "NPM_TOKEN", stdin="npm-value-2"))
+
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", f"{new},{old}")
+    result = run("secret", "rotate")
+    assert result.exit_code == 1
+    assert result.stdout.strip() == "1 secret encrypted under the first key"
+    assert "none of the keys decrypts default/LOST_TOKEN: left as they are" in result.output
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", lost)
+    assert stored(database, DEFAULT_ACCOUNT_ID, "LOST_TOKEN") == {"LOST_TOKEN": "lost-value-1"}
+    monkeypatch.setenv("ROUTINED_SECRET_KEY", new)
+    assert stored(database, DEFAULT_ACCOUNT_ID, "NPM_TOKEN") == {"NPM_TOKEN": "npm-value-2"}
+
+
 # The endpoints
 
 
@@ -219,6 +265,22 @@ def test_a_key_sets_and_reads_its_own_accounts_secrets_by_scope(api: Api) -> Non
         404, "not_found_error", "no secret 'NPM_TOKEN' in account acme; "
         "`routined secret list --account acme` shows them",
     )  # fmt: skip
+
+
+def test_only_the_operator_rotates_the_secret_key(api: Api) -> None:
+    api.account("acme")
+    api.ok(
+        "PUT",
+        "/accounts/acme/secrets/NPM_TOKEN",
+        api.key("acme", "write"),
+        body={"value": "npm-1234"},
+    )
+    assert_error(
+        api.call("POST", "/secrets/rotate", api.key("acme", "admin")),
+        403, "permission_error", "only the operator (an admin key of the default account, or "
+        "the CLI on the server) rotates the secret key",
+    )  # fmt: skip
+    assert api.ok("POST", "/secrets/rotate", api.operator) == {"rotated": 1, "unreadable": []}
 
 
 @pytest.mark.parametrize(

@@ -176,7 +176,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ROUTINED_SECRET_KEY",
         None,
         "Key that encrypts stored secrets (a Fernet key: `routined secret key` makes one); "
-        "default: one made at first use in $ROUTINED_HOME/secret.key.",
+        "NEW,OLD while rotating (`routined secret rotate`); default: one made at first use "
+        "in $ROUTINED_HOME/secret.key.",
         secret=True,
     ),
     Setting(

@@ -94,14 +94,14 @@ def require(principal: Principal, scope: Scope) -> None:
         raise Problem(403, "this key's account is disabled: it can read, not change anything")
 
 
-def require_operator(principal: Principal) -> None:
+def require_operator(principal: Principal, does: str = "manages accounts") -> None:
     if principal.disabled:
         raise Problem(403, "this key's account is disabled: it can read, not change anything")
     if not principal.operator:
         raise Problem(
             403,
             "only the operator (an admin key of the default account, or the CLI on the "
-            "server) manages accounts",
+            f"server) {does}",
         )
 
 
@@ -286,6 +286,25 @@ def set_secret(
 def list_secrets(session: Session, principal: Principal, account: str) -> list[dict[str, Any]]:
     owner = _account(session, principal, account)
     return [secret_view(s, owner.name) for s in vault.list_secrets(session, account_id=owner.id)]
+
+
+def rotate_secrets(session: Session, principal: Principal, *, settings: Settings) -> dict[str, Any]:
+    """Every account's secrets encrypted again under the server's first key."""
+    require_operator(principal, "rotates the secret key")
+    try:
+        rotation = vault.rotate(session, settings)
+    except vault.VaultError as error:
+        raise Problem(500, str(error)) from None  # the server's keys: the operator's to fix
+    names = {
+        account_id: name for account_id, name in session.execute(select(Account.id, Account.name))
+    }
+    return {
+        "rotated": rotation.rotated,
+        "unreadable": [
+            {"account": names.get(account_id, account_id), "name": name}
+            for account_id, name in rotation.unreadable
+        ],
+    }
 
 
 def delete_secret(session: Session, principal: Principal, account: str, name: str) -> None:

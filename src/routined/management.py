@@ -250,6 +250,18 @@ class SecretSetOut(SecretOut):
     created: bool = Field(description="False when an existing value was replaced.")
 
 
+class SecretName(_Out):
+    account: str
+    name: str
+
+
+class RotationOut(_Out):
+    rotated: int = Field(description="Secrets now encrypted under the first key.")
+    unreadable: list[SecretName] = Field(
+        description="Secrets none of the keys decrypts, left as they are: store them again."
+    )
+
+
 class SecretIn(BaseModel):
     value: Text = Field(description="The value: 1 to 65,536 characters, never shown again.")
 
@@ -412,6 +424,15 @@ def router(
                 s, who, account, name, value=body.value, settings=settings, now=clock()
             )
         )
+
+    @api.post(
+        "/secrets/rotate",
+        response_model=RotationOut,
+        tags=["secrets"],
+        summary="Encrypt every secret again under the first key (routined secret rotate)",
+    )
+    def rotate_secrets(who: Who) -> Any:
+        return write(lambda s: manage.rotate_secrets(s, who, settings=settings))
 
     @api.delete("/accounts/{account}/secrets/{name}", status_code=204, tags=["secrets"])
     def delete_secret(who: Who, account: str, name: str) -> Response:

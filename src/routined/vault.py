@@ -14,11 +14,12 @@ import os
 import re
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -154,10 +155,34 @@ def reveal(
         except InvalidToken:
             raise VaultError(
                 f"secret {name} cannot be decrypted: the key changed since it was stored "
-                f"({_key_source(settings)}); restore the key it was stored with, or store it "
-                f"again with `routined secret set {name}{_account_option(session, account_id)}`"
+                f"({_key_source(settings)}); give the key it was stored with as well, after "
+                "the current one (ROUTINED_SECRET_KEY=NEW,OLD), or store it again with "
+                f"`routined secret set {name}{_account_option(session, account_id)}`"
             ) from None
     return values
+
+
+@dataclass(frozen=True)
+class Rotation:
+    rotated: int
+    unreadable: list[tuple[str, str]]  # (account id, name): under none of the keys
+
+
+def rotate(session: Session, settings: Settings) -> Rotation:
+    """Encrypt every stored secret again under the first key, from whichever key it
+    was stored under, so that the others can be retired. A value none of the keys
+    can read is left as it is, and named."""
+    stored = list(session.scalars(select(Secret).order_by(Secret.account_id, Secret.name)))
+    if not stored:
+        return Rotation(rotated=0, unreadable=[])
+    fernet = _fernet(settings, create=False)
+    unreadable = []
+    for secret in stored:
+        try:
+            secret.ciphertext = fernet.rotate(secret.ciphertext.encode()).decode("ascii")
+        except InvalidToken:
+            unreadable.append((secret.account_id, secret.name))
+    return Rotation(rotated=len(stored) - len(unreadable), unreadable=unreadable)
 
 
 class Redactor:
@@ -210,15 +235,17 @@ class Redactor:
         return obj
 
 
-def _fernet(settings: Settings, *, create: bool) -> Fernet:
-    configured = settings.secret_key.reveal().strip()
-    if configured:
+def _fernet(settings: Settings, *, create: bool) -> MultiFernet:
+    """The keys: the first encrypts, any of them decrypts (the others are those being
+    rotated away from)."""
+    configured = [key.strip() for key in settings.secret_key.reveal().split(",")]
+    if any(configured):
         try:
-            return Fernet(configured)
+            return MultiFernet([Fernet(key) for key in configured])
         except ValueError:  # binascii.Error, for bad base64, is one too
             raise VaultError(
-                "ROUTINED_SECRET_KEY: not a Fernet key (32 bytes in URL-safe base64); "
-                "`routined secret key` makes one"
+                "ROUTINED_SECRET_KEY: not a Fernet key (32 bytes in URL-safe base64) nor a "
+                "comma-separated list of them; `routined secret key` makes one"
             ) from None
     path = settings.home / KEY_FILE
     try:
@@ -233,9 +260,9 @@ def _fernet(settings: Settings, *, create: bool) -> Fernet:
     return _from_file(_create_key_file(path))
 
 
-def _from_file(path: Path) -> Fernet:
+def _from_file(path: Path) -> MultiFernet:
     try:
-        return Fernet(path.read_bytes().strip())
+        return MultiFernet([Fernet(path.read_bytes().strip())])
     except ValueError:
         raise VaultError(
             f"{path}: not a Fernet key; restore the key secrets were stored with, or set "

@@ -1,4 +1,4 @@
-"""Commands about secrets: secret set, list, delete, key."""
+"""Commands about secrets: secret set, list, delete, key, rotate."""
 
 from __future__ import annotations
 
@@ -94,10 +94,30 @@ def key() -> None:
     """Print a new key for ROUTINED_SECRET_KEY (made here; nothing is stored)."""
     out.print(Fernet.generate_key().decode("ascii"))
     err.print(
-        "Set it as ROUTINED_SECRET_KEY (or in a file named by ROUTINED_SECRET_KEY_FILE) "
-        "before the first secret is stored: secrets stored under one key cannot be read "
-        "with another."
+        "Set it as ROUTINED_SECRET_KEY (or in a file named by ROUTINED_SECRET_KEY_FILE). "
+        "To replace a key secrets are stored under, set ROUTINED_SECRET_KEY=NEW,OLD, run "
+        "`routined secret rotate`, then drop OLD."
     )
+
+
+@secrets.command("rotate")
+def rotate(as_json: JsonFlag = False) -> None:
+    """Encrypt every secret again under the first key of ROUTINED_SECRET_KEY (NEW,OLD),
+    so the old key can be dropped; the operator's to do."""
+    with connect() as client:
+        rotation = client.call("POST", "/secrets/rotate")
+    if as_json:
+        print_json(rotation)
+        return
+    count = rotation["rotated"]
+    out.print(f"{count} secret{'' if count == 1 else 's'} encrypted under the first key")
+    if rotation["unreadable"]:
+        names = ", ".join(f"{s['account']}/{s['name']}" for s in rotation["unreadable"])
+        fail(
+            f"none of the keys decrypts {names}: left as they are; give the key they "
+            "were stored with too, or store them again with `routined secret set`"
+        )
+    err.print("Every secret is under the first key now: the others can be removed.")
 
 
 def _read_value(name: str) -> str:
