@@ -216,6 +216,10 @@ def test_pushes_to_main_from_inside_are_refused_and_claude_work_still_lands(
     assert after["main"] == main_before
     assert "claude/direct" not in after
     assert git("show", "claude/tries:sneaky.txt", cwd=origin) == "sneaky"
+    # The agent's own commit names the session it came from.
+    assert git("log", "-1", "--format=%B", "claude/tries", cwd=origin) == (
+        f"sneaky\n\nRoutine-Session: {run['session_url']}"
+    )
     tool_output = " ".join(
         json.dumps(e.data) for e in stored_events(settings, run["id"]) if e.kind == "agent.user"
     )

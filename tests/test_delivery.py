@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from routined import delivery, sandbox, workspace
+from routined import delivery, sandbox, trailers, workspace
 from routined.delivery import AgentWork, LocalBranch, Push
 from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio
 OWN = "claude/nightly-ab12cd34"
 RENAMED = "(only claude/ branches are pushed)"
+SESSION_URL = "http://routined.test/sessions/session_01TEST"
 
 
 @pytest.fixture
@@ -117,7 +118,8 @@ class Run:
             self.checkout,
             sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
             env=env,
-            message="Leftovers\n\nRoutine-Session: http://x/sessions/s\n",
+            message=f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n",
+            session_url=SESSION_URL,
             scratch=self.run_dir / "private" / "delivery",
             own_branch=own_branch,
             suffix="ab12cd34",
@@ -125,13 +127,38 @@ class Run:
         )
 
     def commit(self, path: str, content: str, *, branch: str | None = None) -> str:
+        """The agent commits `path`; returns the commit as delivery pushes it."""
         if branch:
             git("switch", "--quiet", "-c", branch, cwd=self.repo)
         (self.repo / path).parent.mkdir(parents=True, exist_ok=True)
         (self.repo / path).write_text(content)
         git("add", path, cwd=self.repo)
         git("commit", "--quiet", "-m", f"add {path}", cwd=self.repo)
-        return git("rev-parse", "HEAD", cwd=self.repo)
+        return self.delivered(git("rev-parse", "HEAD", cwd=self.repo))
+
+    def delivered(self, sha: str) -> str:
+        """The agent's commit `sha` as delivery writes it again: the session's trailer
+        after its message, its parents as delivered. Made with git's plumbing alone,
+        for messages without trailers of their own, as the test's are. A commit the
+        origin has is never written again."""
+        on_origin = subprocess.run(
+            ["git", "cat-file", "-e", f"{sha}^{{commit}}"], cwd=self.origin, capture_output=True
+        )
+        if on_origin.returncode == 0:
+            return sha
+        header, _, message = git("cat-file", "commit", sha, cwd=self.repo).partition("\n\n")
+        parents = [
+            f"parent {self.delivered(line.removeprefix('parent '))}"
+            if line.startswith("parent ")
+            else line
+            for line in header.splitlines()
+        ]
+        rewritten = "\n".join(parents) + f"\n\n{message}\n\nRoutine-Session: {SESSION_URL}\n"
+        made = subprocess.run(
+            ["git", "hash-object", "-t", "commit", "--stdin"],
+            cwd=self.repo, input=rewritten, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return made.stdout.strip()
 
 
 async def make_run(origin: Path, tmp_path: Path, mirror: workspace.Mirror | None = None) -> Run:
@@ -163,6 +190,36 @@ async def test_leftover_changes_land_on_the_own_branch_and_main_is_untouched(run
     assert git("rev-parse", f"{OWN}^", cwd=run.origin) == before["main"]
     # HEAD and the real index stay as the agent left them.
     assert git("status", "--porcelain", cwd=run.repo) == "M README.md\n?? NOTES.md"
+
+
+async def test_every_delivered_commit_names_its_session_and_keeps_the_rest(run: Run) -> None:
+    """The agent's commits get the session's trailer once (the leftover commit has it
+    already, and a commit that names it is left as it is); trees, authors and dates stay."""
+    base = run.checkout.base
+    first = git("rev-parse", "HEAD", cwd=run.repo)
+    run.commit("one.txt", "1\n")
+    git("commit", "--quiet", "--allow-empty", "-m", "empty, with trailers\n\n"
+        f"Co-authored-by: A <a@example.com>\nRoutine-Session: {SESSION_URL}", cwd=run.repo)  # fmt: skip
+    agent_head = git("rev-parse", "HEAD", cwd=run.repo)
+    (run.repo / "NOTES.md").write_text("notes\n")
+    [pushed] = await run.deliver()
+    assert pushed.branch == OWN
+    pushed_log = git(
+        "log", "--format=%H%n%T|%an|%ae|%ad|%cn|%cd%n%B%n--", f"{first}..{OWN}", cwd=run.origin
+    )
+    agent_log = git(
+        "log", "--format=%T|%an|%ae|%ad|%cn|%cd", f"{first}..{agent_head}", cwd=run.repo
+    )
+    commits = [c.strip().split("\n", 2) for c in pushed_log.split("\n--") if c.strip()]
+    messages = [message.strip() for _, _, message in commits]
+    assert messages == [
+        f"Leftovers\n\nRoutine-Session: {SESSION_URL}",
+        f"empty, with trailers\n\nCo-authored-by: A <a@example.com>\nRoutine-Session: {SESSION_URL}",
+        f"add one.txt\n\nRoutine-Session: {SESSION_URL}",
+    ]
+    assert [meta for _, meta, _ in commits[1:]] == agent_log.splitlines()
+    assert not {sha for sha, _, _ in commits} & set(base)
+    assert git("rev-parse", f"{OWN}~3", cwd=run.origin) == first
 
 
 async def test_agent_branches_keep_their_names_and_other_work_is_renamed(run: Run) -> None:
@@ -315,3 +372,32 @@ async def test_changes_to_an_empty_origin_count_every_line(tmp_path: Path) -> No
     (run.repo / "FIRST.md").write_text("one\ntwo\n")
     [pushed] = await run.deliver()
     assert (pushed.branch, pushed.files, pushed.insertions, pushed.deletions) == (OWN, 1, 2, 0)
+
+
+def test_a_rewritten_header_drops_signatures_and_names_the_new_parents() -> None:
+    header = (
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n"
+        b"parent aaaa\nparent bbbb\n"
+        b"author A <a@example.com> 1700000000 +0000\n"
+        b"committer A <a@example.com> 1700000000 +0000\n"
+        b"gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEzBAAB\n -----END PGP SIGNATURE-----\n"
+        b"encoding ISO-8859-1"
+    )
+    assert trailers._header(header, {"bbbb": "cccc"}) == (
+        b"tree 4b825dc642cb6eb9a060e54bf8d69288fbee4904\n"
+        b"parent aaaa\nparent cccc\n"
+        b"author A <a@example.com> 1700000000 +0000\n"
+        b"committer A <a@example.com> 1700000000 +0000\n"
+        b"encoding ISO-8859-1"
+    )
+
+
+async def test_past_the_most_commits_work_is_delivered_as_it_is(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trailers, "MOST_STAMPED", 1)
+    run.commit("one.txt", "1\n")
+    run.commit("two.txt", "2\n")
+    agent_head = git("rev-parse", "HEAD", cwd=run.repo)
+    [pushed] = await run.deliver()
+    assert pushed.sha == agent_head == branches(run.origin)[OWN]

@@ -8,6 +8,7 @@ the agent has stopped:
    they are) and packs every branch with new commits into a git bundle.
 2. Outside, the bundle is fetched, with every object checked (`fsck`), into an
    outbox: a bare repository routined owns that borrows the mirror's objects.
+   There every new commit gets the session's trailer (`routined.trailers`).
 3. `plan` decides, from the repository's `PushRules`, what goes where and how:
    by default every target is a new branch under the prefix (`claude/`).
 4. Pushes go from the outbox to the origin. A branch under the prefix is only
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from routined import trailers
 from routined.workspace import Checkout, GitError, git, remove
 
 BRANCH_PREFIX = "claude/"
@@ -198,6 +200,7 @@ async def deliver(
     sandboxed: list[str],
     env: dict[str, str],
     message: str,
+    session_url: str,
     scratch: Path,
     own_branch: str,
     suffix: str,
@@ -214,7 +217,9 @@ async def deliver(
         bundle = scratch / "agent.bundle"
         said = await finish(sandboxed, env, message, checkout, bundle)
         outbox = scratch / "outbox.git"
-        work = await collect(checkout, bundle=bundle, said=said, outbox=outbox)
+        work = await collect(
+            checkout, bundle=bundle, said=said, outbox=outbox, session_url=session_url
+        )
         if work is None:
             return []
         pushes = plan(
@@ -343,8 +348,11 @@ def _own_name(name: str, default_branch: str, rules: PushRules) -> tuple[Mode | 
     return (Mode.FORCE if rules.force else Mode.FAST_FORWARD), ""
 
 
-async def collect(checkout: Checkout, *, bundle: Path, said: str, outbox: Path) -> AgentWork | None:
-    """Fetch the finishing script's bundle into a fresh outbox; None if nothing was new.
+async def collect(
+    checkout: Checkout, *, bundle: Path, said: str, outbox: Path, session_url: str
+) -> AgentWork | None:
+    """Fetch the finishing script's bundle into a fresh outbox, its new commits given
+    the session's trailer; None if nothing was new.
 
     `bundle` holds the script's stdout and `said` its stderr. Nothing in them is
     trusted: objects are checked as they are fetched, and HEAD's branch counts
@@ -360,6 +368,7 @@ async def collect(checkout: Checkout, *, bundle: Path, said: str, outbox: Path) 
         "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-write-fetch-head",
         str(bundle), "+refs/*:refs/agent/*", cwd=outbox, confined=True,
     )  # fmt: skip
+    await trailers.stamp(outbox, "refs/agent", checkout.base, session_url)
     listing = await git(
         "for-each-ref", "--format=%(objectname) %(refname)", "refs/agent", cwd=outbox
     )

@@ -36,6 +36,7 @@ from routined import (
     runs,
     sandbox,
     schedule,
+    trailers,
     vault,
     workspace,
 )
@@ -808,8 +809,7 @@ class Executor:
     ) -> list[delivery.Pushed]:
         session_url = runs.session_url(self.settings.public_url, context.session_id)
         message = (
-            f"Work left uncommitted by routine {context.routine}\n\n"
-            f"Routine-Session: {session_url}\n"
+            f"Work left uncommitted by routine {context.routine}\n\n{trailers.KEY}: {session_url}\n"
         )
         # A home of its own (the sandbox's private /tmp): the agent's home may
         # hold configuration planted for whatever runs after it.
@@ -837,6 +837,7 @@ class Executor:
                     sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
                     env=env,
                     message=message,
+                    session_url=session_url,
                     scratch=run_dir / "private" / f"delivery-{number}",
                     own_branch=context.own_branch(number),
                     suffix=short(context.run_id),

@@ -86,6 +86,29 @@ async def git(
     without them and told, through its environment, to use the one with them.
     `confined` caps memory and CPU time, for git reading data the agent made.
     """
+    said = await git_bytes(
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        secret=secret,
+        time_limit=time_limit,
+        confined=confined,
+    )
+    return said.decode(errors="replace")
+
+
+async def git_bytes(
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    secret: str | None = None,
+    time_limit: float = GIT_TIMEOUT,
+    confined: bool = False,
+) -> bytes:
+    """`git`, answering what git wrote as it wrote it (a commit's message may be in
+    any encoding)."""
     extra = dict(env or {})
     if secret:
         shown = display_url(secret)
@@ -124,7 +147,7 @@ async def git(
         if secret:
             message = message.replace(secret, display_url(secret))
         raise GitError(message)
-    return stdout.decode(errors="replace")
+    return stdout
 
 
 def _confine() -> None:
