@@ -20,11 +20,14 @@ KEY = "Routine-Session"
 # it is rather than spend minutes writing it again.
 MOST_STAMPED = 1000
 _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")
+# trailer.* settings of the host's user would change what is written.
+_NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 
 
 async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> int:
-    """Give the commits reachable from the refs under `refs_under`, and not from the
-    commits in `known`, the session's trailer; move the refs to what was written.
+    """Give the commits reachable from the refs under `refs_under`, and neither from
+    the commits in `known` nor from the refs of the outbox's alternate (the mirror),
+    the session's trailer; move the refs to what was written.
     Returns how many commits were written again (0 when there were more than
     MOST_STAMPED)."""
     listing = await git("for-each-ref", "--format=%(objectname) %(refname)", refs_under, cwd=outbox)
@@ -50,7 +53,7 @@ async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url
         header, _, message = raw.partition(b"\n\n")
         stamped = await git_bytes(
             "interpret-trailers", "--no-divider", "--if-exists", "addIfDifferent",
-            "--trailer", trailer, cwd=outbox, stdin=message,
+            "--trailer", trailer, cwd=outbox, stdin=message, env=_NO_HOST_CONFIG,
         )  # fmt: skip
         if stamped.rstrip(b"\n") != message.rstrip(b"\n"):  # not only a newline added
             message = stamped
