@@ -114,7 +114,14 @@ def origin(tmp_path: Path) -> Path:
     return bare
 
 
-def push_commit(origin: Path, clone: Path, path: str, content: str, branch: str = "main") -> str:
+def push_commit(
+    origin: Path,
+    clone: Path,
+    path: str,
+    content: str,
+    branch: str = "main",
+    author: str = "Test <test@example.com>",
+) -> str:
     """Someone else's commit on `branch` of the origin (made in `clone`); its sha."""
     if not clone.exists():
         git("clone", "--quiet", str(origin), str(clone))
@@ -122,7 +129,7 @@ def push_commit(origin: Path, clone: Path, path: str, content: str, branch: str 
         git("switch", "--quiet", "-c", branch, cwd=clone)
     (clone / path).write_text(content)
     git("add", path, cwd=clone)
-    git("commit", "--quiet", "-m", f"add {path}", cwd=clone)
+    git("commit", "--quiet", f"--author={author}", "-m", f"add {path}", cwd=clone)
     git("push", "--quiet", "origin", branch, cwd=clone)
     return git("rev-parse", "HEAD", cwd=clone)
 

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.anyio
 OWN = "claude/nightly-ab12cd34"
 RENAMED = "(only claude/ branches are pushed)"
 SESSION_URL = "http://routined.test/sessions/session_01TEST"
+ROUTINED = ("routined", "routined@localhost")  # who routined's and the agent's commits are by
 
 
 @pytest.fixture
@@ -109,10 +110,10 @@ class Run:
             "PATH": sandbox.SYSTEM_PATH,
             "HOME": "/tmp",
             "TMPDIR": "/tmp",
-            "GIT_AUTHOR_NAME": "routined",
-            "GIT_AUTHOR_EMAIL": "routined@localhost",
-            "GIT_COMMITTER_NAME": "routined",
-            "GIT_COMMITTER_EMAIL": "routined@localhost",
+            "GIT_AUTHOR_NAME": ROUTINED[0],
+            "GIT_AUTHOR_EMAIL": ROUTINED[1],
+            "GIT_COMMITTER_NAME": ROUTINED[0],
+            "GIT_COMMITTER_EMAIL": ROUTINED[1],
         }
         return await delivery.deliver(
             self.checkout,
@@ -120,6 +121,7 @@ class Run:
             env=env,
             message=f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n",
             session_url=SESSION_URL,
+            author_email=ROUTINED[1],
             scratch=self.run_dir / "private" / "delivery",
             own_branch=own_branch,
             suffix="ab12cd34",

@@ -108,8 +108,9 @@ async def test_pushes_the_rules_do_not_allow_never_reach_the_origin(run: Run) ->
         view = delivery.OriginView(before, frozenset(run.checkout.base), "main")
         with pytest.raises(workspace.GitError, match=r"refusing to push main \(force\)"):
             await delivery.push(
-                run.checkout, run.run_dir, wrong, suffix="x", rules=rules, view=view, changes={}
-            )
+                run.checkout, run.run_dir, wrong, suffix="x", rules=rules, view=view, changes={},
+                author_email="routined@localhost",
+            )  # fmt: skip
     assert branches(run.origin) == before
 
 
@@ -118,10 +119,17 @@ async def run(origin: Path, tmp_path: Path) -> Run:
     return await make_run(origin, tmp_path)
 
 
+# Commits by routined: an earlier run's, on a branch runs may move.
+EARLIER_RUN = "routined <routined@localhost>"
+
+
 @pytest.fixture
 async def feature(origin: Path, tmp_path: Path) -> tuple[Run, str]:
-    """A run whose origin had the branch `feature` (one commit on main) at checkout."""
-    on_origin = push_commit(origin, tmp_path / "colleague", "feature.txt", "theirs\n", "feature")
+    """A run whose origin had the branch `feature` (one commit on main, by an earlier
+    run) at checkout."""
+    on_origin = push_commit(
+        origin, tmp_path / "earlier", "feature.txt", "theirs\n", "feature", EARLIER_RUN
+    )
     return await make_run(origin, tmp_path), on_origin
 
 
@@ -138,6 +146,24 @@ async def test_unrestricted_fast_forwards_an_existing_branch(feature: tuple[Run,
     pushed = await run.deliver(rules=U)
     assert [(p.branch, p.sha, p.source) for p in pushed] == [("feature", ahead, "branch feature")]
     assert branches(run.origin) == {"main": main_before, "feature": ahead}
+
+
+@pytest.mark.parametrize("rules", [U, UF])
+async def test_a_branch_carrying_others_commits_is_never_moved(
+    origin: Path, tmp_path: Path, rules: PushRules
+) -> None:
+    """Someone works on `feature`: the run's work on it lands under the prefix instead,
+    moved forward or forced alike."""
+    theirs = push_commit(origin, tmp_path / "colleague", "feature.txt", "theirs\n", "feature")
+    run = await make_run(origin, tmp_path)
+    git("switch", "--quiet", "-c", "feature", "origin/feature", cwd=run.repo)
+    ahead = run.commit("more.txt", "more\n")
+    pushed = await run.deliver(rules=rules)
+    why = "the branch carries commits by others (test@example.com); delivered under claude/"
+    assert [(p.branch, p.sha, p.source) for p in pushed] == [
+        (OWN, ahead, f"branch feature ({why})")
+    ]
+    assert branches(origin)["feature"] == theirs
 
 
 async def test_restricted_moves_no_existing_branch(feature: tuple[Run, str]) -> None:
@@ -180,7 +206,9 @@ async def test_force_never_drops_commits_pushed_after_the_checkout(
 ) -> None:
     """A local origin is its own mirror: routined sees the new commit and does not force."""
     run, _ = feature
-    later = push_commit(run.origin, tmp_path / "colleague", "later.txt", "later\n", "feature")
+    later = push_commit(
+        run.origin, tmp_path / "earlier", "later.txt", "later\n", "feature", EARLIER_RUN
+    )
     mine = rewrite_feature(run)
     pushed = await run.deliver(rules=UFD)
     assert [(p.branch, p.sha, p.source) for p in pushed] == [(OWN, mine, MOVED)]
@@ -192,12 +220,14 @@ async def test_the_origin_checks_the_lease_when_the_mirror_is_behind(
 ) -> None:
     """A remote origin's mirror is fetched before the run only: the origin itself
     refuses a force over a commit pushed since."""
-    push_commit(origin, tmp_path / "colleague", "feature.txt", "theirs\n", "feature")
+    push_commit(origin, tmp_path / "earlier", "feature.txt", "theirs\n", "feature", EARLIER_RUN)
     copy = tmp_path / "mirror.git"
     git("clone", "--quiet", "--mirror", str(origin), str(copy))
     mirror = workspace.Mirror(str(origin), copy, copy / "objects", "main")
     run = await make_run(origin, tmp_path, mirror)
-    later = push_commit(origin, tmp_path / "colleague", "later.txt", "later\n", "feature")
+    later = push_commit(
+        origin, tmp_path / "earlier", "later.txt", "later\n", "feature", EARLIER_RUN
+    )
     mine = rewrite_feature(run)
     pushed = await run.deliver(rules=UF)
     assert [(p.branch, p.sha, p.source) for p in pushed] == [(OWN, mine, MOVED)]

@@ -14,9 +14,10 @@ the agent has stopped:
 4. Pushes go from the outbox to the origin. A branch under the prefix is only
    ever created, never moved: a name already taken gets the run's suffix. Only
    when the rules allow it does a branch outside the prefix keep its name, moved
-   forward only, or rewritten only if the origin still has what the run saw; a
-   push the origin refuses is delivered under the prefix instead, so no work is
-   lost. Each pushed branch carries what it changes against the default branch.
+   forward only, or rewritten only if the origin still has what the run saw, and
+   never when the branch carries commits by others than routined; a push refused
+   is delivered under the prefix instead, so no work is lost. Each pushed branch
+   carries what it changes against the default branch.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ async def deliver(
     env: dict[str, str],
     message: str,
     session_url: str,
+    author_email: str,
     scratch: Path,
     own_branch: str,
     suffix: str,
@@ -210,7 +212,8 @@ async def deliver(
 
     `sandboxed` is the command line that runs bash in the run's sandbox (without
     network) in the checkout; `scratch` a folder only routined can reach;
-    `own_branch` the run's branch, under `rules.prefix`.
+    `own_branch` the run's branch, under `rules.prefix`; `author_email` the one
+    routined's commits carry (a branch with commits by anyone else is not moved).
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -236,7 +239,14 @@ async def deliver(
         view = await origin_view(checkout)
         changes = {sha: await diffstat(outbox, view, sha) for sha in {p.sha for p in pushes}}
         return await push(
-            checkout, outbox, pushes, suffix=suffix, rules=rules, view=view, changes=changes
+            checkout,
+            outbox,
+            pushes,
+            suffix=suffix,
+            rules=rules,
+            view=view,
+            changes=changes,
+            author_email=author_email,
         )
     finally:
         await remove(scratch)
@@ -434,9 +444,11 @@ async def push(
     rules: PushRules,
     view: OriginView,
     changes: Mapping[str, tuple[int, int, int]],
+    author_email: str,
 ) -> list[Pushed]:
-    """Push each planned branch as its mode says; one the origin refuses under its
-    own name goes to its fallback under the prefix, as a new branch."""
+    """Push each planned branch as its mode says; one refused under its own name
+    (by the origin, or because it carries others' commits) goes to its fallback
+    under the prefix, as a new branch."""
     pushed = []
     for planned in pushes:
         branch, source = planned.branch, planned.source
@@ -444,7 +456,12 @@ async def push(
             branch = await _create(checkout, outbox, planned.sha, branch, suffix, rules.prefix)
         else:
             _check_allowed(planned, rules, checkout.default_branch)
-            taken, note = await _update(checkout, outbox, planned, view)
+            others = await _others(outbox, view, planned.branch, author_email)
+            if others:
+                shown = ", ".join(others[:3]) + (" and others" if len(others) > 3 else "")
+                taken, note = False, f"the branch carries commits by others ({shown})"
+            else:
+                taken, note = await _update(checkout, outbox, planned, view)
             if taken:
                 source += note
             elif planned.fallback is None:
@@ -470,6 +487,18 @@ def _check_allowed(planned: Push, rules: PushRules, default_branch: str) -> None
         raise GitError(
             f"refusing to push {planned.branch} ({planned.mode}): the push rules do not allow it"
         )
+
+
+async def _others(outbox: Path, view: OriginView, branch: str, author_email: str) -> list[str]:
+    """Who else authored commits of the origin's `branch` that its default branch does
+    not have: the run may not move a branch someone else works on, even forward."""
+    tip = view.heads.get(branch)
+    if tip is None:
+        return []
+    default = view.heads.get(view.default_branch)
+    beyond = [f"^{default}"] if default is not None else []
+    authors = await git("log", "--format=%ae", tip, *beyond, "--", cwd=outbox, confined=True)
+    return sorted({email for email in authors.lower().split() if email != author_email.lower()})
 
 
 async def _create(

@@ -838,6 +838,7 @@ class Executor:
                     env=env,
                     message=message,
                     session_url=session_url,
+                    author_email=self.settings.git_author_email,
                     scratch=run_dir / "private" / f"delivery-{number}",
                     own_branch=context.own_branch(number),
                     suffix=short(context.run_id),
