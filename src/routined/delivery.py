@@ -498,7 +498,8 @@ async def _others(outbox: Path, view: OriginView, branch: str, author_email: str
     default = view.heads.get(view.default_branch)
     beyond = [f"^{default}"] if default is not None else []
     authors = await git("log", "--format=%ae", tip, *beyond, "--", cwd=outbox, confined=True)
-    return sorted({email for email in authors.lower().split() if email != author_email.lower()})
+    emails = {email.strip() or "(no email)" for email in authors.lower().splitlines()}
+    return sorted(emails - {author_email.lower()})
 
 
 async def _create(

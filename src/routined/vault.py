@@ -238,8 +238,8 @@ class Redactor:
 def _fernet(settings: Settings, *, create: bool) -> MultiFernet:
     """The keys: the first encrypts, any of them decrypts (the others are those being
     rotated away from)."""
-    configured = [key.strip() for key in settings.secret_key.reveal().split(",")]
-    if any(configured):
+    configured = [key.strip() for key in settings.secret_key.reveal().split(",") if key.strip()]
+    if configured:
         try:
             return MultiFernet([Fernet(key) for key in configured])
         except ValueError:  # binascii.Error, for bad base64, is one too
