@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from routined import delivery, sandbox, trailers, workspace
-from routined.delivery import AgentWork, LocalBranch, Push
+from routined.delivery import Push
+from routined.finishing import AgentWork, LocalBranch
 from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio

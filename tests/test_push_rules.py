@@ -11,6 +11,7 @@ import pytest
 
 from routined import delivery, workspace
 from routined.delivery import Mode, Push, PushRules
+from routined.finishing import AgentWork
 from tests.conftest import branches, git, push_commit
 from tests.test_delivery import OWN, Run, make_run, work
 
@@ -82,7 +83,7 @@ def test_plan_for_every_combination_of_rules(rules: PushRules, expected: list[Pu
           Push("m1", "bot/nightly-ab12cd34-main", "branch main (only bot/ branches are pushed)")]),
     ],
 )  # fmt: skip
-def test_plan_cases(agent_work: delivery.AgentWork, rules: PushRules, expected: list[Push]) -> None:
+def test_plan_cases(agent_work: AgentWork, rules: PushRules, expected: list[Push]) -> None:
     own = OWN.replace("claude/", rules.prefix)
     assert delivery.plan(agent_work, own_branch=own, default_branch="main", rules=rules) == expected
 

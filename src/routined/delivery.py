@@ -1,17 +1,10 @@
-"""Delivery: the agent's work leaves as git objects and lands where its push rules allow.
+"""Delivery: the agent's work lands where its push rules allow.
 
-routined never runs git on the host in a repository the agent could change. Once
-the agent has stopped:
-
-1. Inside the sandbox (no network), a script commits what the agent left
-   uncommitted (through a private index: HEAD and the agent's index stay as
-   they are) and packs every branch with new commits into a git bundle.
-2. Outside, the bundle is fetched, with every object checked (`fsck`), into an
-   outbox: a bare repository routined owns that borrows the mirror's objects.
-   There every new commit gets the session's trailer (`routined.trailers`).
-3. `plan` decides, from the repository's `PushRules`, what goes where and how:
+1. `routined.finishing` brings what the agent left out of its sandbox into an
+   outbox, a bare repository routined owns, each new commit naming its session.
+2. `plan` decides, from the repository's `PushRules`, what goes where and how:
    by default every target is a new branch under the prefix (`claude/`).
-4. Pushes go from the outbox to the origin. A branch under the prefix is only
+3. Pushes go from the outbox to the origin. A branch under the prefix is only
    ever created, never moved: a name already taken gets the run's suffix. Only
    when the rules allow it does a branch outside the prefix keep its name, moved
    forward only, or rewritten only if the origin still has what the run saw, and
@@ -22,65 +15,17 @@ the agent has stopped:
 
 from __future__ import annotations
 
-import asyncio
 import re
-import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from routined import trailers
+from routined.finishing import AgentWork, collect, finish
 from routined.workspace import Checkout, GitError, git, remove
 
 BRANCH_PREFIX = "claude/"
-FINISH_TIMEOUT = 600.0
-LEFTOVERS = "refs/routined/leftovers"
-DETACHED = "refs/routined/detached"
-_BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
-_SAID_LIMIT = 65536
-BUNDLE_LIMIT = 2 * 1024**3
 MAX_PUSHES = 50
-# For every git command of the finishing script: no configuration but the
-# repository's own (read-only during the session), no hooks, no fsmonitor.
-_FINISH_GIT_ENV = {
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": "/dev/null",
-    "GIT_CONFIG_COUNT": "2",
-    "GIT_CONFIG_KEY_0": "core.hooksPath",
-    "GIT_CONFIG_VALUE_0": "/dev/null",
-    "GIT_CONFIG_KEY_1": "core.fsmonitor",
-    "GIT_CONFIG_VALUE_1": "false",
-}
-
-# Runs inside the sandbox, in the repository: `bash -c FINISH_SCRIPT finish MESSAGE`, with
-# the commits the origin had as `^sha` lines on stdin. The bundle goes to stdout;
-# HEAD's branch is the last `routined-head:` line on stderr.
-FINISH_SCRIPT = r"""
-set -euo pipefail
-message=$1
-{
-  head_branch=$(git symbolic-ref --quiet --short HEAD) || head_branch=
-  head=$(git rev-parse --quiet --verify 'HEAD^{commit}') || head=
-  changes=$(git status --porcelain --untracked-files=all --ignore-submodules=all)
-  if [ -n "$changes" ]; then
-    export GIT_INDEX_FILE="$TMPDIR/routined-index"
-    cp .git/index "$GIT_INDEX_FILE" 2>/dev/null || git read-tree ${head:-"--empty"}
-    git add --all
-    tree=$(git write-tree)
-    commit=$(git commit-tree "$tree" ${head:+-p "$head"} -m "$message")
-    git update-ref "$LEFTOVERS" "$commit"
-    unset GIT_INDEX_FILE
-  fi
-  if [ -n "$head" ] && [ -z "$head_branch" ]; then git update-ref "$DETACHED" "$head"; fi
-  refs=(--branches)
-  for ref in "$LEFTOVERS" "$DETACHED"; do
-    if git rev-parse --quiet --verify "$ref" >/dev/null; then refs+=("$ref"); fi
-  done
-} >&2 </dev/null
-echo "routined-head: $head_branch" >&2
-exec git bundle create - "${refs[@]}" --stdin
-""".replace("$LEFTOVERS", LEFTOVERS).replace("$DETACHED", DETACHED)
 
 
 class Mode(StrEnum):
@@ -108,22 +53,6 @@ class PushRules:
 
 
 RESTRICTED = PushRules()
-
-
-@dataclass(frozen=True)
-class LocalBranch:
-    name: str
-    sha: str
-
-
-@dataclass(frozen=True)
-class AgentWork:
-    """What the bundle held: branches with new commits, HEAD's branch, leftovers."""
-
-    branches: tuple[LocalBranch, ...]
-    head_branch: str | None
-    detached_head: str | None
-    leftovers: str | None
 
 
 @dataclass(frozen=True)
@@ -252,49 +181,6 @@ async def deliver(
         await remove(scratch)
 
 
-async def finish(
-    command: list[str],
-    env: dict[str, str],
-    message: str,
-    checkout: Checkout,
-    bundle: Path,
-) -> str:
-    """Run the finishing script in a sandbox; its bundle goes to `bundle`, and the end
-    of what it said on stderr comes back. Everything is bounded (time, the bundle's
-    size, what is kept of stderr): the workspace is the agent's."""
-    with bundle.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            "-c",
-            FINISH_SCRIPT,
-            "finish",
-            message,
-            env={**env, **_FINISH_GIT_ENV},
-            stdin=asyncio.subprocess.PIPE,
-            stdout=sink,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_limit_file_size,
-        )
-        assert process.stdin is not None and process.stderr is not None
-        said = bytearray()
-        try:
-            async with asyncio.timeout(FINISH_TIMEOUT):
-                process.stdin.write("".join(f"^{sha}\n" for sha in checkout.base).encode())
-                process.stdin.close()
-                while chunk := await process.stderr.read(65536):
-                    said = (said + chunk)[-_SAID_LIMIT:]
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-    return said.decode(errors="replace")
-
-
-def _limit_file_size() -> None:
-    resource.setrlimit(resource.RLIMIT_FSIZE, (BUNDLE_LIMIT, BUNDLE_LIMIT))
-
-
 def plan(
     work: AgentWork, *, own_branch: str, default_branch: str, rules: PushRules = RESTRICTED
 ) -> list[Push]:
@@ -356,46 +242,6 @@ def _own_name(name: str, default_branch: str, rules: PushRules) -> tuple[Mode | 
     if name == default_branch and not rules.default_branch:
         return None, f"pushes to the default branch are not allowed; delivered under {rules.prefix}"
     return (Mode.FORCE if rules.force else Mode.FAST_FORWARD), ""
-
-
-async def collect(
-    checkout: Checkout, *, bundle: Path, said: str, outbox: Path, session_url: str
-) -> AgentWork | None:
-    """Fetch the finishing script's bundle into a fresh outbox, its new commits given
-    the session's trailer; None if nothing was new.
-
-    `bundle` holds the script's stdout and `said` its stderr. Nothing in them is
-    trusted: objects are checked as they are fetched, and HEAD's branch counts
-    only if the bundle has that branch.
-    """
-    if bundle.stat().st_size == 0:
-        if "Refusing to create empty bundle" in said:
-            return None
-        raise GitError(f"{checkout.shown_url}: could not pack the agent's work: {said[-2000:]}")
-    await git("init", "--quiet", "--bare", str(outbox))
-    (outbox / "objects" / "info" / "alternates").write_text(f"{checkout.mirror_objects}\n")
-    await git(
-        "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-write-fetch-head",
-        str(bundle), "+refs/*:refs/agent/*", cwd=outbox, confined=True,
-    )  # fmt: skip
-    await trailers.stamp(outbox, "refs/agent", checkout.base, session_url)
-    listing = await git(
-        "for-each-ref", "--format=%(objectname) %(refname)", "refs/agent", cwd=outbox
-    )
-    branches, leftovers, detached = [], None, None
-    for line in listing.splitlines():
-        sha, ref = line.split(" ", 1)
-        if ref == "refs/agent/" + LEFTOVERS.removeprefix("refs/"):
-            leftovers = sha
-        elif ref == "refs/agent/" + DETACHED.removeprefix("refs/"):
-            detached = sha
-        elif ref.startswith("refs/agent/heads/"):
-            branches.append(LocalBranch(ref.removeprefix("refs/agent/heads/"), sha))
-    marks = [line for line in said.splitlines() if line.startswith("routined-head: ")]
-    head_branch = marks[-1].removeprefix("routined-head: ") if marks else ""
-    if not _BRANCH_NAME.fullmatch(head_branch):
-        head_branch = ""  # only a label: anything odd is dropped, not shown
-    return AgentWork(tuple(branches), head_branch or None, detached, leftovers)
 
 
 async def origin_view(checkout: Checkout) -> OriginView:

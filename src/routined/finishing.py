@@ -1,0 +1,172 @@
+"""Finishing: what the agent left leaves its sandbox as git objects, into an outbox.
+
+Once the agent has stopped, routined never runs git on the host in a repository the
+agent could change:
+
+1. Inside the sandbox (no network), a script commits what the agent left
+   uncommitted (through a private index: HEAD and the agent's index stay as
+   they are) and packs every branch with new commits into a git bundle.
+2. Outside, the bundle is fetched, with every object checked (`fsck`), into an
+   outbox: a bare repository routined owns that borrows the mirror's objects.
+   There every new commit gets the session's trailer (`routined.trailers`).
+
+What is in the outbox then is `AgentWork`, which `routined.delivery` plans and pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from routined import trailers
+from routined.workspace import Checkout, GitError, git
+
+FINISH_TIMEOUT = 600.0
+LEFTOVERS = "refs/routined/leftovers"
+DETACHED = "refs/routined/detached"
+_BRANCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+_SAID_LIMIT = 65536
+BUNDLE_LIMIT = 2 * 1024**3
+
+# For every git command of the finishing script: no configuration but the
+# repository's own (read-only during the session), no hooks, no fsmonitor.
+_FINISH_GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_1": "false",
+}
+
+# Runs inside the sandbox, in the repository: `bash -c FINISH_SCRIPT finish MESSAGE`, with
+# the commits the origin had as `^sha` lines on stdin. The bundle goes to stdout;
+# HEAD's branch is the last `routined-head:` line on stderr.
+FINISH_SCRIPT = r"""
+set -euo pipefail
+message=$1
+{
+  head_branch=$(git symbolic-ref --quiet --short HEAD) || head_branch=
+  head=$(git rev-parse --quiet --verify 'HEAD^{commit}') || head=
+  changes=$(git status --porcelain --untracked-files=all --ignore-submodules=all)
+  if [ -n "$changes" ]; then
+    export GIT_INDEX_FILE="$TMPDIR/routined-index"
+    cp .git/index "$GIT_INDEX_FILE" 2>/dev/null || git read-tree ${head:-"--empty"}
+    git add --all
+    tree=$(git write-tree)
+    commit=$(git commit-tree "$tree" ${head:+-p "$head"} -m "$message")
+    git update-ref "$LEFTOVERS" "$commit"
+    unset GIT_INDEX_FILE
+  fi
+  if [ -n "$head" ] && [ -z "$head_branch" ]; then git update-ref "$DETACHED" "$head"; fi
+  refs=(--branches)
+  for ref in "$LEFTOVERS" "$DETACHED"; do
+    if git rev-parse --quiet --verify "$ref" >/dev/null; then refs+=("$ref"); fi
+  done
+} >&2 </dev/null
+echo "routined-head: $head_branch" >&2
+exec git bundle create - "${refs[@]}" --stdin
+""".replace("$LEFTOVERS", LEFTOVERS).replace("$DETACHED", DETACHED)
+
+
+@dataclass(frozen=True)
+class LocalBranch:
+    name: str
+    sha: str
+
+
+@dataclass(frozen=True)
+class AgentWork:
+    """What the bundle held: branches with new commits, HEAD's branch, leftovers."""
+
+    branches: tuple[LocalBranch, ...]
+    head_branch: str | None
+    detached_head: str | None
+    leftovers: str | None
+
+
+async def finish(
+    command: list[str],
+    env: dict[str, str],
+    message: str,
+    checkout: Checkout,
+    bundle: Path,
+) -> str:
+    """Run the finishing script in a sandbox; its bundle goes to `bundle`, and the end
+    of what it said on stderr comes back. Everything is bounded (time, the bundle's
+    size, what is kept of stderr): the workspace is the agent's."""
+    with bundle.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            "-c",
+            FINISH_SCRIPT,
+            "finish",
+            message,
+            env={**env, **_FINISH_GIT_ENV},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=sink,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_limit_file_size,
+        )
+        assert process.stdin is not None and process.stderr is not None
+        said = bytearray()
+        try:
+            async with asyncio.timeout(FINISH_TIMEOUT):
+                process.stdin.write("".join(f"^{sha}\n" for sha in checkout.base).encode())
+                process.stdin.close()
+                while chunk := await process.stderr.read(65536):
+                    said = (said + chunk)[-_SAID_LIMIT:]
+                await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    return said.decode(errors="replace")
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (BUNDLE_LIMIT, BUNDLE_LIMIT))
+
+
+async def collect(
+    checkout: Checkout, *, bundle: Path, said: str, outbox: Path, session_url: str
+) -> AgentWork | None:
+    """Fetch the finishing script's bundle into a fresh outbox, its new commits given
+    the session's trailer; None if nothing was new.
+
+    `bundle` holds the script's stdout and `said` its stderr. Nothing in them is
+    trusted: objects are checked as they are fetched, and HEAD's branch counts
+    only if the bundle has that branch.
+    """
+    if bundle.stat().st_size == 0:
+        if "Refusing to create empty bundle" in said:
+            return None
+        raise GitError(f"{checkout.shown_url}: could not pack the agent's work: {said[-2000:]}")
+    await git("init", "--quiet", "--bare", str(outbox))
+    (outbox / "objects" / "info" / "alternates").write_text(f"{checkout.mirror_objects}\n")
+    await git(
+        "-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-write-fetch-head",
+        str(bundle), "+refs/*:refs/agent/*", cwd=outbox, confined=True,
+    )  # fmt: skip
+    await trailers.stamp(outbox, "refs/agent", checkout.base, session_url)
+    listing = await git(
+        "for-each-ref", "--format=%(objectname) %(refname)", "refs/agent", cwd=outbox
+    )
+    branches, leftovers, detached = [], None, None
+    for line in listing.splitlines():
+        sha, ref = line.split(" ", 1)
+        if ref == "refs/agent/" + LEFTOVERS.removeprefix("refs/"):
+            leftovers = sha
+        elif ref == "refs/agent/" + DETACHED.removeprefix("refs/"):
+            detached = sha
+        elif ref.startswith("refs/agent/heads/"):
+            branches.append(LocalBranch(ref.removeprefix("refs/agent/heads/"), sha))
+    marks = [line for line in said.splitlines() if line.startswith("routined-head: ")]
+    head_branch = marks[-1].removeprefix("routined-head: ") if marks else ""
+    if not _BRANCH_NAME.fullmatch(head_branch):
+        head_branch = ""  # only a label: anything odd is dropped, not shown
+    return AgentWork(tuple(branches), head_branch or None, detached, leftovers)
