@@ -221,8 +221,63 @@ async def test_every_delivered_commit_names_its_session_and_keeps_the_rest(run: 
         f"add one.txt\n\nRoutine-Session: {SESSION_URL}",
     ]
     assert [meta for _, meta, _ in commits[1:]] == agent_log.splitlines()
-    assert not {sha for sha, _, _ in commits} & set(base)
-    assert git("rev-parse", f"{OWN}~3", cwd=run.origin) == first
+    assert git("rev-parse", f"{OWN}~3", cwd=run.origin) == first in base
+
+
+def agent_commit(run: Run, raw: str) -> str:
+    """A commit object the agent writes by hand (as other git tools may), made HEAD."""
+    made = subprocess.run(
+        ["git", "hash-object", "-t", "commit", "-w", "--stdin"],
+        cwd=run.repo, input=raw, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    git("reset", "--quiet", "--soft", made, cwd=run.repo)
+    return made
+
+
+async def test_a_message_without_its_final_newline_gets_the_trailer_in_a_paragraph(
+    run: Run,
+) -> None:
+    head = git("rev-parse", "HEAD", cwd=run.repo)
+    tree = git("rev-parse", "HEAD^{tree}", cwd=run.repo)
+    who = "A <a@example.com> 1700000000 +0000"
+    agent_commit(run, f"tree {tree}\nparent {head}\nauthor {who}\ncommitter {who}\n\nFix stuff")
+    await run.deliver()
+    assert git("log", "-1", "--format=%s|%(trailers:key=Routine-Session,valueonly)", OWN,
+               cwd=run.origin) == f"Fix stuff|{SESSION_URL}"  # fmt: skip
+
+
+async def test_a_signature_is_dropped_since_it_would_no_longer_verify(run: Run) -> None:
+    head = git("rev-parse", "HEAD", cwd=run.repo)
+    tree = git("rev-parse", "HEAD^{tree}", cwd=run.repo)
+    who = "A <a@example.com> 1700000000 +0000"
+    signature = (
+        "gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEzBAABCAAd\n -----END PGP SIGNATURE-----"
+    )
+    signed = agent_commit(
+        run, f"tree {tree}\nparent {head}\nauthor {who}\ncommitter {who}\n{signature}\n\nSigned\n"
+    )
+    assert "gpgsig" in git("cat-file", "commit", signed, cwd=run.repo)
+    await run.deliver()
+    delivered = git("cat-file", "commit", OWN, cwd=run.origin)
+    assert "gpgsig" not in delivered
+    assert delivered == (
+        f"tree {tree}\nparent {head}\nauthor {who}\ncommitter {who}\n\n"
+        f"Signed\n\nRoutine-Session: {SESSION_URL}"
+    )
+
+
+async def test_a_branch_past_the_most_commits_leaves_the_others_stamped(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trailers, "MOST_STAMPED", 1)
+    git("switch", "--quiet", "-c", "claude/many", cwd=run.repo)
+    run.commit("one.txt", "1\n")
+    run.commit("two.txt", "2\n")
+    many = git("rev-parse", "HEAD", cwd=run.repo)
+    git("switch", "--quiet", "-c", "claude/one", "main", cwd=run.repo)
+    one = run.commit("three.txt", "3\n")
+    pushed = {p.branch: p.sha for p in await run.deliver()}
+    assert pushed == {"claude/many": many, "claude/one": one}
 
 
 async def test_agent_branches_keep_their_names_and_other_work_is_renamed(run: Run) -> None:
@@ -393,14 +448,3 @@ def test_a_rewritten_header_drops_signatures_and_names_the_new_parents() -> None
         b"committer A <a@example.com> 1700000000 +0000\n"
         b"encoding ISO-8859-1"
     )
-
-
-async def test_past_the_most_commits_work_is_delivered_as_it_is(
-    run: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(trailers, "MOST_STAMPED", 1)
-    run.commit("one.txt", "1\n")
-    run.commit("two.txt", "2\n")
-    agent_head = git("rev-parse", "HEAD", cwd=run.repo)
-    [pushed] = await run.deliver()
-    assert pushed.sha == agent_head == branches(run.origin)[OWN]

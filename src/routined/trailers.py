@@ -16,8 +16,8 @@ from pathlib import Path
 from routined.workspace import git, git_bytes
 
 KEY = "Routine-Session"
-# More new commits than any agent session makes; past it a run's work is delivered as
-# it is rather than spend minutes writing it again.
+# More new commits on one branch than any agent session makes; past it that branch is
+# delivered as it is rather than spend minutes writing it again.
 MOST_STAMPED = 1000
 _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")
 # trailer.* settings of the host's user would change what is written.
@@ -27,47 +27,57 @@ _NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> int:
     """Give the commits reachable from the refs under `refs_under`, and neither from
     the commits in `known` nor from the refs of the outbox's alternate (the mirror),
-    the session's trailer; move the refs to what was written.
-    Returns how many commits were written again (0 when there were more than
-    MOST_STAMPED)."""
+    the session's trailer; move the refs to what was written. A ref with more than
+    MOST_STAMPED such commits is left as it is (the others are still stamped).
+    Returns how many commits were written again."""
     listing = await git("for-each-ref", "--format=%(objectname) %(refname)", refs_under, cwd=outbox)
-    refs = [line.split(" ", 1) for line in listing.splitlines()]
-    if not refs:
-        return 0
-    # New: not reachable from what the checkout saw, nor from anything the mirror
-    # (the outbox's alternate) has now, so that no commit of the origin is ever
-    # written again, even were one the checkout saw gone from the mirror.
-    wanted = [sha for sha, _ in refs] + [f"^{sha}" for sha in known]
+    trailer = f"{KEY}: {session_url}"
+    written: dict[str, str] = {}  # commit → as written again; the same for every ref
+    for tip, ref in (line.split(" ", 1) for line in listing.splitlines()):
+        new = await _new_commits(outbox, tip, known)
+        if len(new) > MOST_STAMPED:
+            continue
+        for sha in new:
+            if sha not in written:
+                written[sha] = await _stamped(outbox, sha, trailer, written)
+        if written.get(tip, tip) != tip:
+            await git("update-ref", ref, written[tip], tip, cwd=outbox)
+    return sum(1 for sha, made in written.items() if made != sha)
+
+
+async def _new_commits(outbox: Path, tip: str, known: Iterable[str]) -> list[str]:
+    """The commits of `tip` that are new, parents first: reachable neither from what
+    the checkout saw nor from anything the mirror (the outbox's alternate) has now, so
+    that no commit of the origin is ever written again, even were one the checkout
+    saw gone from the mirror."""
+    wanted = [tip, *(f"^{sha}" for sha in known)]
     listed = await git(
         "rev-list", "--reverse", "--topo-order", "--ignore-missing", "--stdin",
         "--not", "--alternate-refs",  # on the command line: the lines read stay as they are
         cwd=outbox, stdin="\n".join(wanted).encode() + b"\n", confined=True,
     )  # fmt: skip
-    order = listed.split()
-    if len(order) > MOST_STAMPED:
-        return 0
-    trailer = f"{KEY}: {session_url}"
-    written: dict[str, str] = {}
-    for sha in order:
-        raw = await git_bytes("cat-file", "commit", sha, cwd=outbox, confined=True)
-        header, _, message = raw.partition(b"\n\n")
-        stamped = await git_bytes(
-            "interpret-trailers", "--no-divider", "--if-exists", "addIfDifferent",
-            "--trailer", trailer, cwd=outbox, stdin=message, env=_NO_HOST_CONFIG,
-        )  # fmt: skip
-        if stamped.rstrip(b"\n") != message.rstrip(b"\n"):  # not only a newline added
-            message = stamped
-        rewritten = _header(header, written) + b"\n\n" + message
-        if rewritten == raw:
-            continue
-        made = await git(
-            "hash-object", "-t", "commit", "-w", "--stdin", cwd=outbox, stdin=rewritten
-        )
-        written[sha] = made.strip()
-    for sha, ref in refs:
-        if sha in written:
-            await git("update-ref", ref, written[sha], sha, cwd=outbox)
-    return len(written)
+    return listed.split()
+
+
+async def _stamped(outbox: Path, sha: str, trailer: str, written: dict[str, str]) -> str:
+    """`sha` written again with `trailer` and its parents as `written`; itself when
+    nothing changes."""
+    raw = await git_bytes("cat-file", "commit", sha, cwd=outbox, confined=True)
+    header, _, message = raw.partition(b"\n\n")
+    # A message without its final newline (some tools write them) would get the
+    # trailer glued to its last line instead of in a paragraph of its own.
+    ended = message if not message or message.endswith(b"\n") else message + b"\n"
+    stamped = await git_bytes(
+        "interpret-trailers", "--no-divider", "--if-exists", "addIfDifferent",
+        "--trailer", trailer, cwd=outbox, stdin=ended, env=_NO_HOST_CONFIG,
+    )  # fmt: skip
+    if stamped.rstrip(b"\n") != message.rstrip(b"\n"):  # not only a newline added
+        message = stamped
+    rewritten = _header(header, written) + b"\n\n" + message
+    if rewritten == raw:
+        return sha
+    made = await git("hash-object", "-t", "commit", "-w", "--stdin", cwd=outbox, stdin=rewritten)
+    return made.strip()
 
 
 def _header(header: bytes, written: dict[str, str]) -> bytes:
