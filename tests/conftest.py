@@ -78,7 +78,11 @@ def sqlite_store(tmp_path: Path) -> Iterator[Store]:
         opened.dispose()
 
 
-def git(*args: str, cwd: Path | None = None) -> str:
+def git(
+    *args: str, cwd: Path | None = None, who: tuple[str, str] = ("Test", "test@example.com")
+) -> str:
+    """git as `who` (name, email), author and committer."""
+    name, email = who
     result = subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -87,10 +91,10 @@ def git(*args: str, cwd: Path | None = None) -> str:
         check=True,
         env={
             **os.environ,
-            "GIT_AUTHOR_NAME": "Test",
-            "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "Test",
-            "GIT_COMMITTER_EMAIL": "test@example.com",
+            "GIT_AUTHOR_NAME": name,
+            "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name,
+            "GIT_COMMITTER_EMAIL": email,
         },
     )
     return result.stdout.strip()
@@ -120,16 +124,17 @@ def push_commit(
     path: str,
     content: str,
     branch: str = "main",
-    author: str = "Test <test@example.com>",
+    who: tuple[str, str] = ("Test", "test@example.com"),
 ) -> str:
-    """Someone else's commit on `branch` of the origin (made in `clone`); its sha."""
+    """Someone else's commit (by `who`, name and email) on `branch` of the origin (made
+    in `clone`); its sha."""
     if not clone.exists():
         git("clone", "--quiet", str(origin), str(clone))
     if branch not in git("branch", "--format=%(refname:short)", cwd=clone).split():
         git("switch", "--quiet", "-c", branch, cwd=clone)
     (clone / path).write_text(content)
     git("add", path, cwd=clone)
-    git("commit", "--quiet", f"--author={author}", "-m", f"add {path}", cwd=clone)
+    git("commit", "--quiet", "-m", f"add {path}", cwd=clone, who=who)
     git("push", "--quiet", "origin", branch, cwd=clone)
     return git("rev-parse", "HEAD", cwd=clone)
 

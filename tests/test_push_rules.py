@@ -13,7 +13,7 @@ from routined import delivery, workspace
 from routined.delivery import Mode, Push, PushRules
 from routined.finishing import AgentWork
 from tests.conftest import branches, git, push_commit
-from tests.test_delivery import OWN, Run, make_run, work
+from tests.test_delivery import OWN, ROUTINED, Run, make_run, work
 
 pytestmark = pytest.mark.anyio
 
@@ -121,7 +121,7 @@ async def run(origin: Path, tmp_path: Path) -> Run:
 
 
 # Commits by routined: an earlier run's, on a branch runs may move.
-EARLIER_RUN = "routined <routined@localhost>"
+EARLIER_RUN = ROUTINED
 
 
 @pytest.fixture
@@ -314,3 +314,24 @@ async def test_leftovers_go_to_the_own_branch_under_a_custom_prefix(run: Run) ->
     [pushed] = await run.deliver(rules=PushRules(prefix="bot/"), own_branch=own)
     assert (pushed.branch, pushed.source) == (own, "uncommitted changes on main")
     assert git("show", f"{own}:NOTES.md", cwd=run.origin) == "notes"
+
+
+async def test_a_branch_where_someone_rebased_routineds_commits_is_theirs(
+    origin: Path, tmp_path: Path
+) -> None:
+    """Authored by routined, committed by a person (a rebase, an amend): not moved."""
+    clone = tmp_path / "colleague"
+    push_commit(origin, clone, "feature.txt", "theirs\n", "feature", EARLIER_RUN)
+    git("commit", "--quiet", "--amend", "--no-edit", cwd=clone, who=("Pat", "pat@example.com"))
+    git("push", "--quiet", "--force", "origin", "feature", cwd=clone)
+    theirs = git("rev-parse", "HEAD", cwd=clone)
+    assert git("log", "-1", "--format=%ae %ce", "feature", cwd=origin) == (
+        "routined@localhost pat@example.com"
+    )
+    run = await make_run(origin, tmp_path)
+    git("switch", "--quiet", "-c", "feature", "origin/feature", cwd=run.repo)
+    ahead = run.commit("more.txt", "more\n")
+    [pushed] = await run.deliver(rules=U)
+    why = "the branch carries commits by others (pat@example.com); delivered under claude/"
+    assert (pushed.branch, pushed.sha, pushed.source) == (OWN, ahead, f"branch feature ({why})")
+    assert branches(origin)["feature"] == theirs

@@ -336,15 +336,16 @@ def _check_allowed(planned: Push, rules: PushRules, default_branch: str) -> None
 
 
 async def _others(outbox: Path, view: OriginView, branch: str, author_email: str) -> list[str]:
-    """Who else authored commits of the origin's `branch` that its default branch does
-    not have: the run may not move a branch someone else works on, even forward."""
+    """Who else authored or committed commits of the origin's `branch` that its
+    default branch does not have: the run may not move a branch someone else works
+    on, even forward (nor one where someone rebased or amended routined's commits)."""
     tip = view.heads.get(branch)
     if tip is None:
         return []
     default = view.heads.get(view.default_branch)
     beyond = [f"^{default}"] if default is not None else []
-    authors = await git("log", "--format=%ae", tip, *beyond, "--", cwd=outbox, confined=True)
-    emails = {email.strip() or "(no email)" for email in authors.lower().splitlines()}
+    said = await git("log", "--format=%ae%n%ce", tip, *beyond, "--", cwd=outbox, confined=True)
+    emails = {email.strip() or "(no email)" for email in said.lower().splitlines()}
     return sorted(emails - {author_email.lower()})
 
 
