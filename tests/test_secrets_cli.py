@@ -202,6 +202,12 @@ def test_rotate_names_secrets_no_key_reads_and_leaves_them_as_they_are(
     assert result.exit_code == 1
     assert result.stdout.strip() == "1 secret encrypted under the first key"
     assert "none of the keys decrypts default/LOST_TOKEN: left as they are" in result.output
+    again = run("secret", "rotate", "--json")
+    assert again.exit_code == 1
+    assert json.loads(again.stdout) == {
+        "rotated": 1,
+        "unreadable": [{"account": "default", "name": "LOST_TOKEN"}],
+    }
     monkeypatch.setenv("ROUTINED_SECRET_KEY", lost)
     assert stored(database, DEFAULT_ACCOUNT_ID, "LOST_TOKEN") == {"LOST_TOKEN": "lost-value-1"}
     monkeypatch.setenv("ROUTINED_SECRET_KEY", new)

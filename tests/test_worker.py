@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import runs
+from routined import runs, sandbox
 from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
@@ -202,3 +202,30 @@ async def test_a_folder_another_worker_removed_first_is_not_removed_or_recorded_
 
     assert await Worker(store, settings, clock=lambda: now).remove_expired_files() == []
     assert [kind for kind, _ in event_kinds(store, run_id)] == ["status", "status"]
+
+
+async def test_a_folder_a_sandbox_still_uses_stays_whatever_the_store_says(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    """Ended as lost while its worker was stalled, say: its sandbox still runs."""
+    now = utcnow()
+    settings = replace(settings, run_files_max_age=0)
+    run_id = ended_at(store, tmp_path, now - timedelta(hours=1))
+    folder = run_folder(settings, run_id)
+    (folder / "workspace").mkdir()
+    layout = sandbox.finishing_layout(
+        run_dir=folder, cwd=folder / "workspace", readable=[], masked=[]
+    )
+    command = [*sandbox.bwrap_command(layout, Path("/bin/cat"))]
+    running = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE)
+    worker = Worker(store, settings, clock=lambda: now)
+    try:
+        await wait_until(lambda: run_id in sandbox.runs_in_use(settings.runs_dir))
+        assert await worker.remove_expired_files() == []
+        assert folder.exists()
+    finally:
+        assert running.stdin is not None
+        running.stdin.close()  # cat ends, and its sandbox with it
+        await running.wait()
+    assert await worker.remove_expired_files() == [run_id]
+    assert not folder.exists()

@@ -6,6 +6,7 @@ exactly one row, written in the same transaction as an event row saying why.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -468,14 +469,13 @@ def expired_files(
     )
 
 
-def record_files_removed(
-    session: Session, run_ids: Sequence[str], *, now: datetime, kept: timedelta
-) -> None:
+def record_files_removed(session: Session, run_id: str, *, now: datetime, kept: timedelta) -> None:
+    """Say on the run that its folder is gone, unless the run is gone too."""
     reason = (
         "the run's folder was removed: folders are kept "
         f"{format_duration(kept)} after their runs end (ROUTINED_RUN_FILES_MAX_AGE)"
     )
-    for run_id in run_ids:
+    with contextlib.suppress(LookupError):  # its routine was deleted meanwhile
         add_event(session, run_id, "files.removed", now=now, reason=reason)
 
 

@@ -303,6 +303,18 @@ def reap_orphans(runs_dir: Path) -> list[int]:
     return orphans
 
 
+def runs_in_use(runs_dir: Path) -> set[str]:
+    """The runs under `runs_dir` whose folders a sandbox on this machine is using,
+    whoever started it: their folders must stay, whatever the store says."""
+    marker = f"{runs_dir}/"
+    used: set[str] = set()
+    for pid in _processes():
+        command = _cmdline(pid)
+        if marker in command and command.split(" ", 1)[0].endswith("bwrap"):
+            used.update(part.split("/", 1)[0] for part in command.split(marker)[1:])
+    return used
+
+
 def _kill_all(pids: list[int]) -> None:
     """Freeze every process first, so none can react to another's death, then kill."""
     for sig in (signal.SIGSTOP, signal.SIGKILL):

@@ -187,9 +187,11 @@ class Worker:
         now = self.clock()
         folders, set_aside_before = await asyncio.to_thread(_run_folders, runs_dir)
         for leftover in set_aside_before:  # by a removal that was stopped halfway
-            await workspace.remove(leftover)
-        mine = set(self._claims)
-        with_folders = [run_id for run_id in folders if run_id not in mine]
+            await _remove(leftover)
+        # A run can end in the store while its sandbox still runs (ended as lost while
+        # its worker was stalled): a folder in use stays.
+        in_use = set(self._claims) | await asyncio.to_thread(sandbox.runs_in_use, runs_dir)
+        with_folders = [run_id for run_id in folders if run_id not in in_use]
         expired = await asyncio.to_thread(self._expired_files, with_folders, now, keep_for)
         oldest = (now - keep_for).timestamp()
         forgotten = [run_id for run_id in expired.unknown if folders[run_id] <= oldest]
@@ -198,13 +200,11 @@ class Worker:
             # Renamed first: of workers sharing this home, one removes each folder and
             # records it once, and a removal stopped halfway never looks like a run's.
             aside = await asyncio.to_thread(_set_aside, runs_dir / run_id)
-            if aside is not None:
-                await workspace.remove(aside)
-                removed.append(run_id)
-        ended = set(expired.ended)
-        recorded = [run_id for run_id in removed if run_id in ended]
-        if recorded:
-            await asyncio.to_thread(self._record_files_removed, recorded, now, keep_for)
+            if aside is None or not await _remove(aside):
+                continue
+            removed.append(run_id)
+            if run_id in expired.ended:  # recorded at once: a stop later loses nothing
+                await asyncio.to_thread(self._record_files_removed, run_id, now, keep_for)
         return removed
 
     def _expired_files(
@@ -213,9 +213,9 @@ class Worker:
         with self.store.transaction(readonly=True) as session:
             return runs.expired_files(session, run_ids, now=now, keep_for=keep_for)
 
-    def _record_files_removed(self, run_ids: list[str], now: datetime, kept: timedelta) -> None:
+    def _record_files_removed(self, run_id: str, now: datetime, kept: timedelta) -> None:
         with self.store.transaction() as session:
-            runs.record_files_removed(session, run_ids, now=now, kept=kept)
+            runs.record_files_removed(session, run_id, now=now, kept=kept)
 
     async def _execute(self, claim: Claim, *, standby: bool = True) -> None:
         try:
@@ -240,15 +240,33 @@ def _run_folders(runs_dir: Path) -> tuple[dict[str, float], list[Path]]:
         entries = list(os.scandir(runs_dir))
     except FileNotFoundError:
         return {}, []
-    folders = [entry for entry in entries if entry.is_dir(follow_symlinks=False)]
-    return (
-        {
-            entry.name: entry.stat(follow_symlinks=False).st_mtime
-            for entry in folders
-            if entry.name.startswith("run_")
-        },
-        [Path(entry.path) for entry in folders if entry.name.startswith(_SET_ASIDE)],
-    )
+    runs_folders: dict[str, float] = {}
+    set_aside: list[Path] = []
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):  # another worker took it meanwhile
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name.startswith("run_"):
+                runs_folders[entry.name] = entry.stat(follow_symlinks=False).st_mtime
+            elif entry.name.startswith(_SET_ASIDE):
+                set_aside.append(Path(entry.path))
+    return runs_folders, set_aside
+
+
+async def _remove(folder: Path) -> bool:
+    """Remove `folder`, whatever modes the agent left in it; whether it is gone."""
+    # An agent can take away its own write permission on what it made; rm -rf
+    # then stops halfway (not as root, which ignores modes).
+    process = await asyncio.create_subprocess_exec(
+        "chmod", "-R", "u+rwX", "--", str(folder),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    await process.wait()
+    await workspace.remove(folder)
+    if folder.exists():
+        log.warning("could not remove %s; trying again later", folder)
+        return False
+    return True
 
 
 def _set_aside(folder: Path) -> Path | None:

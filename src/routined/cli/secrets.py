@@ -108,6 +108,8 @@ def rotate(as_json: JsonFlag = False) -> None:
         rotation = client.call("POST", "/secrets/rotate")
     if as_json:
         print_json(rotation)
+        if rotation["unreadable"]:
+            raise typer.Exit(1)
         return
     count = rotation["rotated"]
     out.print(f"{count} secret{'' if count == 1 else 's'} encrypted under the first key")
