@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -306,12 +307,12 @@ def reap_orphans(runs_dir: Path) -> list[int]:
 def runs_in_use(runs_dir: Path) -> set[str]:
     """The runs under `runs_dir` whose folders a sandbox on this machine is using,
     whoever started it: their folders must stay, whatever the store says."""
-    marker = f"{runs_dir}/"
+    named = re.compile(re.escape(f"{runs_dir}/") + r"([^/\s]+)")
     used: set[str] = set()
     for pid in _processes():
         command = _cmdline(pid)
-        if marker in command and command.split(" ", 1)[0].endswith("bwrap"):
-            used.update(part.split("/", 1)[0] for part in command.split(marker)[1:])
+        if command.split(" ", 1)[0].endswith("bwrap"):
+            used.update(named.findall(command))
     return used
 
 
