@@ -196,6 +196,7 @@ class Worker:
         oldest = (now - keep_for).timestamp()
         forgotten = [run_id for run_id in expired.unknown if folders[run_id] <= oldest]
         removed: list[str] = []
+        ended = set(expired.ended)
         for run_id in [*expired.ended, *forgotten]:
             # Renamed first: of workers sharing this home, one removes each folder and
             # records it once, and a removal stopped halfway never looks like a run's.
@@ -203,7 +204,7 @@ class Worker:
             if aside is None or not await _remove(aside):
                 continue
             removed.append(run_id)
-            if run_id in expired.ended:  # recorded at once: a stop later loses nothing
+            if run_id in ended:  # recorded at once: a stop later loses nothing
                 await asyncio.to_thread(self._record_files_removed, run_id, now, keep_for)
         return removed
 
