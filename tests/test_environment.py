@@ -96,3 +96,19 @@ def test_the_key_follows_what_the_result_depends_on() -> None:
     ]
     keys = {other.cache_key() for other in others}
     assert base.cache_key() not in keys and len(keys) == len(others)
+
+
+def test_with_cache_files_the_key_follows_what_the_repository_has_there() -> None:
+    plain = Environment(setup_script="uv sync")
+    assert plain.cache_key("100644 blob 1a2b\tuv.lock") == plain.cache_key()  # not asked for
+    locked = Environment(setup_script="uv sync", cache_files=("uv.lock",))
+    keys = {
+        locked.cache_key("100644 blob 1a2b\tuv.lock"),
+        locked.cache_key("100644 blob 3c4d\tuv.lock"),
+        locked.cache_key(""),
+        plain.cache_key(),
+    }
+    assert len(keys) == 4
+    assert locked.cache_key("100644 blob 1a2b\tuv.lock") == Environment(
+        setup_script="uv sync", cache_files=("uv.lock",)
+    ).cache_key("100644 blob 1a2b\tuv.lock")

@@ -32,6 +32,7 @@ FULL = (
       include_trusted: true
       setup_script: |
         pip install -r requirements.txt
+      setup_cache_files: [requirements.txt, web/package-lock.json, requirements.txt, tools/]
       env: {LOG_LEVEL: debug, RETRIES: 3, VERBOSE: true}
       secrets: [DEPLOY_TOKEN, {name: NPM_TOKEN, setup_only: true}]
     limits: {max_duration: 45m, max_turns: 30, max_cost_usd: 2.5}
@@ -51,6 +52,7 @@ def test_everything_is_stored_as_written(store: Store, tmp_path: Path, origin: P
         "allowed_hosts": ["*.internal.example.com", "pypi.org", "127.0.0.2:8080"],
         "include_trusted": True,
         "setup_script": "pip install -r requirements.txt\n",
+        "setup_cache_files": ["requirements.txt", "tools", "web/package-lock.json"],
         "env": {"LOG_LEVEL": "debug", "RETRIES": "3", "VERBOSE": "true"},
         "secrets": [
             {"name": "DEPLOY_TOKEN", "setup_only": False},
@@ -83,6 +85,7 @@ def test_defaults_are_trusted_network_claude_and_claude_branches(
     apply_file(store, write(tmp_path, HEAD.format(url=origin)))
     routine = stored(store, "deps")
     assert routine.environment["network"] == "trusted"
+    assert "setup_cache_files" not in routine.environment  # as stored before it existed
     assert routine.limits == {} and routine.connectors == {}
     assert routine.agent == {"type": "claude"}
     [repository] = routine.repositories
@@ -133,6 +136,18 @@ def test_changes_are_reported_and_unchanged_stays_unchanged(
         (
             "    environment: {env: {TOKEN: a}, secrets: [TOKEN]}\n",
             "TOKEN: named twice among env and secrets; keep one",
+        ),
+        (
+            "    environment: {setup_script: make, setup_cache_files: [/etc/passwd]}\n",
+            "'/etc/passwd': give a path inside the first repository, such as uv.lock",
+        ),
+        (
+            "    environment: {setup_script: make, setup_cache_files: [../other/uv.lock]}\n",
+            "'../other/uv.lock': give a path inside the first repository",
+        ),
+        (
+            "    environment: {setup_cache_files: [uv.lock]}\n",
+            "setup_cache_files applies only with a setup_script",
         ),
         ("    limits: {max_turns: 0}\n", "routines[0] (deps).limits.max_turns: "),
         ("    limits: {max_duration: soon}\n", "routines[0] (deps).limits.max_duration: "),

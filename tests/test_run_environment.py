@@ -213,6 +213,38 @@ def test_an_unchanged_setup_script_is_not_run_again(
     assert first_build not in tool_results(third)
 
 
+def test_a_setup_result_is_kept_only_while_its_lock_files_are_unchanged(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:setup-cache-files]"
+    fake_api.script(marker, [[bash("cat ~/.deps")], [text("Checked.")]])
+    colleague = tmp_path / "colleague"
+    push_commit(origin, colleague, "deps.lock", "left-pad 1.0\n")
+    store = apply(
+        settings,
+        tmp_path,
+        origin,
+        f"Use the deps. {marker}",
+        "    environment:\n"
+        "      setup_script: cp deps.lock ~/.deps\n"
+        "      setup_cache_files: [deps.lock]\n",
+    )
+
+    def script_ran() -> bool:
+        _, events = run_succeeds(settings, store)
+        return any(e.kind == "setup.started" for e in events)
+
+    assert script_ran()
+    assert not script_ran()
+    push_commit(origin, colleague, "README.md", "# app, read me\n")  # not a lock file
+    assert not script_ran()
+    push_commit(origin, colleague, "deps.lock", "left-pad 1.1\n")
+    assert script_ran()
+    _, events = run_succeeds(settings, store)
+    assert [e.kind for e in events if e.kind.startswith("setup.")] == ["setup.cached"]
+    assert "left-pad 1.1" in tool_results(events)
+
+
 def test_secret_values_never_reach_events_logs_or_the_api(
     settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
 ) -> None:

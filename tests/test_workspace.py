@@ -205,3 +205,29 @@ async def test_a_standby_is_taken_by_a_run_whose_url_carries_a_fresh_token(
     taken = await workspace.take_standby(with_token, tmp_path / "standby", tmp_path / "run")
     assert taken is not None
     assert git("remote", "get-url", "origin", cwd=taken.path) == plain
+
+
+async def test_what_a_checkout_has_at_paths_is_read_from_git_not_the_work_tree(
+    origin: Path, tmp_path: Path
+) -> None:
+    clone = tmp_path / "colleague"
+    push_commit(origin, clone, "uv.lock", "deps 1\n")
+    (clone / "web").mkdir()
+    push_commit(origin, clone, "web/package-lock.json", "{}\n")
+    (clone / "link.lock").symlink_to("/etc/hostname")
+    git("add", "link.lock", cwd=clone)
+    git("commit", "--quiet", "-m", "a link", cwd=clone)
+    git("push", "--quiet", "origin", "main", cwd=clone)
+    mirror = await workspace.sync_mirror(str(origin), tmp_path / "mirrors")
+    checkout = await workspace.clone(mirror, tmp_path / "ws" / "app")
+    (checkout.path / "uv.lock").write_text("changed in the work tree\n")
+
+    said = await workspace.committed(checkout, ["uv.lock", "web", "link.lock", "missing.lock"])
+    blob = {path: git("rev-parse", f"main:{path}", cwd=origin) for path in
+            ("uv.lock", "web/package-lock.json", "link.lock")}  # fmt: skip
+    assert said.splitlines() == [
+        f"120000 blob {blob['link.lock']}\tlink.lock",
+        f"100644 blob {blob['uv.lock']}\tuv.lock",
+        f"100644 blob {blob['web/package-lock.json']}\tweb/package-lock.json",
+    ]
+    assert git("cat-file", "-p", blob["link.lock"], cwd=origin) == "/etc/hostname"

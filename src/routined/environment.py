@@ -45,6 +45,7 @@ class Environment:
     allowed_hosts: tuple[str, ...] = ()
     include_trusted: bool = False
     setup_script: str | None = None
+    cache_files: tuple[str, ...] = ()  # paths in the first repository the result depends on
     variables: Mapping[str, str] = field(default_factory=dict)
     # Each secret's name, and whether only the setup script gets it.
     secrets: tuple[tuple[str, bool], ...] = ()
@@ -56,6 +57,7 @@ class Environment:
             allowed_hosts=tuple(config.get("allowed_hosts", ())),
             include_trusted=bool(config.get("include_trusted", False)),
             setup_script=config.get("setup_script"),
+            cache_files=tuple(config.get("setup_cache_files", ())),
             variables=dict(config.get("env", {})),
             secrets=tuple(
                 (item["name"], bool(item.get("setup_only"))) for item in config.get("secrets", ())
@@ -83,10 +85,11 @@ class Environment:
         kept = {name: revealed[name] for name, setup_only in self.secrets if not setup_only}
         return {**self.variables, **kept}
 
-    def cache_key(self) -> str:
+    def cache_key(self, files: str = "") -> str:
         """What a setup result depends on: the script, where it may connect, the
-        variables it is given (secrets by name only) and the system it ran on."""
-        described = {
+        variables it is given (secrets by name only), the system it ran on and, with
+        `cache_files`, `files`: what the repository has at those paths."""
+        described: dict[str, Any] = {
             "format": _CACHE_FORMAT,
             "script": self.setup_script,
             "network": self.network,
@@ -96,6 +99,8 @@ class Environment:
             "secrets": sorted(self.secrets),
             "system": base_system(),
         }
+        if self.cache_files:  # only then: other routines keep the keys they had
+            described["files"] = [list(self.cache_files), files]
         return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:32]
 
 

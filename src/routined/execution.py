@@ -471,7 +471,10 @@ class Executor:
         cache = SetupCache(
             cache_folder(self.settings.home, context.routine_id), self.settings.setup_cache_max_age
         )
-        key = environment.cache_key()
+        files = ""
+        if environment.cache_files:  # the repository as cloned: before any script ran
+            files = await workspace.committed(checkouts[0], environment.cache_files)
+        key = environment.cache_key(files)
         started = asyncio.get_running_loop().time()
         try:
             age = await cache.restore(key, home, now=self.clock())

@@ -121,6 +121,9 @@ class EnvironmentSpec(_Strict):
     allowed_hosts: list[str] = Field(default_factory=list)
     include_trusted: bool = False
     setup_script: str | None = Field(default=None, max_length=100_000)
+    # Files (or folders) of the first repository the setup result depends on, such as
+    # lock files: the cached result is used only while they are as they were.
+    setup_cache_files: list[str] = Field(default_factory=list, max_length=50)
     env: dict[str, str] = Field(default_factory=dict)
     secrets: list[SecretUse] = Field(default_factory=list)
 
@@ -163,10 +166,24 @@ class EnvironmentSpec(_Strict):
     def _script(cls, value: str | None) -> str | None:
         return value if value and value.strip() else None
 
+    @field_validator("setup_cache_files")
+    @classmethod
+    def _repository_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            parts = path.split("/")
+            if not path or path.startswith("/") or ".." in parts or len(path) > 1000:
+                raise ValueError(
+                    f"{path!r}: give a path inside the first repository, such as uv.lock "
+                    "or web/package-lock.json"
+                )
+        return sorted({path.strip("/") for path in value})
+
     @model_validator(mode="after")
     def _custom_hosts(self) -> EnvironmentSpec:
         if self.network != "custom" and (self.allowed_hosts or self.include_trusted):
             raise ValueError("allowed_hosts and include_trusted apply only to network: custom")
+        if self.setup_cache_files and self.setup_script is None:
+            raise ValueError("setup_cache_files applies only with a setup_script")
         names = [secret.name for secret in self.secrets]
         twice = sorted(
             {name for name in names if names.count(name) > 1} | (set(names) & set(self.env))
@@ -716,8 +733,11 @@ def runtime(wanted: RoutineSpec) -> dict[str, dict[str, Any]]:
         if wanted.agent == "claude"
         else {"type": "command", "command": list(wanted.agent.command)}
     )
+    environment = wanted.environment.model_dump(mode="json")
+    if not environment["setup_cache_files"]:
+        del environment["setup_cache_files"]  # stored as before it existed: no change to report
     return {
-        "environment": wanted.environment.model_dump(mode="json"),
+        "environment": environment,
         "limits": wanted.limits.model_dump(mode="json", exclude_none=True),
         "agent": agent,
         "connectors": {

@@ -27,7 +27,7 @@ import os
 import re
 import resource
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -402,6 +402,12 @@ async def remove(path: Path) -> None:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     await asyncio.shield(process.wait())  # half a removal is worse than a late one
+
+
+async def committed(checkout: Checkout, paths: Sequence[str]) -> str:
+    """What the checkout's HEAD has at `paths` (files, or every file of folders), as
+    blob ids: read from git's objects, so a link in the work tree leads nowhere."""
+    return await git("ls-tree", "-r", "--full-tree", "HEAD", "--", *paths, cwd=checkout.path)
 
 
 def protected_paths(checkout: Checkout) -> list[Path]:
