@@ -149,6 +149,14 @@ def test_changes_are_reported_and_unchanged_stays_unchanged(
             "    environment: {setup_cache_files: [uv.lock]}\n",
             "setup_cache_files applies only with a setup_script",
         ),
+        (
+            "    environment: {setup_script: make, setup_cache_files: ['*.lock']}\n",
+            "'*.lock': name each file or folder as it is; patterns are not matched",
+        ),
+        (
+            "    environment: {setup_script: make, setup_cache_files: [.]}\n",
+            "'.': give a path inside the first repository",
+        ),
         ("    limits: {max_turns: 0}\n", "routines[0] (deps).limits.max_turns: "),
         ("    limits: {max_duration: soon}\n", "routines[0] (deps).limits.max_duration: "),
         ("    limits: {max_cost_usd: -1}\n", "routines[0] (deps).limits.max_cost_usd: "),

@@ -227,21 +227,27 @@ def test_a_setup_result_is_kept_only_while_its_lock_files_are_unchanged(
         f"Use the deps. {marker}",
         "    environment:\n"
         "      setup_script: cp deps.lock ~/.deps\n"
-        "      setup_cache_files: [deps.lock]\n",
+        "      setup_cache_files: [deps.lock, tools/missing.lock]\n",
     )
 
     def script_ran() -> bool:
         _, events = run_succeeds(settings, store)
         return any(e.kind == "setup.started" for e in events)
 
-    assert script_ran()
+    _, events = run_succeeds(settings, store)
+    [missing] = [e for e in events if e.kind == "setup.cache_files_missing"]
+    assert missing.data == {"paths": ["tools/missing.lock"]}
+    assert "setup.started" in [e.kind for e in events]
     assert not script_ran()
     push_commit(origin, colleague, "README.md", "# app, read me\n")  # not a lock file
     assert not script_ran()
     push_commit(origin, colleague, "deps.lock", "left-pad 1.1\n")
     assert script_ran()
     _, events = run_succeeds(settings, store)
-    assert [e.kind for e in events if e.kind.startswith("setup.")] == ["setup.cached"]
+    assert [e.kind for e in events if e.kind.startswith("setup.")] == [
+        "setup.cache_files_missing",
+        "setup.cached",
+    ]
     assert "left-pad 1.1" in tool_results(events)
 
 

@@ -119,10 +119,11 @@ def event_kinds(store: Store, run_id: str) -> list[tuple[str, str | None]]:
 
 
 async def test_folders_of_runs_that_ended_long_enough_ago_are_removed_and_that_is_recorded(
-    store: Store, settings: Settings, tmp_path: Path
+    store: Store, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = utcnow()
     settings = replace(settings, run_files_max_age=3600)
+    monkeypatch.setattr(worker_module, "_GRACE", 0.0)  # the stopped removal below is old
     long_ago = ended_at(store, tmp_path, now - timedelta(hours=2))
     lately = ended_at(store, tmp_path, now - timedelta(minutes=10))
     queued = queue_unclonable(store, tmp_path)
@@ -229,3 +230,13 @@ async def test_a_folder_a_sandbox_still_uses_stays_whatever_the_store_says(
         await running.wait()
     assert await worker.remove_expired_files() == [run_id]
     assert not folder.exists()
+
+
+async def test_a_folder_another_worker_is_removing_is_left_to_it(
+    store: Store, settings: Settings
+) -> None:
+    """Set aside moments ago: its worker is still at it, and records it."""
+    busy = settings.runs_dir / f".removing-{new_id('run')}-0a1b2c3d"
+    (busy / "home").mkdir(parents=True)
+    assert await Worker(store, settings).remove_expired_files() == []
+    assert busy.exists()

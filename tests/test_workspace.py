@@ -222,12 +222,23 @@ async def test_what_a_checkout_has_at_paths_is_read_from_git_not_the_work_tree(
     checkout = await workspace.clone(mirror, tmp_path / "ws" / "app")
     (checkout.path / "uv.lock").write_text("changed in the work tree\n")
 
-    said = await workspace.committed(checkout, ["uv.lock", "web", "link.lock", "missing.lock"])
+    said = await workspace.committed(
+        checkout, ["uv.lock", "web", "link.lock", "missing.lock", ":(glob)*.lock"]
+    )
     blob = {path: git("rev-parse", f"main:{path}", cwd=origin) for path in
             ("uv.lock", "web/package-lock.json", "link.lock")}  # fmt: skip
-    assert said.splitlines() == [
+    assert said.split("\0") == [
         f"120000 blob {blob['link.lock']}\tlink.lock",
         f"100644 blob {blob['uv.lock']}\tuv.lock",
         f"100644 blob {blob['web/package-lock.json']}\tweb/package-lock.json",
+        "",
     ]
     assert git("cat-file", "-p", blob["link.lock"], cwd=origin) == "/etc/hostname"
+
+
+async def test_an_empty_repository_has_nothing_at_any_path(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.git"
+    git("init", "--quiet", "--bare", "--initial-branch=main", str(empty))
+    mirror = await workspace.sync_mirror(str(empty), tmp_path / "mirrors")
+    checkout = await workspace.clone(mirror, tmp_path / "ws" / "app")
+    assert await workspace.committed(checkout, ["uv.lock"]) == ""

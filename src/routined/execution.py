@@ -471,9 +471,7 @@ class Executor:
         cache = SetupCache(
             cache_folder(self.settings.home, context.routine_id), self.settings.setup_cache_max_age
         )
-        files = ""
-        if environment.cache_files:  # the repository as cloned: before any script ran
-            files = await workspace.committed(checkouts[0], environment.cache_files)
+        files = await self._cache_files(environment, checkouts[0], recorder)
         key = environment.cache_key(files)
         started = asyncio.get_running_loop().time()
         try:
@@ -885,6 +883,33 @@ class Executor:
     @property
     def _seed_file(self) -> Path:
         return self.settings.home / "agent-seed.json"
+
+    async def _cache_files(
+        self, environment: Environment, checkout: workspace.Checkout, recorder: Recorder
+    ) -> str:
+        """What the first repository, as cloned (before any script ran), has at the
+        routine's `setup_cache_files`; a path it does not have is said, since the cache
+        cannot follow it."""
+        if not environment.cache_files:
+            return ""
+        try:
+            files = await workspace.committed(checkout, environment.cache_files)
+        except workspace.GitError as error:
+            raise RunFailure("setup_failed", f"setup_cache_files: {error}") from None
+        found = [entry.split("\t", 1)[1] for entry in files.split("\0") if "\t" in entry]
+        missing = [
+            path
+            for path in environment.cache_files
+            if not any(name == path or name.startswith(f"{path}/") for name in found)
+        ]
+        if missing:
+            await recorder.event(
+                "setup.cache_files_missing",
+                f"setup_cache_files: the repository has no {', '.join(missing)}; "
+                "the cache cannot follow what is not there",
+                paths=missing,
+            )
+        return files
 
     def _author_env(self) -> dict[str, str]:
         name, email = self.settings.git_author_name, self.settings.git_author_email

@@ -170,11 +170,15 @@ class EnvironmentSpec(_Strict):
     @classmethod
     def _repository_paths(cls, value: list[str]) -> list[str]:
         for path in value:
-            parts = path.split("/")
-            if not path or path.startswith("/") or ".." in parts or len(path) > 1000:
+            parts = path.strip("/").split("/")
+            if path.startswith("/") or {"", ".", ".."} & set(parts) or len(path) > 1000:
                 raise ValueError(
                     f"{path!r}: give a path inside the first repository, such as uv.lock "
                     "or web/package-lock.json"
+                )
+            if any(char in "*?[" or not char.isprintable() for char in path):
+                raise ValueError(
+                    f"{path!r}: name each file or folder as it is; patterns are not matched"
                 )
         return sorted({path.strip("/") for path in value})
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from routined.workspace import git, git_bytes
 
 KEY = "Routine-Session"
-# More new commits on one branch than any agent session makes; past it that branch is
-# delivered as it is rather than spend minutes writing it again.
+# More new commits than any agent session makes; past it work is delivered as it is
+# rather than spend minutes writing it again.
 MOST_STAMPED = 1000
+MAX_REFS = 50  # as delivery.MAX_PUSHES: more branches are not delivered at all
 _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")
 # trailer.* settings of the host's user would change what is written.
 _NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
@@ -27,36 +28,42 @@ _NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> int:
     """Give the commits reachable from the refs under `refs_under`, and neither from
     the commits in `known` nor from the refs of the outbox's alternate (the mirror),
-    the session's trailer; move the refs to what was written. A ref with more than
-    MOST_STAMPED such commits is left as it is (the others are still stamped).
-    Returns how many commits were written again."""
+    the session's trailer; move the refs to what was written.
+
+    At most MOST_STAMPED commits are written in all, the branches with the fewest new
+    commits first; a branch that does not fit is left as it is. Past MAX_REFS refs
+    nothing is: such work is refused for delivery anyway. Returns how many commits
+    were written again."""
     listing = await git("for-each-ref", "--format=%(objectname) %(refname)", refs_under, cwd=outbox)
+    refs = [line.split(" ", 1) for line in listing.splitlines()]
+    if len(refs) > MAX_REFS:
+        return 0
+    news = [(await _new_commits(outbox, tip, known), tip, ref) for tip, ref in refs]
     trailer = f"{KEY}: {session_url}"
     written: dict[str, str] = {}  # commit → as written again; the same for every ref
-    for tip, ref in (line.split(" ", 1) for line in listing.splitlines()):
-        new = await _new_commits(outbox, tip, known)
-        if len(new) > MOST_STAMPED:
+    for new, tip, ref in sorted(news, key=lambda found: len(found[0])):
+        unwritten = [sha for sha in new if sha not in written]
+        if len(written) + len(unwritten) > MOST_STAMPED:
             continue
-        for sha in new:
-            if sha not in written:
-                written[sha] = await _stamped(outbox, sha, trailer, written)
+        for sha in unwritten:
+            written[sha] = await _stamped(outbox, sha, trailer, written)
         if written.get(tip, tip) != tip:
             await git("update-ref", ref, written[tip], tip, cwd=outbox)
     return sum(1 for sha, made in written.items() if made != sha)
 
 
 async def _new_commits(outbox: Path, tip: str, known: Iterable[str]) -> list[str]:
-    """The commits of `tip` that are new, parents first: reachable neither from what
-    the checkout saw nor from anything the mirror (the outbox's alternate) has now, so
-    that no commit of the origin is ever written again, even were one the checkout
-    saw gone from the mirror."""
+    """The commits of `tip` that are new, parents first (more than MOST_STAMPED
+    means too many): reachable neither from what the checkout saw nor from anything
+    the mirror (the outbox's alternate) has now, so that no commit of the origin is
+    ever written again, even were one the checkout saw gone from the mirror."""
     wanted = [tip, *(f"^{sha}" for sha in known)]
     listed = await git(
-        "rev-list", "--reverse", "--topo-order", "--ignore-missing", "--stdin",
-        "--not", "--alternate-refs",  # on the command line: the lines read stay as they are
+        "rev-list", f"--max-count={MOST_STAMPED + 1}", "--topo-order", "--ignore-missing",
+        "--stdin", "--not", "--alternate-refs",  # on the command line: stdin's lines stay
         cwd=outbox, stdin="\n".join(wanted).encode() + b"\n", confined=True,
     )  # fmt: skip
-    return listed.split()
+    return listed.split()[::-1]
 
 
 async def _stamped(outbox: Path, sha: str, trailer: str, written: dict[str, str]) -> str:

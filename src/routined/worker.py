@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -186,7 +187,7 @@ class Worker:
         keep_for = timedelta(seconds=self.settings.run_files_max_age)
         now = self.clock()
         folders, set_aside_before = await asyncio.to_thread(_run_folders, runs_dir)
-        for leftover in set_aside_before:  # by a removal that was stopped halfway
+        for leftover in set_aside_before:  # a removal stopped halfway, or that failed
             await _remove(leftover)
         # A run can end in the store while its sandbox still runs (ended as lost while
         # its worker was stalled): a folder in use stays.
@@ -198,14 +199,19 @@ class Worker:
         removed: list[str] = []
         ended = set(expired.ended)
         for run_id in [*expired.ended, *forgotten]:
-            # Renamed first: of workers sharing this home, one removes each folder and
-            # records it once, and a removal stopped halfway never looks like a run's.
+            # Renamed first: of workers sharing this home, one takes each folder and
+            # records it once, and a removal stopped halfway never looks like a run's
+            # (what is set aside goes, now or at a later pass).
             aside = await asyncio.to_thread(_set_aside, runs_dir / run_id)
-            if aside is None or not await _remove(aside):
+            if aside is None:
                 continue
             removed.append(run_id)
-            if run_id in ended:  # recorded at once: a stop later loses nothing
-                await asyncio.to_thread(self._record_files_removed, run_id, now, keep_for)
+            if run_id in ended:
+                try:
+                    await asyncio.to_thread(self._record_files_removed, run_id, now, keep_for)
+                except Exception:
+                    log.exception("worker %s: recording %s's folder as removed", self.id, run_id)
+            await _remove(aside)
         return removed
 
     def _expired_files(
@@ -229,6 +235,7 @@ _CANCEL_CHECK_INTERVAL = 1.0
 _LOST_SWEEP_INTERVAL = timedelta(seconds=30)
 _FILES_SWEEP_INTERVAL = 600.0  # seconds
 _SET_ASIDE = ".removing-"
+_GRACE = 3600.0  # seconds a folder set aside is left to the worker removing it
 # Longer than any deployment lives (and `inf`): such folders are kept for good, and
 # the dates reckoned from it stay in range.
 _KEPT_FOR_GOOD = 100 * 365 * 86400
@@ -247,15 +254,18 @@ def _run_folders(runs_dir: Path) -> tuple[dict[str, float], list[Path]]:
         with contextlib.suppress(FileNotFoundError):  # another worker took it meanwhile
             if not entry.is_dir(follow_symlinks=False):
                 continue
+            status = entry.stat(follow_symlinks=False)
             if entry.name.startswith("run_"):
-                runs_folders[entry.name] = entry.stat(follow_symlinks=False).st_mtime
-            elif entry.name.startswith(_SET_ASIDE):
+                runs_folders[entry.name] = status.st_mtime
+            elif entry.name.startswith(_SET_ASIDE) and time.time() - status.st_ctime > _GRACE:
+                # Set aside (renamed: its ctime) a while ago: no worker is removing it now.
                 set_aside.append(Path(entry.path))
     return runs_folders, set_aside
 
 
-async def _remove(folder: Path) -> bool:
-    """Remove `folder`, whatever modes the agent left in it; whether it is gone."""
+async def _remove(folder: Path) -> None:
+    """Remove `folder`, whatever modes the agent left in it; what is left, a later
+    pass removes."""
     # An agent can take away its own write permission on what it made; rm -rf
     # then stops halfway (not as root, which ignores modes).
     process = await asyncio.create_subprocess_exec(
@@ -266,8 +276,6 @@ async def _remove(folder: Path) -> bool:
     await workspace.remove(folder)
     if folder.exists():
         log.warning("could not remove %s; trying again later", folder)
-        return False
-    return True
 
 
 def _set_aside(folder: Path) -> Path | None:

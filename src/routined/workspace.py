@@ -406,8 +406,22 @@ async def remove(path: Path) -> None:
 
 async def committed(checkout: Checkout, paths: Sequence[str]) -> str:
     """What the checkout's HEAD has at `paths` (files, or every file of folders), as
-    blob ids: read from git's objects, so a link in the work tree leads nowhere."""
-    return await git("ls-tree", "-r", "--full-tree", "HEAD", "--", *paths, cwd=checkout.path)
+    `git ls-tree -z` says it (entries end with NUL): blob ids read from git's objects,
+    so a link in the work tree leads nowhere. Nothing for an empty repository."""
+    if not await _has_head(checkout.path):
+        return ""
+    return await git(
+        "--literal-pathspecs", "ls-tree", "-r", "-z", "--full-tree", "HEAD", "--", *paths,
+        cwd=checkout.path,
+    )  # fmt: skip
+
+
+async def _has_head(path: Path) -> bool:
+    try:
+        await git("rev-parse", "--verify", "--quiet", "HEAD^{commit}", cwd=path)
+    except GitError:
+        return False
+    return True
 
 
 def protected_paths(checkout: Checkout) -> list[Path]:
