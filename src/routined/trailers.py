@@ -25,19 +25,18 @@ _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")
 _NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 
 
-async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> int:
+async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> None:
     """Give the commits reachable from the refs under `refs_under`, and neither from
     the commits in `known` nor from the refs of the outbox's alternate (the mirror),
     the session's trailer; move the refs to what was written.
 
     At most MOST_STAMPED commits are written in all, the branches with the fewest new
     commits first; a branch that does not fit is left as it is. Past MAX_REFS refs
-    nothing is: such work is refused for delivery anyway. Returns how many commits
-    were written again."""
+    nothing is: such work is refused for delivery anyway."""
     listing = await git("for-each-ref", "--format=%(objectname) %(refname)", refs_under, cwd=outbox)
     refs = [line.split(" ", 1) for line in listing.splitlines()]
     if len(refs) > MAX_REFS:
-        return 0
+        return
     news = [(await _new_commits(outbox, tip, known), tip, ref) for tip, ref in refs]
     trailer = f"{KEY}: {session_url}"
     written: dict[str, str] = {}  # commit → as written again; the same for every ref
@@ -49,7 +48,6 @@ async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url
             written[sha] = await _stamped(outbox, sha, trailer, written)
         if written.get(tip, tip) != tip:
             await git("update-ref", ref, written[tip], tip, cwd=outbox)
-    return sum(1 for sha, made in written.items() if made != sha)
 
 
 async def _new_commits(outbox: Path, tip: str, known: Iterable[str]) -> list[str]:

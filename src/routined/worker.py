@@ -264,15 +264,7 @@ def _run_folders(runs_dir: Path) -> tuple[dict[str, float], list[Path]]:
 
 
 async def _remove(folder: Path) -> None:
-    """Remove `folder`, whatever modes the agent left in it; what is left, a later
-    pass removes."""
-    # An agent can take away its own write permission on what it made; rm -rf
-    # then stops halfway (not as root, which ignores modes).
-    process = await asyncio.create_subprocess_exec(
-        "chmod", "-R", "u+rwX", "--", str(folder),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await process.wait()
+    """Remove `folder`; what is left, a later pass removes."""
     await workspace.remove(folder)
     if folder.exists():
         log.warning("could not remove %s; trying again later", folder)

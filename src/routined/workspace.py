@@ -396,12 +396,18 @@ async def prepare_standby(mirror: Mirror, standby: Path) -> None:
 
 
 async def remove(path: Path) -> None:
-    """Delete a folder tree, however deep, without following links in it."""
-    process = await asyncio.create_subprocess_exec(
-        "rm", "-rf", "--one-file-system", "--", str(path),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    await asyncio.shield(process.wait())  # half a removal is worse than a late one
+    """Delete a folder tree, however deep, without following links in it, whatever
+    modes an agent left in it."""
+    # An agent can take away its own write permission on what it made; rm -rf would
+    # then stop halfway (not as root, which ignores modes). chmod -R follows no links.
+    for command in (
+        ("chmod", "-R", "u+rwX", "--", str(path)),
+        ("rm", "-rf", "--one-file-system", "--", str(path)),
+    ):
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        await asyncio.shield(process.wait())  # half a removal is worse than a late one
 
 
 async def committed(checkout: Checkout, paths: Sequence[str]) -> str:
