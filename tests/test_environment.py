@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from routined.environment import Environment, SetupCache
-from tests.conftest import T0
+from tests.conftest import T0, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -65,6 +65,10 @@ async def test_a_result_is_not_replaced_while_a_run_restores_it(tmp_path: Path) 
     await cache.keep("k1", built_home(tmp_path), now=T0, seconds=1)
     async with cache._locked(exclusive=False):  # a restore in progress
         replacing = asyncio.create_task(cache.keep("k2", built_home(tmp_path), now=T0, seconds=1))
+        # Its copy is made: all that is left is to take the lock and swap.
+        await wait_until(
+            lambda: any(p.joinpath("made.json").exists() for p in cache.folder.glob(".partial-*"))
+        )
         done, _ = await asyncio.wait([replacing], timeout=1)
         assert not done and (tmp_path / "cache" / "k1").exists()
     await replacing

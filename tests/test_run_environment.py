@@ -193,11 +193,8 @@ def test_an_unchanged_setup_script_is_not_run_again(
         "        sleep 1  # stands for an install that takes a while\n",
     )
 
-    def one_run() -> tuple[Run, list[RunEvent]]:
-        return run_succeeds(settings, store)
-
-    _, first = one_run()
-    _, second = one_run()
+    _, first = run_succeeds(settings, store)
+    _, second = run_succeeds(settings, store)
     [ran] = [e for e in first if e.kind == "setup.output"]
     assert ran.data is not None and ran.data["exit_code"] == 0
     assert not [e for e in second if e.kind in ("setup.output", "setup.started")]
@@ -208,7 +205,7 @@ def test_an_unchanged_setup_script_is_not_run_again(
     assert first_build in tool_results(second)
 
     routined(settings, "cache", "clear", "docs-nightly")
-    _, third = one_run()
+    _, third = run_succeeds(settings, store)
     assert [e for e in third if e.kind == "setup.output"]
     assert first_build not in tool_results(third)
 
@@ -349,9 +346,7 @@ def test_max_turns_stops_a_longer_session_and_keeps_its_work(
     files = git("ls-tree", "--name-only", kept["branch"], cwd=origin).split()
     assert {"one.md", "two.md"} <= set(files) and "three.md" not in files
     assert ended.usage and ended.usage["output_tokens"] > 0
-    assert ended.diff_stat is not None and ended.diff_stat["files"] == len(
-        {"one.md", "two.md"} & set(files)
-    )
+    assert ended.diff_stat is not None and ended.diff_stat["files"] == 2
 
 
 def test_max_duration_ends_the_run_as_timed_out_with_its_work(

@@ -115,6 +115,10 @@ class RunContext:
         return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
 
+# What a run with no secrets redacts: nothing (its methods return what they get).
+_NO_SECRETS = vault.Redactor({})
+
+
 @dataclass
 class Recorder:
     """Writes one run's events, each in its own short transaction, off the event loop."""
@@ -123,7 +127,7 @@ class Recorder:
     run_id: str
     clock: Clock
     # The run's secret values, kept out of everything it stores.
-    redactor: vault.Redactor = field(default_factory=lambda: vault.Redactor({}))
+    redactor: vault.Redactor = field(default_factory=lambda: _NO_SECRETS)
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
@@ -140,9 +144,8 @@ class Recorder:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
     def _write(self, kind: str, reason: str | None, data: dict[str, Any] | None) -> None:
-        if self.redactor:
-            reason = None if reason is None else self.redactor.text(reason)
-            data = self.redactor.data(data)
+        reason = None if reason is None else self.redactor.text(reason)
+        data = self.redactor.data(data)
         with self.store.transaction() as session:
             runs.add_event(session, self.run_id, kind, now=self.clock(), reason=reason, data=data)
 
@@ -206,22 +209,13 @@ class Executor:
                 "cost_usd": outcome.cost_usd,
             }
             listed = ", ".join(p.branch for p in pushed) or "no changes to deliver"
-            if ending.error:
-                await self._move(
-                    claim,
-                    RunStatus.FINISHING,
-                    ending.status,
-                    f"{ending.error} (delivered: {listed})",
-                    changes={**results, "error": ending.error},
-                )
-            else:
-                await self._move(
-                    claim,
-                    RunStatus.FINISHING,
-                    RunStatus.SUCCEEDED,
-                    f"delivered: {listed}",
-                    changes=results,
-                )
+            await self._move(
+                claim,
+                RunStatus.FINISHING,
+                ending.status,
+                f"{ending.error} (delivered: {listed})" if ending.error else f"delivered: {listed}",
+                changes={**results, "error": ending.error} if ending.error else results,
+            )
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claim.run_id, None)
             current = asyncio.current_task()
@@ -233,11 +227,8 @@ class Executor:
             await self._end_failed(claim, str(failure), failure.pushed)
         except Exception as error:  # noqa: BLE001 - a bug: logged, and the run ends failed
             said = traceback.format_exc()
-            redactor = self._redactors.get(claim.run_id)
             log.error(
-                "run %s failed unexpectedly\n%s",
-                claim.run_id,
-                redactor.text(said) if redactor else said,
+                "run %s failed unexpectedly\n%s", claim.run_id, self._redactor(claim).text(said)
             )
             await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
@@ -976,10 +967,8 @@ class Executor:
         changes: dict[str, Any] | None = None,
     ) -> None:
         """Make the move (with `changes` to the run) in one transaction."""
-        redactor = self._redactors.get(claim.run_id)
-        if redactor:
-            reason = redactor.text(reason)
-            changes = redactor.data(changes)
+        reason = self._redactor(claim).text(reason)
+        changes = self._redactor(claim).data(changes)
 
         def write() -> None:
             with self.store.transaction() as session:
@@ -996,20 +985,21 @@ class Executor:
 
         await asyncio.to_thread(write)
 
+    def _redactor(self, claim: Claim) -> vault.Redactor:
+        return self._redactors.get(claim.run_id, _NO_SECRETS)
+
     async def _end_failed(
         self, claim: Claim, error: str, pushed: Sequence[delivery.Pushed] = ()
     ) -> None:
-        redactor = self._redactors.get(claim.run_id)
-        if redactor:
-            error = redactor.text(error)
+        redactor = self._redactor(claim)
+        error = redactor.text(error)
 
         def write() -> None:
             with self.store.transaction() as session:
                 if runs.fail(session, claim, now=self.clock(), error=error) and pushed:
                     run = session.get(Run, claim.run_id)
                     if run is not None:
-                        branches = [p.as_dict() for p in pushed]
-                        run.branches = redactor.data(branches) if redactor else branches
+                        run.branches = redactor.data([p.as_dict() for p in pushed])
 
         try:
             await asyncio.shield(asyncio.to_thread(write))
@@ -1018,6 +1008,8 @@ class Executor:
             log.exception("could not record the failure of run %s", claim.run_id)
 
     async def _end_cancelled(self, claim: Claim, reason: str) -> None:
+        reason = self._redactor(claim).text(reason)
+
         def write() -> None:
             with self.store.transaction() as session:
                 if not runs.end_cancelled(session, claim, now=self.clock(), reason=reason):

@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import secrets
-import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -44,6 +43,7 @@ from routined.models import (
 )
 from routined.schedule import iso
 from routined.views import fire_view, routine_view, run_event_view, run_view
+from routined.workspace import remove_now
 
 T = TypeVar("T")
 
@@ -423,7 +423,7 @@ def clear_setup_cache(folder: Path) -> int:
             for entry in entries
             if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
         )
-    shutil.rmtree(aside)
+    remove_now(aside)  # cached homes keep the modes their scripts gave them
     return count
 
 

@@ -10,7 +10,7 @@ built on the origin's history still moves forward only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection
 from pathlib import Path
 
 from routined.workspace import git, git_bytes
@@ -19,13 +19,15 @@ KEY = "Routine-Session"
 # More new commits than any agent session makes; past it work is delivered as it is
 # rather than spend minutes writing it again.
 MOST_STAMPED = 1000
-MAX_REFS = 50  # as delivery.MAX_PUSHES: more branches are not delivered at all
+# delivery.MAX_PUSHES branches, the leftovers and a detached HEAD: with more refs, the
+# work is not delivered at all.
+MAX_REFS = 52
 _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")
 # trailer.* settings of the host's user would change what is written.
 _NO_HOST_CONFIG = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"}
 
 
-async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url: str) -> None:
+async def stamp(outbox: Path, refs_under: str, known: Collection[str], session_url: str) -> None:
     """Give the commits reachable from the refs under `refs_under`, and neither from
     the commits in `known` nor from the refs of the outbox's alternate (the mirror),
     the session's trailer; move the refs to what was written.
@@ -50,7 +52,7 @@ async def stamp(outbox: Path, refs_under: str, known: Iterable[str], session_url
             await git("update-ref", ref, written[tip], tip, cwd=outbox)
 
 
-async def _new_commits(outbox: Path, tip: str, known: Iterable[str]) -> list[str]:
+async def _new_commits(outbox: Path, tip: str, known: Collection[str]) -> list[str]:
     """The commits of `tip` that are new, parents first (more than MOST_STAMPED
     means too many): reachable neither from what the checkout saw nor from anything
     the mirror (the outbox's alternate) has now, so that no commit of the origin is

@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import secrets
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -398,16 +399,27 @@ async def prepare_standby(mirror: Mirror, standby: Path) -> None:
 async def remove(path: Path) -> None:
     """Delete a folder tree, however deep, without following links in it, whatever
     modes an agent left in it."""
-    # An agent can take away its own write permission on what it made; rm -rf would
-    # then stop halfway (not as root, which ignores modes). chmod -R follows no links.
-    for command in (
-        ("chmod", "-R", "u+rwX", "--", str(path)),
-        ("rm", "-rf", "--one-file-system", "--", str(path)),
-    ):
+    for command in _removal(path):
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
         await asyncio.shield(process.wait())  # half a removal is worse than a late one
+
+
+def remove_now(path: Path) -> None:
+    """`remove`, for code that runs in a thread of its own."""
+    for command in _removal(path):
+        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def _removal(path: Path) -> tuple[tuple[str, ...], ...]:
+    # An agent can take away its own write permission on what it made (and a copy
+    # keeps it); rm -rf would then stop halfway (not as root, which ignores modes).
+    # chmod -R follows no links.
+    return (
+        ("chmod", "-R", "u+rwX", "--", str(path)),
+        ("rm", "-rf", "--one-file-system", "--", str(path)),
+    )
 
 
 async def committed(checkout: Checkout, paths: Sequence[str]) -> str:
