@@ -402,7 +402,7 @@ class Executor:
         proxy = EgressProxy(policy, on_decision, gateway)
         socket_dir = Path(tempfile.mkdtemp(prefix="routined-"))
         egress_socket = socket_dir / "egress.sock"
-        limit = float(context.limits.get("max_duration") or self.settings.run_timeout)
+        limit, _ = self._max_duration(context)
         deadline = asyncio.get_running_loop().time() + limit
         try:
             await proxy.start(egress_socket)
@@ -777,10 +777,8 @@ class Executor:
                 + (f" (stderr: {said})" if said else "")
             )
             if isinstance(error, TimeoutError) and scope.expired():
-                took = _ago(limits.get("max_duration") or settings.run_timeout)
-                source = (
-                    "limits.max_duration" if limits.get("max_duration") else "ROUTINED_RUN_TIMEOUT"
-                )
+                limit, source = self._max_duration(context)
+                took = _ago(limit)
                 ending = Ending(RunStatus.TIMED_OUT, f"timed_out: stopped after {took} ({source})")
         finally:
             await sandbox.stop(f"{run_dir}/")
@@ -984,6 +982,12 @@ class Executor:
                 )
 
         await asyncio.to_thread(write)
+
+    def _max_duration(self, context: RunContext) -> tuple[float, str]:
+        """How long the run may take, in seconds, and which setting says so."""
+        if context.limits.get("max_duration"):
+            return float(context.limits["max_duration"]), "limits.max_duration"
+        return self.settings.run_timeout, "ROUTINED_RUN_TIMEOUT"
 
     def _redactor(self, claim: Claim) -> vault.Redactor:
         return self._redactors.get(claim.run_id, _NO_SECRETS)

@@ -291,15 +291,8 @@ def reap_orphans(runs_dir: Path) -> list[int]:
     child asked to die with its parent. Such orphans are found by their command
     line and ended here, when a worker starts and every so often after.
     """
-    marker = f"{runs_dir}/"
     parents = _processes()
-    orphans = [
-        pid
-        for pid, ppid in parents.items()
-        if ppid == 1
-        and marker in _cmdline(pid)
-        and _cmdline(pid).split(" ", 1)[0].endswith("bwrap")
-    ]
+    orphans = [pid for pid in _sandboxes(runs_dir, parents) if parents[pid] == 1]
     _kill_all([member for root in orphans for member in (root, *_descendants(root))])
     return orphans
 
@@ -308,12 +301,18 @@ def runs_in_use(runs_dir: Path) -> set[str]:
     """The runs under `runs_dir` whose folders a sandbox on this machine is using,
     whoever started it: their folders must stay, whatever the store says."""
     named = re.compile(re.escape(f"{runs_dir}/") + r"([^/\s]+)")
-    used: set[str] = set()
-    for pid in _processes():
+    return {run for command in _sandboxes(runs_dir).values() for run in named.findall(command)}
+
+
+def _sandboxes(runs_dir: Path, parents: dict[int, int] | None = None) -> dict[int, str]:
+    """The bubblewrap processes of runs under `runs_dir`, with their command lines."""
+    marker = f"{runs_dir}/"
+    found = {}
+    for pid in parents if parents is not None else _processes():
         command = _cmdline(pid)
-        if command.split(" ", 1)[0].endswith("bwrap"):
-            used.update(named.findall(command))
-    return used
+        if marker in command and command.split(" ", 1)[0].endswith("bwrap"):
+            found[pid] = command
+    return found
 
 
 def _kill_all(pids: list[int]) -> None:
