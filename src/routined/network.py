@@ -23,10 +23,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from routined.egress import EgressPolicy, HostRule
 
-LEVELS = ("none", "trusted", "full", "custom")
+Level = Literal["none", "trusted", "full", "custom"]
+LEVELS: tuple[Level, ...] = get_args(Level)
 
 
 @dataclass(frozen=True)

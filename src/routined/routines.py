@@ -29,6 +29,7 @@ from routined import github, github_events, network, schedule, vault
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
+from routined.network import Level as NetworkLevel
 from routined.schedule import (
     Schedule,
     ScheduleError,
@@ -55,6 +56,15 @@ class _Strict(BaseModel):
 
 _BRANCH_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*/")
 _CONNECTOR_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+# A repository's push rules: fields of RepositorySpec and columns of Repository alike.
+PUSH_RULES = (
+    "branch_prefix",
+    "allow_unrestricted_push",
+    "allow_force_push",
+    "allow_default_branch_push",
+)
 
 
 class RepositorySpec(_Strict):
@@ -92,12 +102,7 @@ class RepositorySpec(_Strict):
         return self
 
     def push_rules(self) -> dict[str, Any]:
-        return {
-            "branch_prefix": self.branch_prefix,
-            "allow_unrestricted_push": self.allow_unrestricted_push,
-            "allow_force_push": self.allow_force_push,
-            "allow_default_branch_push": self.allow_default_branch_push,
-        }
+        return {name: getattr(self, name) for name in PUSH_RULES}
 
 
 class SecretUse(_Strict):
@@ -117,7 +122,7 @@ class SecretUse(_Strict):
 class EnvironmentSpec(_Strict):
     """What a run starts in: its network, a setup script, variables and secrets."""
 
-    network: Literal["none", "trusted", "full", "custom"] = "trusted"
+    network: NetworkLevel = "trusted"
     allowed_hosts: list[str] = Field(default_factory=list)
     include_trusted: bool = False
     setup_script: str | None = Field(default=None, max_length=100_000)
@@ -837,7 +842,7 @@ def _update(
 
 
 def _push_rules_of(repository: Repository) -> dict[str, Any]:
-    return {name: getattr(repository, name) for name in RepositorySpec(url="-").push_rules()}
+    return {name: getattr(repository, name) for name in PUSH_RULES}
 
 
 def _update_triggers(
