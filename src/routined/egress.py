@@ -60,13 +60,6 @@ class HostRule:
             raise ValueError(f"{text!r} names no host")
         return cls(host, port)
 
-    def matches(self, host: str, port: int) -> bool:
-        if self.port is not None and self.port != port:
-            return False
-        if self.host.startswith("*."):
-            return host.endswith(self.host[1:]) and host != self.host[2:]
-        return host == self.host
-
 
 @dataclass(frozen=True)
 class EgressPolicy:
@@ -135,8 +128,9 @@ class _RuleIndex:
         self._domain_ports = frozenset(domain_ports)
 
     def matches(self, host: str, port: int) -> bool:
-        """What `any(rule.matches(host, port) for rule in rules)` answers, except that
-        a name longer than DNS allows matches no wildcard."""
+        """Whether a rule takes `host:port`: an exact host (with any port or its
+        own), or a name under a `*.domain` (not the domain itself); a name longer than
+        DNS allows matches no wildcard."""
         if host in self._hosts or (host, port) in self._host_ports:
             return True
         # Walking the parents of a name of thousands of labels (a request head may
