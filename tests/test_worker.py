@@ -17,6 +17,7 @@ from routined import runs, sandbox
 from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
+from routined.execution import Executor, RunFailure
 from routined.ids import new_id
 from routined.models import Repository, Routine, Run, RunEvent
 from routined.worker import Worker, utcnow
@@ -240,3 +241,17 @@ async def test_a_folder_another_worker_is_removing_is_left_to_it(
     (busy / "home").mkdir(parents=True)
     assert await Worker(store, settings).remove_expired_files() == []
     assert busy.exists()
+
+
+def test_a_missing_claude_binary_fails_a_run_as_the_sandbox_would(
+    store: Store, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also when the setup script is first to lay out the sandbox: not an internal error."""
+
+    def missing(configured: Path | None) -> Path:
+        raise sandbox.SandboxUnavailable("Claude Code is not bundled with this install")
+
+    monkeypatch.setattr(sandbox, "claude_binary", missing)
+    with pytest.raises(RunFailure) as failed:
+        Executor(store, settings, utcnow)._claude()
+    assert str(failed.value) == "sandbox_unavailable: Claude Code is not bundled with this install"

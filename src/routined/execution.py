@@ -550,15 +550,22 @@ class Executor:
         *,
         also_readable: Sequence[Path] = (),
     ) -> sandbox.Layout:
-        claude = sandbox.claude_binary(self.settings.claude_path)
         return sandbox.run_layout(
             run_dir=run_dir,
             cwd=checkouts[0].path,
             protected=[path for c in checkouts for path in workspace.protected_paths(c)],
-            readable=[claude, *self._borrowed(checkouts), *also_readable],
+            readable=[self._claude(), *self._borrowed(checkouts), *also_readable],
             masked=self._masked,
             egress_socket=egress_socket,
         )
+
+    def _claude(self) -> Path:
+        """Claude Code's binary; a run that cannot have it fails as the sandbox would,
+        whether the setup script or the agent asks first."""
+        try:
+            return sandbox.claude_binary(self.settings.claude_path)
+        except sandbox.SandboxUnavailable as error:
+            raise RunFailure("sandbox_unavailable", str(error)) from error
 
     async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
         await self._check_sandbox()
@@ -696,10 +703,7 @@ class Executor:
         settings = self.settings
         if not settings.anthropic_api_key:
             raise RunFailure("agent_failed", "ANTHROPIC_API_KEY is not set for routined")
-        try:
-            claude = sandbox.claude_binary(settings.claude_path)
-        except sandbox.SandboxUnavailable as error:
-            raise RunFailure("sandbox_unavailable", str(error)) from error
+        claude = self._claude()
         env = sandbox.agent_environment(
             home=run_dir / "home",
             tmp=run_dir / "tmp",
