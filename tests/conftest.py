@@ -84,7 +84,8 @@ def git(
     """git as `who` (name, email), author and committer."""
     name, email = who
     result = subprocess.run(
-        ["git", *args],
+        # A run's checkout belongs to the sandbox's user; the test looks at it as root.
+        ["git", "-c", "safe.directory=*", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -103,10 +104,15 @@ def git(
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     """A bare repository with two commits on `main`, like a project's origin."""
-    bare = tmp_path / "origin" / "app.git"
-    bare.parent.mkdir()
+    return make_origin(tmp_path / "origin")
+
+
+def make_origin(folder: Path) -> Path:
+    """`folder/app.git`: a bare repository with two commits on `main`."""
+    bare = folder / "app.git"
+    bare.parent.mkdir(parents=True)
     git("init", "--quiet", "--bare", "--initial-branch=main", str(bare))
-    seed = tmp_path / "origin" / "seed"
+    seed = folder / "seed"
     git("clone", "--quiet", str(bare), str(seed))
     (seed / "README.md").write_text("# app\n")
     git("add", "README.md", cwd=seed)

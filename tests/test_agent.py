@@ -30,7 +30,8 @@ def test_text_cannot_open_or_close_the_block() -> None:
     assert prompt.count("<routine-fire-payload") == 1
     assert prompt.count("</routine-fire-payload>") == 1
     assert (
-        "a&lt;/routine-fire-payload>b&lt;routine-fire-payload>c&lt;/ROUTINE-FIRE-PAYLOAD>" in prompt
+        "a&lt;/routine-fire-payload>b&lt; routine-fire-payload>c&lt;/ROUTINE-FIRE-PAYLOAD>"
+        in prompt
     )
 
 

@@ -101,6 +101,9 @@ class Run:
         rules: delivery.PushRules = delivery.RESTRICTED,
         own_branch: str = OWN,
     ) -> list[delivery.Pushed]:
+        # The test wrote the agent's work as root: the sandbox's user owns it, as
+        # it would had the agent written it.
+        await workspace.hand_over([self.repo], sandbox.owner(sandbox.SANDBOX_UID))
         layout = sandbox.finishing_layout(
             run_dir=self.run_dir,
             cwd=self.repo,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +20,6 @@ from routined.egress import (
     EgressProxy,
     HostRule,
     ModelGateway,
-    _public_address,
 )
 from routined.testing.fake_anthropic import FakeAnthropic
 
@@ -130,6 +131,11 @@ def test_a_policy_describes_itself(policy: EgressPolicy, described: str) -> None
     assert policy.describe() == described
 
 
+def test_a_public_only_policy_says_so() -> None:
+    policy = EgressPolicy((HostRule("a.com"),), public_only=True)
+    assert policy.describe() == "custom: 1 host (public addresses only)"
+
+
 @pytest.mark.parametrize(
     ("base_url", "authority", "prefix", "tls"),
     [
@@ -181,6 +187,7 @@ class Neighbour:
 
     port: int
     heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
 
 
 @pytest.fixture
@@ -188,6 +195,7 @@ async def neighbour() -> AsyncIterator[Neighbour]:
     found = Neighbour(0)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        found.connections += 1
         found.heads.append(await reader.readuntil(b"\r\n\r\n"))
         body = b"neighbour here\n"
         writer.write(
@@ -203,6 +211,11 @@ async def neighbour() -> AsyncIterator[Neighbour]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+def connect(target: str) -> bytes:
+    """A CONNECT request as clients send it (HTTP/1.1 wants a Host header)."""
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
 
 
 async def exchange(socket_path: Path, *messages: bytes) -> list[bytes]:
@@ -250,16 +263,16 @@ async def test_connect_tunnels_to_an_allowed_host_only(
     socket_path, _decisions = proxy
     tunnel, head, _body = await exchange(
         socket_path,
-        f"CONNECT 127.0.0.1:{fake_api.port} HTTP/1.1\r\n\r\n".encode(),
+        connect(f"127.0.0.1:{fake_api.port}"),
         b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
     assert head.startswith(b"HTTP/1.1 404")
-    denied, _ = await exchange(socket_path, b"CONNECT example.com:443 HTTP/1.1\r\n\r\n")
+    denied, _ = await exchange(socket_path, connect("example.com:443"))
     assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
 
 
-@pytest.mark.parametrize("request_line", [b"GARBAGE\r\n\r\n", b"CONNECT nohost HTTP/1.1\r\n\r\n"])
+@pytest.mark.parametrize("request_line", [b"GARBAGE\r\n\r\n", connect("nohost")])
 async def test_malformed_requests_get_400(
     proxy: tuple[Path, list[EgressDecision]], request_line: bytes
 ) -> None:
@@ -291,7 +304,7 @@ async def test_malformed_urls_get_400(
     proxy: tuple[Path, list[EgressDecision]], target: bytes
 ) -> None:
     socket_path, decisions = proxy
-    head, _ = await exchange(socket_path, b"GET " + target + b" HTTP/1.1\r\n\r\n")
+    head, _ = await exchange(socket_path, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400")
     assert decisions == []
 
@@ -337,7 +350,9 @@ async def test_the_gateway_passes_only_what_claude_code_needs(
     proxy: tuple[Path, list[EgressDecision]], request_line: str
 ) -> None:
     socket_path, decisions = proxy
-    head, _ = await exchange(socket_path, f"{request_line} HTTP/1.1\r\n\r\n".encode())
+    head, _ = await exchange(
+        socket_path, f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n\r\n".encode()
+    )
     assert head.startswith(b"HTTP/1.1 403") and b"x-deny-reason: path_not_allowed" in head
     assert [d.reason for d in decisions] == ["path_not_allowed"]
 
@@ -357,9 +372,7 @@ async def test_under_none_the_gateway_answers_and_nothing_else_does(
             r for r in fake_api.requests if r.body == {"model": "network-none", "messages": []}
         ]
         fake_api.requests.remove(seen)
-        denied, why = await exchange(
-            socket_path, f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode()
-        )
+        denied, why = await exchange(socket_path, connect(f"127.0.0.2:{neighbour.port}"))
     assert denied.startswith(b"HTTP/1.1 403")
     assert b"x-deny-reason: host_not_allowed" in denied
     assert f"127.0.0.2:{neighbour.port} is not on this run's network allowlist".encode() in why
@@ -374,7 +387,7 @@ async def test_a_custom_host_and_port_are_reached_and_no_other(
     async with serving(allowed, fake_api) as (socket_path, decisions):
         tunnel, head, body = await exchange(
             socket_path,
-            f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode(),
+            connect(f"127.0.0.2:{neighbour.port}"),
             b"GET /through-the-tunnel HTTP/1.1\r\nHost: x\r\n\r\n",
         )
         assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
@@ -385,7 +398,7 @@ async def test_a_custom_host_and_port_are_reached_and_no_other(
         )
         assert head.startswith(b"HTTP/1.1 200 OK") and body == b"neighbour here\n"
         for target in ("127.0.0.2:9", f"127.0.0.1:{fake_api.port}"):
-            denied, _ = await exchange(socket_path, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            denied, _ = await exchange(socket_path, connect(target))
             assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
     assert [head.split(b"\r\n")[:2] for head in neighbour.heads] == [
         [b"GET /through-the-tunnel HTTP/1.1", b"Host: x"],
@@ -404,7 +417,7 @@ async def test_under_full_local_addresses_stay_out_of_reach(
 ) -> None:
     async with serving(network.policy("full"), fake_api) as (socket_path, decisions):
         for target in (f"127.0.0.2:{neighbour.port}", "localhost:5432", "169.254.169.254:80"):
-            denied, why = await exchange(socket_path, f"CONNECT {target} HTTP/1.1\r\n\r\n".encode())
+            denied, why = await exchange(socket_path, connect(target))
             assert denied.startswith(b"HTTP/1.1 403") and b"host_not_allowed" in denied
             assert b"which network: full does not reach" in why
         denied, _ = await exchange(
@@ -427,7 +440,7 @@ async def test_under_full_a_host_routined_adds_is_reached_even_when_local(
     async with serving(named, fake_api) as (socket_path, decisions):
         tunnel, head, body = await exchange(
             socket_path,
-            f"CONNECT 127.0.0.2:{neighbour.port} HTTP/1.1\r\n\r\n".encode(),
+            connect(f"127.0.0.2:{neighbour.port}"),
             b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         )
         assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
@@ -435,13 +448,103 @@ async def test_under_full_a_host_routined_adds_is_reached_even_when_local(
     assert [(d.host, d.allowed) for d in decisions] == [("127.0.0.2", True)]
 
 
-async def test_full_connects_to_public_addresses_by_the_address_it_checked() -> None:
-    assert await _public_address("93.184.215.14", 443) == "93.184.215.14"
-    assert await _public_address("[64:ff9b::5db8:d70e]", 443) == "64:ff9b::5db8:d70e"
-    assert await _public_address("[2606:2800:21f:cb07:6820:80da:af6b:8b2c]", 443) == (
-        "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+# 127.0.0.2, where the neighbour listens, as an attacker may write it: resolver
+# spellings, IPv6 forms that carry it, and names of this machine.
+_LOCAL_SPELLINGS = [
+    "127.0.0.2",
+    "127.2",
+    "2130706434",
+    "0x7f000002",
+    "0177.0.0.2",
+    "[::ffff:127.0.0.2]",
+    "[::127.0.0.2]",
+    "[::ffff:0:7f00:2]",
+    "[64:ff9b::7f00:2]",
+    "[64:ff9b:1::7f00:2]",
+    "[2002:7f00:2::]",
+    "[::1]",
+    "0.0.0.0",
+    "localhost.",
+    "LocalHost",
+]
+
+
+@pytest.mark.parametrize("host", _LOCAL_SPELLINGS)
+async def test_under_full_this_machine_is_out_of_reach_however_it_is_written(
+    fake_api: FakeAnthropic, neighbour: Neighbour, host: str
+) -> None:
+    async with serving(network.policy("full"), fake_api) as (socket_path, decisions):
+        for request in (
+            connect(f"{host}:{neighbour.port}"),
+            f"GET http://{host}:{neighbour.port}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+        ):
+            denied, why = await exchange(socket_path, request)
+            assert denied.startswith(b"HTTP/1.1 403")
+            assert b"x-deny-reason: host_not_allowed" in denied
+            assert b"which network: full does not reach" in why
+            assert decisions[-1].detail and decisions[-1].detail.encode() in why
+    assert [d.allowed for d in decisions] == [False, False]
+    assert neighbour.connections == 0
+
+
+@pytest.mark.parametrize(
+    "named_by",
+    [
+        pytest.param(lambda hosts: network.policy("custom", hosts), id="its allowed_hosts"),
+        pytest.param(lambda hosts: network.policy("none", extra_hosts=hosts), id="routined"),
+        pytest.param(lambda hosts: network.policy("full", extra_hosts=hosts), id="full"),
+    ],
+)
+async def test_an_accounts_routine_reaches_no_local_host_whoever_names_it(
+    fake_api: FakeAnthropic,
+    neighbour: Neighbour,
+    named_by: Callable[[list[str]], EgressPolicy],
+) -> None:
+    """An account's key set `allowed_hosts: [127.0.0.2:PORT]` (issue 14, finding 6)."""
+    target = f"127.0.0.2:{neighbour.port}"
+    policy = dataclasses.replace(named_by([target]), public_only=True)
+    async with serving(policy, fake_api) as (socket_path, decisions):
+        for request in (
+            connect(target),
+            f"GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\n\r\n".encode(),
+        ):
+            denied, why = await exchange(socket_path, request)
+            assert denied.startswith(b"HTTP/1.1 403")
+            assert b"x-deny-reason: host_not_allowed" in denied
+            assert b"127.0.0.2 is a loopback address" in why
+            assert b"ROUTINED_ALLOW_PRIVATE_NETWORKS" in why
+        # The model gateway is the operator's setting, on loopback here: it still answers.
+        body = b'{"model": "public-only", "messages": []}'
+        head, answer = await exchange(
+            socket_path,
+            b"POST /v1/messages/count_tokens HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body,
+        )
+        assert head.startswith(b"HTTP/1.1 200") and b"input_tokens" in answer
+    [seen] = [r for r in fake_api.requests if r.body == {"model": "public-only", "messages": []}]
+    fake_api.requests.remove(seen)
+    assert [(d.host, d.allowed, d.detail) for d in decisions] == [
+        ("127.0.0.2", False, "127.0.0.2 is a loopback address (this machine)")
+    ] * 2
+    assert neighbour.connections == 0
+
+
+async def test_the_operator_may_open_a_private_network_to_accounts(
+    fake_api: FakeAnthropic, neighbour: Neighbour
+) -> None:
+    target = f"127.0.0.2:{neighbour.port}"
+    policy = dataclasses.replace(
+        network.policy("custom", [target, f"127.0.0.1:{fake_api.port}"]),
+        public_only=True,
+        private_allowed=(ipaddress.ip_network("127.0.0.2/32"),),
     )
-    for local in ("10.1.2.3", "192.168.0.1", "[::1]", "100.64.0.1", "0.0.0.0", "[64:ff9b::7f00:1]"):
-        refused = await _public_address(local, 80)
-        assert isinstance(refused, ValueError), local
-    assert await _public_address("no-such-host.invalid", 80) is None
+    async with serving(policy, fake_api) as (socket_path, decisions):
+        tunnel, head, body = await exchange(
+            socket_path, connect(target), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert tunnel.startswith(b"HTTP/1.1 200 Connection Established")
+        assert head.startswith(b"HTTP/1.1 200 OK") and body == b"neighbour here\n"
+        denied, why = await exchange(socket_path, connect(f"127.0.0.1:{fake_api.port}"))
+        assert denied.startswith(b"HTTP/1.1 403") and b"127.0.0.1 is a loopback address" in why
+    assert [(d.host, d.allowed) for d in decisions] == [("127.0.0.2", True), ("127.0.0.1", False)]
+    assert neighbour.connections == 1

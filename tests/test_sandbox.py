@@ -85,6 +85,9 @@ class Box:
                 EgressPolicy(), lambda _: None, ModelGateway(self.fake.base_url, "sk-ant-test")
             )
             await proxy.start(socket)
+            owner = sandbox.owner(sandbox.SANDBOX_UID)
+            if owner is not None:
+                os.chown(socket, owner, owner)
             try:
                 process = await asyncio.create_subprocess_exec(
                     str(launcher),
@@ -119,7 +122,9 @@ async def box(
         (run_dir / folder).mkdir(parents=True)
     (routined_home / "routined.db").write_text("the store")
     mirror = await workspace.sync_mirror(str(origin), routined_home / "mirrors")
-    checkout = await workspace.clone(mirror, run_dir / "workspace" / "app")
+    owner = sandbox.owner(sandbox.SANDBOX_UID)
+    checkout = await workspace.clone(mirror, run_dir / "workspace" / "app", owner=owner)
+    await workspace.hand_over([run_dir / "workspace", run_dir / "home", run_dir / "tmp"], owner)
     return Box(host, run_dir, checkout, routined_home, user_home, secret_file, fake_api)
 
 
@@ -314,6 +319,8 @@ async def test_a_masked_folder_inside_another_is_hidden_by_it(tmp_path: Path) ->
         (run_dir / folder).mkdir(parents=True)
     (outer / "routined.db").write_text("the store")
     (inner / "secret.key").write_text("the key")
+    await workspace.hand_over([run_dir / "workspace"], sandbox.owner(sandbox.SANDBOX_UID))
+    tmp_path.chmod(0o755)  # shown as a system folder is: readable by anyone
     layout = sandbox.run_layout(
         run_dir=run_dir,
         cwd=run_dir / "workspace",

@@ -378,3 +378,91 @@ def test_json_like_data_is_redacted_in_keys_values_and_lists() -> None:
     assert event["content"][1] == "npm_abc123"  # the original is not changed
     assert redactor.data("npm_abc123") == "[redacted:TOKEN]"
     assert redactor.data(7) == 7
+
+
+# A piece of a value that a cut left: its start before the end of what was kept, its
+# end after the start. Claude Code's previews cut at any character; so do routined's
+# own bounds (an event's preview, a summary's last 4,000 characters).
+
+TOKEN = "ghp_Q7rT2xLm9VbN4cYw8ZkP3dFs6HjA1uGe5Rt0"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        ("token=ghp_Q7rT2x", "token=[redacted:TOKEN]"),  # the end of the text
+        ("ghp_Q", "[redacted:TOKEN]"),  # four letters and digits: g, h, p, Q
+        ("ghp_Q7rT2x\nnext line", "[redacted:TOKEN]\nnext line"),
+        ("ghp_Q7rT2x\r\nnext line", "[redacted:TOKEN]\r\nnext line"),
+        # Claude Code's 2 KB preview, as its transcript (JSON) writes it.
+        (
+            r'{"content": "Preview (first 2KB):\nx ghp_Q7rT2x\n...\n</persisted-output>"}',
+            r'{"content": "Preview (first 2KB):\nx [redacted:TOKEN]\n...\n</persisted-output>"}',
+        ),
+        ("ghp_Q7rT2x…", "[redacted:TOKEN]…"),
+        ("ghp_Q7rT2x...[truncated]", "[redacted:TOKEN]...[truncated]"),
+        (r"ghp_Q7rT2x\u2026", r"[redacted:TOKEN]\u2026"),
+        ("ghp_Q7rT2x\ufffd", "[redacted:TOKEN]\ufffd"),  # bytes cut inside a character
+        ('{"stdout": "ghp_Q7rT2x"}', '{"stdout": "[redacted:TOKEN]"}'),
+        # The end of a value where a cut kept the end of a text.
+        ("uGe5Rt0 and then", "[redacted:TOKEN] and then"),
+        (
+            "head\n\n... [4017 characters truncated] ...\n\nA1uGe5Rt0\nrest",
+            "head\n\n... [4017 characters truncated] ...\n\n[redacted:TOKEN]\nrest",
+        ),
+        ("[… 40KB omitted …]\nuGe5Rt0 tail", "[… 40KB omitted …]\n[redacted:TOKEN] tail"),
+        ("…e5Rt0 and", "…[redacted:TOKEN] and"),
+        ('{"said": "Ge5Rt0 was"}', '{"said": "[redacted:TOKEN] was"}'),
+        # A cut that kept both ends of a line wrapped inside the value.
+        ("ghp_Q7rT2xLm9\nVbN4cYw8ZkP3dFs6HjA1uGe5Rt0", "[redacted:TOKEN]\n[redacted:TOKEN]"),
+    ],
+)
+def test_a_piece_of_a_value_left_by_a_cut_is_redacted(text: str, redacted: str) -> None:
+    assert Redactor({"TOKEN": TOKEN}).text(text) == redacted
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ghp_Q7rT2xZZZ",  # the start of the value, then other text: not a cut
+        "ghp_Q7rT2x and more",
+        "ghp_Q7rT2x-other",
+        "ghp_\n",  # three letters and digits are not enough
+        "ghp\n",
+        "ghp_Zz9Q7rT2xLm\n",  # another token with the same prefix
+        "xyzuGe5Rt0 and",  # the end of the value after other text
+        "see e5Rt0",
+        "\nRt0 and",  # three letters and digits
+        r'{"stdout": "ghp_Q7rT2x\"more"}',  # an escaped quote: the string goes on
+        r"ghp_Q7rT2x\\n",  # an escaped backslash, then n: not a line break
+    ],
+)
+def test_a_piece_not_left_by_a_cut_is_ordinary_text(text: str) -> None:
+    assert Redactor({"TOKEN": TOKEN}).text(text) == text
+
+
+def test_separators_and_indentation_are_not_the_start_of_a_key() -> None:
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5v\n-----END"
+    redactor = Redactor({"DEPLOY_KEY": key})
+    text = "table\n-----\n=====\n----------\n    \n-----BEG\n"
+    assert redactor.text(text) == text
+    assert redactor.text("x -----BEGIN OPE\n") == "x [redacted:DEPLOY_KEY]\n"
+
+
+def test_a_vendor_prefix_shared_with_other_keys_is_left_alone_before_another_key() -> None:
+    redactor = Redactor({"ANTHROPIC": "sk-ant-api03-Qx7Lm2Zr9TbN4cYw8Zk"})
+    text = "export KEY=sk-ant-api03-Other9Key5Value\n"
+    assert redactor.text(text) == text
+    assert redactor.text("KEY=sk-ant-api03-Qx7\n") == "KEY=[redacted:ANTHROPIC]\n"
+
+
+def test_a_value_is_caught_as_javascript_escapes_it_and_escaped_twice() -> None:
+    value = 'pä"ss\\wörd-Ünï9'
+    redactor = Redactor({"PASSWORD": value})
+    as_javascript = json.dumps(value, ensure_ascii=False)  # Claude Code's transcript
+    assert redactor.text(as_javascript) == '"[redacted:PASSWORD]"'
+
+    def quoted_twice(said: str) -> str:  # a tool's JSON output inside the transcript's JSON
+        return json.dumps(json.dumps({"out": said}, ensure_ascii=False), ensure_ascii=False)
+
+    assert redactor.text(quoted_twice(value)) == quoted_twice("[redacted:PASSWORD]")

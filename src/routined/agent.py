@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
 import secrets
 import stat
+import unicodedata
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +36,9 @@ EVENT_TAG = "github-event"
 # agent can influence, and all they do is spare work a fresh home has no need of.
 _MIGRATION_FLAG = re.compile(r"[A-Za-z]{1,60}MigrationComplete|hasReset[A-Za-z]{1,60}")
 _HEX_ID = re.compile(r"[0-9a-f]{64}")
-_TAG_IN_TEXT = re.compile(rf"<(/?)\s*({PAYLOAD_TAG}|{EVENT_TAG})", re.IGNORECASE)
+# What a model may read as the `<` of a tag: `<`, its compatibility forms (NFKC: ﹤ ＜)
+# and its look-alikes in Unicode's confusables (‹ ❮ ˂ ᐸ ᚲ 𝈶). A test checks NFKC's.
+_TAG_IN_TEXT = re.compile("[<\ufe64\uff1c\u2039\u276e\u02c2\u1438\u16b2\U0001d236]")
 _EVENT_LIMIT = 256 * 1024
 
 
@@ -130,14 +134,65 @@ def build_prompt(routine_prompt: str, text: str | None, *, source: str) -> str:
     if not text:
         return routine_prompt
     tag = EVENT_TAG if source == "github" else PAYLOAD_TAG
-    # The text cannot close the block early: its own tags are defused.
-    defused = _TAG_IN_TEXT.sub(lambda m: f"&lt;{m.group(1)}{m.group(2)}", text)
+    # The text cannot close the block early, nor open another: wherever it has what
+    # a model may read as one of the two tags, that `<` becomes `&lt;`; nothing else
+    # of the text changes.
+    defused = _TAG_IN_TEXT.sub(lambda m: "&lt;" if _names_a_tag(text, m.end()) else m.group(), text)
     return (
         f"{routine_prompt.rstrip()}\n\n"
         f'<{tag} source="{source}" trust="untrusted">\n'
         f"{defused}\n"
         f"</{tag}>\n"
     )
+
+
+# The tags' names as compared: folded, without dashes; and what may begin one.
+_TAG_NAMES = tuple(name.replace("-", "") for name in (PAYLOAD_TAG, EVENT_TAG))
+_TAG_PREFIXES = frozenset(name[:end] for name in _TAG_NAMES for end in range(1, len(name)))
+
+
+def _names_a_tag(text: str, start: int) -> bool:
+    """Whether what follows a `<` at `start` may read as `/routine-fire-payload`,
+    `github-event` and the like. As a model may read it:
+    1. what cannot be seen is skipped anywhere (spaces, format characters such as
+       zero-width spaces and joiners, U+2060, U+FEFF and tag characters, controls,
+       combining marks), and so are dashes and underscores of every kind;
+    2. before the name, one `/` or any other punctuation or symbol (／ ⁄ \\) may come;
+    3. the name's letters are compared after NFKC and case folding (ｒ, 𝐫, ⓡ, R are r;
+       ﬁ is fi).
+    A `<` followed by anything else is left alone. The walk ends at the first
+    character that fits none of these, so the text is read about once in all.
+    """
+    seen = ""  # the name's letters so far, folded
+    separated = False
+    for index in range(start, len(text)):
+        letters, symbol = _read(text[index])
+        if not letters:
+            continue
+        if seen + letters in _TAG_PREFIXES:
+            seen += letters
+        elif (seen + letters).startswith(_TAG_NAMES):
+            return True
+        elif symbol and not seen and not separated:
+            separated = True
+        else:
+            return False
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _read(char: str) -> tuple[str, bool]:
+    """How `_names_a_tag` reads a character: its letters, folded ("" for one that is
+    not seen, a dash or an underscore), and whether it is punctuation or a symbol."""
+    if _unseen(char) or unicodedata.category(char) in ("Pd", "Pc"):
+        return "", False
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", char).casefold())
+    letters = "".join(part for part in folded if not _unseen(part))
+    return letters, unicodedata.category(char)[0] in "PS"
+
+
+def _unseen(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char)[0] in "CMZ"
 
 
 def system_prompt_addition(*, routine: str, repositories: list[tuple[Path, str, str]]) -> str:
@@ -279,12 +334,15 @@ async def run_command(
     env: dict[str, str],
     on_message: Callable[[str, dict[str, Any]], Awaitable[None]],
     on_stderr: Callable[[str], None],
+    owner: int | None = None,
 ) -> SessionOutcome:
     """Run any agent CLI to its end: the prompt on its stdin and in the file named by
     `ROUTINED_PROMPT_FILE`; what it prints becomes `agent.output` events, and the
     end of it the run's summary."""
     prompt_file = tmp / PROMPT_FILE
     write_fresh(prompt_file, prompt)
+    if owner is not None:  # the agent runs as the sandbox user: its to read
+        os.chown(prompt_file, owner, owner)
     process = await asyncio.create_subprocess_exec(
         str(launcher),
         *command[1:],

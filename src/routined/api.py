@@ -9,7 +9,6 @@ answers errors in Anthropic's envelope:
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routined import __version__, fires, management, runs, tokens, webhooks
+from routined import __version__, fires, jsonbody, management, runs, tokens, webhooks
 from routined import limits as limits_
 from routined.config import Settings
 from routined.db import GroupCommit, Store, count_up_to, rows_at_most, table_of
@@ -294,7 +293,7 @@ def _invalid(error: RequestValidationError) -> str:
         return "invalid request"
     first = problems[0]
     if first.get("type") == "json_invalid":
-        return "body: not valid JSON; send a JSON object"
+        return jsonbody.NOT_JSON
     field = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return f"{field}: {first.get('msg', 'is invalid')}{more}"
@@ -341,8 +340,10 @@ def _fire_text(body: bytes) -> str | None:
     if not body.strip():
         return None
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = jsonbody.parse_json(body)
+    except jsonbody.UnfitJson as error:
+        raise Problem(400, str(error)) from None
+    except ValueError:  # not JSON, not UTF-8, or a number of thousands of digits
         raise Problem(400, 'the body is not valid JSON; send {"text": "…"} or no body') from None
     if not isinstance(payload, dict):
         raise Problem(400, 'the body must be a JSON object such as {"text": "…"}')

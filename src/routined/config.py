@@ -7,6 +7,7 @@ same variable with `_FILE` appended, and never prints its value.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,6 +16,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+MIB = 1024**2
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+_UNITS |= {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]i?)?b?\s*", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `4GiB`, `512M`, `1.5g` or `1048576`; ValueError if it is
+    not one. Binary units (KiB, MiB, GiB, TiB) are powers of 1024, the others of 1000."""
+    found = _SIZE.fullmatch(str(text))
+    if found is None:
+        raise ValueError(f"{text!r} is not a size; write one such as 4GiB, 512MiB or 2G")
+    number, unit = found.groups()
+    return int(float(number) * _UNITS[(unit or "").lower()])
 
 
 class Secret:
@@ -195,6 +212,44 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "Claude Code binary; default: the one bundled with claude-agent-sdk.",
     ),
+    Setting(
+        "ROUTINED_SANDBOX_UID",
+        "65533",
+        "Host user id (and group id) a sandbox's processes run as when routined runs as "
+        "root, so nothing the agent makes is root's; 65533 is in the range Debian reserves "
+        "and never hands out. Not root (0), nor a user who owns anything.",
+    ),
+    Setting(
+        "ROUTINED_RUN_MEMORY",
+        "4GiB",
+        "Memory a run's sandbox may use (its processes and their temporary files) when its "
+        "routine sets no `limits.memory`.",
+    ),
+    Setting(
+        "ROUTINED_RUN_PIDS",
+        "1024",
+        "Processes and threads a run's sandbox may have at once when its routine sets no "
+        "`limits.pids`.",
+    ),
+    Setting(
+        "ROUTINED_RUN_DISK",
+        "10GiB",
+        "Disk a run's folders (workspace, home, temporary files) may fill when its routine "
+        "sets no `limits.disk`.",
+    ),
+    Setting(
+        "ROUTINED_RUN_CPUS",
+        "1",
+        "Cores a run's sandbox may keep busy when its routine sets no `limits.cpu`.",
+    ),
+    Setting(
+        "ROUTINED_ALLOW_PRIVATE_NETWORKS",
+        "",
+        "Addresses an account's routines may reach although they are private (CIDR "
+        "networks, comma-separated, e.g. 10.20.0.0/16,fd12::/64). By default routines "
+        "applied with an account's key reach public addresses only; the operator's reach "
+        "anything.",
+    ),
     Setting("ROUTINED_GIT_AUTHOR_NAME", "routined", "Author of commits routined makes."),
     Setting("ROUTINED_GIT_AUTHOR_EMAIL", "routined@localhost", "Email of commits routined makes."),
     Setting(
@@ -271,6 +326,12 @@ class Settings:
     heartbeat_interval: float
     lost_after: float
     claude_path: Path | None
+    sandbox_uid: int
+    run_memory: int
+    run_pids: int
+    run_disk: int
+    run_cpus: float
+    allow_private_networks: tuple[IPNetwork, ...]
     git_author_name: str
     git_author_email: str
     anthropic_base_url: str
@@ -359,6 +420,14 @@ class Settings:
             ),
             lost_after=_number("ROUTINED_LOST_AFTER", raw["ROUTINED_LOST_AFTER"] or "", float, 1),
             claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
+            sandbox_uid=_sandbox_uid(raw["ROUTINED_SANDBOX_UID"] or ""),
+            run_memory=_size("ROUTINED_RUN_MEMORY", raw["ROUTINED_RUN_MEMORY"] or "", 64 * MIB),
+            run_pids=_number("ROUTINED_RUN_PIDS", raw["ROUTINED_RUN_PIDS"] or "", int, 16),
+            run_disk=_size("ROUTINED_RUN_DISK", raw["ROUTINED_RUN_DISK"] or "", 64 * MIB),
+            run_cpus=_number("ROUTINED_RUN_CPUS", raw["ROUTINED_RUN_CPUS"] or "", float, 0.05),
+            allow_private_networks=_networks(
+                "ROUTINED_ALLOW_PRIVATE_NETWORKS", raw["ROUTINED_ALLOW_PRIVATE_NETWORKS"] or ""
+            ),
             git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
             git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
             anthropic_base_url=model_api,
@@ -373,6 +442,30 @@ class Settings:
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+
+def secure_home(home: Path) -> None:
+    """Make routined's home its own alone, whatever the umask it was made under: the
+    folder 0700, and the store, keys and folders in it closed to group and others.
+
+    Files routined makes from now on are private too (the umask `routined` runs
+    with, see `cli.main`); this mends a home an older version or a looser umask
+    made. Only what routined's user owns is changed.
+    """
+    try:
+        info = home.stat()
+    except FileNotFoundError:
+        return
+    if info.st_uid != os.geteuid():
+        return
+    home.chmod(0o700)
+    for entry in home.iterdir():
+        try:
+            found = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if found.st_uid == os.geteuid() and not entry.is_symlink() and found.st_mode & 0o077:
+            entry.chmod(found.st_mode & 0o7700)
 
 
 def listen_url(host: str, port: int) -> str:
@@ -425,6 +518,37 @@ def _zone(name: str, raw: str) -> str:
             f"{name}: {raw!r} is not an IANA time zone; use a name such as Europe/Berlin"
         ) from None
     return raw
+
+
+def _size(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = parse_size(raw)
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum // MIB} MiB, got {raw!r}")
+    return value
+
+
+def _sandbox_uid(raw: str) -> int:
+    uid = _number("ROUTINED_SANDBOX_UID", raw, int, 1)
+    if uid >= 2**31 - 1:
+        raise ConfigError(f"ROUTINED_SANDBOX_UID: {raw!r} is past the largest usable id")
+    return int(uid)
+
+
+def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for part in (piece.strip() for piece in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {part!r} is not a network; write CIDR networks such as 10.20.0.0/16"
+            ) from None
+    return tuple(networks)
 
 
 def _path(raw: str | None) -> Path | None:

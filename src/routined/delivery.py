@@ -1,7 +1,9 @@
 """Delivery: the agent's work lands where its push rules allow.
 
 1. `routined.finishing` brings what the agent left out of its sandbox into an
-   outbox, a bare repository routined owns, each new commit naming its session.
+   outbox, a bare repository routined owns, every object checked by git's fsck
+   (work it refuses is never pushed: `finishing.UnsafeObjects`), each new commit
+   naming its session.
 2. `plan` decides, from the repository's `PushRules`, what goes where and how:
    by default every target is a new branch under the prefix (`claude/`).
 3. Pushes go from the outbox to the origin. A branch under the prefix is only
@@ -22,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from routined.finishing import AgentWork, collect, finish
-from routined.workspace import Checkout, GitError, git, remove
+from routined.workspace import Checkout, GitError, git, local_repository, remove
 
 BRANCH_PREFIX = "claude/"
 MAX_PUSHES = 50
@@ -143,6 +145,8 @@ async def deliver(
     network) in the checkout; `scratch` a folder only routined can reach;
     `own_branch` the run's branch, under `rules.prefix`; `author_email` the one
     routined's commits carry (a branch with commits by anyone else is not moved).
+    Raises `finishing.UnsafeObjects` (a GitError) when git's fsck refuses any object
+    of the work, before anything is pushed.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -364,6 +368,13 @@ async def _create(
     return f"{branch}-{suffix}"
 
 
+def _origin_umask(checkout: Checkout) -> int | None:
+    """A local origin is the operator's, and every run's sandbox reads its objects:
+    what routined pushes there is written as git under a usual umask would write it,
+    not kept private as routined's own files are."""
+    return 0o022 if local_repository(checkout.url) is not None else None
+
+
 async def _create_as(checkout: Checkout, outbox: Path, sha: str, branch: str, prefix: str) -> None:
     if not branch.startswith(prefix):
         raise GitError(f"refusing to push outside {prefix}: {branch}")
@@ -371,9 +382,9 @@ async def _create_as(checkout: Checkout, outbox: Path, sha: str, branch: str, pr
     # An empty lease means "only if the branch does not exist yet": the agent
     # cannot move a branch someone else made, even fast-forward.
     await git(
-        "push", "--porcelain", f"--force-with-lease=refs/heads/{branch}:",
+        *checkout.network, "push", "--porcelain", f"--force-with-lease=refs/heads/{branch}:",
         "--", checkout.url, f"{sha}:refs/heads/{branch}",
-        cwd=outbox, secret=checkout.url,
+        cwd=outbox, secret=checkout.url, umask=_origin_umask(checkout),
     )  # fmt: skip
 
 
@@ -395,8 +406,9 @@ async def _update(
     try:
         # Without a force option the origin takes only a new branch or a fast-forward.
         said = await git(
-            "push", "--porcelain", *options, "--", checkout.url, f"{planned.sha}:{ref}",
-            cwd=outbox, secret=checkout.url,
+            *checkout.network, "push", "--porcelain", *options,
+            "--", checkout.url, f"{planned.sha}:{ref}",
+            cwd=outbox, secret=checkout.url, umask=_origin_umask(checkout),
         )  # fmt: skip
     except GitError as error:
         why = _refusal(str(error))

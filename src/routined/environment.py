@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from routined import network
+from routined import network, vault
 from routined.egress import EgressPolicy
 from routined.workspace import remove
 
@@ -191,14 +191,29 @@ class SetupCache:
             await _copy_tree(entry / "home", home)
             return age
 
-    async def keep(self, key: str, home: Path, *, now: datetime, seconds: float) -> None:
+    async def keep(
+        self,
+        key: str,
+        home: Path,
+        *,
+        now: datetime,
+        seconds: float,
+        redactor: vault.Redactor | None = None,
+    ) -> bool:
         """Keep a copy of `home` as the result for `key`; it replaces the routine's
-        other results, which no run will ask for again unless their script returns."""
+        other results, which no run will ask for again unless their script returns.
+
+        Not kept (False) when the copy holds a value `redactor` knows: no secret is
+        kept in plain text, and a redacted copy would not work."""
         self.folder.mkdir(parents=True, exist_ok=True)
         partial = self.folder / f"{_PARTIAL}{random.token_hex(6)}"
         try:
             partial.mkdir(mode=0o700)
             await _copy_tree(home, partial / "home")
+            if redactor is not None:
+                changed = await asyncio.to_thread(vault.redact_tree, partial / "home", redactor)
+                if changed:
+                    return False
             (partial / "made.json").write_text(
                 json.dumps({"at": now.timestamp(), "seconds": seconds})
             )
@@ -210,6 +225,7 @@ class SetupCache:
                     if other.name in (key, _LOCK) or _copying(other, now):
                         continue
                     await remove(other)
+            return True
         finally:
             await remove(partial)
 

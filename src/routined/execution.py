@@ -30,9 +30,13 @@ from sqlalchemy import select
 from routined import (
     agent,
     delivery,
+    finishing,
     fires,
     forge,
     gate,
+    kept,
+    reach,
+    resources,
     runs,
     sandbox,
     schedule,
@@ -108,6 +112,9 @@ class RunContext:
     limits: dict[str, Any] = field(default_factory=dict)
     agent: dict[str, Any] = field(default_factory=dict)
     connectors: dict[str, Any] = field(default_factory=dict)
+    # Applied with an account's key: every connection made for it goes to public
+    # addresses only (`routined.reach`), judged again as it is made.
+    public_only: bool = False
 
     def own_branch(self, number: int = 0) -> str:
         """The branch the agent's uncommitted work goes to in repository `number`."""
@@ -162,6 +169,11 @@ class Executor:
         self._cancellable: dict[str, asyncio.Task[_Worked]] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._redactors: dict[str, vault.Redactor] = {}
+        # Each run's resource group (`routined.resources`), its sandboxes' caps.
+        self._groups: dict[str, resources.RunGroup] = {}
+        # Each run's checkouts, once made: kept for inspection if not delivered.
+        self._checkouts: dict[str, list[workspace.Checkout]] = {}
+        self._settled: set[str] = set()  # runs whose folder is settled (see `_settle`)
 
     async def close(self) -> None:
         """Stop background work (standby checkouts); they are only ever a head start."""
@@ -183,6 +195,7 @@ class Executor:
             context = await asyncio.to_thread(self._load, claim.run_id)
             if context.gate is not None and not await self._passes_gate(context, claim, recorder):
                 return
+            self._groups[claim.run_id] = await self._make_group(context)
             # Until delivery starts, a cancel request stops the run: this part
             # runs as a task of its own that `cancel` can cancel.
             work = asyncio.create_task(self._prepare_and_run(context, claim, run_dir, recorder))
@@ -197,9 +210,12 @@ class Executor:
                 RunStatus.FINISHING,
                 "the agent stopped: " + (ending.error or "it finished its session"),
             )
-            pushed = await self._deliver(context, checkouts, run_dir, recorder)
+            pushed = await self._deliver(
+                context, checkouts, run_dir, recorder, self._groups[claim.run_id]
+            )
             delivered = True
             await self._publish(context, checkouts, pushed, recorder)
+            await self._settle(context, claim, run_dir, recorder, delivered=True)
             outcome = ending.outcome or agent.SessionOutcome()
             results = {
                 "branches": [p.as_dict() for p in pushed],
@@ -219,27 +235,30 @@ class Executor:
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(claim.run_id, None)
             current = asyncio.current_task()
+            await self._settle(context, claim, run_dir, recorder, delivered=delivered)
             if reason is None or (current is not None and current.cancelling()):
                 await self._end_failed(claim, "interrupted: the worker was stopped")
                 raise
             await self._end_cancelled(claim, reason)
         except RunFailure as failure:
+            await self._settle(context, claim, run_dir, recorder, delivered=delivered)
             await self._end_failed(claim, str(failure), failure.pushed)
         except Exception as error:  # noqa: BLE001 - a bug: logged, and the run ends failed
             said = traceback.format_exc()
             log.error(
                 "run %s failed unexpectedly\n%s", claim.run_id, self._redactor(claim).text(said)
             )
+            await self._settle(context, claim, run_dir, recorder, delivered=delivered)
             await self._end_failed(claim, f"internal_error: {type(error).__name__}: {error}")
         finally:
             self._cancel_reasons.pop(claim.run_id, None)
-            self._redactors.pop(claim.run_id, None)
             await recorder.flush()
-            # The home keeps Claude Code's transcript; delivered work is on the
-            # origin; undelivered work stays for a person to look at.
-            await workspace.remove(run_dir / "tmp")
-            if delivered:
-                await workspace.remove(run_dir / "workspace")
+            self._checkouts.pop(claim.run_id, None)
+            self._redactors.pop(claim.run_id, None)
+            self._settled.discard(claim.run_id)
+            group = self._groups.pop(claim.run_id, None)
+            if group is not None:
+                await asyncio.shield(asyncio.to_thread(group.close))
             if standby and context is not None:
                 task = asyncio.create_task(self._prepare_standbys(context))
                 self._background.add(task)
@@ -367,8 +386,9 @@ class Executor:
     ) -> _Worked:
         revealed = await asyncio.to_thread(self._reveal, context)
         recorder.redactor = self._redactors[claim.run_id] = vault.Redactor(revealed)
-        checkouts = await self._prepare(context, run_dir)
+        checkouts = self._checkouts[claim.run_id] = await self._prepare(context, run_dir)
         checkouts = await self._fetch_pull_head(context, checkouts, recorder)
+        self._checkouts[claim.run_id] = checkouts
         for checkout in checkouts:
             await recorder.event(
                 "git.clone",
@@ -380,7 +400,11 @@ class Executor:
         gateway = ModelGateway(
             self.settings.anthropic_base_url, self.settings.anthropic_api_key.reveal()
         )
-        policy = context.environment.policy(extra_hosts=_connector_hosts(context.connectors))
+        policy = dataclasses.replace(
+            context.environment.policy(extra_hosts=_connector_hosts(context.connectors)),
+            public_only=context.public_only,
+            private_allowed=self.settings.allow_private_networks,
+        )
         denied: Counter[str] = Counter()
 
         def on_decision(decision: EgressDecision) -> None:
@@ -389,12 +413,14 @@ class Executor:
             target = f"{decision.host}:{decision.port}"
             denied[target] += 1
             if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
+                detail = f" ({decision.detail})" if decision.detail else ""
                 recorder.event_soon(
                     "egress.denied",
-                    f"blocked {decision.method} to {target}: {decision.reason}",
+                    f"blocked {decision.method} to {target}: {decision.reason}{detail}",
                     host=decision.host,
                     port=decision.port,
                     deny_reason=decision.reason,
+                    **({"detail": decision.detail} if decision.detail else {}),
                 )
 
         # One proxy serves the setup script and the agent: the run's network level
@@ -406,17 +432,28 @@ class Executor:
         deadline = asyncio.get_running_loop().time() + limit
         try:
             await proxy.start(egress_socket)
+            if self._owner is not None:  # its folder stays routined's alone
+                os.chown(egress_socket, self._owner, self._owner)
             await recorder.event(
                 "environment.network",
                 f"network {policy.describe()}",
                 level=context.environment.network,
             )
+            group = self._groups[claim.run_id]
             await self._set_up(
-                context, run_dir, checkouts, egress_socket, revealed, recorder, deadline
+                context, run_dir, checkouts, egress_socket, revealed, recorder, deadline, group
             )
             await self._move(claim, RunStatus.PREPARING, RunStatus.RUNNING, "the agent is starting")
             ending = await self._run_agent(
-                context, claim, checkouts, run_dir, recorder, egress_socket, revealed, deadline
+                context,
+                claim,
+                checkouts,
+                run_dir,
+                recorder,
+                egress_socket,
+                revealed,
+                deadline,
+                group,
             )
         finally:
             await proxy.close()
@@ -452,9 +489,11 @@ class Executor:
         revealed: dict[str, str],
         recorder: Recorder,
         deadline: float,
+        group: resources.RunGroup,
     ) -> None:
         """Run the routine's setup script in the sandbox, or restore what it left last
-        time (see `routined.environment`); a script that fails fails the run."""
+        time (see `routined.environment`); a script that fails fails the run, as one
+        that goes past a cap of the run does (named by the cap)."""
         environment = context.environment
         if environment.setup_script is None:
             return
@@ -472,11 +511,12 @@ class Executor:
                 "setup.cache_failed", f"the cached result was not restored: {error}"
             )
             await workspace.remove(home)
-            home.mkdir()
+            home.mkdir(mode=0o700)
             agent.seed_home(home, self._seed_file)
             age = None
         if age is not None:
             agent.seed_home(home, self._seed_file)  # the copy's seed may be older
+            await workspace.hand_over([home], self._owner)
             took = asyncio.get_running_loop().time() - started
             await recorder.event(
                 "setup.cached",
@@ -489,14 +529,21 @@ class Executor:
         await recorder.event("setup.started", "the setup script is running", key=key)
         script = run_dir / "private" / "setup.sh"
         script.write_text(environment.setup_script)
+        await workspace.hand_over([home, script], self._owner)
         layout = self._layout(run_dir, checkouts, egress_socket, also_readable=[script])
         env = sandbox.agent_environment(
             home=home,
             tmp=run_dir / "tmp",
             extra={**self._author_env(), **environment.setup_variables(revealed)},
         )
-        command = [*sandbox.bwrap_command(layout, Path("/bin/bash")), str(script)]
+        command = group.enter_command(
+            [
+                *sandbox.bwrap_command(layout, Path("/bin/bash"), uid=self.settings.sandbox_uid),
+                str(script),
+            ]
+        )
         said = bytearray()
+        enforcing = asyncio.create_task(self._enforce_caps(group, run_dir))
         try:
             async with asyncio.timeout_at(deadline) as scope:
                 outcome = await run_script(command, env, said)
@@ -520,7 +567,13 @@ class Executor:
             )
             raise
         finally:
-            await sandbox.stop(f"{run_dir}/")
+            breach = await self._stop_enforcing(enforcing, group)
+            await self._stop_sandbox(run_dir)
+        if breach is not None:
+            await recorder.event(
+                "setup.output", f"the setup script was stopped: {breach}", lines=outcome.lines
+            )
+            raise RunFailure(breach.code, f"the setup script was stopped: {breach.message}")
         await recorder.event(
             "setup.output",
             f"the setup script exited with status {outcome.exit_code} "
@@ -531,16 +584,27 @@ class Executor:
         )
         if outcome.exit_code != 0:
             last = next((line for line in reversed(outcome.lines) if line.strip()), "")
+            # Redacted before it is cut: a secret cut in two would not be known by its part.
+            last = recorder.redactor.text(last.strip())
             raise RunFailure(
                 "setup_failed",
                 f"the setup script exited with status {outcome.exit_code}"
-                + (f": {last.strip()[:500]}" if last else "")
+                + (f": {last[:500]}" if last else "")
                 + " (its output is in the run's events)",
             )
         try:
-            await cache.keep(key, home, now=self.clock(), seconds=outcome.seconds)
+            kept_result = await cache.keep(
+                key, home, now=self.clock(), seconds=outcome.seconds, redactor=recorder.redactor
+            )
         except OSError as error:
             await recorder.event("setup.cache_failed", f"the result was not cached: {error}")
+        else:
+            if not kept_result:
+                await recorder.event(
+                    "setup.not_cached",
+                    "the setup script left a secret's value in the home: its result is not "
+                    "cached (no secret is kept in plain text), so the script runs every time",
+                )
 
     def _layout(
         self,
@@ -569,12 +633,19 @@ class Executor:
 
     async def _prepare(self, context: RunContext, run_dir: Path) -> list[workspace.Checkout]:
         await self._check_sandbox()
-        for folder in ("workspace", "home", "tmp", "private"):
-            (run_dir / folder).mkdir(parents=True, exist_ok=True)
-        (run_dir / "private").chmod(0o700)
+        # Routined's alone (whatever the umask): only the sandbox user's own folders
+        # in it are handed over, and only to that user.
+        for private in (self.settings.runs_dir, run_dir):
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.chmod(0o700)
+        for name in ("workspace", "home", "tmp", "private"):
+            (run_dir / name).mkdir(mode=0o700, exist_ok=True)
         # A fresh home, with only a seed of Claude Code's config, so the session
         # skips first-start work.
         agent.seed_home(run_dir / "home", self._seed_file)
+        await workspace.hand_over(
+            [run_dir / "workspace", run_dir / "home", run_dir / "tmp"], self._owner
+        )
         taken: set[str] = set()
         destinations = [
             run_dir / "workspace" / workspace.checkout_name(url, taken)
@@ -613,7 +684,7 @@ class Executor:
             )
             return checkouts
         try:
-            first, branch = await workspace.fetch_pull_head(checkouts[0], number)
+            first, branch = await workspace.fetch_pull_head(checkouts[0], number, owner=self._owner)
         except workspace.GitError as error:
             await recorder.event("git.pull_request", f"pull request #{number} not fetched: {error}")
             return checkouts
@@ -625,10 +696,20 @@ class Executor:
     ) -> workspace.Checkout:
         """The standby checkout (brought up to the mirror if it has moved), else a clone
         made now."""
-        mirror = await workspace.sync_mirror(authenticated, self.settings.home / "mirrors")
+        owner = self._owner
+        network: list[str] = []
+        if context.public_only and workspace.local_repository(url) is None:
+            try:
+                network = await reach.git_pin(url, self.settings.allow_private_networks)
+            except reach.Unreachable as error:
+                raise RunFailure("clone_failed", f"{workspace.display_url(url)}: {error}") from None
+        mirror = await workspace.sync_mirror(
+            authenticated, self.settings.home / "mirrors", owner=owner, network=network
+        )
         standby = self._standby(context, number, url)
-        ready = await workspace.take_standby(mirror, standby, destination)
-        return ready or await workspace.clone(mirror, destination)
+        ready = await workspace.take_standby(mirror, standby, destination, owner=owner)
+        checkout = ready or await workspace.clone(mirror, destination, owner=owner)
+        return dataclasses.replace(checkout, network=tuple(network))
 
     async def _authenticated(
         self, context: RunContext, urls: Sequence[str], failure: str
@@ -680,7 +761,9 @@ class Executor:
             # fetches anyway, and takes it only if nothing moved.
             mirror = workspace.mirror_of(url, self.settings.home / "mirrors")
             try:
-                await workspace.prepare_standby(mirror, self._standby(context, number, url))
+                await workspace.prepare_standby(
+                    mirror, self._standby(context, number, url), owner=self._owner
+                )
             except (workspace.GitError, OSError):
                 log.warning("could not ready a standby checkout of %s", url, exc_info=True)
 
@@ -694,6 +777,7 @@ class Executor:
         egress_socket: Path,
         revealed: dict[str, str],
         deadline: float,
+        group: resources.RunGroup,
     ) -> Ending:
         """Run the session in its sandbox, within the run's limits; say how it ended.
 
@@ -716,7 +800,9 @@ class Executor:
         sandbox.write_launcher(
             launcher,
             run_id=context.run_id,
-            command=sandbox.bwrap_command(layout, program),
+            command=group.enter_command(
+                sandbox.bwrap_command(layout, program, uid=self.settings.sandbox_uid)
+            ),
             keep=[*env, "ROUTINED_PROMPT_FILE"],
         )
         stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
@@ -731,6 +817,8 @@ class Executor:
         limits = context.limits
         ending = Ending()
         scope = asyncio.timeout_at(deadline)
+        enforcing = asyncio.create_task(self._enforce_caps(group, run_dir))
+        breach: resources.Breach | None = None
         try:
             async with scope:
                 if command:
@@ -743,6 +831,7 @@ class Executor:
                         env=env,
                         on_message=on_message,
                         on_stderr=on_stderr,
+                        owner=self._owner,
                     )
                 else:
                     outcome = await agent.run_session(
@@ -775,7 +864,7 @@ class Executor:
             if outcome.agent_session_id:
                 await asyncio.to_thread(self._note_agent_session, claim, outcome)
         except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
-            said = " | ".join(list(stderr)[-5:])
+            said = " | ".join(recorder.redactor.text(line) for line in list(stderr)[-5:])
             ending = Ending.failed(
                 f"agent_failed: {type(error).__name__}: {error}"
                 + (f" (stderr: {said})" if said else "")
@@ -785,7 +874,11 @@ class Executor:
                 took = _ago(limit)
                 ending = Ending(RunStatus.TIMED_OUT, f"timed_out: stopped after {took} ({source})")
         finally:
-            await sandbox.stop(f"{run_dir}/")
+            breach = await self._stop_enforcing(enforcing, group)
+            await self._stop_sandbox(run_dir)
+        if breach is not None:
+            # Whatever the agent said as it was stopped, the cap is why it ended.
+            ending = Ending.failed(str(breach), ending.outcome)
         if ending.error is None and not command:
             await asyncio.to_thread(agent.learn_seed, run_dir / "home", self._seed_file)
         if stderr:
@@ -800,35 +893,18 @@ class Executor:
         checkouts: list[workspace.Checkout],
         run_dir: Path,
         recorder: Recorder,
+        group: resources.RunGroup,
     ) -> list[delivery.Pushed]:
-        session_url = runs.session_url(self.settings.public_url, context.session_id)
-        message = (
-            f"Work left uncommitted by routine {context.routine}\n\n{trailers.KEY}: {session_url}\n"
-        )
-        # A home of its own (the sandbox's private /tmp): the agent's home may
-        # hold configuration planted for whatever runs after it.
-        env = {
-            "PATH": sandbox.SYSTEM_PATH,
-            "HOME": "/tmp",  # noqa: S108 - the sandbox's own, empty
-            "TMPDIR": "/tmp",  # noqa: S108
-            "LANG": "C.UTF-8",
-            **self._author_env(),
-        }
+        session_url, message, env = self._finishing(context)
         pushed: list[delivery.Pushed] = []
         # Fresh tokens: the ones the clones took may have expired during the session.
         origins = await self._authenticated(context, [c.url for c in checkouts], "delivery_failed")
         for number, (checkout, origin) in enumerate(zip(checkouts, origins, strict=True)):
             checkout = dataclasses.replace(checkout, url=origin)
-            layout = sandbox.finishing_layout(
-                run_dir=run_dir,
-                cwd=checkout.path,
-                readable=self._borrowed(checkouts),
-                masked=self._masked,
-            )
             try:
                 delivered = await delivery.deliver(
                     checkout,
-                    sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
+                    sandboxed=self._finishing_sandbox(run_dir, checkouts, group, checkout.path),
                     env=env,
                     message=message,
                     session_url=session_url,
@@ -838,6 +914,8 @@ class Executor:
                     suffix=short(context.run_id),
                     rules=context.push_rules[number],
                 )
+            except finishing.UnsafeObjects as error:
+                raise RunFailure(error.code, str(error), pushed=pushed) from error
             except (workspace.GitError, TimeoutError) as error:
                 raise RunFailure(
                     "delivery_failed", str(error) or "timed out", pushed=pushed
@@ -851,8 +929,115 @@ class Executor:
             pushed += delivered
         return pushed
 
+    def _finishing(self, context: RunContext) -> tuple[str, str, dict[str, str]]:
+        """The session's URL, the message of the commit that takes the agent's
+        uncommitted work, and the environment the finishing script runs with."""
+        session_url = runs.session_url(self.settings.public_url, context.session_id)
+        message = (
+            f"Work left uncommitted by routine {context.routine}\n\n{trailers.KEY}: {session_url}\n"
+        )
+        # A home of its own (the sandbox's private /tmp): the agent's home may
+        # hold configuration planted for whatever runs after it.
+        env = {
+            "PATH": sandbox.SYSTEM_PATH,
+            "HOME": "/tmp",  # noqa: S108 - the sandbox's own, empty
+            "TMPDIR": "/tmp",  # noqa: S108
+            "LANG": "C.UTF-8",
+            **self._author_env(),
+        }
+        return session_url, message, env
+
+    def _finishing_sandbox(
+        self,
+        run_dir: Path,
+        checkouts: Sequence[workspace.Checkout],
+        group: resources.RunGroup | None,
+        cwd: Path,
+    ) -> list[str]:
+        """The command line that runs bash in the finishing sandbox (no network, the
+        workspace only) in `cwd`, within the run's caps while its group lives."""
+        layout = sandbox.finishing_layout(
+            run_dir=run_dir, cwd=cwd, readable=self._borrowed(checkouts), masked=self._masked
+        )
+        command = sandbox.bwrap_command(layout, Path("/bin/bash"), uid=self.settings.sandbox_uid)
+        return group.enter_command(command) if group is not None else command
+
+    async def _settle(
+        self,
+        context: RunContext | None,
+        claim: Claim,
+        run_dir: Path,
+        recorder: Recorder,
+        *,
+        delivered: bool,
+    ) -> None:
+        """Leave the run's folder as it stays, before the run's end is recorded: the
+        home keeps Claude Code's transcript; delivered work is on the origin;
+        undelivered work is kept, safe to inspect. Done once, however the run ends."""
+        if claim.run_id in self._settled:
+            return
+        self._settled.add(claim.run_id)
+        try:
+            await recorder.flush()
+            await workspace.remove(run_dir / "tmp")
+            if delivered:
+                await workspace.remove(run_dir / "workspace")
+            elif context is not None and (run_dir / "workspace").exists():
+                await self._keep_work(context, claim, run_dir, recorder)
+            await self._leave_safe(claim, run_dir, self._redactor(claim))
+        except Exception:  # the run's end is still recorded; the sweep removes the folder
+            log.exception("run %s: its folder could not be settled", claim.run_id)
+
+    async def _leave_safe(
+        self, claim: Claim, run_dir: Path, redactor: vault.Redactor | None
+    ) -> None:
+        """What stays of a run holds no secret in plain text (its home keeps Claude
+        Code's transcript, with every secret value redacted, and a later follow-up
+        can still read it) and runs nothing for whoever looks at it."""
+        for folder in (run_dir / "home", run_dir / "workspace"):
+            if redactor:
+                try:
+                    await asyncio.shield(asyncio.to_thread(vault.redact_tree, folder, redactor))
+                except OSError as error:  # it may still hold a secret: it goes
+                    log.warning("run %s: %s; its %s is removed", claim.run_id, error, folder.name)
+                    await workspace.remove(folder)
+        if (run_dir / "home").exists():
+            try:
+                await asyncio.shield(asyncio.to_thread(kept.seal, run_dir / "home"))
+            except OSError:
+                log.exception("run %s: its home could not be sealed; it is removed", claim.run_id)
+                await workspace.remove(run_dir / "home")
+
+    async def _keep_work(
+        self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
+    ) -> None:
+        """What the agent left, kept safe to inspect (see `routined.kept`) since it was
+        not delivered; each kept repository is said in an event."""
+        checkouts = self._checkouts.get(claim.run_id, [])
+        group = self._groups.get(claim.run_id)
+        session_url, message, env = self._finishing(context)
+        try:
+            kept_work = await kept.keep(
+                run_dir,
+                checkouts,
+                sandboxed=lambda cwd: self._finishing_sandbox(run_dir, checkouts, group, cwd),
+                env=env,
+                message=message,
+                session_url=session_url,
+            )
+        except OSError:
+            log.exception("run %s: its workspace could be neither sealed nor removed", claim.run_id)
+            return
+        for item in kept_work:
+            said = ", ".join(item.missing) or "its work is in the bundle"
+            await recorder.event(
+                "files.kept",
+                f"kept {item.repository} for inspection ({said}); `routined inspect` shows how",
+                **item.as_dict(run_dir),
+            )
+
     @staticmethod
-    def _borrowed(checkouts: list[workspace.Checkout]) -> list[Path]:
+    def _borrowed(checkouts: Sequence[workspace.Checkout]) -> list[Path]:
         """The mirrors' objects the checkouts read, each once."""
         return list(dict.fromkeys(c.mirror_objects for c in checkouts))
 
@@ -872,6 +1057,11 @@ class Executor:
         if self.store.is_sqlite and database and database != ":memory:":
             masked.append(Path(database).absolute().parent)
         return [path for path in masked if path != Path("/")]
+
+    @property
+    def _owner(self) -> int | None:
+        """Who must own what the sandbox may change (None: routined's own user)."""
+        return sandbox.owner(self.settings.sandbox_uid)
 
     @property
     def _seed_file(self) -> Path:
@@ -957,6 +1147,7 @@ class Executor:
                 limits=dict(routine.limits or {}),
                 agent=dict(routine.agent or {}),
                 connectors=dict(routine.connectors or {}),
+                public_only=routine.public_only,
             )
 
     async def _move(
@@ -992,6 +1183,45 @@ class Executor:
         if context.limits.get("max_duration"):
             return float(context.limits["max_duration"]), "limits.max_duration"
         return self.settings.run_timeout, "ROUTINED_RUN_TIMEOUT"
+
+    async def _make_group(self, context: RunContext) -> resources.RunGroup:
+        """The run's resource group, with its routine's caps (the server's defaults for
+        what it leaves out)."""
+        try:
+            caps = resources.Caps.of(self.settings, context.limits)
+            return await asyncio.to_thread(resources.host().group, context.run_id, caps)
+        except (resources.ResourceError, ValueError) as error:
+            raise RunFailure("sandbox_unavailable", str(error)) from None
+
+    async def _enforce_caps(self, group: resources.RunGroup, run_dir: Path) -> resources.Breach:
+        """Wait until the run goes past a cap; then its sandbox ends at once."""
+        breach = await resources.watch(group, _writable(run_dir))
+        await sandbox.stop(f"{run_dir}/")
+        return breach
+
+    @staticmethod
+    async def _stop_enforcing(
+        enforcing: asyncio.Task[resources.Breach], group: resources.RunGroup
+    ) -> resources.Breach | None:
+        """The cap the run went past, if any: the watcher's, or the kernel's counters
+        (a process killed at the memory cap just before the sandbox ended)."""
+        if not enforcing.done():
+            enforcing.cancel()
+        try:
+            return await enforcing
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        except Exception:  # measuring failed; the kernel's counters still say
+            log.exception("watching the caps of %s failed", group.name)
+        return group.breach()
+
+    async def _stop_sandbox(self, run_dir: Path) -> None:
+        """End every process of the run's sandbox; then nothing it made keeps a
+        set-user-id or set-group-id bit."""
+        await sandbox.stop(f"{run_dir}/")
+        await asyncio.to_thread(sandbox.strip_privilege_bits, _writable(run_dir))
 
     def _redactor(self, claim: Claim) -> vault.Redactor:
         return self._redactors.get(claim.run_id, _NO_SECRETS)
@@ -1038,11 +1268,18 @@ class Executor:
     async def _check_sandbox(self) -> None:
         # Once per worker: a machine that cannot sandbox fails every run the same way.
         if self._sandbox_checked is None:
-            self._sandbox_checked = asyncio.ensure_future(sandbox.check_available())
+            self._sandbox_checked = asyncio.ensure_future(
+                sandbox.check_available(self.settings.sandbox_uid)
+            )
         try:
             await asyncio.shield(self._sandbox_checked)
         except sandbox.SandboxUnavailable as error:
             raise RunFailure("sandbox_unavailable", str(error)) from error
+
+
+def _writable(run_dir: Path) -> list[Path]:
+    """The run's folders its sandbox may change."""
+    return [run_dir / "workspace", run_dir / "home", run_dir / "tmp"]
 
 
 def _ago(seconds: float) -> str:

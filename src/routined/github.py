@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from routined import fires, github_events, limits, runs
+from routined import fires, github_events, jsonbody, limits, runs
 from routined.config import Settings
 from routined.db import count_up_to, rows_at_most, table_of
 from routined.fires import Outcome, Overlap
@@ -146,8 +146,8 @@ def prepare(session: Session) -> list[Prepared]:
 
 def _prepare_one(session: Session, delivery: Delivery) -> Prepared:
     try:
-        payload = json.loads(delivery.body)
-    except ValueError:
+        payload = jsonbody.parse_json(delivery.body)
+    except ValueError:  # UnfitJson among them: recorded before the receiver refused it
         payload = None
     if not isinstance(payload, dict):
         return Prepared(delivery, None, [], {}, learn=False)

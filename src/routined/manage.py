@@ -9,21 +9,31 @@ another account's objects: they are "not found", as if they did not exist.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from routined import fires, github, keys, limits, routines, runs, scheduler, tokens, vault
+from routined import (
+    fires,
+    github,
+    keys,
+    limits,
+    reach,
+    routines,
+    runs,
+    scheduler,
+    tokens,
+    vault,
+)
 from routined.config import Settings
 from routined.db import Store
 from routined.environment import cache_folder
@@ -343,8 +353,8 @@ def apply_routines(
             timezone=settings.timezone,
             min_interval=timedelta(seconds=settings.min_schedule_interval),
         )
-        spec = _for_principal(session, principal, spec)
-        changes = routines.apply(session, spec, now=now)
+        spec = _for_principal(session, principal, spec, allowed=settings.allow_private_networks)
+        changes = routines.apply(session, spec, now=now, public_only=not principal.operator)
     except routines.SpecError as error:
         raise Problem(400, str(error)) from None
     return [
@@ -771,20 +781,26 @@ def _run(session: Session, principal: Principal, run: str) -> tuple[Run, str]:
 
 
 def _for_principal(
-    session: Session, principal: Principal, spec: routines.RoutinesFile
+    session: Session,
+    principal: Principal,
+    spec: routines.RoutinesFile,
+    *,
+    allowed: Sequence[reach.Network] = (),
 ) -> routines.RoutinesFile:
     """A key's routines are its account's: unnamed accounts become it, other accounts
     are unknown, and a name another account uses is taken.
 
     What runs with the server's own reach stays the operator's: an account's key
     may name only https repositories on public hosts (not the server's paths, its
-    SSH keys or its network), and no GitHub triggers, since an installation of
-    the app is not tied to one account.
+    SSH keys or its network), hosts and connectors on public addresses (or in the
+    private networks the operator `allowed`), and no GitHub triggers, since an
+    installation of the app is not tied to one account.
     """
     if principal.account_id is None:
         return spec
     own = session.get_one(Account, principal.account_id).name
     wanted = []
+    named: list[_Named] = []
     for index, routine in enumerate(spec.routines):
         label = f"request: routines[{index}] ({routine.name})"
         if "account" not in routine.model_fields_set:
@@ -795,36 +811,73 @@ def _for_principal(
         if holder is not None and holder != principal.account_id:
             raise routines.SpecError(f"{label}.name: the name is taken; choose another")
         if not principal.operator:
-            _within_reach(label, routine)
+            named += _hosts_named(label, routine)
         wanted.append(routine)
+    _within_reach(named, allowed)
     return routines.RoutinesFile(routines=wanted)
 
 
-def _within_reach(label: str, routine: routines.RoutineSpec) -> None:
+_REPOSITORIES = (
+    "an account's key may name https repositories on public hosts; ask the operator for "
+    "anything else"
+)
+_HOSTS = "an account's key may name public hosts only; ask the operator for anything else"
+
+
+@dataclass(frozen=True)
+class _Named:
+    """A host a routine names, where, and what an account's key may name there."""
+
+    field: str
+    host: str
+    rule: str
+
+
+def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
+    """The hosts an account's routine would have the server reach, for
+    `_within_reach`; what may not be named at all is refused here."""
+    named = []
     for number, repository in enumerate(routine.repositories):
-        parts = urlsplit(repository.url)
-        if parts.scheme != "https" or not parts.hostname or _private(parts.hostname):
-            raise routines.SpecError(
-                f"{label}.repositories[{number}].url: an account's key may name https "
-                "repositories on public hosts; ask the operator for anything else"
-            )
+        field = f"{label}.repositories[{number}].url"
+        try:
+            host, _port = reach.endpoint(repository.url, schemes=("https",))
+        except reach.Unreachable as error:
+            raise routines.SpecError(f"{field}: {error}; {_REPOSITORIES}") from None
+        named.append(_Named(field, host, _REPOSITORIES))
+    for number, entry in enumerate(routine.environment.allowed_hosts):
+        field = f"{label}.environment.allowed_hosts[{number}]"
+        host, wildcard = reach.entry_host(entry)
+        if wildcard and reach.names_this_machine(host):
+            raise routines.SpecError(f"{field}: {entry} names this machine; {_HOSTS}")
+        if not wildcard:  # *.domain names no one host: judged at each connection
+            named.append(_Named(field, host, _HOSTS))
+    for name, connector in routine.connectors.items():
+        if connector.url is None:
+            continue
+        field = f"{label}.connectors.{name}.url"
+        try:
+            host, _port = reach.endpoint(connector.url)
+        except reach.Unreachable as error:
+            raise routines.SpecError(f"{field}: {error}; {_HOSTS}") from None
+        named.append(_Named(field, host, _HOSTS))
     for number, trigger in enumerate(routine.triggers):
         if isinstance(trigger, routines.GitHubTriggerSpec):
             raise routines.SpecError(
                 f"{label}.triggers[{number}]: GitHub triggers are applied by the operator "
                 "(routined apply on the server, or an admin key of the default account)"
             )
+    return named
 
 
-def _private(host: str) -> bool:
-    """Whether `host` names this machine or a private network, literally."""
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return not address.is_global
+def _within_reach(named: Sequence[_Named], allowed: Sequence[reach.Network]) -> None:
+    """Refuse the first host that resolves to an address an account may not reach
+    (see `routined.reach`); a name that does not resolve now is judged at each
+    connection instead. The answer is the same whatever the port."""
+    refused = reach.refused_now((place.host for place in named), allowed)
+    for place in named:
+        why = refused.get(place.host)
+        if why is not None:
+            raise routines.SpecError(f"{place.field}: {why}; {place.rule}")
 
 
 def _check_name(field: str, name: str) -> None:

@@ -1,28 +1,61 @@
 """The management API under `/api/v1`: `routined.manage` over HTTP, described at /openapi.json.
 
 Callers authenticate with an account's API key (`Authorization: Bearer rtdk_…`
-or `x-api-key`); errors answer in the same envelope as the fire endpoint. The
-handlers are plain functions: FastAPI runs them on its thread pool, each in one
+or `x-api-key`); errors answer in the same envelope as the fire endpoint. Every
+JSON body here, and the fire endpoint's and GitHub's, is read by `jsonbody.parse_json`,
+which refuses what would parse but break something later. The handlers are plain
+functions: FastAPI runs them on its thread pool, each in one
 short transaction. (No `from __future__ import annotations` here: FastAPI reads
 the handlers' annotations, and `Who` is local to `router`.)
 """
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from routined import keys, manage
 from routined.config import Settings
 from routined.db import Store
+from routined.jsonbody import NOT_JSON, UnfitJson, parse_json
 from routined.keys import Principal
 from routined.manage import Problem
 
 T = TypeVar("T")
+
+
+class _JsonRequest(Request):
+    async def json(self) -> Any:
+        try:
+            return parse_json(await self.body())
+        except UnfitJson as error:
+            raise StarletteHTTPException(400, str(error)) from None
+        except json.JSONDecodeError:
+            raise  # FastAPI answers it, in `api._invalid`'s words
+        except ValueError:
+            raise StarletteHTTPException(400, NOT_JSON) from None
+
+
+class _JsonRoute(APIRoute):
+    """A route whose JSON body FastAPI reads through `parse_json`: what that refuses is
+    a 400 in the envelope, before any handler or dependency runs (FastAPI turns any
+    other error of its body parsing into a vague 400, and a lone surrogate it lets
+    through to the store)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_checked(request: Request) -> Response:
+            return await handle(_JsonRequest(request.scope, request.receive))
+
+        return handle_checked
 
 
 class _Out(BaseModel):
@@ -134,6 +167,8 @@ class RoutineOut(_Out):
     paused: bool
     paused_at: str | None
     repositories: list[str]
+    # "public": applied with an account's key, its runs reach public addresses only.
+    reach: Literal["public", "any"]
     catch_up: str
     catch_up_window: str
     overlap: str
@@ -366,7 +401,12 @@ def router(
         return found
 
     Who = Annotated[Principal, Depends(principal or authenticated)]
-    api = APIRouter(prefix="/api/v1", responses=_ERRORS, dependencies=[Depends(_no_nul_in_url)])
+    api = APIRouter(
+        prefix="/api/v1",
+        responses=_ERRORS,
+        dependencies=[Depends(_no_nul_in_url)],
+        route_class=_JsonRoute,
+    )
 
     def read(operation: Callable[[Session], T]) -> T:
         return manage.perform(store, operation, readonly=True)

@@ -94,6 +94,10 @@ class Routine(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     paused_at: Mapped[datetime | None]
+    # Applied with an account's key (not the operator's): every connection made for
+    # its runs reaches public addresses only, judged again when made (see
+    # `routined.reach`). Routines stored before this was recorded keep false.
+    public_only: Mapped[bool] = mapped_column(default=False, server_default=false())
     # What the schedule does after downtime and while a run is active; see
     # `routined.fires.Policy`.
     catch_up: Mapped[str] = mapped_column(String(10), default="latest", server_default="latest")

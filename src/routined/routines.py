@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from routined import github, github_events, network, schedule, vault
+from routined.config import parse_size
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
@@ -203,16 +205,36 @@ class EnvironmentSpec(_Strict):
 
 
 class LimitsSpec(_Strict):
-    """What one run may spend; reaching a limit stops the agent and keeps its work."""
+    """What one run may spend; reaching a limit stops the agent and keeps its work.
+
+    `memory`, `pids`, `disk` and `cpu` cap its sandbox (`routined.resources`);
+    the server's ROUTINED_RUN_* settings hold for those left out.
+    """
 
     max_duration: int | None = None  # seconds; written as a duration such as 45m
     max_turns: int | None = Field(default=None, ge=1, le=10_000)
     max_cost_usd: float | None = Field(default=None, gt=0, le=100_000)
+    memory: int | None = None  # bytes; written as a size such as 4GiB
+    pids: int | None = Field(default=None, ge=16, le=4_000_000)
+    disk: int | None = None  # bytes; written as a size such as 10GiB
+    cpu: float | None = Field(default=None, ge=0.05, le=1024)
 
     @field_validator("max_duration", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> int | None:
         return None if value is None else _seconds(value, "max_duration", 1, 7 * 86400)
+
+    @field_validator("memory", "disk", mode="before")
+    @classmethod
+    def _size(cls, value: Any, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise ValueError("write a size such as 4GiB")
+        size = value if isinstance(value, int) else parse_size(str(value))
+        if size < 64 * 1024**2:
+            raise ValueError(f"{info.field_name} must be at least 64MiB, e.g. 2GiB")
+        return size
 
 
 class CommandAgentSpec(_Strict):
@@ -461,12 +483,93 @@ def read(path: Path) -> Any:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc.strerror}") from exc
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        # PyYAML composes nodes by recursion: a few hundred levels of `[[[…` end it.
+        raise SpecError(
+            f"{path}: nested too deeply to read (hundreds of levels; a routines file needs ten)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}{where}: not valid YAML: {problem}") from exc
+        invalid = "" if isinstance(exc, _AliasesRefused) else "not valid YAML: "
+        raise SpecError(f"{path}{where}: {invalid}{problem}") from exc
+
+
+# Far more than anchors for shared defaults (`<<: *defaults`) repeat in a real file;
+# far less than what a "billion laughs" (aliases of aliases of aliases…) would make.
+MAX_ALIASED_NODES = 100_000
+_SATURATED = 2**62  # a count past every bound, kept small: counts of nested aliases explode
+
+
+class _AliasesRefused(yaml.MarkedYAMLError):
+    """YAML whose aliases would expand past `MAX_ALIASED_NODES`, or forever."""
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing a document whose aliases would make it too big.
+
+    An alias is composed as the very node its anchor names, and constructed as the
+    very same object, so loading never copies; but whatever walks the document
+    afterwards (validation, sending it to a server as JSON) sees every alias as a
+    copy. Each composed document is measured as such a walk would see it, without
+    making it: nodes counted once each, memoised, with a stack of our own.
+    """
+
+    def compose_document(self) -> yaml.Node | None:
+        root = super().compose_document()
+        if root is not None:
+            _check_aliases(root)
+        return root
+
+
+def _check_aliases(root: yaml.Node) -> None:
+    """Refuse `root` if expanding its aliases would add more than `MAX_ALIASED_NODES`
+    nodes to those written, or never end (an alias inside the node it names).
+
+    1. Walk depth first; a node's size is 1 plus its children's, once they are known.
+    2. A node already sized is not walked again: that is what keeps this linear.
+    3. A child on the path from the root to here is a cycle.
+    """
+    sizes: dict[int, int] = {}  # id(node) → its size, every alias in it expanded
+    on_path: set[int] = set()
+    pending: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while pending:
+        node, children_sized = pending.pop()
+        children = _children(node)
+        if children_sized:
+            on_path.discard(id(node))
+            sizes[id(node)] = min(_SATURATED, 1 + sum(sizes[id(child)] for child in children))
+            continue
+        if id(node) in sizes:
+            continue
+        on_path.add(id(node))
+        pending.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise _AliasesRefused(
+                    problem="an alias refers to the node anchored here, from inside it; "
+                    "it would repeat forever: write it out instead",
+                    problem_mark=child.start_mark,
+                )
+            if id(child) not in sizes:
+                pending.append((child, False))
+    added = sizes[id(root)] - len(sizes)
+    if added > MAX_ALIASED_NODES:
+        shown = "" if sizes[id(root)] == _SATURATED else f" ({added:,})"
+        raise _AliasesRefused(
+            problem=f"its aliases would repeat more than {MAX_ALIASED_NODES:,} nodes{shown}; "
+            "repeat less with `*anchor`, or write the repeated parts out"
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def parse_document(
@@ -655,11 +758,15 @@ class Change:
         return f"{self.name} {self.action}{suffix}"
 
 
-def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change]:
+def apply(
+    session: Session, spec: RoutinesFile, *, now: datetime, public_only: bool = False
+) -> list[Change]:
     """Create or update each routine of the file by name; routines not in it stay.
 
     A new or changed schedule trigger is armed at its first instant after `now`;
-    an unchanged one keeps its place (a `once` that ran stays done).
+    an unchanged one keeps its place (a `once` that ran stays done). `public_only`
+    records that an account's key applied the file: its runs reach public addresses
+    only (see `routined.reach`); the operator's reach what they name.
     """
     names = [routine.name for routine in spec.routines]
     existing = {
@@ -685,20 +792,26 @@ def apply(session: Session, spec: RoutinesFile, *, now: datetime) -> list[Change
                 f"`routined account create {wanted.account} --plan PLAN`"
             )
         if current is None:
-            change = _create(session, wanted, now, label, account_id)
+            change = _create(session, wanted, now, label, account_id, public_only)
         else:
-            change = _update(session, current, wanted, now, label, account_id)
+            change = _update(session, current, wanted, now, label, account_id, public_only)
         change.warnings = _installation_warnings(session, wanted)
         changes.append(change)
     return changes
 
 
 def _create(
-    session: Session, wanted: RoutineSpec, now: datetime, label: str, account_id: str
+    session: Session,
+    wanted: RoutineSpec,
+    now: datetime,
+    label: str,
+    account_id: str,
+    public_only: bool,
 ) -> Change:
     routine = Routine(
         id=new_id("rtn"),
         account_id=account_id,
+        public_only=public_only,
         name=wanted.name,
         prompt=wanted.prompt,
         model=wanted.model,
@@ -801,11 +914,19 @@ def _update(
     now: datetime,
     label: str,
     account_id: str,
+    public_only: bool,
 ) -> Change:
     details = []
     if routine.account_id != account_id:
         routine.account_id = account_id
         details.append(f"account → {wanted.account}")
+    if routine.public_only != public_only:
+        routine.public_only = public_only
+        details.append(
+            "reach: public addresses only (an account's key applied it)"
+            if public_only
+            else "reach: what it names (the operator applied it)"
+        )
     if routine.prompt != wanted.prompt:
         routine.prompt = wanted.prompt
         details.append("prompt changed")

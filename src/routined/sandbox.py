@@ -14,6 +14,12 @@ and none can make a user namespace of its own.
 The Agent SDK starts Claude Code by running a file; routined writes one per run
 (`write_launcher`) that strips the environment down to what the agent may see
 and `exec`s bubblewrap.
+
+Whom the sandbox runs as on the host: when routined runs as root, an unprivileged
+user of its own (`ROUTINED_SANDBOX_UID`, see `UserNamespaces`), so nothing the
+agent makes belongs to root; otherwise routined's own user. Either way no
+descriptor of routined's crosses into it: every sandbox starts through `_ENTRY`,
+which closes all but the standard streams first.
 """
 
 from __future__ import annotations
@@ -23,9 +29,13 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
+import subprocess
+import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +52,8 @@ PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 # forwards them to the real one, adding the key the agent never sees.
 MODEL_GATEWAY_URL = PROXY_URL
 GATEWAY_API_KEY = "sk-ant-routined-gateway-holds-the-real-key"
+# The host user a sandbox runs as when routined is root (ROUTINED_SANDBOX_UID).
+SANDBOX_UID = 65533
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # What every sandbox shows, read-only: where software lives.
@@ -50,11 +62,55 @@ SYSTEM_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-")
 MASKED_FOLDERS = ("/etc/ssh", "/etc/ssl/private", "/etc/sudoers.d")
 
+# Closes every descriptor but the standard streams: bubblewrap hands its own on
+# to the command it runs (the user namespaces it was given, say).
+# (No redirection around the loop: bash would keep stderr's saved copy among the
+# descriptors and close it too. The glob's own, gone by then, is skipped.)
+_CLOSE_INHERITED = """\
+for fd in /proc/self/fd/*; do
+  fd=${fd##*/}
+  if (( fd > 2 )) && [[ -e /proc/self/fd/$fd ]]; then exec {fd}>&-; fi
+done
+"""
+
+# How every sandbox starts, outside it: with nothing of routined's but the
+# standard streams, holding as descriptors 3 and 4 the user namespaces of the two
+# holder processes named by pid (unless `-`), then bubblewrap. A holder is
+# checked by its token after its namespace is opened: a pid reused by another
+# process in between would fail the check, so no other namespace is ever joined.
+_ENTRY = (
+    _CLOSE_INHERITED
+    + """\
+outer=$1 inner=$2 token=$3
+shift 3
+if [[ $outer != - ]]; then
+  exec 3<"/proc/$outer/ns/user" 4<"/proc/$inner/ns/user" || exit 125
+  for pid in "$outer" "$inner"; do
+    mapfile -d '' said < "/proc/$pid/cmdline"
+    if [[ ${said[-1]} != "$token" ]]; then
+      echo "routined sandbox: the user namespace holder $pid is gone" >&2
+      exit 125
+    fi
+  done
+fi
+exec "$@"
+"""
+)
+
+# Inside, before the program: nothing bubblewrap passed on stays open, and the
+# working folder ($1) is entered as the sandbox user (bubblewrap, no longer
+# privileged by then, may not reach it).
+_INNER = _CLOSE_INHERITED + 'cd -- "$1" || exit 125\nshift\nexec "$@"\n'
+
 # Waits until the bridge accepts connections before the agent starts, so its
 # first request cannot race the bridge. The probe is a connect through bash's
 # /dev/tcp: it costs microseconds, where reading /proc/net/tcp walks the whole
 # host's connection table.
-_BRIDGE = f"""\
+_BRIDGE = (
+    _CLOSE_INHERITED
+    + f"""\
+cd -- "$1" || exit 125
+shift
 socat TCP-LISTEN:{PROXY_PORT},bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:{SOCKET_INSIDE} \\
 2>/dev/null &
 ready=0
@@ -68,6 +124,7 @@ fi
 exec 3>&-
 exec "$@"
 """
+)
 
 # Variables the Agent SDK sets to speak with the CLI; they pass into the sandbox.
 SDK_VARIABLES = (
@@ -146,31 +203,52 @@ def finishing_layout(
     )
 
 
-def bwrap_command(layout: Layout, program: Path) -> list[str]:
+def bwrap_command(layout: Layout, program: Path, *, uid: int = SANDBOX_UID) -> list[str]:
     """The command line that runs `program` (arguments follow) in the sandbox.
 
-    It dies with the process that starts it.
+    When routined is root, the sandbox's processes are the host user `uid`;
+    otherwise they are routined's user. It dies with the process that starts it.
     """
-    args = [
-        "bwrap",
-        "--die-with-parent",
-        "--new-session",
-        "--unshare-all",
+    user = user_namespaces(uid) if os.geteuid() == 0 else None
+    args = ["bwrap", "--die-with-parent", "--new-session"]
+    if user is None:
         # Root would otherwise keep the host's user namespace; an own one is what
         # makes the capability drop below real, and no further one may be made.
-        "--unshare-user",
-        "--disable-userns",
-    ]
+        args += ["--unshare-all", "--unshare-user", "--disable-userns"]
+    else:
+        # Mounts are made in the outer namespace (which maps root: bubblewrap reaches
+        # what it mounts, however private); the command runs in the inner one, where
+        # only the sandbox user exists.
+        args += ["--userns", "3", "--userns2", "4"]
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        args += ["--unshare-cgroup-try"]
+    # bubblewrap makes the folders leading to a mount 0700 and root's: the sandbox
+    # user could not reach its own. They are made traversable first.
+    made: set[Path] = set()
+
+    def mount(option: str, path: Path, inside: Path) -> None:
+        for parent in reversed(inside.parents):
+            if parent not in made and parent != Path("/"):
+                made.add(parent)
+                args.extend(["--perms", "0755", "--dir", str(parent)])
+        args.extend([option, str(path), str(inside)])
+
     args += ["--dev", "/dev", "--proc", "/proc"]
-    args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--tmpfs", "/run"]  # noqa: S108 - private
+    # Private, and writable by whoever the sandbox runs as, as a host's are.
+    for scratch in ("/tmp", "/var/tmp"):  # noqa: S108 - private
+        args += ["--perms", "1777", "--tmpfs", scratch]
+    args += ["--tmpfs", "/run"]
     for root in layout.system_roots:
         path = Path(root)
         if path.is_symlink():
             args += ["--symlink", str(path.readlink()), root]
         elif path.is_dir():
-            args += ["--ro-bind", root, root]
+            mount("--ro-bind", path, path)
     for name in MASKED_FILES:
         args += ["--ro-bind-try", "/dev/null", name]
+    if user is not None:
+        args += ["--ro-bind", str(user.passwd), "/etc/passwd"]
+        args += ["--ro-bind", str(user.group), "/etc/group"]
     # Masked folders become empty tmpfs mounts, made read-only only at the end,
     # once the run's own folders (which may lie inside them) are mounted.
     emptied = [name for name in MASKED_FOLDERS if Path(name).is_dir()]
@@ -190,23 +268,189 @@ def bwrap_command(layout: Layout, program: Path) -> list[str]:
         if path.exists() and not path.is_dir():
             args += ["--ro-bind", "/dev/null", str(path)]
     for path in dict.fromkeys(layout.readable):
-        args += ["--ro-bind", str(path), str(path)]
+        mount("--ro-bind", path, path)
     for path in layout.writable:
-        args += ["--bind", str(path), str(path)]
+        mount("--bind", path, path)
     for path in layout.read_only_inside:
-        args += ["--ro-bind", str(path), str(path)]
-    command = [str(program)]
+        mount("--ro-bind", path, path)
+    inner = ["/bin/bash", "-c", _INNER, "routined-sandbox", str(layout.cwd), str(program)]
     if layout.egress_socket is not None:
-        args += ["--bind", str(layout.egress_socket), SOCKET_INSIDE]
-        command = ["/bin/bash", "-c", _BRIDGE, "routined-sandbox", *command]
+        mount("--bind", layout.egress_socket, Path(SOCKET_INSIDE))
+        inner = ["/bin/bash", "-c", _BRIDGE, "routined-sandbox", str(layout.cwd), str(program)]
     for name in emptied:
         args += ["--remount-ro", name]
-    args += ["--remount-ro", "/", "--cap-drop", "ALL", "--chdir", str(layout.cwd)]
-    return [*_dies_with_routined(), *args, "--", *command]
+    args += ["--remount-ro", "/", "--cap-drop", "ALL"]
+    if user is not None:
+        # Only what it takes to become the sandbox user; `become` drops them all.
+        args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+        inner = [*user.become, *inner]
+    held = ("-", "-", "-") if user is None else user.held()
+    entry = ["/bin/bash", "-c", _ENTRY, "routined-sandbox", *held]
+    return [*_dies_with_routined(), *entry, *args, "--", *inner]
 
 
 def _dies_with_routined() -> list[str]:
     return [str(_SETPRIV), "--pdeathsig", "KILL", "--"] if _SETPRIV.exists() else []
+
+
+def owner(uid: int) -> int | None:
+    """Who must own what a sandbox may change: `uid` when routined is root (the
+    sandbox runs as that user), None when the sandbox runs as routined itself."""
+    return uid if os.geteuid() == 0 else None
+
+
+def strip_privilege_bits(paths: Iterable[Path]) -> None:
+    """Take set-user-id and set-group-id bits off every file under `paths`: whatever
+    the sandbox made must never run as its owner for someone else on the host."""
+    existing = [str(path) for path in paths if path.exists()]
+    if not existing:
+        return
+    subprocess.run(
+        ["find", *existing, "-xdev", "-perm", "/6000", "!", "-type", "l",
+         "-exec", "chmod", "ug-s", "--", "{}", "+"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+class UserNamespaces:
+    """The two user namespaces a root routined starts every sandbox in.
+
+    The outer one maps root and the sandbox user `uid`: bubblewrap joins it to
+    make the sandbox's mounts, reaching what it mounts however private its host
+    folders are. The inner one, a child of the outer, maps the sandbox user
+    alone: bubblewrap switches to it once everything is mounted, and `become`
+    then takes the sandbox user's identity with no capability left. So the
+    agent's files belong to `uid` on the host, and root means nothing inside.
+    No process inside may make a user namespace of its own (the outer one
+    allows the inner one only).
+
+    Two small processes hold the namespaces open for as long as this process
+    lives (they end when its pipes to them close); they are shared by every
+    sandbox this process starts: each sandbox still has its own mount, process,
+    network and IPC namespaces.
+    """
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self._holders: tuple[subprocess.Popen[bytes], ...] = ()
+        self._token = ""
+        self._lock = threading.Lock()
+        folder = Path(tempfile.mkdtemp(prefix="routined-sandbox-"))
+        self.passwd = folder / "passwd"
+        self.group = folder / "group"
+        self._write_accounts()
+        self.become = [
+            str(_SETPRIV), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all",
+            "--no-new-privs", "--",
+        ]  # fmt: skip
+
+    def held(self) -> tuple[str, str, str]:
+        """The holders' process ids and their token, for `_ENTRY` to join them by."""
+        with self._lock:
+            if not self._holders or any(h.poll() is not None for h in self._holders):
+                self._start()
+            outer, inner = self._holders
+            return str(outer.pid), str(inner.pid), self._token
+
+    def _start(self) -> None:
+        self.close()
+        self._token = f"routined-userns-{secrets.token_hex(8)}"
+        hold = ["/bin/sh", "-c", "echo; read -r _", self._token]
+        outer = _holder(["unshare", "--user", "--", *hold])
+        uid = self.uid
+        try:
+            for table in ("uid_map", "gid_map"):
+                _write_once(Path(f"/proc/{outer.pid}/{table}"), f"0 0 1\n{uid} {uid} 1\n")
+            enter = ["nsenter", "--user", f"--target={outer.pid}", "--"]
+            inner = _holder([*enter, "unshare", "--user", "--", *hold])
+            try:
+                # Written from inside the outer namespace, its parent, as the kernel
+                # asks; and the outer one then allows no namespace beyond this one.
+                subprocess.run(
+                    [*enter, "/bin/sh", "-c",
+                     'echo "$1 $1 1" > /proc/$2/uid_map && echo "$1 $1 1" > /proc/$2/gid_map '
+                     "&& echo 1 > /proc/sys/user/max_user_namespaces",
+                     "routined-userns", str(uid), str(inner.pid)],
+                    check=True, capture_output=True, timeout=10,
+                )  # fmt: skip
+            except (subprocess.SubprocessError, OSError):
+                _end(inner)
+                raise
+        except (subprocess.SubprocessError, OSError) as error:
+            _end(outer)
+            raise SandboxUnavailable(
+                f"cannot make the sandbox user's namespaces (uid {uid}): {error}"
+            ) from error
+        self._holders = (outer, inner)
+
+    def close(self) -> None:
+        for holder in self._holders:
+            _end(holder)
+        self._holders = ()
+
+    def _write_accounts(self) -> None:
+        """/etc/passwd and /etc/group as the sandbox shows them: the host's, and the
+        sandbox user (tools that look their user up would fail without it)."""
+        uid = self.uid
+        for path, line in (
+            (self.passwd, f"agent:x:{uid}:{uid}:routined agent:/nonexistent:/bin/bash"),
+            (self.group, f"agent:x:{uid}:"),
+        ):
+            try:
+                host = Path("/etc", path.name).read_text()
+            except OSError:
+                host = ""
+            kept = [entry for entry in host.splitlines() if entry.split(":")[2:3] != [str(uid)]]
+            path.write_text("\n".join([*kept, line]) + "\n")
+            path.chmod(0o644)
+
+
+_user_namespaces: dict[int, UserNamespaces] = {}
+_user_namespaces_lock = threading.Lock()
+
+
+def user_namespaces(uid: int) -> UserNamespaces:
+    """This process's user namespaces for sandboxes of `uid` (made at first use)."""
+    if uid == 0:
+        raise SandboxUnavailable("ROUTINED_SANDBOX_UID is 0: a sandbox never runs as root")
+    with _user_namespaces_lock:
+        found = _user_namespaces.get(uid)
+        if found is None:
+            found = _user_namespaces[uid] = UserNamespaces(uid)
+        return found
+
+
+def _holder(command: list[str]) -> subprocess.Popen[bytes]:
+    """A process that holds a namespace: it says a line once it is in it, and lives
+    until its input closes (when this process ends, however it ends)."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    if not process.stdout.readline():
+        said = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+        _end(process)
+        raise OSError(f"{command[0]} failed: {said or 'it ended at once'}")
+    return process
+
+
+def _end(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _write_once(path: Path, text: str) -> None:
+    # The kernel takes a uid or gid map in a single write only.
+    descriptor = os.open(path, os.O_WRONLY)
+    try:
+        os.write(descriptor, text.encode())
+    finally:
+        os.close(descriptor)
 
 
 def agent_environment(*, home: Path, tmp: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -378,7 +622,7 @@ def claude_binary(configured: Path | None) -> Path:
     return bundled
 
 
-async def check_available() -> None:
+async def check_available(uid: int = SANDBOX_UID) -> None:
     """Start an empty sandbox once, so a machine that cannot is reported plainly."""
     missing = [tool for tool in ("bwrap", "socat") if shutil.which(tool) is None]
     if missing:
@@ -390,7 +634,7 @@ async def check_available() -> None:
         cwd=Path("/"), writable=(), readable=(), read_only_inside=(), masked=(), egress_socket=None
     )
     process = await asyncio.create_subprocess_exec(
-        *bwrap_command(probe, Path("/bin/true")),
+        *bwrap_command(probe, Path("/bin/true"), uid=uid),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -20,8 +20,9 @@ from typing import IO
 import uvicorn
 from rich.console import Console
 
+from routined import resources, sandbox
 from routined.api import create_app
-from routined.config import Settings
+from routined.config import Settings, secure_home
 from routined.db import Checkpointer, Store
 from routined.scheduler import Scheduler
 from routined.wakeup import Loop
@@ -41,7 +42,9 @@ def bind(host: str, port: int) -> socket.socket:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((host, port))
     listener.listen(128)
-    listener.set_inheritable(True)
+    # Never inherited (sockets are not, unless asked): a child holding it could
+    # accept another caller's request, and would keep the port after a crash.
+    listener.set_inheritable(False)
     return listener
 
 
@@ -50,6 +53,7 @@ def serve(
 ) -> None:
     """Serve until stopped, with a `MatcherProcess`; without `matcher`, another
     process (`routined matcher`) decides the GitHub deliveries this one records."""
+    secure_home(settings.home)
     listener = bind(host, port)
     settings = settings.with_listen_address(host, listener.getsockname()[1], os.environ)
     store = Store(settings.database_url.reveal(), background_checkpoints=True)
@@ -77,12 +81,16 @@ def serve(
         if matching is not None:
             running.append(asyncio.create_task(matching.supervise(stop)))
         console.print(f"routined is serving at [bold]{settings.public_url}[/] (store: {shown_db})")
+        caps = resources.host()
+        said = f"[yellow]{caps.description}[/]" if caps.problems else caps.description
+        console.print(f"{_sandbox_user(settings)}; {said}", highlight=False)
         try:
             await server.serve(sockets=[listener])
         finally:
             stop.set()
             await asyncio.gather(*running)
             store.dispose()
+            caps.close()
 
     # What exists by now (modules, the app, the store) lives as long as the process.
     # Frozen, it is left out of the collector's full passes, which otherwise walk
@@ -94,6 +102,13 @@ def serve(
         runner.run(main())
     for number in reversed(server.stopped_by):
         signal.raise_signal(number)  # ended as the signal asks, now that all has stopped
+
+
+def _sandbox_user(settings: Settings) -> str:
+    owner = sandbox.owner(settings.sandbox_uid)
+    if owner is None:
+        return f"sandboxes run as routined's user (uid {os.geteuid()})"
+    return f"sandboxes run as host user {owner} (ROUTINED_SANDBOX_UID)"
 
 
 class _Server(uvicorn.Server):

@@ -49,6 +49,8 @@ def routine_view(session: Session, routine: Routine, *, next_count: int) -> dict
         "paused": routine.paused_at is not None,
         "paused_at": iso(routine.paused_at) if routine.paused_at else None,
         "repositories": [display_url(repo.url) for repo in routine.repositories],
+        # Applied with an account's key: its runs reach public addresses only.
+        "reach": "public" if routine.public_only else "any",
         "catch_up": routine.catch_up,
         "catch_up_window": format_duration(timedelta(seconds=routine.catch_up_window)),
         "overlap": routine.overlap,

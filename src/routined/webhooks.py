@@ -4,14 +4,15 @@ GitHub gives a receiver 10 seconds. This one checks the signature before it
 parses a byte, then parses and records the delivery in one short transaction (a
 redelivery finds its first row and only counts), and answers 202; `routined.github`
 decides what the delivery starts, in the background. A delivery with a bad or missing
-signature leaves nothing behind but a counter.
+signature leaves nothing behind but a counter; nor does a signed body that is not
+JSON the matcher can walk and the store can hold (too deep, or with a lone surrogate:
+see `jsonbody.parse_json`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,7 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert, ReturningInsert
 
-from routined import management
+from routined import jsonbody, management
 from routined.config import Settings
 from routined.db import GroupCommit, Store, table_of
 from routined.manage import Problem
@@ -94,7 +95,11 @@ class Received:
             raise Problem(400, "send X-GitHub-Event and X-GitHub-Delivery (at most 64 characters)")
         try:
             text = body.decode()
-            payload = json.loads(text)
+            # A body the matcher could not walk, or a string no store or model request
+            # can encode, is refused here: it never reaches the store.
+            payload = jsonbody.parse_json(text)
+        except jsonbody.UnfitJson as error:
+            raise Problem(400, str(error)) from None
         except ValueError:
             raise Problem(
                 400, "the body is not JSON; set the webhook's content type to application/json"

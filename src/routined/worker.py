@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from routined import runs, sandbox, workspace
+from routined import resources, runs, sandbox, workspace
 from routined.config import Settings
 from routined.db import Store
 from routined.execution import Clock, Executor
@@ -164,6 +164,10 @@ class Worker:
     def _end_lost_runs(self) -> None:
         for pid in sandbox.reap_orphans(self.settings.runs_dir):
             log.warning("killed sandbox %s, orphaned by a worker that died", pid)
+        for group in workspace.reap_orphans():
+            log.warning("killed git process group %s, orphaned by a routined that died", group)
+        for left in resources.host().sweep():
+            log.warning("removed resource group %s, left by a routined that died", left)
         with self.store.transaction() as session:
             runs.end_lost(
                 session, now=self.clock(), lost_after=timedelta(seconds=self.settings.lost_after)

@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
 import resource
 import secrets
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +67,9 @@ class Checkout:
     default_branch: str
     base: tuple[str, ...]  # every commit the origin's refs pointed at
     mirror_objects: Path
+    # git options for every talk with the origin: for a routine that may reach public
+    # addresses only, where the origin's name was judged to be (`reach.git_pin`).
+    network: tuple[str, ...] = ()
 
     @property
     def shown_url(self) -> str:
@@ -79,6 +84,7 @@ async def git(
     secret: str | None = None,
     time_limit: float = GIT_TIMEOUT,
     confined: bool = False,
+    umask: int | None = None,
 ) -> str:
     """Run git; on failure raise GitError with its words.
 
@@ -86,6 +92,8 @@ async def git(
     other local users could read it) nor in errors: git is given the URL
     without them and told, through its environment, to use the one with them.
     `confined` caps memory and CPU time, for git reading data the agent made.
+    `umask`, when given, is git's instead of routined's own (which keeps what it
+    writes private): for writing into a repository that is not routined's.
     """
     said = await git_bytes(
         *args,
@@ -95,6 +103,7 @@ async def git(
         secret=secret,
         time_limit=time_limit,
         confined=confined,
+        umask=umask,
     )
     return said.decode(errors="replace")
 
@@ -107,6 +116,7 @@ async def git_bytes(
     secret: str | None = None,
     time_limit: float = GIT_TIMEOUT,
     confined: bool = False,
+    umask: int | None = None,
 ) -> bytes:
     """`git`, answering what git wrote as it wrote it (a commit's message may be in
     any encoding)."""
@@ -120,16 +130,36 @@ async def git_bytes(
                 "GIT_CONFIG_KEY_0": f"url.{secret}.insteadOf",
                 "GIT_CONFIG_VALUE_0": shown,
             }
+    # routined runs git on the host only in repositories it made: its mirrors and
+    # outboxes, and checkouts before their agent starts. Those are handed to the
+    # sandbox user, so git would refuse them as someone else's.
+    ours = ("-c", f"safe.directory={cwd.resolve()}") if cwd is not None else ()
+    # A session of its own: git's helpers (git-remote-https, index-pack) go with it
+    # when it is stopped. The variable names its starter, so a git outliving a
+    # routined that was killed outright is found and ended (`reap_orphans`).
     process = await asyncio.create_subprocess_exec(
         "git",
         *_SAFE,
+        *ours,
         *args,
         cwd=cwd,
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", **extra},
+        env={
+            **os.environ,
+            "GIT_TERMINAL_PROMPT": "0",
+            "LC_ALL": "C",
+            **extra,
+            OWNER_VARIABLE: _owner_token(),
+        },
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_confine if confined else None,  # only resource limits: safe after fork
+        start_new_session=True,
+        # Only resource limits and the umask: system calls, safe after fork.
+        preexec_fn=(
+            functools.partial(_prepare_child, confined, umask)
+            if confined or umask is not None
+            else None
+        ),
     )
     try:
         async with asyncio.timeout(time_limit):
@@ -137,8 +167,10 @@ async def git_bytes(
     except TimeoutError:
         raise GitError(f"git {' '.join(args)} took longer than {time_limit:g} s") from None
     finally:
-        if process.returncode is None:  # timed out, or the caller was cancelled
-            process.kill()
+        # Timed out, or the caller was cancelled (a run's cancel, the server stopping):
+        # git and every helper it started.
+        if process.returncode is None:
+            _kill_group(process.pid)
             await asyncio.shield(process.wait())
     if process.returncode != 0:
         said = " ".join(
@@ -151,11 +183,64 @@ async def git_bytes(
     return stdout
 
 
-def _confine() -> None:
-    """Limits for git working on what the agent made: a crafted pack cannot
-    take the host's memory or a core for ever."""
-    resource.setrlimit(resource.RLIMIT_AS, (CONFINED_MEMORY, CONFINED_MEMORY))
-    resource.setrlimit(resource.RLIMIT_CPU, (CONFINED_CPU_SECONDS, CONFINED_CPU_SECONDS))
+# Set on every git routined starts: "PID:START", its starter's process id and
+# start time (so a reused process id is not taken for the starter).
+OWNER_VARIABLE = "ROUTINED_GIT_STARTER"
+
+
+def _owner_token() -> str:
+    return f"{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def _start_time(pid: int) -> str:
+    """When a process started, in clock ticks since boot ("" if it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _kill_group(leader: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+
+
+def reap_orphans() -> list[int]:
+    """Kill the git processes (with their helpers) of routined processes that are
+    gone: a git started by a server killed outright may wait on a stalled remote
+    for ever, and its timeout died with the server. Returns the groups killed."""
+    killed: set[int] = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            variables = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        prefix = OWNER_VARIABLE.encode() + b"="
+        token = next((v[len(prefix) :] for v in variables if v.startswith(prefix)), None)
+        if token is None:
+            continue
+        starter, _, started = token.decode(errors="replace").partition(":")
+        if starter.isdigit() and _start_time(int(starter)) == started:
+            continue  # its starter lives, and will end it
+        pid = int(environ.parent.name)
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if group not in killed and group != os.getpgrp():
+            _kill_group(group)
+            killed.add(group)
+    return sorted(killed)
+
+
+def _prepare_child(confined: bool, umask: int | None) -> None:
+    if umask is not None:
+        os.umask(umask)
+    if confined:
+        # Limits for git working on what the agent made: a crafted pack cannot
+        # take the host's memory or a core for ever.
+        resource.setrlimit(resource.RLIMIT_AS, (CONFINED_MEMORY, CONFINED_MEMORY))
+        resource.setrlimit(resource.RLIMIT_CPU, (CONFINED_CPU_SECONDS, CONFINED_CPU_SECONDS))
 
 
 def display_url(url: str) -> str:
@@ -207,8 +292,12 @@ def mirror_of(url: str, mirrors: Path) -> Mirror:
     return Mirror(url, path, path / "objects", None)
 
 
-async def sync_mirror(url: str, mirrors: Path) -> Mirror:
-    """The mirror of `url`, brought up to date with the origin."""
+async def sync_mirror(
+    url: str, mirrors: Path, *, owner: int | None = None, network: Sequence[str] = ()
+) -> Mirror:
+    """The mirror of `url`, brought up to date with the origin (git given `network`'s
+    options, see `Checkout.network`); readable by the group `owner` (the sandbox
+    user, whose checkouts borrow its objects) when given."""
     mirror = mirror_of(url, mirrors)
     if local_repository(url) is not None:
         return mirror  # a local origin is its own mirror: always current
@@ -216,11 +305,13 @@ async def sync_mirror(url: str, mirrors: Path) -> Mirror:
     async with _locked(path.with_suffix(".lock")):
         if not (path / "HEAD").exists():
             await git("init", "--quiet", "--bare", str(path))
-        advertised = await git("ls-remote", "--symref", url, "HEAD", secret=url)
+        if owner is not None:
+            await _share(path, owner)
+        advertised = await git(*network, "ls-remote", "--symref", url, "HEAD", secret=url)
         match = re.search(r"^ref: refs/heads/(\S+)\tHEAD$", advertised, re.MULTILINE)
         branch = match.group(1) if match else "main"
         await git(
-            "fetch", "--quiet", "--prune", "--no-write-fetch-head", url,
+            *network, "fetch", "--quiet", "--prune", "--no-write-fetch-head", url,
             "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
             cwd=path, secret=url,
         )  # fmt: skip
@@ -228,8 +319,51 @@ async def sync_mirror(url: str, mirrors: Path) -> Mirror:
     return Mirror(url, path, mirror.objects, branch)
 
 
-async def clone(mirror: Mirror, destination: Path) -> Checkout:
-    """A fresh checkout of the default branch, borrowing the mirror's objects."""
+async def _share(repository: Path, group: int) -> None:
+    """Let `group` read a repository routined owns, now and whatever git adds later:
+    git keeps what it writes group-readable (and no more) and, through set-group-id
+    folders, in that group."""
+    wanted = "0640"
+    try:
+        shared = (await git("config", "--get", "core.sharedRepository", cwd=repository)).strip()
+    except GitError:
+        shared = ""
+    if shared == wanted and repository.stat().st_gid == group:
+        return
+    await git("config", "core.sharedRepository", wanted, cwd=repository)
+    for command in (
+        ("chgrp", "-R", "-P", "-h", str(group), "--", str(repository)),
+        ("chmod", "-R", "g+rX,o-rwx", "--", str(repository)),
+        ("find", str(repository), "-type", "d", "-exec", "chmod", "g+s", "--", "{}", "+"),
+    ):
+        await _run(command)
+
+
+async def hand_over(paths: Sequence[Path], owner: int | None) -> None:
+    """Give the sandbox user (`owner`, None: the sandbox runs as routined itself) what
+    it may change: the checkouts, the run's home and temporary folder. Links are
+    changed themselves, never followed."""
+    existing = [str(path) for path in paths if path.exists()]
+    if owner is not None and existing:
+        await _run(("chown", "-R", "-P", "-h", f"{owner}:{owner}", "--", *existing))
+
+
+async def _run(command: Sequence[str]) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, said = await process.communicate()
+    finally:
+        if process.returncode is None:  # cancelled: half a change is finished, not left
+            await asyncio.shield(process.wait())
+    if process.returncode != 0:
+        raise GitError(f"{command[0]} exited {process.returncode}: {said.decode().strip()}")
+
+
+async def clone(mirror: Mirror, destination: Path, *, owner: int | None = None) -> Checkout:
+    """A fresh checkout of the default branch, borrowing the mirror's objects, given to
+    `owner` (see `hand_over`)."""
     # The agent cannot change .git/config (the sandbox shows it read-only), so
     # branching from origin/… must not try to record tracking there.
     await git(
@@ -243,6 +377,7 @@ async def clone(mirror: Mirror, destination: Path) -> Checkout:
         default_branch = mirror.default_branch
     if default_branch is None:  # an empty origin: no branch yet, HEAD names the future one
         default_branch = (await git("symbolic-ref", "--short", "HEAD", cwd=destination)).strip()
+    await hand_over([destination], owner)
     return Checkout(
         url=mirror.url,
         path=destination,
@@ -268,7 +403,9 @@ async def _origin_refs(path: Path) -> tuple[set[str], str | None]:
     return base, default_branch
 
 
-async def fetch_pull_head(checkout: Checkout, number: int) -> tuple[Checkout, str]:
+async def fetch_pull_head(
+    checkout: Checkout, number: int, *, owner: int | None = None
+) -> tuple[Checkout, str]:
     """Fetch pull request `number`'s head (GitHub's `refs/pull/N/head`) as the local
     branch `pr/N`; return the checkout, which now counts that head as the origin's
     (so it is not delivered as new work), and the branch name."""
@@ -277,7 +414,7 @@ async def fetch_pull_head(checkout: Checkout, number: int) -> tuple[Checkout, st
     if local_repository(checkout.url) is None:
         async with _locked(mirror.with_suffix(".lock")):
             await git(
-                "fetch", "--quiet", "--no-write-fetch-head", checkout.url,
+                *checkout.network, "fetch", "--quiet", "--no-write-fetch-head", checkout.url,
                 f"+refs/pull/{number}/head:refs/pull/{number}/head",
                 cwd=mirror, secret=checkout.url,
             )  # fmt: skip
@@ -287,6 +424,7 @@ async def fetch_pull_head(checkout: Checkout, number: int) -> tuple[Checkout, st
         cwd=checkout.path,
     )  # fmt: skip
     head = (await git("rev-parse", f"refs/heads/{branch}", cwd=checkout.path)).strip()
+    await hand_over([checkout.path / ".git"], owner)
     return replace(checkout, base=tuple(sorted({*checkout.base, head}))), branch
 
 
@@ -300,9 +438,12 @@ async def mirror_state(mirror: Mirror) -> str:
     return hashlib.sha256(f"{head}\n{refs}".encode()).hexdigest()
 
 
-async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Checkout | None:
+async def take_standby(
+    mirror: Mirror, standby: Path, destination: Path, *, owner: int | None = None
+) -> Checkout | None:
     """The checkout waiting on standby, moved to `destination`, brought up to the
-    mirror first if the origin has moved since it was made."""
+    mirror first if the origin has moved since it was made; `owner`'s (see
+    `hand_over`), which it already is when it was made for the same owner."""
     taken = standby / f"taken-{secrets.token_hex(4)}"
     try:
         (standby / "ready").rename(taken)  # only one run can take it
@@ -315,6 +456,8 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
         if display_url(str(state.get("url"))) != display_url(mirror.url):
             return None
         current = state.get("mirror") == await mirror_state(mirror)
+        if state.get("owner") != owner:
+            return None  # made for another sandbox user (the setting changed)
         destination.parent.mkdir(parents=True, exist_ok=True)
         (taken / "repo").rename(destination)
         if not (destination / ".git" / "HEAD").is_file():
@@ -329,7 +472,9 @@ async def take_standby(mirror: Mirror, standby: Path, destination: Path) -> Chec
                 mirror_objects=mirror.objects,
             )
         try:
-            return await _catch_up(mirror, destination)
+            caught_up = await _catch_up(mirror, destination)
+            await hand_over([destination], owner)
+            return caught_up
         except GitError:
             destination.rename(taken / "repo")  # not half a checkout: the run clones
             return None
@@ -372,7 +517,7 @@ async def _catch_up(mirror: Mirror, path: Path) -> Checkout:
     )
 
 
-async def prepare_standby(mirror: Mirror, standby: Path) -> None:
+async def prepare_standby(mirror: Mirror, standby: Path, *, owner: int | None = None) -> None:
     """Make the checkout the next run will take, unless one is waiting already."""
     for leftover in standby.glob("trash-*"):
         await remove(leftover)
@@ -382,10 +527,11 @@ async def prepare_standby(mirror: Mirror, standby: Path) -> None:
     building = standby / f"building-{secrets.token_hex(4)}"
     try:
         state = await mirror_state(mirror)
-        checkout = await clone(mirror, building / "repo")
+        checkout = await clone(mirror, building / "repo", owner=owner)
         record = {
             "url": mirror.url,
             "mirror": state,
+            "owner": owner,
             "default_branch": checkout.default_branch,
             "base": list(checkout.base),
         }

@@ -10,6 +10,7 @@ does and prints the same thing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
@@ -26,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from routined import __version__
-from routined.config import ConfigError, Settings
+from routined.config import ConfigError, Settings, secure_home
 from routined.db import Store
 from routined.keys import Principal
 
@@ -46,7 +48,20 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def main() -> None:
+    # Everything routined writes (the store, keys, run folders, what it clones) is
+    # its own alone; the sandbox user gets what it may change handed over.
+    os.umask(0o077)
+    _inherit_nothing()
     app()
+
+
+def _inherit_nothing() -> None:
+    """Descriptors routined was started with (a shell's, a supervisor's) are not its
+    children's: uvloop starts children without closing inheritable descriptors."""
+    for entry in Path("/proc/self/fd").iterdir():
+        if int(entry.name) > 2:
+            with contextlib.suppress(OSError):  # the listing's own, closed by now
+                os.set_inheritable(int(entry.name), False)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -64,6 +79,7 @@ def settings() -> Settings:
 @contextmanager
 def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, Store]]:
     config = settings()
+    secure_home(config.home)
     store = Store(config.database_url.reveal(), background_checkpoints=background_checkpoints)
     try:
         store.migrate()
