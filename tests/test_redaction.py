@@ -34,9 +34,9 @@ from typing import Any
 
 import pytest
 
-from routined import agent, sandbox, vault
+from routined import agent, redaction, sandbox
+from routined.redaction import Redactor
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
-from routined.vault import Redactor
 
 TOKEN = "ghp_Q7rT2xLm9VbN4cYw8ZkP3dFs6HjA1uGe5Rt0"
 KEY = (
@@ -48,7 +48,7 @@ KEY = (
 PASSWORD = 'pä"ss\\wörd-Ünï9x'  # a quote, a backslash, characters beyond ASCII
 SECRETS = {"GITHUB_TOKEN": TOKEN, "DEPLOY_KEY": KEY, "DB_PASSWORD": PASSWORD}
 MARKS = ("\n", "\r", "\\n", "\\r", '"', "…", "...", "\ufffd", "\\u2026", "\\ufffd")
-# The rule `vault.MIN_PIECE` sets: a piece counts from four letters and digits.
+# The rule `redaction.MIN_PIECE` sets: a piece counts from four letters and digits.
 PIECE = 4
 
 
@@ -62,7 +62,7 @@ def spellings(value: str) -> set[str]:
         for form in (part, json.dumps(part)[1:-1], json.dumps(part, ensure_ascii=False)[1:-1])
     }
     twice = {json.dumps(form, ensure_ascii=flag)[1:-1] for form in once for flag in (True, False)}
-    return {form for form in once | twice if len(form.strip()) >= vault.MIN_REDACTED}
+    return {form for form in once | twice if len(form.strip()) >= redaction.MIN_REDACTED}
 
 
 def counts(piece: str) -> bool:
@@ -260,7 +260,7 @@ def test_a_transcript_holding_values_every_way_stays_valid_json_with_the_same_ke
     session.parent.mkdir(parents=True)
     written = transcript_lines()
     session.write_text("".join(written))
-    assert vault.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
+    assert redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
     redacted = session.read_text().splitlines(keepends=True)
     assert len(redacted) == len(written)
     for before, after in zip(written, redacted, strict=True):
@@ -284,7 +284,7 @@ def test_a_saved_tool_output_is_rewritten_keeping_owner_mode_and_times(tmp_path:
     os.utime(saved, ns=(1_700_000_000_000_000_000, 1_700_000_123_000_000_000))
     was, clean_was = saved.stat(), clean.stat()
 
-    assert vault.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
+    assert redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
 
     now = saved.stat()
     assert saved.read_text() == (
@@ -317,8 +317,8 @@ def test_links_planted_in_the_tree_never_reach_a_host_file(tmp_path: Path) -> No
     (tmp_path / "home-link").symlink_to(host, target_is_directory=True)
     host_before = {path: (path.read_bytes(), unchanged(path)) for path in (credentials, notes)}
 
-    assert vault.redact_tree(tmp_path / "home-link", Redactor(SECRETS)) == 0
-    assert vault.redact_tree(home, Redactor(SECRETS)) == 1
+    assert redaction.redact_tree(tmp_path / "home-link", Redactor(SECRETS)) == 0
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
 
     for path, (content, status) in host_before.items():
         assert (path.read_bytes(), unchanged(path)) == (content, status)
@@ -338,7 +338,7 @@ def test_a_fifo_or_socket_in_the_tree_neither_blocks_nor_is_opened(tmp_path: Pat
     (home / "after.txt").write_text(f"{TOKEN}\n")
     done: dict[str, int] = {}
     walk = threading.Thread(
-        target=lambda: done.update(changed=vault.redact_tree(home, Redactor(SECRETS))),
+        target=lambda: done.update(changed=redaction.redact_tree(home, Redactor(SECRETS))),
         daemon=True,
     )
     walk.start()
@@ -377,7 +377,7 @@ def test_a_large_file_is_streamed_and_values_across_chunk_edges_are_caught(
 
     tracemalloc.start()
     try:
-        assert vault.redact_tree(big.parent, Redactor(SECRETS)) == 1
+        assert redaction.redact_tree(big.parent, Redactor(SECRETS)) == 1
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -391,7 +391,7 @@ def test_a_file_not_in_utf8_keeps_every_other_byte(tmp_path: Path) -> None:
     blob = home / "core.dump"
     around = bytes(range(256))
     blob.write_bytes(around + TOKEN.encode() + around + PASSWORD.encode("utf-8") + around)
-    assert vault.redact_tree(home, Redactor(SECRETS)) == 1
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
     assert blob.read_bytes() == (
         around + b"[redacted:GITHUB_TOKEN]" + around + b"[redacted:DB_PASSWORD]" + around
     )
@@ -418,8 +418,8 @@ def test_folders_nested_deeper_than_the_walk_can_go_fail_it_loudly(tmp_path: Pat
     # deeper than the default limit of 1,000 (which the tree's clean-up could not undo).
     sys.setrecursionlimit(len(inspect.stack(0)) + 100)
     try:
-        with pytest.raises(vault.RedactionError, match="nested too deep") as raised:
-            vault.redact_tree(home, Redactor(SECRETS))
+        with pytest.raises(redaction.RedactionError, match="nested too deep") as raised:
+            redaction.redact_tree(home, Redactor(SECRETS))
     finally:
         sys.setrecursionlimit(limit)
     assert raised.value.failed == [f"{home}: folders nested too deep to walk"]
@@ -427,11 +427,11 @@ def test_folders_nested_deeper_than_the_walk_can_go_fail_it_loudly(tmp_path: Pat
 
 
 def test_a_missing_tree_or_one_without_secrets_is_left_alone(tmp_path: Path) -> None:
-    assert vault.redact_tree(tmp_path / "gone", Redactor(SECRETS)) == 0
+    assert redaction.redact_tree(tmp_path / "gone", Redactor(SECRETS)) == 0
     home = tmp_path / "home"
     (home / "sub").mkdir(parents=True)
     (home / "sub" / "f.txt").write_text(TOKEN)
-    assert vault.redact_tree(home, Redactor({})) == 0
+    assert redaction.redact_tree(home, Redactor({})) == 0
     assert (home / "sub" / "f.txt").read_text() == TOKEN
 
 
@@ -493,7 +493,7 @@ def test_claude_codes_transcript_is_redacted_and_a_follow_up_resumes_it(
         for line in transcript.read_text().splitlines()
     ), "Claude Code no longer keeps a preview this test can cut inside a value"
 
-    assert vault.redact_tree(home, Redactor(SECRETS)) >= 2  # the transcript, saved outputs
+    assert redaction.redact_tree(home, Redactor(SECRETS)) >= 2  # the transcript, saved outputs
 
     for path in home.rglob("*"):
         if path.is_file() and not path.is_symlink():

@@ -23,7 +23,8 @@ from routined import vault
 from routined.config import Settings
 from routined.db import Store
 from routined.models import DEFAULT_ACCOUNT_ID, Account, Secret
-from routined.vault import Redactor, VaultError
+from routined.redaction import Redactor
+from routined.vault import VaultError
 from tests.conftest import T0
 
 ACME = "acct_acme"

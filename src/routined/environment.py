@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from routined import network, vault
+from routined import network, redaction
 from routined.egress import EgressPolicy
 from routined.workspace import remove
 
@@ -198,7 +198,7 @@ class SetupCache:
         *,
         now: datetime,
         seconds: float,
-        redactor: vault.Redactor | None = None,
+        redactor: redaction.Redactor | None = None,
     ) -> bool:
         """Keep a copy of `home` as the result for `key`; it replaces the routine's
         other results, which no run will ask for again unless their script returns.
@@ -211,7 +211,7 @@ class SetupCache:
             partial.mkdir(mode=0o700)
             await _copy_tree(home, partial / "home")
             if redactor is not None:
-                changed = await asyncio.to_thread(vault.redact_tree, partial / "home", redactor)
+                changed = await asyncio.to_thread(redaction.redact_tree, partial / "home", redactor)
                 if changed:
                     return False
             (partial / "made.json").write_text(

@@ -36,6 +36,7 @@ from routined import (
     gate,
     kept,
     reach,
+    redaction,
     resources,
     runs,
     sandbox,
@@ -123,7 +124,7 @@ class RunContext:
 
 
 # What a run with no secrets redacts: nothing (its methods return what they get).
-_NO_SECRETS = vault.Redactor({})
+_NO_SECRETS = redaction.Redactor({})
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Recorder:
     run_id: str
     clock: Clock
     # The run's secret values, kept out of everything it stores.
-    redactor: vault.Redactor = field(default_factory=lambda: _NO_SECRETS)
+    redactor: redaction.Redactor = field(default_factory=lambda: _NO_SECRETS)
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
@@ -168,7 +169,7 @@ class Executor:
         self._sandbox_checked: asyncio.Task[None] | None = None
         self._cancellable: dict[str, asyncio.Task[_Worked]] = {}
         self._cancel_reasons: dict[str, str] = {}
-        self._redactors: dict[str, vault.Redactor] = {}
+        self._redactors: dict[str, redaction.Redactor] = {}
         # Each run's resource group (`routined.resources`), its sandboxes' caps.
         self._groups: dict[str, resources.RunGroup] = {}
         # Each run's checkouts, once made: kept for inspection if not delivered.
@@ -385,7 +386,7 @@ class Executor:
         self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
     ) -> _Worked:
         revealed = await asyncio.to_thread(self._reveal, context)
-        recorder.redactor = self._redactors[claim.run_id] = vault.Redactor(revealed)
+        recorder.redactor = self._redactors[claim.run_id] = redaction.Redactor(revealed)
         checkouts = self._checkouts[claim.run_id] = await self._prepare(context, run_dir)
         checkouts = await self._fetch_pull_head(context, checkouts, recorder)
         self._checkouts[claim.run_id] = checkouts
@@ -989,7 +990,7 @@ class Executor:
             log.exception("run %s: its folder could not be settled", claim.run_id)
 
     async def _leave_safe(
-        self, claim: Claim, run_dir: Path, redactor: vault.Redactor | None
+        self, claim: Claim, run_dir: Path, redactor: redaction.Redactor | None
     ) -> None:
         """What stays of a run holds no secret in plain text (its home keeps Claude
         Code's transcript, with every secret value redacted, and a later follow-up
@@ -997,7 +998,7 @@ class Executor:
         for folder in (run_dir / "home", run_dir / "workspace"):
             if redactor:
                 try:
-                    await asyncio.shield(asyncio.to_thread(vault.redact_tree, folder, redactor))
+                    await asyncio.shield(asyncio.to_thread(redaction.redact_tree, folder, redactor))
                 except OSError as error:  # it may still hold a secret: it goes
                     log.warning("run %s: %s; its %s is removed", claim.run_id, error, folder.name)
                     await workspace.remove(folder)
@@ -1223,7 +1224,7 @@ class Executor:
         await sandbox.stop(f"{run_dir}/")
         await asyncio.to_thread(sandbox.strip_privilege_bits, _writable(run_dir))
 
-    def _redactor(self, claim: Claim) -> vault.Redactor:
+    def _redactor(self, claim: Claim) -> redaction.Redactor:
         return self._redactors.get(claim.run_id, _NO_SECRETS)
 
     async def _end_failed(

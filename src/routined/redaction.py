@@ -1,0 +1,516 @@
+"""Redaction: secret values kept out of everything a run records and leaves behind.
+
+A `Redactor` replaces the values of a run's secrets with `[redacted:NAME]` in text
+and JSON-like data (every event, reason, error and summary a run stores), in every
+spelling a value takes there (each line of it, JSON-escaped as Python and as
+JavaScript write it, twice escaped), and catches the piece of a value a cut leaves
+(a preview's end, a kept tail's start). `redact_tree` does the same, in place, for
+the files a run leaves (Claude Code's transcript and saved tool outputs among them).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import json
+import os
+import re
+import secrets
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Shorter values are not redacted: "1", "yes" or "dev" would wreck ordinary text.
+MIN_REDACTED = 4
+# A cut (a preview's end, a kept tail's start) leaves a piece of a value: its start
+# at the end of what was kept, or its end at the start. A piece counts from this many
+# letters and digits, the characters that carry a value's secrecy: fewer tell no
+# more than a whole value MIN_REDACTED leaves alone, and lines ending in separators
+# ("-----", "====") or indentation are not taken for the start of a key file. It
+# counts only where a cut leaves it, next to the end or start of the text, a line
+# break or a cut mark, never before or after other text ("sk-ant-api03-" ahead of
+# another key is left alone), so ordinary text matches only when a line ends with the
+# first characters of a value, or starts with its last: by chance, for a random token,
+# one line end in 16**4 even for hex; for a word-like value ("postgres://…" after a
+# line ending "postgres"), a few characters of ordinary text marked.
+MIN_PIECE = 4
+# What a cut leaves next to the piece: a line break (Claude Code's previews end the
+# first 2,000 characters with "\n...\n", at any character if no line ends in the
+# second half; a long command's output loses its middle as "\n\n... [N characters
+# truncated] ...\n\n" and its start-and-end preview says "[… N omitted …]\n"), an
+# ellipsis ("…", "...[truncated]"), U+FFFD (bytes cut inside a character and decoded),
+# the quote ending or starting a JSON string that holds a cut text, and in JSON text
+# the escaped ones.
+_CUT_MARKS = ("\n", "\r", '"', "…", "...", "\ufffd", "\\n", "\\r", "\\u2026", "\\ufffd")
+_MARK_FIRST = re.compile(r'[\n\r"….\ufffd\\]')  # a character a mark can start with
+_MARK_LAST = re.compile(r'[\n\r"….\ufffdnr6d]')  # or end with
+_HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+_ESCAPED = tuple('"\\/bfnrt')  # what a backslash escapes in JSON, \u aside
+# What is kept of the text before a chunk: enough for any cut mark and JSON escape.
+_REACH = 16
+_CHUNK = 1 << 20
+
+
+class Redactor:
+    """Replaces secret values in text and JSON-like data with `[redacted:NAME]`.
+
+    A value counts however it is written: whole, each of its lines, JSON-escaped.
+    So does a piece of one that a cut left (see MIN_PIECE): its start just before
+    the end of the text, a line break or a cut mark, or its end just after the
+    start of the text or one of those.
+    """
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        # Longest first, so a value that contains another is replaced whole; one name
+        # per value (the first by name) when several secrets hold the same. What a run
+        # records is often cut into lines (a key file printed) or JSON-escaped (an
+        # event's preview), so each line of a value, and each form escaped, counts too.
+        spelled = {
+            (form, name)
+            for name, value in values.items()
+            for part in (value, *value.splitlines())
+            for text in (part, part.strip())
+            for form in _spellings(text)
+            if len(form.strip()) >= MIN_REDACTED
+        }
+        ordered = sorted(spelled, key=lambda pair: (-len(pair[0]), pair[1]))
+        self._names: dict[str, str] = {}
+        for value, name in ordered:
+            self._names.setdefault(value, name)
+        # One pass over the text: a replacement is never searched again, so a value
+        # such as "redacted" cannot eat into the marks already made.
+        self._pattern = re.compile("|".join(re.escape(value) for value in self._names))
+        # A piece is looked for where the shortest piece that counts is found.
+        self._heads: dict[str, list[_Form]] = {}
+        self._tails: dict[str, list[_Form]] = {}
+        for text, name in self._names.items():
+            form = _Form(text, name, head=_piece(text), tail=_piece(text[::-1]))
+            if form.head:
+                self._heads.setdefault(text[: form.head], []).append(form)
+            if form.tail:
+                self._tails.setdefault(text[-form.tail :], []).append(form)
+        # Any text with a secret in it holds one of these: the shortest piece of each
+        # end that counts, or a whole spelling too short to have one.
+        short = [text for text in self._names if not _piece(text)]
+        self._probes = tuple(dict.fromkeys([*self._heads, *self._tails, *short]))
+        self._longest = max(map(len, self._names), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def text(self, s: str) -> str:
+        # Called on every event a run records: substring tests (in C) rule out the
+        # usual case of no secret at all before anything else runs.
+        if not any(probe in s for probe in self._probes):
+            return s
+        spans = self._spans(s, starts=True, ends=True, json_safe=False)
+        return _marked(s, spans, 0, len(s)) if spans else s
+
+    def data(self, obj: Any) -> Any:
+        """`obj` with every string in it redacted, dict keys too; other values as they are."""
+        if not self._names:
+            return obj
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, dict):
+            return {
+                (self.text(key) if isinstance(key, str) else key): self.data(value)
+                for key, value in obj.items()
+            }
+        if isinstance(obj, list | tuple):
+            return [self.data(item) for item in obj]
+        return obj
+
+    def _spans(
+        self, s: str, *, starts: bool, ends: bool, json_safe: bool
+    ) -> list[tuple[int, int, str]]:
+        """What to replace in `s`: (start, end, name), sorted, none overlapping.
+
+        `starts` and `ends` say whether the start and the end of `s` are those of the
+        whole text (a file read in chunks has one of each). With `json_safe`, JSON in
+        `s` stays valid once the spans are replaced (see `_json_safe`).
+        """
+        found = [(m.start(), m.end(), self._names[m[0]]) for m in self._pattern.finditer(s)]
+        for head, forms in self._heads.items():
+            at = s.find(head)
+            while at >= 0:
+                ends_at = [
+                    (end, form.name)
+                    for form in forms
+                    if (end := _head_end(s, at, form, ends)) is not None
+                ]
+                if ends_at:
+                    end, name = max(ends_at, key=lambda pair: pair[0])
+                    found.append((at, end, name))
+                at = s.find(head, at + 1)
+        for tail, forms in self._tails.items():
+            at = s.find(tail)
+            while at >= 0:
+                end = at + len(tail)
+                starts_at = [
+                    (start, form.name)
+                    for form in forms
+                    if (start := _tail_start(s, end, form, starts)) is not None
+                ]
+                if starts_at:
+                    start, name = min(starts_at, key=lambda pair: pair[0])
+                    found.append((start, end, name))
+                at = s.find(tail, at + 1)
+        if json_safe:
+            found = [_json_safe(s, a, b, name) for a, b, name in found]
+        return _merged(found)
+
+    def _stream(self, chunks: Iterable[str]) -> Iterator[tuple[str, bool]]:
+        """The redacted text of `chunks` joined, in pieces, each with whether anything
+        in it was replaced; JSON in it stays valid.
+
+        1. Gather text until there is more than twice `window`, the most a span found
+           later could reach back (one span may overlap another).
+        2. Redact all but the last `window` characters, stopping before a span that
+           crosses that point, and put out what is done.
+        3. Keep the last few characters put out: a piece of a value after a cut is
+           known by the cut mark before it.
+        """
+        window = 2 * (self._longest + _REACH)
+        behind, pending, done = "", "", 0
+        pieces = iter(chunks)
+        ended = False
+        while not ended:
+            chunk = next(pieces, None)
+            ended = chunk is None
+            pending += chunk or ""
+            if not ended and len(pending) < 2 * window:
+                continue
+            text = behind + pending
+            stop = len(text) if ended else len(text) - window
+            spans: list[tuple[int, int, str]] = []
+            if any(probe in text for probe in self._probes):
+                spans = self._spans(text, starts=done == 0, ends=ended, json_safe=True)
+            for start, end, _ in spans:
+                if start < stop < end:
+                    stop = start if start > len(behind) else end
+                    break
+            taken = [span for span in spans if span[1] > len(behind) and span[0] < stop]
+            yield _marked(text, taken, len(behind), stop), bool(taken)
+            done += stop - len(behind)
+            behind, pending = text[max(0, stop - _REACH) : stop], text[stop:]
+
+
+class RedactionError(OSError):
+    """Files under a tree could not be redacted; `failed` says which and why."""
+
+    def __init__(self, message: str, failed: list[str]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+def redact_tree(root: Path, redactor: Redactor) -> int:
+    """Redact every regular file under `root` that holds a secret; how many changed.
+
+    The tree is the agent's, so nothing in it is trusted: the walk (`os.fwalk`)
+    never goes through a link and stays on root's filesystem; a file is opened
+    relative to its folder's descriptor with O_NOFOLLOW and O_NONBLOCK, and only
+    if it is a regular file (a FIFO, a socket or a device is left alone). A file is
+    read in chunks of any size, as text where it is UTF-8 and byte for byte where
+    it is not; inside a JSON string a mark keeps the document valid. One that holds
+    a secret is written again redacted, beside it, with its owner, mode (set-id bits
+    dropped: they never survive outside the sandbox) and times, and the new file
+    takes its name: a crash leaves the old file or the new, never half of each, and
+    another name of the same file (a hard link) keeps the old.
+
+    Raises RedactionError, after redacting all it could, naming what it could not
+    read or replace; a caller that must keep no secret removes the tree then.
+    """
+    if not redactor:
+        return 0
+    try:
+        device = root.stat(follow_symlinks=False).st_dev
+    except FileNotFoundError:
+        return 0
+    changed, failed = 0, []
+
+    def note(error: OSError) -> None:
+        failed.append(f"{error.filename}: {error.strerror or error}")
+
+    try:
+        for folder, folders, files, descriptor in os.fwalk(root, onerror=note):
+            # Only real folders on root's filesystem: fwalk lists a link to a folder
+            # among folders, and opens what it points to before finding it is a link.
+            folders[:] = [name for name in folders if _is(name, descriptor, device, stat.S_ISDIR)]
+            for name in files:
+                try:
+                    changed += _redact_file(name, descriptor, device, redactor)
+                except OSError as error:
+                    failed.append(f"{folder}/{name}: {error.strerror or error}")
+    except RecursionError:  # fwalk recurses: folders nested deeper than Python's stack
+        failed.append(f"{root}: folders nested too deep to walk")
+    if failed:
+        raise RedactionError(
+            f"{root}: {len(failed)} could not be redacted and may still hold a secret "
+            f"(first: {failed[0]}); remove the folder",
+            failed,
+        )
+    return changed
+
+
+@dataclass(frozen=True)
+class _Form:
+    """One spelling of a value: its text, its secret's name, and the lengths of the
+    shortest start (`head`) and end (`tail`) of it that count as a piece (0: none)."""
+
+    text: str
+    name: str
+    head: int
+    tail: int
+
+
+def _spellings(text: str) -> set[str]:
+    """`text` as printed and JSON-escaped: as Python writes JSON (ASCII only) and as
+    JavaScript does (Claude Code's transcript: other characters as they are), once or
+    twice (a tool's JSON output quoted in a transcript's JSON)."""
+    once = {text, _escaped(text, ascii_only=True), _escaped(text, ascii_only=False)}
+    return once | {_escaped(form, ascii_only=flag) for form in once for flag in (True, False)}
+
+
+def _escaped(text: str, *, ascii_only: bool) -> str:
+    return json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+
+
+def _piece(text: str) -> int:
+    """The length of the shortest start of `text` with MIN_PIECE letters and digits, or
+    0 if only the whole has them."""
+    count = 0
+    for length, char in enumerate(text, 1):
+        count += char.isalnum()
+        if count == MIN_PIECE:
+            return length if length < len(text) else 0
+    return 0
+
+
+def _head_end(s: str, at: int, form: _Form, ends: bool) -> int | None:
+    """Where the longest start of `form` found at `at` that counts ends at a cut."""
+    matched = _common_start(s, at, form.text)
+    if matched == len(form.text):
+        return None  # the whole value: the pattern has it
+    first, last = at + form.head, at + matched
+    if last < first:
+        return None
+    if last == len(s):
+        if ends:
+            return last
+        last -= 1
+    for found in reversed(list(_MARK_FIRST.finditer(s, first, last + 1))):
+        if _cut_mark_at(s, found.start()):
+            return found.start()
+    return None
+
+
+def _tail_start(s: str, end: int, form: _Form, starts: bool) -> int | None:
+    """Where the longest end of `form` found ending at `end` that counts begins, after
+    a cut."""
+    matched = _common_end(s, end, form.text)
+    if matched == len(form.text):
+        return None
+    first, last = end - matched, end - form.tail
+    if first > last:
+        return None
+    if first == 0:
+        if starts:
+            return 0
+        first = 1
+    for found in _MARK_LAST.finditer(s, first - 1, last):
+        if _cut_mark_before(s, found.start() + 1):
+            return found.start() + 1
+    return None
+
+
+def _common_start(s: str, at: int, text: str) -> int:
+    """How many characters of `text` `s` has from `at`: longer and longer steps, then
+    halving, so a long value costs few comparisons (each in C)."""
+    limit = min(len(text), len(s) - at)
+    good, step = 0, 16
+    while good < limit:
+        upto = min(good + step, limit)
+        if not s.startswith(text[good:upto], at + good):
+            while good + 1 < upto:
+                middle = (good + upto) // 2
+                if s.startswith(text[good:middle], at + good):
+                    good = middle
+                else:
+                    upto = middle
+            return good
+        good, step = upto, step * 2
+    return good
+
+
+def _common_end(s: str, end: int, text: str) -> int:
+    """How many of the last characters of `text` `s` has just before `end`."""
+    limit = min(len(text), end)
+    size = len(text)
+    good, step = 0, 16
+    while good < limit:
+        upto = min(good + step, limit)
+        if not s.endswith(text[size - upto : size - good], 0, end - good):
+            while good + 1 < upto:
+                middle = (good + upto) // 2
+                if s.endswith(text[size - middle : size - good], 0, end - good):
+                    good = middle
+                else:
+                    upto = middle
+            return good
+        good, step = upto, step * 2
+    return good
+
+
+def _cut_mark_at(s: str, at: int) -> bool:
+    return (
+        s.startswith(_CUT_MARKS, at)
+        and _escape_around(s, at) is None
+        and (s[at] != "\\" or _starts_escape(s, at))
+    )
+
+
+def _cut_mark_before(s: str, at: int) -> bool:
+    if _escape_around(s, at) is not None:
+        return False
+    for mark in _CUT_MARKS:
+        start = at - len(mark)
+        if start >= 0 and s.startswith(mark, start):
+            if mark[0] == "\\" and not _starts_escape(s, start):
+                continue
+            if mark == '"' and _escape_around(s, start) is not None:
+                continue
+            return True
+    return False
+
+
+def _starts_escape(s: str, at: int) -> bool:
+    """Whether the character at `at` is a backslash that begins a JSON escape (one not
+    itself escaped: an even number of backslashes before it)."""
+    if s[at] != "\\":
+        return False
+    before = at
+    while before > 0 and s[before - 1] == "\\":
+        before -= 1
+    return (at - before) % 2 == 0
+
+
+def _escape_around(s: str, at: int) -> tuple[int, int] | None:
+    """The JSON escape (`\\n`, `\\u00e9`) that position `at` falls strictly inside."""
+    for start in range(at - 1, max(at - 6, -1), -1):
+        if _starts_escape(s, start):
+            if _HEX4.fullmatch(s, start + 2, start + 6) and s.startswith("u", start + 1):
+                end = start + 6
+            elif s.startswith(_ESCAPED, start + 1):
+                end = start + 2
+            else:
+                return None  # not an escape, a backslash in plain text
+            return (start, end) if end > at else None
+    return None
+
+
+def _json_safe(s: str, start: int, end: int, name: str) -> tuple[int, int, str]:
+    """A span widened to whole JSON escapes and narrowed to leave out a quote at either
+    end that is not escaped: in JSON it ends or starts a string (a value spelled with
+    a quote at its end matches `"pass"` up to the closing quote), and taking it out
+    would break the document."""
+    if (around := _escape_around(s, start)) is not None:
+        start = around[0]
+    if (around := _escape_around(s, end)) is not None:
+        end = around[1]
+    if s.startswith('"', start) and _escape_around(s, start) is None:
+        start += 1
+    if s.startswith('"', end - 1) and _escape_around(s, end - 1) is None:
+        end -= 1
+    return start, end, name
+
+
+def _merged(found: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Spans sorted, those that overlap joined (under the first one's name)."""
+    spans: list[tuple[int, int, str]] = []
+    for start, end, name in sorted(found, key=lambda span: (span[0], -span[1])):
+        if spans and start < spans[-1][1]:
+            if end > spans[-1][1]:
+                spans[-1] = (spans[-1][0], end, spans[-1][2])
+        else:
+            spans.append((start, end, name))
+    return spans
+
+
+def _marked(s: str, spans: list[tuple[int, int, str]], start: int, stop: int) -> str:
+    """`s[start:stop]` with each span replaced by its mark."""
+    out, at = [], start
+    for first, end, name in spans:
+        out.append(f"{s[at:first]}[redacted:{name}]")
+        at = end
+    out.append(s[at:stop])
+    return "".join(out)
+
+
+def _is(name: str, folder: int, device: int, kind: Callable[[int], bool]) -> bool:
+    """Whether `name` in `folder` is, itself and not through a link, of `kind`, on `device`."""
+    try:
+        found = os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return kind(found.st_mode) and found.st_dev == device
+
+
+def _redact_file(name: str, folder: int, device: int, redactor: Redactor) -> bool:
+    """Redact one file named in the folder open as `folder`; whether it changed."""
+    if not _is(name, folder, device, stat.S_ISREG):
+        return False
+    # O_NONBLOCK: a name swapped for a FIFO after the check must not hang the open.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    source = os.open(name, flags, dir_fd=folder)
+    try:
+        opened = os.fstat(source)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_dev != device:
+            return False
+        if not any(changed for _, changed in redactor._stream(_decoded(source))):
+            return False
+        os.lseek(source, 0, os.SEEK_SET)
+        _replace(name, folder, source, opened, redactor)
+        return True
+    finally:
+        os.close(source)
+
+
+def _replace(
+    name: str, folder: int, source: int, opened: os.stat_result, redactor: Redactor
+) -> None:
+    """Write the file open as `source` again redacted, to a new file that then takes `name`."""
+    draft = f".routined-redacted-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    target = os.open(draft, flags, 0o600, dir_fd=folder)
+    try:
+        with os.fdopen(target, "wb", closefd=False) as sink:
+            for piece, _ in redactor._stream(_decoded(source)):
+                sink.write(piece.encode("utf-8", "surrogateescape"))
+        made = os.fstat(target)
+        if (made.st_uid, made.st_gid) != (opened.st_uid, opened.st_gid):
+            os.fchown(target, opened.st_uid, opened.st_gid)
+        os.fchmod(target, stat.S_IMODE(opened.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+        os.utime(target, ns=(opened.st_atime_ns, opened.st_mtime_ns))
+        os.fsync(target)
+        # The name must still be the file that was read, not one put there meanwhile.
+        if not os.path.samestat(opened, os.stat(name, dir_fd=folder, follow_symlinks=False)):
+            raise OSError(f"{name}: replaced while it was being redacted")
+        os.replace(draft, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(draft, dir_fd=folder)
+        raise
+    finally:
+        os.close(target)
+
+
+def _decoded(descriptor: int) -> Iterator[str]:
+    """A file's text in chunks; bytes that are not UTF-8 come through as surrogates
+    (`surrogateescape`), so that writing the text back gives them back unchanged."""
+    decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    while chunk := os.read(descriptor, _CHUNK):
+        yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
