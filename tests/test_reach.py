@@ -12,6 +12,7 @@ a URL a hostile server names.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import ipaddress
 import os
@@ -27,11 +28,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import reach
+from routined import delivery, reach
 from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
+from routined.execution import Executor, RunContext
 from routined.models import Routine
+from routined.testing.fake_github import FakeGitHub, generate_app_key
 from tests.conftest import T0, git
 from tests.test_management_api import PLANS, PUBLIC_URL, Api, assert_error, operator_key
 
@@ -290,6 +293,29 @@ def test_an_accounts_key_connects_no_mcp_server_off_the_public_internet(
         body = routine(f"mcp-{number}", connectors={"docs": {"type": kind, "url": url}})
         refused(api, key, body, "connectors.docs.url", "public hosts only")
         api.apply(api.operator, {**body, "name": f"operators-mcp-{number}"})
+
+
+def test_an_accounts_key_neither_acts_as_the_github_app_nor_lifts_the_caps(
+    hostile: tuple[Api, str],
+) -> None:
+    """The attacks: an account's routine asked for pull requests (made as the
+    operator's GitHub App, installed on the operator's repositories) and for a
+    terabyte of memory; both ran. Now both are refused, and the operator may."""
+    api, key = hostile
+    greedy: list[tuple[dict[str, Any], str, str]] = [
+        ({"pull_requests": True}, "pull_requests", "operator's GitHub App"),
+        ({"comment": True}, "comment", "operator's GitHub App"),
+        ({"limits": {"memory": "1TiB"}}, "limits.memory", "at most 4 GiB"),
+        ({"limits": {"pids": 4_000_000}}, "limits.pids", "at most 1024"),
+        ({"limits": {"disk": "1024TiB"}}, "limits.disk", "at most 10 GiB"),
+        ({"limits": {"cpu": 1024}}, "limits.cpu", "at most 1"),
+    ]
+    for number, (fields, field, says) in enumerate(greedy):
+        body = routine(f"greedy-{number}", **fields)
+        refused(api, key, body, field, says)
+        api.apply(api.operator, {**body, "name": f"operators-greedy-{number}"})
+    # Within the server's defaults, an account asks what it likes.
+    api.apply(key, routine("modest", limits={"memory": "2GiB", "pids": 256, "cpu": 0.5}))
 
 
 def test_what_an_account_may_name_it_still_may(hostile: tuple[Api, str]) -> None:
@@ -639,3 +665,40 @@ def test_routines_stored_before_keep_the_reach_they_had(tmp_path: Path) -> None:
             assert old is not None and old.public_only is False
     finally:
         store.dispose()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_accounts_routine_never_clones_or_pushes_as_the_github_app(
+    anyio_backend: str, sqlite_store: Store, tmp_path: Path, origin: Path
+) -> None:
+    """The attack: an account's routine named a repository the operator's GitHub App
+    is installed on; routined minted the app's token for it, and the account's agent
+    read the operator's private repository and forced its main branch. Such a routine
+    now reaches GitHub as anyone does; the operator's routines keep the app's token."""
+    key_file = tmp_path / "app.pem"
+    with FakeGitHub(private_key=generate_app_key(key_file)) as github:
+        github.add_repository("acme/secret", git_dir=origin)
+        github.add_installation(7, "acme", ["secret"])
+        settings = Settings.from_env(
+            {
+                "ROUTINED_HOME": str(tmp_path / "home"),
+                "ROUTINED_GITHUB_APP_ID": str(github.app_id),
+                "ROUTINED_GITHUB_PRIVATE_KEY_FILE": str(key_file),
+                "ROUTINED_GITHUB_API_URL": github.base_url,
+                "ROUTINED_GITHUB_URL": github.web_origin,
+            }
+        )
+        executor = Executor(sqlite_store, settings, lambda: T0)
+        url = f"{github.web_origin}/acme/secret.git"
+        context = RunContext(
+            run_id="run_1", session_id="session_1", routine_id="rtn_1", account_id="acc_1",
+            routine="borrow", prompt="x", model=None, text=None, trigger_type="api",
+            repositories=(url,), push_rules=(delivery.RESTRICTED,), public_only=True,
+        )  # fmt: skip
+        assert await executor._authenticated(context, [url], "clone_failed") == [url]
+        assert not [r for r in github.requests if r.path.endswith("/access_tokens")]
+        operators = dataclasses.replace(context, public_only=False)
+        [with_token] = await executor._authenticated(operators, [url], "clone_failed")
+        assert with_token != url and "@" in with_token
+        assert [r for r in github.requests if r.path.endswith("/access_tokens")]

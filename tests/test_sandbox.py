@@ -341,3 +341,24 @@ async def test_a_masked_folder_inside_another_is_hidden_by_it(tmp_path: Path) ->
     assert process.returncode == 0, err.decode()
     assert out.decode().split() == ["end"]
     assert (run_dir / "workspace" / "made.txt").read_text() == "made\n"
+
+
+async def test_links_planted_over_protected_git_metadata_show_nothing_of_the_host(
+    box: Box, tmp_path: Path
+) -> None:
+    """The attack: a setup script (an earlier sandbox of the run) made `.git/config` and
+    `.git/hooks`, which the agent's sandbox shows read-only, links to a host file and
+    to the host's /proc, relative so that they name the same paths inside: the
+    agent's sandbox then showed the file, and every host process (other runs'
+    environments among them) in its own /proc."""
+    hidden = tmp_path / "host-only.txt"
+    hidden.write_text("host-only, never shown\n")
+    up = "../" * len((box.repo / ".git").parts[1:])
+    planted = await box.run(
+        f"mv .git .git-real && mkdir .git && ln -s {up}{str(hidden)[1:]} .git/config && "
+        f"ln -s {up}proc .git/hooks"
+    )
+    assert planted.code == 0, planted.err
+    agent = await box.run(f"cat {hidden}; ls -d /proc/[0-9]* | wc -l")
+    assert "host-only" not in agent.out
+    assert int(agent.out.split()[-1]) < 20, agent  # its own few processes, not the host's

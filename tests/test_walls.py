@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -551,3 +552,39 @@ def test_an_accounts_routine_reaches_no_private_address_when_it_runs(
     finally:
         git_server.close()
         service.close()
+
+
+_DROP = (
+    "python3 -c \"import ctypes; l = ctypes.CDLL(None); v = b'dead-drop-value'; "
+    "print('dropped', l.syscall(248, b'user', b'dead-drop', v, len(v), -4))\""  # add_key, @u
+)
+_PICK = (
+    'python3 -c "import ctypes; l = ctypes.CDLL(None); '
+    "k = l.syscall(250, 10, -4, b'user', b'dead-drop', 0); "  # keyctl(KEYCTL_SEARCH)
+    "b = ctypes.create_string_buffer(64); n = l.syscall(250, 11, k, b, 64); "  # KEYCTL_READ
+    "print('picked', b.raw[:max(n, 0)])\""
+)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the syscall numbers are x86_64's")
+def test_one_run_leaves_nothing_in_the_kernel_for_another(
+    server: Server, fake_api: FakeAnthropic
+) -> None:
+    """The attack: a run dropped a secret into its user's keyring, which outlived it,
+    and a later run (of another account) picked it up. Each run now has user
+    namespaces of its own, and with them its own keyrings."""
+    fake_api.script("[case:drop]", [[bash(_DROP)], [text("Done.")]])
+    fake_api.script("[case:pick]", [[bash(_PICK)], [text("Done.")]])
+    drop = server.apply(
+        "drop", "    prompt: drop [case:drop]\n    repositories:\n      - url: {origin}\n"
+    )
+    pick = server.apply(
+        "pick", "    prompt: pick [case:pick]\n    repositories:\n      - url: {origin}\n"
+    )
+    dropped = server.ended(server.fire(drop))
+    picked = server.ended(server.fire(pick))
+    assert (dropped["status"], picked["status"]) == ("succeeded", "succeeded")
+    said = routined(server.settings, "logs", dropped["id"], "--json")
+    assert re.search(r"dropped \d{3,}", said), "the key was not dropped: the attack did not run"
+    said = routined(server.settings, "logs", picked["id"], "--json")
+    assert "picked b''" in said and "dead-drop-value" not in said

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import runs, sandbox
+from routined import runs, sandbox, vault
 from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
@@ -255,3 +255,38 @@ def test_a_missing_claude_binary_fails_a_run_as_the_sandbox_would(
     with pytest.raises(RunFailure) as failed:
         Executor(store, settings, utcnow)._claude()
     assert str(failed.value) == "sandbox_unavailable: Claude Code is not bundled with this install"
+
+
+async def test_a_folder_its_worker_left_behind_is_left_safe(
+    store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    """The attack: the server was killed while a run held a hostile workspace and a
+    transcript with its secret; the run ended as lost, and nothing sealed or redacted
+    what it left. The next sweep does what the run's worker would have."""
+    run_id = ended_at(store, tmp_path, utcnow() - timedelta(minutes=1))
+    with store.transaction() as session:
+        run = session.get_one(Run, run_id)
+        routine = session.get_one(Routine, run.routine_id)
+        routine.environment = {"secrets": [{"name": "DEPLOY_TOKEN"}]}
+        vault.set_secret(
+            session, settings, account_id=routine.account_id, name="DEPLOY_TOKEN",
+            value="tok-left-behind-12345", now=utcnow(),
+        )  # fmt: skip
+    folder = run_folder(settings, run_id)
+    (folder / "home" / "transcript.jsonl").write_text('{"said": "tok-left-behind-12345"}\n')
+    planted = folder / "workspace" / "app" / ".git"
+    planted.mkdir(parents=True)
+    (planted / "config").write_text("[core]\n\tfsmonitor = touch /tmp/pwned\n")
+    other = ended_at(store, tmp_path, utcnow() - timedelta(minutes=1))
+    run_folder(settings, other)
+
+    settled = await Worker(store, settings).settle_abandoned_files()
+
+    assert sorted(settled) == sorted([run_id, other])
+    assert not planted.exists()  # no repository left for a person's git to open
+    assert (folder / "home" / "transcript.jsonl").read_text() == (
+        '{"said": "[redacted:DEPLOY_TOKEN]"}\n'
+    )
+    assert (folder / "kept" / "kept.json").is_file()
+    # Once is enough.
+    assert await Worker(store, settings).settle_abandoned_files() == []

@@ -9,7 +9,9 @@ own failures end it as failed with the reason, never as an exception.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import logging
@@ -123,6 +125,9 @@ class RunContext:
         return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
 
+# Written in a run's private folder once what stays of it is safe (`_leave_safe`).
+SETTLED = "settled"
+
 # What a run with no secrets redacts: nothing (its methods return what they get).
 _NO_SECRETS = redaction.Redactor({})
 
@@ -175,6 +180,8 @@ class Executor:
         # Each run's checkouts, once made: kept for inspection if not delivered.
         self._checkouts: dict[str, list[workspace.Checkout]] = {}
         self._settled: set[str] = set()  # runs whose folder is settled (see `_settle`)
+        # Each run's own user namespaces, when routined is root (see `sandbox`).
+        self._namespaces: dict[str, sandbox.UserNamespaces] = {}
 
     async def close(self) -> None:
         """Stop background work (standby checkouts); they are only ever a head start."""
@@ -257,6 +264,9 @@ class Executor:
             self._checkouts.pop(claim.run_id, None)
             self._redactors.pop(claim.run_id, None)
             self._settled.discard(claim.run_id)
+            namespaces = self._namespaces.pop(claim.run_id, None)
+            if namespaces is not None:
+                await asyncio.to_thread(namespaces.close)
             group = self._groups.pop(claim.run_id, None)
             if group is not None:
                 await asyncio.shield(asyncio.to_thread(group.close))
@@ -281,6 +291,13 @@ class Executor:
         event = context.event or {}
         comment_on = event.get("comment_on") if context.comment else None
         if not ((context.pull_requests and pushed) or comment_on):
+            return
+        if context.public_only:
+            await recorder.event(
+                "github.error",
+                "no pull request or comment: they are made as the operator's GitHub App, "
+                "which a routine applied with an account's key may not act as",
+            )
             return
         try:
             app = forge.GitHubApp.from_settings(self.settings)
@@ -539,7 +556,7 @@ class Executor:
         )
         command = group.enter_command(
             [
-                *sandbox.bwrap_command(layout, Path("/bin/bash"), uid=self.settings.sandbox_uid),
+                *self._sandboxed(context.run_id, layout, Path("/bin/bash")),
                 str(script),
             ]
         )
@@ -717,7 +734,14 @@ class Executor:
     ) -> list[str]:
         """`urls`, those of repositories on GitHub with a token of the app's installation
         in them (minted now: it lives an hour). git gets it outside the sandbox only;
-        the agent's checkouts name their origin without it."""
+        the agent's checkouts name their origin without it.
+
+        Never for a routine applied with an account's key: the app is the operator's,
+        installed on the operator's repositories, and no account's key may act as it.
+        Such a routine reaches GitHub as anyone does, or with its URL's own credentials.
+        """
+        if context.public_only:
+            return list(urls)
         try:
             app = forge.GitHubApp.from_settings(self.settings)
         except forge.ForgeError as error:
@@ -801,9 +825,7 @@ class Executor:
         sandbox.write_launcher(
             launcher,
             run_id=context.run_id,
-            command=group.enter_command(
-                sandbox.bwrap_command(layout, program, uid=self.settings.sandbox_uid)
-            ),
+            command=group.enter_command(self._sandboxed(context.run_id, layout, program)),
             keep=[*env, "ROUTINED_PROMPT_FILE"],
         )
         stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
@@ -948,6 +970,20 @@ class Executor:
         }
         return session_url, message, env
 
+    def _sandboxed(self, run_id: str, layout: sandbox.Layout, program: Path) -> list[str]:
+        """The command line that runs `program` in a sandbox of the run, in its own user
+        namespaces when routined is root (made at the first)."""
+        namespaces = None
+        if self._owner is not None:
+            namespaces = self._namespaces.get(run_id)
+            if namespaces is None:
+                folder = self.settings.runs_dir / run_id / "private"
+                namespaces = sandbox.run_namespaces(self.settings.sandbox_uid, folder)
+                self._namespaces[run_id] = namespaces
+        return sandbox.bwrap_command(
+            layout, program, uid=self.settings.sandbox_uid, namespaces=namespaces
+        )
+
     def _finishing_sandbox(
         self,
         run_dir: Path,
@@ -960,7 +996,7 @@ class Executor:
         layout = sandbox.finishing_layout(
             run_dir=run_dir, cwd=cwd, readable=self._borrowed(checkouts), masked=self._masked
         )
-        command = sandbox.bwrap_command(layout, Path("/bin/bash"), uid=self.settings.sandbox_uid)
+        command = self._sandboxed(run_dir.name, layout, Path("/bin/bash"))
         return group.enter_command(command) if group is not None else command
 
     async def _settle(
@@ -985,29 +1021,89 @@ class Executor:
                 await workspace.remove(run_dir / "workspace")
             elif context is not None and (run_dir / "workspace").exists():
                 await self._keep_work(context, claim, run_dir, recorder)
-            await self._leave_safe(claim, run_dir, self._redactor(claim))
         except Exception:  # the run's end is still recorded; the sweep removes the folder
-            log.exception("run %s: its folder could not be settled", claim.run_id)
+            log.exception("run %s: its work could not be kept", claim.run_id)
+        # Whatever happened above: what stays must be safe.
+        try:
+            await self._leave_safe(claim.run_id, run_dir, self._redactor(claim))
+        except Exception:
+            log.exception("run %s: its folder could not be left safe; it is removed", claim.run_id)
+            await workspace.remove(run_dir)
 
     async def _leave_safe(
-        self, claim: Claim, run_dir: Path, redactor: redaction.Redactor | None
+        self, run_id: str, run_dir: Path, redactor: redaction.Redactor | None
     ) -> None:
         """What stays of a run holds no secret in plain text (its home keeps Claude
         Code's transcript, with every secret value redacted, and a later follow-up
         can still read it) and runs nothing for whoever looks at it."""
+        # Sealed first: a link made a plain file holds its target as text, which is
+        # then redacted with the rest.
+        if (run_dir / "home").exists():
+            try:
+                await asyncio.shield(asyncio.to_thread(kept.seal, run_dir / "home"))
+            except OSError:
+                log.exception("run %s: its home could not be sealed; it is removed", run_id)
+                await workspace.remove(run_dir / "home")
         for folder in (run_dir / "home", run_dir / "workspace"):
             if redactor:
                 try:
                     await asyncio.shield(asyncio.to_thread(redaction.redact_tree, folder, redactor))
                 except OSError as error:  # it may still hold a secret: it goes
-                    log.warning("run %s: %s; its %s is removed", claim.run_id, error, folder.name)
+                    log.warning("run %s: %s; its %s is removed", run_id, error, folder.name)
                     await workspace.remove(folder)
-        if (run_dir / "home").exists():
-            try:
-                await asyncio.shield(asyncio.to_thread(kept.seal, run_dir / "home"))
-            except OSError:
-                log.exception("run %s: its home could not be sealed; it is removed", claim.run_id)
-                await workspace.remove(run_dir / "home")
+        (run_dir / "private").mkdir(mode=0o700, parents=True, exist_ok=True)
+        (run_dir / "private" / SETTLED).touch()
+
+    async def settle_abandoned(self, run_id: str) -> None:
+        """Leave safe the folder of a run that ended without its worker (lost, after a
+        crash), as `_settle` would have: its workspace kept as a sealed tree (its work
+        cannot be packed any more), its home sealed and redacted, or removed when its
+        secrets cannot be known."""
+        run_dir = self.settings.runs_dir / run_id
+        private = run_dir / "private"
+        private.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # One worker at a time, of those sharing this home.
+        descriptor = os.open(private / ".settling", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            return
+        try:
+            await self._settle_abandoned(run_id, run_dir)
+        finally:
+            os.close(descriptor)
+
+    async def _settle_abandoned(self, run_id: str, run_dir: Path) -> None:
+        if (run_dir / "private" / SETTLED).exists():
+            return
+        if (run_dir / "workspace").exists():
+            with contextlib.suppress(OSError):
+                await kept.keep(
+                    run_dir, [], sandboxed=lambda _: [], env={}, message="", session_url=""
+                )
+        try:
+            redactor = await asyncio.to_thread(self._redactor_of, run_id)
+        except (LookupError, vault.VaultError):
+            log.warning("run %s: its secrets cannot be read; its home is removed", run_id)
+            await workspace.remove(run_dir / "home")
+            redactor = None
+        await self._leave_safe(run_id, run_dir, redactor)
+
+    def _redactor_of(self, run_id: str) -> redaction.Redactor:
+        """What redacts a run's secrets, from the store (LookupError: it is not there)."""
+        with self.store.transaction(readonly=True) as session:
+            found = session.execute(
+                select(Routine.account_id, Routine.environment).join(Run).where(Run.id == run_id)
+            ).first()
+            if found is None:
+                raise LookupError(run_id)
+            names = Environment.from_config(found.environment or {}).secret_names
+            if not names:
+                return _NO_SECRETS
+            return redaction.Redactor(
+                vault.reveal(session, self.settings, account_id=found.account_id, names=names)
+            )
 
     async def _keep_work(
         self, context: RunContext, claim: Claim, run_dir: Path, recorder: Recorder
@@ -1190,6 +1286,10 @@ class Executor:
         what it leaves out)."""
         try:
             caps = resources.Caps.of(self.settings, context.limits)
+            if context.public_only:
+                # An account's routine gets no more of the machine than the operator's
+                # defaults give, whatever its file asks.
+                caps = caps.at_most(resources.Caps.of(self.settings, {}))
             return await asyncio.to_thread(resources.host().group, context.run_id, caps)
         except (resources.ResourceError, ValueError) as error:
             raise RunFailure("sandbox_unavailable", str(error)) from None

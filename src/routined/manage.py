@@ -28,6 +28,7 @@ from routined import (
     keys,
     limits,
     reach,
+    resources,
     routines,
     runs,
     scheduler,
@@ -353,7 +354,13 @@ def apply_routines(
             timezone=settings.timezone,
             min_interval=timedelta(seconds=settings.min_schedule_interval),
         )
-        spec = _for_principal(session, principal, spec, allowed=settings.allow_private_networks)
+        spec = _for_principal(
+            session,
+            principal,
+            spec,
+            allowed=settings.allow_private_networks,
+            caps=resources.Caps.of(settings, {}),
+        )
         changes = routines.apply(session, spec, now=now, public_only=not principal.operator)
     except routines.SpecError as error:
         raise Problem(400, str(error)) from None
@@ -786,6 +793,7 @@ def _for_principal(
     spec: routines.RoutinesFile,
     *,
     allowed: Sequence[reach.Network] = (),
+    caps: resources.Caps | None = None,
 ) -> routines.RoutinesFile:
     """A key's routines are its account's: unnamed accounts become it, other accounts
     are unknown, and a name another account uses is taken.
@@ -793,8 +801,9 @@ def _for_principal(
     What runs with the server's own reach stays the operator's: an account's key
     may name only https repositories on public hosts (not the server's paths, its
     SSH keys or its network), hosts and connectors on public addresses (or in the
-    private networks the operator `allowed`), and no GitHub triggers, since an
-    installation of the app is not tied to one account.
+    private networks the operator `allowed`), no GitHub triggers, pull requests or
+    comments (they act as the operator's GitHub App, whose installations are not
+    tied to one account), and no more of the machine than the server's `caps`.
     """
     if principal.account_id is None:
         return spec
@@ -812,6 +821,7 @@ def _for_principal(
             raise routines.SpecError(f"{label}.name: the name is taken; choose another")
         if not principal.operator:
             named += _hosts_named(label, routine)
+            _within_share(label, routine, caps)
         wanted.append(routine)
     _within_reach(named, allowed)
     return routines.RoutinesFile(routines=wanted)
@@ -867,6 +877,32 @@ def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
                 "(routined apply on the server, or an admin key of the default account)"
             )
     return named
+
+
+def _within_share(label: str, routine: routines.RoutineSpec, caps: resources.Caps | None) -> None:
+    """Refuse what an account's routine may not ask for: to act as the operator's
+    GitHub App, or more of the machine than the server's caps (runs are held to
+    them anyway)."""
+    for field in ("pull_requests", "comment"):
+        if getattr(routine, field):
+            raise routines.SpecError(
+                f"{label}.{field}: pull requests and comments are made as the operator's "
+                "GitHub App, which an account's key may not act as; ask the operator"
+            )
+    if caps is None:
+        return
+    for field, most, shown in (
+        ("memory", caps.memory, resources.format_size(caps.memory)),
+        ("pids", caps.pids, str(caps.pids)),
+        ("disk", caps.disk, resources.format_size(caps.disk)),
+        ("cpu", caps.cpu, f"{caps.cpu:g}"),
+    ):
+        asked = getattr(routine.limits, field)
+        if asked is not None and asked > most:
+            raise routines.SpecError(
+                f"{label}.limits.{field}: an account's routine may ask at most {shown} "
+                "(the server's default); ask the operator for more"
+            )
 
 
 def _within_reach(named: Sequence[_Named], allowed: Sequence[reach.Network]) -> None:

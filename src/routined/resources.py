@@ -54,6 +54,8 @@ CLOSE_TIMEOUT = 5.0  # seconds to wait for the kernel to tear a group's processe
 ENTER_FAILED = 125  # the exit status of a command that could not enter its group
 FAST_WRITES = 1024**3  # bytes a second a fast disk takes: how soon a cap can be filled
 DISK_CHECK_MAX = 30.0  # seconds between two measurements of a run's folders, at most
+ENTRY_COST = 4096  # bytes an entry counts for at least (one block, and one inode)
+OPEN_FILES = 1024  # descriptors each process of a run may hold (most programs' default)
 
 # The folders a cgroup v1 controller is mounted at (systemd joins cpu and cpuacct).
 _V1_FOLDERS: dict[Controller, tuple[str, ...]] = {
@@ -96,6 +98,15 @@ class Caps:
             pids=settings.run_pids if limits.get("pids") is None else int(limits["pids"]),
             cpu=settings.run_cpus if limits.get("cpu") is None else float(limits["cpu"]),
             disk=settings.run_disk if disk is None else parse_size(str(disk)),
+        )
+
+    def at_most(self, other: Caps) -> Caps:
+        """These caps, none past `other`'s."""
+        return Caps(
+            memory=min(self.memory, other.memory),
+            pids=min(self.pids, other.pids),
+            cpu=min(self.cpu, other.cpu),
+            disk=min(self.disk, other.disk),
         )
 
 
@@ -249,10 +260,13 @@ class RunGroup:
         # lowered: a tighter limit already set (a bundle's, say) stays, and raising
         # one takes a capability routined may not have.
         blocks = max(1, self.caps.disk // 512)
-        lines.append(
-            f'hard=$(ulimit -H -f); if [ "$hard" = unlimited ] || [ "$hard" -gt {blocks} ]; '
-            f"then ulimit -f {blocks} || exit {ENTER_FAILED}; fi"
-        )
+        # Open files, too: the host's file table is shared by everything on it, and
+        # a few thousand descriptors in each of a run's processes would take it all.
+        for option, most in (("-f", blocks), ("-n", OPEN_FILES)):
+            lines.append(
+                f'hard=$(ulimit -H {option}); if [ "$hard" = unlimited ] || '
+                f'[ "$hard" -gt {most} ]; then ulimit {option} {most} || exit {ENTER_FAILED}; fi'
+            )
         lines.append('exec "$@"')
         return ["/bin/sh", "-c", "\n".join(lines), "routined-run-group", *command]
 
@@ -280,6 +294,23 @@ class RunGroup:
     def processes(self) -> set[int]:
         return {pid for folder in self.folders for pid in _procs(folder)}
 
+    def unlinked_bytes(self) -> int:
+        """Bytes allocated to files the group's processes removed but hold open: gone
+        from every folder, they still take the disk until closed."""
+        seen: set[tuple[int, int]] = set()
+        total = 0
+        for pid in self.processes():
+            with contextlib.suppress(OSError):
+                for held in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        info = held.stat()  # the open file itself, through its link
+                        if stat.S_ISREG(info.st_mode) and info.st_nlink == 0:
+                            key = (info.st_dev, info.st_ino)
+                            if key not in seen:
+                                seen.add(key)
+                                total += info.st_blocks * 512
+        return total
+
     def close(self) -> bool:
         """Kill whatever is left in the group and remove its folders, waiting up to
         CLOSE_TIMEOUT for the kernel to let them go; False if one is still there
@@ -304,12 +335,15 @@ async def watch(group: RunGroup, folders: Sequence[Path], *, every: float = 0.5)
             return breach
         if loop.time() >= measure_at:
             started = loop.time()
-            used = await asyncio.to_thread(disk_used, folders)
+            usage = await asyncio.to_thread(disk_used, folders)
+            # Files its processes removed but keep open take the disk as much.
+            used = usage.charged + await asyncio.to_thread(group.unlinked_bytes)
             took = loop.time() - started
             if used > group.caps.disk:
                 return Breach(
                     "disk_full",
-                    f"the run's folders hold {format_size(used)}, past its disk cap of "
+                    f"the run's folders hold {format_size(used)} "
+                    f"({usage.entries} entries), past its disk cap of "
                     f"{format_size(group.caps.disk)}",
                 )
             headroom = (group.caps.disk - used) / FAST_WRITES
@@ -317,14 +351,31 @@ async def watch(group: RunGroup, folders: Sequence[Path], *, every: float = 0.5)
         await asyncio.sleep(every)
 
 
-def disk_used(paths: Iterable[Path]) -> int:
-    """Bytes allocated on disk under `paths`, the paths included, as `du -scx` counts
-    them: links not followed, other filesystems not entered, a file with several
-    links counted once, a sparse file by what it holds. Missing paths count 0.
+@dataclass(frozen=True)
+class Usage:
+    """What a run's folders take: `allocated` bytes, as `du -scx` counts them, in
+    `entries` files, folders and links."""
+
+    allocated: int
+    entries: int
+
+    @property
+    def charged(self) -> int:
+        """What counts against the disk cap: the bytes, or a block per entry when that
+        is more (empty files fill a filesystem's table of entries long before its
+        blocks)."""
+        return max(self.allocated, self.entries * ENTRY_COST)
+
+
+def disk_used(paths: Iterable[Path]) -> Usage:
+    """What is on disk under `paths`, the paths included: bytes as `du -scx` counts
+    them (links not followed, other filesystems not entered, a file with several
+    links counted once, a sparse file by what it holds), and how many entries.
+    Missing paths count nothing.
 
     About 0.1 s for a checkout of 30,000 files when the kernel has them cached.
     """
-    total = 0
+    total = count = 0
     seen: set[tuple[int, int]] = set()
     for path in paths:
         try:
@@ -332,6 +383,7 @@ def disk_used(paths: Iterable[Path]) -> int:
         except OSError:
             continue
         total += _allocated(top, seen)
+        count += 1
         if not stat.S_ISDIR(top.st_mode):
             continue
         stack = [os.fspath(path)]
@@ -344,9 +396,10 @@ def disk_used(paths: Iterable[Path]) -> int:
                         if info.st_dev != top.st_dev:
                             continue
                         total += _allocated(info, seen)
+                        count += 1
                         if stat.S_ISDIR(info.st_mode):
                             stack.append(entry.path)
-    return total
+    return Usage(total, count)
 
 
 def _allocated(info: os.stat_result, seen: set[tuple[int, int]]) -> int:

@@ -173,16 +173,33 @@ def run_layout(
     `masked` are hidden even where a system folder would show them (secret
     files, routined's home); `protected` are made read-only inside the
     writable folders (git metadata that would run code). Every path given
-    here must be routined's own: bubblewrap follows links in them.
+    here must be routined's own: bubblewrap follows links in them. A protected
+    path lies in a folder an earlier sandbox of the run could change (its setup
+    script's), so it is shown only while no part of it below `run_dir` is a link:
+    else a link there would show whatever host path it names (the host's /proc,
+    say), read-only but in full. No sandbox of the run is alive meanwhile, so
+    nothing changes between this look and bubblewrap's mount.
     """
     return Layout(
         cwd=cwd,
         writable=(run_dir / "workspace", run_dir / "home", run_dir / "tmp"),
         readable=tuple(readable),
-        read_only_inside=tuple(path for path in protected if path.exists()),
+        read_only_inside=tuple(path for path in protected if _no_link_below(run_dir, path)),
         masked=tuple(masked),
         egress_socket=egress_socket,
     )
+
+
+def _no_link_below(root: Path, path: Path) -> bool:
+    """Whether `path` exists and neither it nor a folder between `root` and it is a link."""
+    if not path.is_relative_to(root):
+        return False
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        if current.is_symlink() or not (current.is_dir() or current.is_file()):
+            return False
+    return True
 
 
 def finishing_layout(
@@ -203,13 +220,20 @@ def finishing_layout(
     )
 
 
-def bwrap_command(layout: Layout, program: Path, *, uid: int = SANDBOX_UID) -> list[str]:
+def bwrap_command(
+    layout: Layout,
+    program: Path,
+    *,
+    uid: int = SANDBOX_UID,
+    namespaces: UserNamespaces | None = None,
+) -> list[str]:
     """The command line that runs `program` (arguments follow) in the sandbox.
 
-    When routined is root, the sandbox's processes are the host user `uid`;
-    otherwise they are routined's user. It dies with the process that starts it.
+    When routined is root, the sandbox's processes are the host user `uid`, in
+    `namespaces` (the run's; without them, this process's own); otherwise they are
+    routined's user. It dies with the process that starts it.
     """
-    user = user_namespaces(uid) if os.geteuid() == 0 else None
+    user = (namespaces or user_namespaces(uid)) if os.geteuid() == 0 else None
     args = ["bwrap", "--die-with-parent", "--new-session"]
     if user is None:
         # Root would otherwise keep the host's user namespace; an own one is what
@@ -313,7 +337,7 @@ def strip_privilege_bits(paths: Iterable[Path]) -> None:
 
 
 class UserNamespaces:
-    """The two user namespaces a root routined starts every sandbox in.
+    """The two user namespaces a root routined starts a run's sandboxes in.
 
     The outer one maps root and the sandbox user `uid`: bubblewrap joins it to
     make the sandbox's mounts, reaching what it mounts however private its host
@@ -321,21 +345,23 @@ class UserNamespaces:
     alone: bubblewrap switches to it once everything is mounted, and `become`
     then takes the sandbox user's identity with no capability left. So the
     agent's files belong to `uid` on the host, and root means nothing inside.
-    No process inside may make a user namespace of its own (the outer one
-    allows the inner one only).
 
-    Two small processes hold the namespaces open for as long as this process
-    lives (they end when its pipes to them close); they are shared by every
-    sandbox this process starts: each sandbox still has its own mount, process,
-    network and IPC namespaces.
+    The outer namespace is made by the sandbox user, so what the kernel counts
+    per user across namespaces (inotify and fanotify instances, user namespaces)
+    is counted against that user on the host, never against root; and it allows
+    a run only so many of each (`_LIMITS`) and no user namespace beyond the inner
+    one. Each run has a pair of its own (`Executor`), so nothing kept per user
+    namespace (keyrings among it) passes from one run to another.
+
+    Two small processes hold the namespaces open until `close`, or until this
+    process ends (they end when its pipes to them close).
     """
 
-    def __init__(self, uid: int) -> None:
+    def __init__(self, uid: int, folder: Path) -> None:
         self.uid = uid
         self._holders: tuple[subprocess.Popen[bytes], ...] = ()
         self._token = ""
         self._lock = threading.Lock()
-        folder = Path(tempfile.mkdtemp(prefix="routined-sandbox-"))
         self.passwd = folder / "passwd"
         self.group = folder / "group"
         self._write_accounts()
@@ -357,8 +383,9 @@ class UserNamespaces:
         self.close()
         self._token = f"routined-userns-{secrets.token_hex(8)}"
         hold = ["/bin/sh", "-c", "echo; read -r _", self._token]
-        outer = _holder(["unshare", "--user", "--", *hold])
         uid = self.uid
+        as_user = [str(_SETPRIV), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        outer = _holder([*as_user, "unshare", "--user", "--", *hold])
         try:
             for table in ("uid_map", "gid_map"):
                 _write_once(Path(f"/proc/{outer.pid}/{table}"), f"0 0 1\n{uid} {uid} 1\n")
@@ -366,11 +393,15 @@ class UserNamespaces:
             inner = _holder([*enter, "unshare", "--user", "--", *hold])
             try:
                 # Written from inside the outer namespace, its parent, as the kernel
-                # asks; and the outer one then allows no namespace beyond this one.
+                # asks; then its limits, the last of which allows no namespace beyond.
+                limits = " && ".join(
+                    f"{{ [ ! -e /proc/sys/user/{name} ] || echo {most} > /proc/sys/user/{name}; }}"
+                    for name, most in _LIMITS
+                )
                 subprocess.run(
                     [*enter, "/bin/sh", "-c",
                      'echo "$1 $1 1" > /proc/$2/uid_map && echo "$1 $1 1" > /proc/$2/gid_map '
-                     "&& echo 1 > /proc/sys/user/max_user_namespaces",
+                     f"&& {limits}",
                      "routined-userns", str(uid), str(inner.pid)],
                     check=True, capture_output=True, timeout=10,
                 )  # fmt: skip
@@ -379,8 +410,10 @@ class UserNamespaces:
                 raise
         except (subprocess.SubprocessError, OSError) as error:
             _end(outer)
+            said = getattr(error, "stderr", b"") or b""
             raise SandboxUnavailable(
-                f"cannot make the sandbox user's namespaces (uid {uid}): {error}"
+                f"cannot make the sandbox user's namespaces (uid {uid}): {error} "
+                f"{said.decode(errors='replace').strip()}".strip()
             ) from error
         self._holders = (outer, inner)
 
@@ -406,19 +439,39 @@ class UserNamespaces:
             path.chmod(0o644)
 
 
+# What the kernel counts per user across namespaces, held low for one run (the
+# defaults are a whole host's); `max_user_namespaces` last: the inner namespace,
+# made already, is the only one the outer allows.
+_LIMITS = (
+    ("max_inotify_instances", 64),
+    ("max_inotify_watches", 65536),
+    ("max_fanotify_groups", 16),
+    ("max_fanotify_marks", 8192),
+    ("max_user_namespaces", 1),
+)
 _user_namespaces: dict[int, UserNamespaces] = {}
 _user_namespaces_lock = threading.Lock()
 
 
 def user_namespaces(uid: int) -> UserNamespaces:
-    """This process's user namespaces for sandboxes of `uid` (made at first use)."""
-    if uid == 0:
-        raise SandboxUnavailable("ROUTINED_SANDBOX_UID is 0: a sandbox never runs as root")
+    """This process's own user namespaces for sandboxes of `uid`, for sandboxes that
+    are no run's (the availability check); a run has its own (`run_namespaces`)."""
     with _user_namespaces_lock:
         found = _user_namespaces.get(uid)
         if found is None:
-            found = _user_namespaces[uid] = UserNamespaces(uid)
+            found = _user_namespaces[uid] = run_namespaces(
+                uid, Path(tempfile.mkdtemp(prefix="routined-sandbox-"))
+            )
         return found
+
+
+def run_namespaces(uid: int, folder: Path) -> UserNamespaces:
+    """A run's user namespaces for sandboxes of `uid`, their files kept in `folder`
+    (routined's); `close` them when the run ends."""
+    if uid == 0:
+        raise SandboxUnavailable("ROUTINED_SANDBOX_UID is 0: a sandbox never runs as root")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return UserNamespaces(uid, folder)
 
 
 def _holder(command: list[str]) -> subprocess.Popen[bytes]:

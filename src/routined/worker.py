@@ -22,7 +22,7 @@ from pathlib import Path
 from routined import resources, runs, sandbox, workspace
 from routined.config import Settings
 from routined.db import Store
-from routined.execution import Clock, Executor
+from routined.execution import SETTLED, Clock, Executor
 from routined.runs import Claim
 from routined.wakeup import Wakeup
 
@@ -176,10 +176,32 @@ class Worker:
     async def _sweep_files(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
+                await self.settle_abandoned_files()
+            except Exception:
+                log.exception("worker %s: settling abandoned run folders failed", self.id)
+            try:
                 await self.remove_expired_files()
             except Exception:
                 log.exception("worker %s: removing expired run folders failed", self.id)
             await _wait(stop, _FILES_SWEEP_INTERVAL)
+
+    async def settle_abandoned_files(self) -> list[str]:
+        """Leave safe the folders of runs that ended without their worker (one killed
+        outright: its runs end as lost), as their worker would have; return them."""
+        runs_dir = self.settings.runs_dir
+        folders, _ = await asyncio.to_thread(_run_folders, runs_dir)
+        in_use = set(self._claims) | await asyncio.to_thread(sandbox.runs_in_use, runs_dir)
+        unsettled = [
+            run_id
+            for run_id in folders
+            if run_id not in in_use and not (runs_dir / run_id / "private" / SETTLED).exists()
+        ]
+        ended = (
+            await asyncio.to_thread(self._expired_files, unsettled, self.clock(), timedelta(0))
+        ).ended
+        for run_id in ended:
+            await self.executor.settle_abandoned(run_id)
+        return ended
 
     async def remove_expired_files(self) -> list[str]:
         """Remove the folders of runs that ended ROUTINED_RUN_FILES_MAX_AGE ago (and of
