@@ -451,6 +451,7 @@ _LIMITS = (
 )
 _user_namespaces: dict[int, UserNamespaces] = {}
 _user_namespaces_lock = threading.Lock()
+_folders: list[tempfile.TemporaryDirectory[str]] = []
 
 
 def user_namespaces(uid: int) -> UserNamespaces:
@@ -459,9 +460,10 @@ def user_namespaces(uid: int) -> UserNamespaces:
     with _user_namespaces_lock:
         found = _user_namespaces.get(uid)
         if found is None:
-            found = _user_namespaces[uid] = run_namespaces(
-                uid, Path(tempfile.mkdtemp(prefix="routined-sandbox-"))
-            )
+            # Removed when this process ends (the object's finalizer).
+            folder = tempfile.TemporaryDirectory(prefix="routined-sandbox-")
+            _folders.append(folder)
+            found = _user_namespaces[uid] = run_namespaces(uid, Path(folder.name))
         return found
 
 
