@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -328,6 +328,75 @@ async def test_work_fsck_refuses_is_not_kept_and_the_reason_is_said(
     assert not marker.exists()
 
 
+def hostile_names(run: Run, marker: Path) -> None:
+    """As the attack: a FIFO and a file whose names are not UTF-8 in the checkout, a
+    folder so named beside it, and a `.gitmodules` that fsck refuses, committed, so
+    that nothing is delivered and the workspace is kept."""
+    # Python names the bytes 0xff, 0xfe, 0xfd that are no UTF-8 as these surrogates.
+    os.mkfifo(run.repo / os.fsdecode(b"\xff-fifo"))
+    (run.repo / os.fsdecode(b"\xfe-notes.txt")).write_bytes(b"notes\n")
+    (run.run_dir / "workspace" / os.fsdecode(b"\xfd-scratch")).mkdir()
+    (run.repo / ".gitmodules").write_text(
+        f'[submodule "x"]\n\tpath = x\n\turl = --upload-pack=touch {marker}\n'
+    )
+    git("add", ".gitmodules", cwd=run.repo)
+    git("commit", "--quiet", "-m", "sub", cwd=run.repo)
+
+
+async def test_names_not_in_utf8_never_stop_the_manifest(run: Run, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hostile_names(run, marker)
+
+    item, scratch = await keep(run)
+
+    manifest = run.run_dir / "kept" / kept.MANIFEST
+    record = json.loads(manifest.read_bytes().decode("utf-8"))  # text, strictly UTF-8
+    assert record["sealed"]["dropped"] == ["app/\\xff-fifo"]
+    assert [entry["name"] for entry in record["repositories"]] == ["app", "\\xfd-scratch"]
+    assert "gitmodulesUrl: disallowed submodule url" in " ".join(item.missing)
+    assert item.bundle is None and not marker.exists()
+    # The tree is sealed, its files kept under their own names, bytes as they were.
+    names = {os.fsencode(path.name) for path in run.repo.iterdir()}
+    assert b"\xfe-notes.txt" in names and b"\xff-fifo" not in names
+    assert not (run.repo / ".git").exists()
+    assert scratch.tree == run.run_dir / "workspace" / "\udcfd-scratch"
+    assert kept.load(run.run_dir) == [
+        item,
+        kept.Kept("", "\\xfd-scratch", None, run.run_dir / "workspace" / "\\xfd-scratch", {},
+                  (kept.NOT_A_CHECKOUT,)),
+    ]  # fmt: skip
+    # What the run records of it in its events is text too.
+    json.dumps(scratch.as_dict(run.run_dir), ensure_ascii=False).encode("utf-8")
+
+
+async def test_sealing_removes_every_attribute_the_agent_set(run: Run) -> None:
+    # As the attack: `setfattr -n user.token -v "$TOKEN"` on files and folders of the
+    # workspace, the workspace itself, and the run's home.
+    home = run.run_dir / "home"
+    (home / "notes.txt").write_text("notes\n")
+    (run.repo / "src").mkdir()
+    (run.repo / "src" / "main.py").write_text("print()\n")
+    tagged = [
+        run.run_dir / "workspace", run.repo, run.repo / "src", run.repo / "src" / "main.py",
+        run.repo / "README.md", home, home / "notes.txt",
+    ]  # fmt: skip
+    for path in tagged:
+        os.setxattr(path, "user.token", b"tok-secret-value")
+        os.setxattr(path, "user.mime_type", b"text/plain")
+
+    await keep(run)
+    sealed = kept.seal(home)
+
+    record = json.loads((run.run_dir / "kept" / kept.MANIFEST).read_text())
+    assert record["sealed"]["attributes"] == 2 * 5
+    assert sealed.attributes == 2 * 2
+    for root in (run.run_dir / "workspace", home):
+        for folder in folders_under(root):
+            for path in [folder, *folder.iterdir()]:
+                assert os.listxattr(path, follow_symlinks=False) == [], path
+    assert (run.repo / "src" / "main.py").read_text() == "print()\n"
+
+
 async def test_what_cannot_be_packed_is_said_and_the_tree_is_still_sealed(
     run: Run, tmp_path: Path
 ) -> None:
@@ -403,10 +472,12 @@ def ok(result: Result) -> str:
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
 
-def kept_run(database: str, origin: Path, tmp_path: Path) -> tuple[Run, str]:
+def kept_run(
+    database: str, origin: Path, tmp_path: Path, agent: Callable[[Run], None] | None = None
+) -> tuple[Run, str]:
     """A run of `nightly` that failed to deliver, whose agent committed on a claude/
-    branch and left changes: what `keep` kept, in the run's folder; it and its id.
-    (The commands run their own event loop: this test runs none.)"""
+    branch and left changes (and then did `agent`): what `keep` kept, in the run's
+    folder; it and its id. (The commands run their own event loop: this test runs none.)"""
     run = asyncio.run(make_run(origin, tmp_path))
     apply(tmp_path, run.origin, "nightly")
     run_id = fire("nightly")
@@ -416,6 +487,8 @@ def kept_run(database: str, origin: Path, tmp_path: Path) -> tuple[Run, str]:
     git("add", "feature.txt", cwd=run.repo)
     git("commit", "--quiet", "-m", "add the feature", cwd=run.repo)
     (run.repo / "NOTES.md").write_text("uncommitted notes\n")
+    if agent is not None:
+        agent(run)
     asyncio.run(keep(run))
     run.run_dir.rename(run.run_dir.with_name(run_id))
     return run, run_id
@@ -468,6 +541,24 @@ def test_inspect_shows_what_is_kept_and_how_to_fetch_it(
     assert item["bundle"] == str(bundle) and item["fetch"] == fetch
     assert set(item["refs"]) == {"refs/heads/claude/feature", kept.UNCOMMITTED}
     assert item["tree"] == str(folder / "workspace" / "app") and item["missing"] == []
+
+
+@sqlite_only
+def test_inspect_reads_what_was_kept_of_names_not_in_utf8(
+    database: str, origin: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    _, run_id = kept_run(database, origin, tmp_path, lambda run: hostile_names(run, marker))
+    folder = tmp_path / "home" / "runs" / run_id
+    shown = ok(invoke("inspect", run_id)).splitlines()
+    assert "\\xfd-scratch" in shown
+    tree = folder / "workspace" / "\\xfd-scratch"  # as escaped: no such path
+    assert f"  files   {tree}" in shown
+    assert any("gitmodulesUrl: disallowed submodule url" in line for line in shown)
+    app, scratch = json.loads(ok(invoke("inspect", run_id, "--json")))["kept"]
+    assert (app["name"], app["bundle"]) == ("app", None)
+    assert scratch["name"] == "\\xfd-scratch" and scratch["missing"] == [kept.NOT_A_CHECKOUT]
+    assert not marker.exists()
 
 
 @sqlite_only

@@ -16,6 +16,7 @@ line cut at 64 KiB bytes).
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import json
@@ -433,6 +434,254 @@ def test_a_missing_tree_or_one_without_secrets_is_left_alone(tmp_path: Path) -> 
     (home / "sub" / "f.txt").write_text(TOKEN)
     assert redaction.redact_tree(home, Redactor({})) == 0
     assert (home / "sub" / "f.txt").read_text() == TOKEN
+
+
+# What an agent hides beside its files' text: holes, names, link targets, attributes
+
+GIB = 1 << 30
+MARK = "[redacted:GITHUB_TOKEN]"
+
+
+class Reads:
+    """The bytes read from files through `os.read` and `os.pread` (what redaction
+    reads with), failing once past `budget`: a test that less is read must not read
+    100 GiB of holes to fail."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+        self.count, self.budget = 0, budget
+        for name in ("read", "pread"):
+            monkeypatch.setattr(os, name, self._counting(getattr(os, name)))
+
+    def _counting(self, read: Any) -> Any:
+        def counted(*args: Any) -> bytes:
+            data: bytes = read(*args)
+            self.count += len(data)
+            if self.count > self.budget:
+                raise AssertionError(f"read {self.count} bytes, more than {self.budget}")
+            return data
+
+        return counted
+
+
+def write_at(path: Path, offset: int, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(descriptor, data, offset)
+    finally:
+        os.close(descriptor)
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(descriptor, size, offset)
+    finally:
+        os.close(descriptor)
+
+
+def test_huge_sparse_files_cost_what_they_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The attack: files of holes cost no disk (the disk cap counts blocks), but read
+    # whole they cost a core ~6 s a GiB, while the run holds its worker. Here 100 GiB
+    # of holes with a secret in a small run of data halfway, and 3 x 100 GiB of holes
+    # alone, as `truncate -s` makes them.
+    home = tmp_path / "home"
+    home.mkdir()
+    line = f"export GITHUB_TOKEN={TOKEN}\n".encode()
+    sparse = home / "sparse-secret"
+    write_at(sparse, 50 * GIB + 100, line)
+    os.truncate(sparse, 100 * GIB)
+    holes = [home / f"sparse{number}" for number in range(3)]
+    for path in holes:
+        path.touch()
+        os.truncate(path, 100 * GIB)
+    holes_before = [unchanged(path) for path in holes]
+    reads = Reads(monkeypatch, budget=64 << 20)
+
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+
+    assert reads.count <= 64 << 10, f"{reads.count} bytes read for {len(line)} of data"
+    shrunk = len(TOKEN) - len(MARK)
+    assert sparse.stat().st_size == 100 * GIB - shrunk
+    redacted = line.replace(TOKEN.encode(), MARK.encode())
+    assert read_at(sparse, 50 * GIB - 4096, 3 * 4096) == (
+        bytes(4096 + 100) + redacted + bytes(3 * 4096 - 100 - len(redacted) - 4096)
+    )
+    # Written again, its holes stayed holes: the file still holds a block or so.
+    assert sparse.stat().st_blocks * 512 <= 64 << 10
+    assert [unchanged(path) for path in holes] == holes_before
+
+
+def test_a_value_across_data_written_apart_is_caught_and_holes_stay_holes(
+    tmp_path: Path,
+) -> None:
+    # Data runs that touch are one run: a value written in two pieces, the second at
+    # the first's end (a block's edge, a chunk's edge), is still one value. Holes
+    # around and between runs read as the zero bytes they are.
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "pieces.bin"
+    token = TOKEN.encode()
+    for edge in (4 << 20, 9 << 20):  # two runs of data, a value written across each
+        write_at(path, edge - 17, b"token: " + token[:10])
+        write_at(path, edge, token[10:] + b"\n")
+    write_at(path, 12 << 20, b"after a hole: " + PASSWORD.encode() + b"\n")
+    os.truncate(path, 16 << 20)
+    dense = read_at(path, 0, 16 << 20)
+    assert dense.count(token) == 2
+
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+
+    expected = dense.replace(token, MARK.encode()).replace(
+        PASSWORD.encode(), b"[redacted:DB_PASSWORD]"
+    )
+    assert read_at(path, 0, 32 << 20) == expected
+    assert path.stat().st_blocks * 512 <= 1 << 20
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        assert os.lseek(descriptor, 0, os.SEEK_DATA) >= (4 << 20) - 4096  # still a hole
+    finally:
+        os.close(descriptor)
+
+
+def test_where_holes_cannot_be_found_the_whole_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A filesystem without SEEK_DATA answers EINVAL: nothing is taken for a hole.
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "plain.bin"
+    write_at(path, 6 << 20, f"token={TOKEN}\n".encode())
+    size = path.stat().st_size
+    seek = os.lseek
+
+    def no_holes(descriptor: int, position: int, how: int) -> int:
+        if how in (os.SEEK_DATA, os.SEEK_HOLE):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return seek(descriptor, position, how)
+
+    monkeypatch.setattr(os, "lseek", no_holes)
+    reads = Reads(monkeypatch, budget=64 << 20)
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert reads.count >= 2 * size  # read to find the value, then to write it again
+    assert path.read_bytes() == bytes(6 << 20) + f"token={MARK}\n".encode()
+
+
+def names_under(root: Path) -> list[str]:
+    return [name for _, folders, files in os.walk(root) for name in [*folders, *files]]
+
+
+def test_a_secret_in_a_name_is_renamed_and_takes_no_other_entrys_name(tmp_path: Path) -> None:
+    # The agent names entries after its secrets: whole, a line of a key, a piece at a
+    # name's end; a file, a folder (with a secret inside), a link, a FIFO, and the name
+    # redaction would choose already taken.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / f"cache-{TOKEN}").write_text("cached\n")
+    (home / f"cache-{MARK}").write_text("the agent's own\n")
+    folder = home / f"dir-{PASSWORD}"
+    folder.mkdir()
+    (folder / "inside.txt").write_text(f"{TOKEN}\n")
+    (home / KEY.splitlines()[1]).write_text("a line of the key\n")
+    (home / f"log-{TOKEN[:12]}").write_text("a piece at the end\n")
+    (home / f"link-{TOKEN}").symlink_to("/etc/hostname")
+    os.mkfifo(home / f"fifo-{TOKEN}")
+    (home / "plain.txt").write_text("nothing secret\n")
+
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 7
+
+    names = names_under(home)
+    assert [name for name in names if leaks(name)] == []
+    assert sorted(path.name for path in home.iterdir()) == sorted(
+        [
+            f"cache-{MARK}",
+            f"cache-{MARK}-2",
+            "dir-[redacted:DB_PASSWORD]",
+            "[redacted:DEPLOY_KEY]",
+            "log-[redacted:GITHUB_TOKEN]",
+            f"link-{MARK}",
+            f"fifo-{MARK}",
+            "plain.txt",
+        ]
+    )
+    assert (home / f"cache-{MARK}").read_text() == "the agent's own\n"
+    assert (home / f"cache-{MARK}-2").read_text() == "cached\n"
+    renamed = home / "dir-[redacted:DB_PASSWORD]"
+    assert (renamed / "inside.txt").read_text() == f"{MARK}\n"  # walked under its new name
+    assert (home / f"link-{MARK}").readlink() == Path("/etc/hostname")
+    assert stat.S_ISFIFO((home / f"fifo-{MARK}").lstat().st_mode)
+
+
+def test_a_name_too_long_once_marked_keeps_the_marks_alone(tmp_path: Path) -> None:
+    # A short value under a long variable's name: its mark is longer than the value.
+    name = "A_SERVICE_ACCOUNT_TOKEN_FOR_THE_NIGHTLY_DEPLOYMENT_OF_THE_APP"
+    redactor = Redactor({name: "k3y9"})
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ("x" * 200 + "k3y9" + "y" * 40)).write_text("long\n")
+    assert redaction.redact_tree(home, redactor) == 1
+    assert [path.name for path in home.iterdir()] == [f"[redacted:{name}]"]
+
+
+def test_a_link_whose_target_holds_a_secret_points_at_the_target_redacted(
+    tmp_path: Path,
+) -> None:
+    # As the attack: `ln -s "https://user:$TOKEN@example.com/" ~/.remote-link`, and
+    # links to a folder and to nowhere with a secret in their target.
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    remote = home / ".remote-link"
+    remote.symlink_to(f"https://user:{TOKEN}@example.com/")
+    (home / f"folder-{PASSWORD}").mkdir()
+    (home / "to-folder").symlink_to(f"folder-{PASSWORD}", target_is_directory=True)
+    (home / "sub" / "dangling").symlink_to(f"../gone/{TOKEN[:20]}")
+    (home / "plain-link").symlink_to("sub")
+    if os.geteuid() == 0:  # root redacts links the sandbox's own user made
+        os.chown(remote, 4242, 4343, follow_symlinks=False)
+    os.utime(
+        remote, ns=(1_700_000_000_000_000_000, 1_700_000_123_000_000_000), follow_symlinks=False
+    )
+    was = remote.lstat()
+
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 4  # the folder is renamed too
+
+    assert remote.readlink() == Path(f"https://user:{MARK}@example.com/")
+    now = remote.lstat()
+    assert (now.st_uid, now.st_gid, now.st_mtime_ns) == (was.st_uid, was.st_gid, was.st_mtime_ns)
+    assert (home / "to-folder").readlink() == Path("folder-[redacted:DB_PASSWORD]")
+    assert (home / "to-folder").is_dir()  # it still leads where it did
+    assert (home / "sub" / "dangling").readlink() == Path(f"../gone/{MARK}")
+    assert (home / "plain-link").readlink() == Path("sub")
+    for folder, folders, files in os.walk(home):
+        for name in [*folders, *files]:
+            path = Path(folder) / name
+            if path.is_symlink():
+                assert leaks(str(path.readlink())) == [], path
+
+
+def test_an_attribute_holding_a_secret_is_removed_and_the_others_stay(tmp_path: Path) -> None:
+    # As the attack: `setfattr -n user.token -v "$TOKEN" ~/xattr.txt`, on a file whose
+    # text is harmless, on one whose text is not (written again), on a folder, on the
+    # tree's own folder, and a secret in an attribute's name.
+    home = tmp_path / "home"
+    (home / "sub").mkdir(parents=True)
+    harmless, secret_too = home / "xattr.txt", home / "notes.txt"
+    harmless.write_text("harmless\n")
+    secret_too.write_text(f"{TOKEN}\n")
+    for path in (harmless, secret_too, home / "sub", home):
+        os.setxattr(path, "user.token", TOKEN.encode())
+        os.setxattr(path, "user.mime_type", b"text/plain")
+    os.setxattr(harmless, f"user.{TOKEN}", b"1")
+    os.setxattr(home / "sub", "user.escaped", json.dumps({"p": PASSWORD}).encode())
+
+    assert redaction.redact_tree(home, Redactor(SECRETS)) == 4
+
+    for path in (harmless, secret_too, home / "sub", home):
+        assert os.listxattr(path) == ["user.mime_type"], path
+        assert os.getxattr(path, "user.mime_type") == b"text/plain"
+    assert harmless.read_text() == "harmless\n"
+    assert secret_too.read_text() == f"{MARK}\n"
 
 
 # Claude Code's own files, from the real binary

@@ -15,7 +15,9 @@ filter, `diff.external`). So `keep` turns it into:
   reads only its header, and fetching from it runs nothing of the agent's.
 - `runs/<run>/workspace/<name>/`: the plain tree of the agent's files, sealed.
 - `runs/<run>/kept/kept.json`: what was kept and why anything is missing, written
-  last; `routined inspect RUN` reads it.
+  last; `routined inspect RUN` reads it. Names are the agent's and may be any bytes:
+  those that are not UTF-8 are written with `\\xNN` escapes for those bytes (as a
+  shell's `$'…'` spells them), so the manifest is always text and always written.
 
 Sealing (`seal`). git takes a folder for a repository when, in that folder or any
 above it, it finds an entry `.git` (a folder, a file naming one elsewhere, or a link)
@@ -35,7 +37,10 @@ or a bare repository's layout: a `HEAD` beside `objects/` and `refs/`, or beside
    `core.symlinks=false`: a link could lead a person's `cd` out of the tree, into a
    folder the agent could write (the run's home). Fifos, sockets and device files
    go; no set-user-id or set-group-id bit stays.
-4. The folders above the plain tree are routined's own; `runs/<run>/workspace`
+4. Every `user.*` extended attribute of a file or folder goes: it is the agent's
+   metadata, nothing a person needs to inspect the work, and a place a secret could
+   hide that no one looks.
+5. The folders above the plain tree are routined's own; `runs/<run>/workspace`
    itself, which the agent could write, is sealed with the rest.
 
 A tree that cannot be sealed whole (a path too long to name, say) is removed, and
@@ -45,6 +50,7 @@ A tree that cannot be sealed whole (a path too long to name, say) is removed, an
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shlex
@@ -66,6 +72,7 @@ DETACHED = "refs/routined/detached"
 INERT_SUFFIX = ".routined-inert"
 _REPOSITORY_MARKS = frozenset({"objects", "refs", "commondir"})
 _LISTED = 200  # paths named in kept.json for each kind of change; the rest are counted
+_AGENTS_ATTRIBUTES = "user."  # the one namespace of extended attributes the agent can write
 NOT_A_CHECKOUT = "not a checkout the run recorded: only its files are kept"
 
 
@@ -95,14 +102,17 @@ class Kept:
         return shlex.join(["git", "fetch", str(self.bundle), *specs])
 
     def as_dict(self, run_dir: Path) -> dict[str, Any]:
-        return {
-            "repository": self.repository,
-            "name": self.name,
-            "bundle": _relative(self.bundle, run_dir),
-            "tree": _relative(self.tree, run_dir),
-            "refs": self.refs,
-            "missing": list(self.missing),
-        }
+        """As kept.json and the run's events hold it: text, whatever bytes names have."""
+        return _shown(
+            {
+                "repository": self.repository,
+                "name": self.name,
+                "bundle": _relative(self.bundle, run_dir),
+                "tree": _relative(self.tree, run_dir),
+                "refs": self.refs,
+                "missing": list(self.missing),
+            }
+        )
 
 
 @dataclass
@@ -113,6 +123,7 @@ class Sealed:
     repository_heads: list[str] = field(default_factory=list)
     links: int = 0
     dropped: list[str] = field(default_factory=list)  # fifos, sockets, devices
+    attributes: int = 0  # user.* extended attributes removed
     counts: dict[str, int] = field(default_factory=dict)
 
     def note(self, kind: str, path: str) -> None:
@@ -122,13 +133,17 @@ class Sealed:
             listed.append(path)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "git_metadata": self.git_metadata,
-            "repository_heads": self.repository_heads,
-            "links": self.links,
-            "dropped": self.dropped,
-            "counts": self.counts,
-        }
+        """As kept.json holds it: text, whatever bytes the paths have."""
+        return _shown(
+            {
+                "git_metadata": self.git_metadata,
+                "repository_heads": self.repository_heads,
+                "links": self.links,
+                "dropped": self.dropped,
+                "attributes": self.attributes,
+                "counts": self.counts,
+            }
+        )
 
 
 async def keep(
@@ -224,9 +239,9 @@ async def _pack(
         partial.replace(destination)
         return refs, None
     except finishing.UnsafeObjects as error:
-        return {}, f"not kept: {error}"
+        return {}, _shown_text(f"not kept: {error}")
     except (GitError, TimeoutError, OSError) as error:
-        return {}, f"the work could not be packed: {str(error) or 'timed out'}"
+        return {}, _shown_text(f"the work could not be packed: {str(error) or 'timed out'}")
     finally:
         await remove(scratch)
 
@@ -268,7 +283,7 @@ def _seal_workspace(tree: Path) -> tuple[Sealed, str | None]:
         remove_now(tree)
         if os.path.lexists(tree):
             raise  # neither sealed nor gone: never left for a person as it is
-        return Sealed(), f"it could not be sealed ({error})"
+        return Sealed(), _shown_text(f"it could not be sealed ({error})")
 
 
 def seal(tree: Path) -> Sealed:
@@ -285,7 +300,7 @@ def seal(tree: Path) -> Sealed:
         stderr=subprocess.PIPE,
         check=True,
     )
-    sealed = Sealed()
+    sealed = Sealed(attributes=_strip_attributes(tree))
     folders = [tree]
     while folders:  # a stack, not recursion: the agent chose the depth
         folder = folders.pop()
@@ -313,11 +328,28 @@ def seal(tree: Path) -> Sealed:
                     plain.write(target)
                 sealed.links += 1
             elif stat.S_ISDIR(mode):
+                sealed.attributes += _strip_attributes(path)
                 folders.append(path)
-            elif not stat.S_ISREG(mode):
+            elif stat.S_ISREG(mode):
+                sealed.attributes += _strip_attributes(path)
+            else:
                 path.unlink()
                 sealed.note("dropped", shown)
     return sealed
+
+
+def _strip_attributes(path: Path) -> int:
+    """Remove every `user.*` extended attribute of `path` itself; how many there were."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as error:
+        if error.errno == errno.EOPNOTSUPP:  # a filesystem without them
+            return 0
+        raise
+    agents = [name for name in names if name.startswith(_AGENTS_ATTRIBUTES)]
+    for name in agents:
+        os.removexattr(path, name, follow_symlinks=False)
+    return len(agents)
 
 
 def _delete(path: Path) -> None:
@@ -344,10 +376,10 @@ def _write_manifest(
     record = {
         "repositories": [item.as_dict(run_dir) for item in kept],
         "sealed": sealed.as_dict(),
-        "tree_removed": unsealed,
+        "tree_removed": None if unsealed is None else _shown_text(unsealed),
     }
     partial = folder / f".{MANIFEST}.partial"
-    partial.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    partial.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     partial.chmod(0o600)
     partial.replace(folder / MANIFEST)
 
@@ -356,7 +388,7 @@ def load(run_dir: Path) -> list[Kept] | None:
     """What `keep` kept in `run_dir`, as its manifest says; None if it kept nothing
     (it never ran, or the run delivered)."""
     try:
-        record = json.loads((run_dir / KEPT / MANIFEST).read_text())
+        record = json.loads((run_dir / KEPT / MANIFEST).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     return [
@@ -384,3 +416,29 @@ async def heads(bundle: Path) -> dict[str, str]:
 
 def _relative(path: Path | None, run_dir: Path) -> str | None:
     return None if path is None else str(path.relative_to(run_dir))
+
+
+def _shown_text(text: str) -> str:
+    """`text` made valid UTF-8: a name that is not (os gives its bytes as surrogates)
+    gets `\\xNN` for each such byte, as a shell's `$'…'` spells it; other surrogates,
+    which no name holds, `\\uNNNN`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with every string in it, dict keys too, made valid UTF-8 (`_shown_text`)."""
+    shown: dict[str, Any] = _shown_data(record)
+    return shown
+
+
+def _shown_data(value: Any) -> Any:
+    if isinstance(value, str):
+        return _shown_text(value)
+    if isinstance(value, dict):
+        return {_shown_data(key): _shown_data(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown_data(item) for item in value]
+    return value
