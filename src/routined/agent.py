@@ -30,6 +30,9 @@ from claude_agent_sdk._cli_version import __cli_version__
 
 PAYLOAD_TAG = "routine-fire-payload"
 EVENT_TAG = "github-event"
+# Claude Code tells the model things inside this tag's blocks: text from a stranger
+# must not pose as one.
+REMINDER_TAG = "system-reminder"
 # A fresh home with no Claude Code config makes each session do first-start work
 # (an identity, one-time migrations). routined seeds it: an identity of its own,
 # and the migration flags an earlier session recorded. Those flags are all an
@@ -134,9 +137,9 @@ def build_prompt(routine_prompt: str, text: str | None, *, source: str) -> str:
     if not text:
         return routine_prompt
     tag = EVENT_TAG if source == "github" else PAYLOAD_TAG
-    # The text cannot close the block early, nor open another: wherever it has what
-    # a model may read as one of the two tags, that `<` becomes `&lt;`; nothing else
-    # of the text changes.
+    # The text cannot close the block early, open another, nor pose as Claude Code's
+    # own reminders: wherever it has what a model may read as one of the three tags,
+    # that `<` becomes `&lt;`; nothing else of the text changes.
     defused = _TAG_IN_TEXT.sub(lambda m: "&lt;" if _names_a_tag(text, m.end()) else m.group(), text)
     return (
         f"{routine_prompt.rstrip()}\n\n"
@@ -147,13 +150,13 @@ def build_prompt(routine_prompt: str, text: str | None, *, source: str) -> str:
 
 
 # The tags' names as compared: folded, without dashes; and what may begin one.
-_TAG_NAMES = tuple(name.replace("-", "") for name in (PAYLOAD_TAG, EVENT_TAG))
+_TAG_NAMES = tuple(name.replace("-", "") for name in (PAYLOAD_TAG, EVENT_TAG, REMINDER_TAG))
 _TAG_PREFIXES = frozenset(name[:end] for name in _TAG_NAMES for end in range(1, len(name)))
 
 
 def _names_a_tag(text: str, start: int) -> bool:
     """Whether what follows a `<` at `start` may read as `/routine-fire-payload`,
-    `github-event` and the like. As a model may read it:
+    `github-event`, `/system-reminder` and the like. As a model may read it:
     1. what cannot be seen is skipped anywhere (spaces, format characters such as
        zero-width spaces and joiners, U+2060, U+FEFF and tag characters, controls,
        combining marks), and so are dashes and underscores of every kind;
@@ -319,9 +322,16 @@ async def run_session(
 
 PROMPT_FILE = "routined-prompt.md"
 _OUTPUT_BATCH = 100
+# What of an agent CLI's stdout is stored: its first lines, up to both bounds. The
+# store is outside the run's disk cap, so the bytes are bounded as stored (JSON, where
+# a control character or an undecodable byte takes six).
 _OUTPUT_LINES = 5000
+_OUTPUT_BYTES = 16 * 1024 * 1024
 _SUMMARY_LIMIT = 4000
 _LINE_LIMIT = 64 * 1024
+# Its stderr's last lines say why it died; the caller keeps a few hundred of them, and
+# each stays short (also the lines of Claude Code's stderr, which the SDK cuts at 1 MiB).
+STDERR_LINE_LIMIT = 4096
 
 
 async def run_command(
@@ -337,8 +347,10 @@ async def run_command(
     owner: int | None = None,
 ) -> SessionOutcome:
     """Run any agent CLI to its end: the prompt on its stdin and in the file named by
-    `ROUTINED_PROMPT_FILE`; what it prints becomes `agent.output` events, and the
-    end of it the run's summary."""
+    `ROUTINED_PROMPT_FILE`; what it prints becomes `agent.output` events (its first
+    lines, within `_OUTPUT_LINES` and `_OUTPUT_BYTES`; then an event with how many
+    lines were left out), and the end of it the run's summary. Each line of its stderr
+    goes to `on_stderr`, cut at `STDERR_LINE_LIMIT` bytes."""
     prompt_file = tmp / PROMPT_FILE
     write_fresh(prompt_file, prompt)
     if owner is not None:  # the agent runs as the sandbox user: its to read
@@ -365,23 +377,28 @@ async def run_command(
     async def read_stdout() -> None:
         assert process.stdout
         batch: list[str] = []
-        seen = 0
+        kept = omitted = size = 0
         async for line in _lines(process.stdout):
             tail.append(line)
-            seen += 1
-            if seen <= _OUTPUT_LINES:
-                batch.append(line)
+            if not omitted:
+                size += _stored_size(line)
+            # The first line past either bound ends what is kept: the rest are counted.
+            if omitted or kept == _OUTPUT_LINES or size > _OUTPUT_BYTES:
+                omitted += 1
+                continue
+            kept += 1
+            batch.append(line)
             if len(batch) >= _OUTPUT_BATCH:
                 await on_message("agent.output", {"lines": batch})
                 batch = []
         if batch:
             await on_message("agent.output", {"lines": batch})
-        if seen > _OUTPUT_LINES:
-            await on_message("agent.output", {"omitted": seen - _OUTPUT_LINES})
+        if omitted:
+            await on_message("agent.output", {"omitted": omitted})
 
     async def read_stderr() -> None:
         assert process.stderr
-        async for line in _lines(process.stderr):
+        async for line in _lines(process.stderr, STDERR_LINE_LIMIT):
             on_stderr(line)
 
     try:
@@ -398,17 +415,22 @@ async def run_command(
     )
 
 
-async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
-    """The lines a process prints, each cut at `_LINE_LIMIT` bytes: an agent's output is
-    its own, and one endless line must not stop routined from reading the rest."""
+async def _lines(stream: asyncio.StreamReader, limit: int = _LINE_LIMIT) -> AsyncIterator[str]:
+    """The lines a process prints, each cut at `limit` bytes: an agent's output is its
+    own, and one endless line must not stop routined from reading the rest."""
     pending = b""
     while chunk := await stream.read(65536):
         *complete, pending = (pending + chunk).split(b"\n")
         for line in complete:
-            yield line[:_LINE_LIMIT].decode(errors="replace")
-        pending = pending[:_LINE_LIMIT]
+            yield line[:limit].decode(errors="replace")
+        pending = pending[:limit]
     if pending:
         yield pending.decode(errors="replace")
+
+
+def _stored_size(line: str) -> int:
+    """The bytes `line` takes in an event, as the store writes JSON (ASCII only)."""
+    return len(json.dumps(line))
 
 
 def describe(message: object) -> tuple[str, dict[str, Any]]:

@@ -65,8 +65,34 @@ def _inherit_nothing() -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/] {escape(message)}")
+    err.print(f"[red]error:[/] {shown(message, lines=True)}")
     raise typer.Exit(code)
+
+
+# A terminal obeys the control characters in what it is given: ESC and the C1 controls
+# begin sequences that move the cursor, rewrite lines, retitle the window or write the
+# clipboard (OSC 52), and C0's others ring, erase or return. In text an agent or a
+# stranger wrote, each is shown as JSON writes it (`\u001b`), where it can do nothing.
+_CONTROLS = {point: f"\\u{point:04x}" for point in [*range(0x20), *range(0x7F, 0xA0)]}
+# A field shown on several lines keeps its line breaks, and its tabs (which rich
+# turns into spaces).
+_CONTROLS_BUT_LINES = {point: text for point, text in _CONTROLS.items() if point not in (9, 10)}
+# JSON itself escapes C0, and with ASCII only everything else; these are what it
+# leaves raw when it keeps Unicode.
+_JSON_RAW_CONTROLS = {point: text for point, text in _CONTROLS.items() if point >= 0x7F}
+
+
+def shown(text: str, *, lines: bool = False) -> str:
+    """`text`, which an agent or a stranger may have written, ready for rich markup: its
+    control characters written out so they cannot drive the reader's terminal, its
+    markup escaped. With `lines`, line breaks stay (for a field shown on several)."""
+    return escape(text.translate(_CONTROLS_BUT_LINES if lines else _CONTROLS))
+
+
+def json_text(value: Any, *, indent: int | None = None) -> str:
+    """`value` as JSON for a terminal: the same JSON, with DEL and the C1 controls
+    written as escapes too (inside strings, where alone they can be)."""
+    return json.dumps(value, indent=indent, ensure_ascii=False).translate(_JSON_RAW_CONTROLS)
 
 
 def settings() -> Settings:
@@ -89,7 +115,7 @@ def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, 
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(json_text(value, indent=2) + "\n")
 
 
 @dataclass

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from datetime import datetime
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Column, Table
 
 from routined import runs
-from routined.cli.common import Client, JsonFlag, app, connect, fail, out, print_json, segment
+from routined.cli.common import (
+    Client,
+    JsonFlag,
+    app,
+    connect,
+    fail,
+    json_text,
+    out,
+    print_json,
+    segment,
+    shown,
+)
 from routined.logview import describe_event
 from routined.schedule import format_duration
 from routined.worker import Worker
@@ -77,7 +86,8 @@ def runs_(
     if not rows:
         out.print("No runs yet.")
         return
-    # Ids stay whole (people copy them into `routined logs`); the rest wraps.
+    # Ids stay whole (people copy them into `routined logs`); the rest wraps. Branch
+    # names and errors are the agent's words, shown inert (see `shown`).
     table = Table(
         Column("Run", no_wrap=True),
         Column("Routine", overflow="fold"),
@@ -86,12 +96,12 @@ def runs_(
         Column("Result", overflow="fold"),
     )
     for row in rows:
-        outcome = "\n".join(b["branch"] for b in row["branches"])
+        outcome = "\n".join(shown(b["branch"]) for b in row["branches"])
         if row["error"]:
-            outcome = "\n".join(filter(None, [outcome, escape(row["error"])]))
+            outcome = "\n".join(filter(None, [outcome, shown(row["error"], lines=True)]))
         table.add_row(
             row["id"],
-            row["routine"],
+            shown(row["routine"]),
             row["status"],
             row["created_at"][5:16].replace("T", " "),
             outcome,
@@ -122,15 +132,16 @@ _STATUS_COLOURS = {
 
 
 def _run_panel(run: dict[str, Any]) -> Panel:
+    # What the agent said and named (its summary, error, branches) is shown inert.
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")
     colour = _STATUS_COLOURS.get(run["status"], "cyan")
     grid.add_row("Status", f"[{colour}]{run['status']}[/]")
-    grid.add_row("Routine", escape(run["routine"]))
+    grid.add_row("Routine", shown(run["routine"]))
     trigger = run["trigger"] + (f" ({run['trigger_id']})" if run["trigger_id"] else "")
-    grid.add_row("Trigger", trigger)
-    grid.add_row("Session", f"{run['session_id']}  {escape(run['session_url'])}")
+    grid.add_row("Trigger", shown(trigger))
+    grid.add_row("Session", f"{run['session_id']}  {shown(run['session_url'])}")
     for label, key in (("Created", "created_at"), ("Started", "started_at")):
         grid.add_row(label, _moment(run[key]))
     grid.add_row("Finished", _moment(run["finished_at"]))
@@ -138,9 +149,9 @@ def _run_panel(run: dict[str, Any]) -> Panel:
     if duration:
         grid.add_row("Duration", duration)
     if run["error"]:
-        grid.add_row("Error", f"[red]{escape(run['error'])}[/]")
+        grid.add_row("Error", f"[red]{shown(run['error'], lines=True)}[/]")
     if run.get("summary"):
-        grid.add_row("Summary", escape(run["summary"]))
+        grid.add_row("Summary", shown(run["summary"], lines=True))
     if run["branches"]:
         grid.add_row("Branches", _branches(run["branches"]))
     if run.get("diff_stat"):
@@ -175,9 +186,9 @@ def _branches(branches: list[dict[str, Any]]) -> Table:
     )
     for branch in branches:
         table.add_row(
-            escape(str(branch.get("repository", ""))),
-            escape(str(branch.get("branch", ""))),
-            str(branch.get("sha", ""))[:12],
+            shown(str(branch.get("repository", ""))),
+            shown(str(branch.get("branch", ""))),
+            shown(str(branch.get("sha", ""))[:12]),
             _diff_stat(branch) if "files" in branch else "",
         )
     return table
@@ -244,9 +255,9 @@ def clear_cache(routine: str) -> None:
     count = cleared["cleared"]
     if count:
         noun = "result" if count == 1 else "results"
-        out.print(f"{escape(routine)}: removed {count} cached setup {noun}")
+        out.print(f"{shown(routine)}: removed {count} cached setup {noun}")
     else:
-        out.print(f"{escape(routine)}: no cached setup results to remove")
+        out.print(f"{shown(routine)}: no cached setup results to remove")
 
 
 async def _follow(client: Client, run: str, *, quiet: bool, as_json: bool = False) -> None:
@@ -267,7 +278,8 @@ async def _follow(client: Client, run: str, *, quiet: bool, as_json: bool = Fals
 
 def _print_event(event: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
+        sys.stdout.write(json_text(event) + "\n")
         sys.stdout.flush()
         return
-    out.print(f"[dim]{event['at'][11:19]}[/] {escape(describe_event(event))}")
+    # Events hold what the agent said and strangers sent: shown inert.
+    out.print(f"[dim]{event['at'][11:19]}[/] {shown(describe_event(event))}")
