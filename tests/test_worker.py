@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import runs, sandbox, vault
+from routined import execution, runs, sandbox, vault
 from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
@@ -290,3 +290,27 @@ async def test_a_folder_its_worker_left_behind_is_left_safe(
     assert (folder / "kept" / "kept.json").is_file()
     # Once is enough.
     assert await Worker(store, settings).settle_abandoned_files() == []
+
+
+async def test_what_an_agent_says_is_bounded_per_run_as_stored(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attack: an agent talking without end filled the store. Past the bound, its
+    events keep only their size."""
+    monkeypatch.setattr(execution, "AGENT_EVENTS_LIMIT", 4 * 1024 * 1024)
+    run_id = queue_unclonable(store, tmp_path)
+    recorder = execution.Recorder(store, run_id, utcnow)
+    line = "x" * (1024 * 1024)
+    for _ in range(10):
+        await recorder.event("agent.output", None, lines=[line])
+    await recorder.event("git.push", "pushed claude/x", branch="claude/x")
+    with store.transaction(readonly=True) as session:
+        rows = session.execute(
+            select(RunEvent.kind, RunEvent.data)
+            .where(RunEvent.run_id == run_id)
+            .order_by(RunEvent.seq)
+        ).all()
+    said = [data for kind, data in rows if kind == "agent.output"]
+    assert [data.get("omitted", False) for data in said] == [False] * 3 + [True] * 7
+    assert said[-1]["size"] > 1024 * 1024
+    assert rows[-1] == ("git.push", {"branch": "claude/x"})  # routined's own are all kept

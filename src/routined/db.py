@@ -50,6 +50,9 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+_WAL_KEPT = 64 * 1024 * 1024  # bytes of write-ahead log kept between checkpoints
+
+
 class Store:
     """Where routined keeps its rows: SQLite by default, PostgreSQL when configured."""
 
@@ -305,6 +308,9 @@ def _create_engine(parsed: URL, *, autocheckpoint: bool = True) -> Engine:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # The write-ahead log keeps its largest size once checkpointed: a run that
+        # wrote much would keep the disk it took for good.
+        cursor.execute(f"PRAGMA journal_size_limit={_WAL_KEPT}")
         if not autocheckpoint:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()

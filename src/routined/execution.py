@@ -14,6 +14,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -125,6 +126,8 @@ class RunContext:
         return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
 
 
+# Bytes of the agent's events a run stores; the rest are counted, not kept.
+AGENT_EVENTS_LIMIT = 32 * 1024 * 1024
 # Written in a run's private folder once what stays of it is safe (`_leave_safe`).
 SETTLED = "settled"
 
@@ -142,6 +145,7 @@ class Recorder:
     # The run's secret values, kept out of everything it stores.
     redactor: redaction.Redactor = field(default_factory=lambda: _NO_SECRETS)
     _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _agent_bytes: int = 0  # what the agent's events took in the store so far
 
     async def event(self, kind: str, reason: str | None = None, **data: Any) -> None:
         await asyncio.to_thread(self._write, kind, reason, data or None)
@@ -159,6 +163,13 @@ class Recorder:
     def _write(self, kind: str, reason: str | None, data: dict[str, Any] | None) -> None:
         reason = None if reason is None else self.redactor.text(reason)
         data = self.redactor.data(data)
+        if kind.startswith("agent.") and data is not None:
+            # What the agent says is bounded per run as stored (redaction can make it
+            # longer): past the bound, only its size is kept.
+            size = len(json.dumps(data, ensure_ascii=False).encode())
+            self._agent_bytes += size
+            if self._agent_bytes > AGENT_EVENTS_LIMIT:
+                data = {"omitted": True, "size": size}
         with self.store.transaction() as session:
             runs.add_event(session, self.run_id, kind, now=self.clock(), reason=reason, data=data)
 
@@ -831,7 +842,7 @@ class Executor:
         stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
 
         def on_stderr(line: str) -> None:
-            stderr.append(line.rstrip())
+            stderr.append(line.rstrip()[: agent.STDERR_LINE_LIMIT])
 
         async def on_message(kind: str, data: dict[str, Any]) -> None:
             await recorder.event(kind, None, **data)

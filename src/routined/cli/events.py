@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperGroup
 
-from routined.cli.common import JsonFlag, app, connect, out, print_json, segment
+from routined.cli.common import JsonFlag, app, connect, out, print_json, segment, shown
 
 
 class _ListByDefault(TyperGroup):
@@ -81,28 +80,28 @@ def replay(
         return
     _print_delivery(row)
     if not row["would"]:
-        out.print(f"  no routine listens to {escape(row['repository'] or 'its repository')}")
+        out.print(f"  no routine listens to {shown(row['repository'] or 'its repository')}")
     for would in row["would"]:
-        out.print(f"  {escape(would['routine'])} would be [bold]{would['outcome']}[/]")
-        out.print(f"      {escape(would['reason'])}")
+        out.print(f"  {shown(would['routine'])} would be [bold]{would['outcome']}[/]")
+        out.print(f"      {shown(would['reason'])}")
 
 
 def _print_delivery(row: dict[str, Any]) -> None:
     event = f"{row['event']}.{row['action']}" if row["action"] else row["event"]
     again = f", delivered {row['attempts']} times" if row["attempts"] > 1 else ""
     out.print(
-        f"[dim]{row['received_at']}[/] delivery {escape(row['id'])} [bold]{escape(event)}[/] "
-        f"{escape(row['repository'] or '')}{again}".rstrip()
+        f"[dim]{row['received_at']}[/] delivery {shown(row['id'])} [bold]{shown(event)}[/] "
+        f"{shown(row['repository'] or '')}{again}".rstrip()
     )
     if row["outcome"]:
-        out.print(f"    {escape(row['outcome'])}")
+        out.print(f"    {shown(row['outcome'])}")
 
 
 def _print_decision(row: dict[str, Any], indent: str = "") -> None:
     instant = f"for {row['scheduled_at']}" if row["scheduled_at"] else ""
     run = f"→ {row['run_id']}" if row["run_id"] else ""
     out.print(
-        f"{indent}[dim]{row['decided_at']}[/] {escape(row['routine'])} {row['trigger_type']} "
+        f"{indent}[dim]{row['decided_at']}[/] {shown(row['routine'])} {row['trigger_type']} "
         f"[bold]{row['outcome']}[/] {instant} {run}".rstrip()
     )
-    out.print(f"{indent}    {escape(row['reason'])}")
+    out.print(f"{indent}    {shown(row['reason'])}")
