@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from routined import agent, redaction, sandbox
+from routined import agent, redaction, sandbox, tree_redaction
 from routined.redaction import Redactor
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 
@@ -261,7 +261,7 @@ def test_a_transcript_holding_values_every_way_stays_valid_json_with_the_same_ke
     session.parent.mkdir(parents=True)
     written = transcript_lines()
     session.write_text("".join(written))
-    assert redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
     redacted = session.read_text().splitlines(keepends=True)
     assert len(redacted) == len(written)
     for before, after in zip(written, redacted, strict=True):
@@ -285,7 +285,7 @@ def test_a_saved_tool_output_is_rewritten_keeping_owner_mode_and_times(tmp_path:
     os.utime(saved, ns=(1_700_000_000_000_000_000, 1_700_000_123_000_000_000))
     was, clean_was = saved.stat(), clean.stat()
 
-    assert redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(tmp_path / "home", Redactor(SECRETS)) == 1
 
     now = saved.stat()
     assert saved.read_text() == (
@@ -318,8 +318,8 @@ def test_links_planted_in_the_tree_never_reach_a_host_file(tmp_path: Path) -> No
     (tmp_path / "home-link").symlink_to(host, target_is_directory=True)
     host_before = {path: (path.read_bytes(), unchanged(path)) for path in (credentials, notes)}
 
-    assert redaction.redact_tree(tmp_path / "home-link", Redactor(SECRETS)) == 0
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(tmp_path / "home-link", Redactor(SECRETS)) == 0
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 1
 
     for path, (content, status) in host_before.items():
         assert (path.read_bytes(), unchanged(path)) == (content, status)
@@ -339,7 +339,7 @@ def test_a_fifo_or_socket_in_the_tree_neither_blocks_nor_is_opened(tmp_path: Pat
     (home / "after.txt").write_text(f"{TOKEN}\n")
     done: dict[str, int] = {}
     walk = threading.Thread(
-        target=lambda: done.update(changed=redaction.redact_tree(home, Redactor(SECRETS))),
+        target=lambda: done.update(changed=tree_redaction.redact_tree(home, Redactor(SECRETS))),
         daemon=True,
     )
     walk.start()
@@ -378,7 +378,7 @@ def test_a_large_file_is_streamed_and_values_across_chunk_edges_are_caught(
 
     tracemalloc.start()
     try:
-        assert redaction.redact_tree(big.parent, Redactor(SECRETS)) == 1
+        assert tree_redaction.redact_tree(big.parent, Redactor(SECRETS)) == 1
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -392,7 +392,7 @@ def test_a_file_not_in_utf8_keeps_every_other_byte(tmp_path: Path) -> None:
     blob = home / "core.dump"
     around = bytes(range(256))
     blob.write_bytes(around + TOKEN.encode() + around + PASSWORD.encode("utf-8") + around)
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 1
     assert blob.read_bytes() == (
         around + b"[redacted:GITHUB_TOKEN]" + around + b"[redacted:DB_PASSWORD]" + around
     )
@@ -419,8 +419,8 @@ def test_folders_nested_deeper_than_the_walk_can_go_fail_it_loudly(tmp_path: Pat
     # deeper than the default limit of 1,000 (which the tree's clean-up could not undo).
     sys.setrecursionlimit(len(inspect.stack(0)) + 100)
     try:
-        with pytest.raises(redaction.RedactionError, match="nested too deep") as raised:
-            redaction.redact_tree(home, Redactor(SECRETS))
+        with pytest.raises(tree_redaction.RedactionError, match="nested too deep") as raised:
+            tree_redaction.redact_tree(home, Redactor(SECRETS))
     finally:
         sys.setrecursionlimit(limit)
     assert raised.value.failed == [f"{home}: folders nested too deep to walk"]
@@ -428,11 +428,11 @@ def test_folders_nested_deeper_than_the_walk_can_go_fail_it_loudly(tmp_path: Pat
 
 
 def test_a_missing_tree_or_one_without_secrets_is_left_alone(tmp_path: Path) -> None:
-    assert redaction.redact_tree(tmp_path / "gone", Redactor(SECRETS)) == 0
+    assert tree_redaction.redact_tree(tmp_path / "gone", Redactor(SECRETS)) == 0
     home = tmp_path / "home"
     (home / "sub").mkdir(parents=True)
     (home / "sub" / "f.txt").write_text(TOKEN)
-    assert redaction.redact_tree(home, Redactor({})) == 0
+    assert tree_redaction.redact_tree(home, Redactor({})) == 0
     assert (home / "sub" / "f.txt").read_text() == TOKEN
 
 
@@ -499,7 +499,7 @@ def test_huge_sparse_files_cost_what_they_hold(
     holes_before = [unchanged(path) for path in holes]
     reads = Reads(monkeypatch, budget=64 << 20)
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 1
 
     assert reads.count <= 64 << 10, f"{reads.count} bytes read for {len(line)} of data"
     shrunk = len(TOKEN) - len(MARK)
@@ -531,7 +531,7 @@ def test_a_value_across_data_written_apart_is_caught_and_holes_stay_holes(
     dense = read_at(path, 0, 16 << 20)
     assert dense.count(token) == 2
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 1
 
     expected = dense.replace(token, MARK.encode()).replace(
         PASSWORD.encode(), b"[redacted:DB_PASSWORD]"
@@ -563,7 +563,7 @@ def test_where_holes_cannot_be_found_the_whole_file_is_read(
 
     monkeypatch.setattr(os, "lseek", no_holes)
     reads = Reads(monkeypatch, budget=64 << 20)
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 1
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 1
     assert reads.count >= 2 * size  # read to find the value, then to write it again
     assert path.read_bytes() == bytes(6 << 20) + f"token={MARK}\n".encode()
 
@@ -589,7 +589,7 @@ def test_a_secret_in_a_name_is_renamed_and_takes_no_other_entrys_name(tmp_path: 
     os.mkfifo(home / f"fifo-{TOKEN}")
     (home / "plain.txt").write_text("nothing secret\n")
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 7
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 7
 
     names = names_under(home)
     assert [name for name in names if leaks(name)] == []
@@ -620,7 +620,7 @@ def test_a_name_too_long_once_marked_keeps_the_marks_alone(tmp_path: Path) -> No
     home = tmp_path / "home"
     home.mkdir()
     (home / ("x" * 200 + "k3y9" + "y" * 40)).write_text("long\n")
-    assert redaction.redact_tree(home, redactor) == 1
+    assert tree_redaction.redact_tree(home, redactor) == 1
     assert [path.name for path in home.iterdir()] == [f"[redacted:{name}]"]
 
 
@@ -644,7 +644,7 @@ def test_a_link_whose_target_holds_a_secret_points_at_the_target_redacted(
     )
     was = remote.lstat()
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 4  # the folder is renamed too
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 4  # the folder is renamed too
 
     assert remote.readlink() == Path(f"https://user:{MARK}@example.com/")
     now = remote.lstat()
@@ -675,7 +675,7 @@ def test_an_attribute_holding_a_secret_is_removed_and_the_others_stay(tmp_path: 
     os.setxattr(harmless, f"user.{TOKEN}", b"1")
     os.setxattr(home / "sub", "user.escaped", json.dumps({"p": PASSWORD}).encode())
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) == 4
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) == 4
 
     for path in (harmless, secret_too, home / "sub", home):
         assert os.listxattr(path) == ["user.mime_type"], path
@@ -742,7 +742,7 @@ def test_claude_codes_transcript_is_redacted_and_a_follow_up_resumes_it(
         for line in transcript.read_text().splitlines()
     ), "Claude Code no longer keeps a preview this test can cut inside a value"
 
-    assert redaction.redact_tree(home, Redactor(SECRETS)) >= 2  # the transcript, saved outputs
+    assert tree_redaction.redact_tree(home, Redactor(SECRETS)) >= 2  # the transcript, saved outputs
 
     for path in home.rglob("*"):
         if path.is_file() and not path.is_symlink():

@@ -7,7 +7,10 @@ so this is a wall, not a convention. It serves three kinds of request:
 - Plain requests to itself (`POST /v1/messages`, or `http://127.0.0.1:3128/…`):
   the model API gateway. They go to the real model API with the real key added;
   the agent holds only a placeholder, so a key it never had cannot leak through
-  its work. Only the endpoints Claude Code needs pass.
+  its work. Only the endpoints Claude Code needs pass, and only requests that
+  ask Anthropic's servers to reach nothing on the agent's behalf (no server
+  tools, no MCP servers, no content fetched by URL; web search and fetch under
+  `network: full`): the gateway reads each body whole (up to 32 MiB) to decide.
 - `CONNECT host:port` tunnels (HTTPS) and absolute-form requests
   (`GET http://host/…`) to hosts the run's policy allows (its network level,
   `routined.network`).
@@ -21,8 +24,15 @@ read, let alone relayed. (Relaying the client's own bytes once let a bare LF end
 a checked request early and carry the real key on a second one: issue 14.) What
 h11 tolerates but another parser could read differently is refused with 400
 before anything goes upstream. Bodies and answers stream through (model answers
-are server-sent events). A tunnel carries raw bytes once `200 Connection
-Established` is sent: TLS runs inside it, end to end.
+are server-sent events), except a model request's body, which goes up once
+judged, byte for byte as it came. A tunnel carries raw bytes once `200
+Connection Established` is sent: TLS runs inside it, end to end.
+
+The proxy runs in routined's process, outside the run's resource caps, so it
+takes on a run's work at a pace (`Pace`): it accepts connections at a bounded
+rate, at most 64 at once, and leaves the rest waiting in the kernel's backlog;
+it inspects model requests' bodies within a budget of bytes a second. An agent
+hammering its proxy spends its own time waiting, not routined's CPU.
 
 Where a policy has a host's addresses judged (`EgressPolicy.judged`), the proxy
 resolves it with `routined.reach` and connects to an address it judged, so DNS
@@ -33,12 +43,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import h11
@@ -53,6 +66,20 @@ _CONNECT_TIMEOUT = 15.0
 # are thinking send pings well within it.
 _IDLE_TIMEOUT = 600.0
 _MAX_CONNECTIONS = 64
+# Connections a run's sandbox may have waiting to be accepted (the kernel caps it
+# at net.core.somaxconn); the proxy accepts them at its pace.
+_BACKLOG = 1024
+# Anthropic's own limit for one request: Claude Code sends the whole conversation,
+# images and documents included, in each.
+_BODY_LIMIT = 32 * 1024 * 1024
+_BODY_TIMEOUT = 30.0
+# Parsing a body costs by its JSON values far more than by its bytes: a value is
+# counted as this many bytes against the run's pace, and a body may hold at most
+# _JSON_ITEMS_LIMIT of them (at least one comma or opening bracket comes before
+# each). A long session of Claude Code's holds some 25 a KiB; the limit keeps any
+# body's parse to a fraction of a second and tens of MiB.
+_ITEM_COST = 512
+_JSON_ITEMS_LIMIT = 256 * 1024
 _HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -70,11 +97,18 @@ _CREDENTIALS = frozenset((b"x-api-key", b"authorization"))
 # What Claude Code asks of the model API; the key is good for more, the agent is not.
 _GATEWAY_ENDPOINTS = re.compile(r"POST /v1/messages(/count_tokens)?(\?[^#]*)?")
 # What h11 lets through (it is as lenient as a server may be) but another parser
-# could read otherwise, looked for in the head as h11 delimited it.
-_LOOSE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+# could read otherwise, looked for in the head as h11 delimited it. (Counted or
+# searched with bytes methods: a 64 KiB head is checked in microseconds.)
 _FOLDED = re.compile(rb"\n[ \t]")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:([^\r]*)", re.IGNORECASE)
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
+# Server tools a run under `network: full` may have Anthropic run: they reach what
+# the run could reach itself.
+_WEB_TOOL = re.compile(r"(web_search|web_fetch)_\d{8}")
+# Where a content block's data may come from: the request itself. A `url` source
+# is fetched by Anthropic (allowed under `full`), a `file` is one of the account's
+# uploads, which the agent has no business reading.
+_INLINE_SOURCES = frozenset(("base64", "text", "content"))
 # Inside the sandbox, the bridge serves this proxy at this port on loopback.
 PROXY_PORT = 3128
 _GATEWAY_AUTHORITIES = (("127.0.0.1", PROXY_PORT), ("localhost", PROXY_PORT))
@@ -263,46 +297,180 @@ class _Refused(Exception):
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
+class Clock(Protocol):
+    """Where the proxy's pace reads the time and waits; tests pass a fake one."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class MonotonicClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How much of a run's work its proxy takes on. The proxy runs in routined's
+    process, outside the run's caps: past its pace a run's requests wait (in the
+    kernel's backlog, or before their body is inspected), costing routined nothing.
+
+    Claude Code opens a connection per model request, and package managers a few
+    dozen at a time: real work stays far from the rates. An agent that does nothing
+    but hammer its proxy (64 KiB heads, answered in about a millisecond each) costs
+    routined about a tenth of a core, however many cores the agent itself has."""
+
+    connections_per_second: float = 100.0
+    connection_burst: int = 200
+    # Bytes of model request bodies inspected, each JSON value counted as _ITEM_COST.
+    inspection_per_second: float = 16 * 1024 * 1024
+    inspection_burst: float = 64 * 1024 * 1024
+    # Bytes of model request bodies held at once (read, not yet sent on).
+    bodies_held: int = 2 * _BODY_LIMIT
+
+
+class _TokenBucket:
+    """`rate` tokens a second, up to `burst` kept; `take` waits on the clock, never
+    spinning, until there are enough, and takers are served in turn."""
+
+    def __init__(self, rate: float, burst: float, clock: Clock) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._at = clock.now()
+        self._turn = asyncio.Lock()
+
+    async def take(self, amount: float = 1.0) -> None:
+        amount = min(amount, self._burst)  # what costs more than a full bucket waits for one
+        async with self._turn:
+            while True:
+                now = self._clock.now()
+                self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+                self._at = now
+                if self._tokens >= amount:
+                    self._tokens -= amount
+                    return
+                await self._clock.sleep((amount - self._tokens) / self._rate)
+
+
+class _Allowance:
+    """Bytes a run's gateway may hold at once; a body waits for its share before
+    it is read, so memory is bounded however many connections carry one."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._free = limit
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def holding(self, amount: int) -> AsyncIterator[None]:
+        amount = min(amount, self._limit)  # what needs more than all waits for all
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._free >= amount)
+            self._free -= amount
+        try:
+            yield
+        finally:
+            self._free += amount
+            async with self._changed:
+                self._changed.notify_all()
+
+
+DEFAULT_PACE = Pace()
+
+
 class EgressProxy:
-    """One run's proxy. `on_decision` hears about every request it allows or refuses."""
+    """One run's proxy. `on_decision` hears about every request it allows or refuses;
+    `accepted` counts the connections it has taken on."""
 
     def __init__(
         self,
         policy: EgressPolicy,
         on_decision: Callable[[EgressDecision], None],
         gateway: ModelGateway | None = None,
+        *,
+        pace: Pace = DEFAULT_PACE,
+        clock: Clock | None = None,
     ) -> None:
         self.policy = policy
         self.gateway = gateway
+        self.accepted = 0
         self._on_decision = on_decision
-        self._server: asyncio.Server | None = None
+        clock = clock or MonotonicClock()
+        self._accepts = _TokenBucket(pace.connections_per_second, pace.connection_burst, clock)
+        self._inspections = _TokenBucket(pace.inspection_per_second, pace.inspection_burst, clock)
+        self._held = _Allowance(pace.bodies_held)
+        self._slots = asyncio.Semaphore(_MAX_CONNECTIONS)
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self, socket_path: Path) -> None:
         # The socket's folder is private to routined; the sandbox sees only the socket.
-        self._server = await asyncio.start_unix_server(
-            self._serve_connection, path=str(socket_path)
-        )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.setblocking(False)
+            listener.bind(str(socket_path))
+            listener.listen(_BACKLOG)
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._accepting = asyncio.create_task(self._accept(listener))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        if self._listener is not None:
+            self._listener.close()
         for task in list(self._connections):
             task.cancel()
         if self._connections:
             await asyncio.gather(*self._connections, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if len(self._connections) >= _MAX_CONNECTIONS:
-            writer.close()  # the sandbox gets no more than this many at once
-            return
-        self._connections.add(task)
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        """Take connections at the run's pace, at most _MAX_CONNECTIONS at once. Past
+        either, the proxy does not accept: the sandbox's clients wait in the kernel's
+        backlog, where they cost routined nothing."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                await self._accepts.take()
+                connection, _ = await loop.sock_accept(listener)
+            except OSError:  # out of descriptors, say: the next try waits its turn too
+                self._slots.release()
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            self.accepted += 1
+            task = asyncio.create_task(self._serve_connection(connection))
+            self._connections.add(task)
+            task.add_done_callback(self._served)
+
+    def _served(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._slots.release()
+
+    async def _serve_connection(self, connection: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=connection)
+        except BaseException as error:
+            connection.close()
+            if isinstance(error, OSError):
+                return  # the client left before it was served
+            raise
         try:
             await self._proxy(reader, writer)
         except (
@@ -314,7 +482,6 @@ class EgressProxy:
         ):
             pass  # the client went away, stalled, or the run ended
         finally:
-            self._connections.discard(task)
             writer.close()
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -373,7 +540,15 @@ class EgressProxy:
         writer: asyncio.StreamWriter,
         path: str,
     ) -> None:
-        """Forward a model API request to the real API, with the real key."""
+        """Forward a model API request to the real API, with the real key, once its
+        body is read and found to ask Anthropic to reach nothing for the agent.
+
+        1. The endpoint must be one Claude Code calls.
+        2. The body is read whole, within the run's allowance of bytes held.
+        3. It is inspected (`_inspect`) at the run's pace.
+        4. It goes up byte for byte as it came, with its length; the answer streams
+           back once the body is sent and no longer held.
+        """
         method = request.method.decode("ascii")
         gateway = self.gateway
         if gateway is None or not _GATEWAY_ENDPOINTS.fullmatch(f"{method} {path}"):
@@ -385,11 +560,70 @@ class EgressProxy:
                 f"{method} {path} is not an endpoint the agent may call",
                 "path_not_allowed",
             )
-        # The operator's own setting: reached wherever it is, by name.
-        upstream = await _open(gateway.host, gateway.port, None, tls=gateway.tls)
-        headers = _request_headers(request, gateway.authority, api_key=gateway.api_key)
-        target = gateway.path_prefix + path
-        await _exchange(client, reader, writer, upstream, request.method, target, headers)
+        if any(
+            name == b"content-encoding" and value.strip().lower() != b"identity"
+            for name, value in request.headers
+        ):
+            raise _Refused(415, "Content-Encoding: the gateway reads the body; send it as is")
+        declared = _declared_length(request)
+        async with self._held.holding(_BODY_LIMIT if declared is None else declared):
+            body = await asyncio.wait_for(_read_body(client, reader, writer), _BODY_TIMEOUT)
+            await self._inspect(body, f"{method} {path}")
+            # The operator's own setting: reached wherever it is, by name.
+            upstream_reader, upstream_writer = await _open(
+                gateway.host, gateway.port, None, tls=gateway.tls
+            )
+            try:
+                origin = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_LIMIT)
+                headers = _request_headers(
+                    request, gateway.authority, api_key=gateway.api_key, length=len(body)
+                )
+                target = gateway.path_prefix + path
+                try:
+                    sent = origin.send(
+                        h11.Request(method=request.method, target=target, headers=headers)
+                    )
+                except h11.LocalProtocolError as error:
+                    raise _Refused(400, f"malformed request: {error}") from None
+                upstream_writer.write(sent)
+                # Passed through as it is, not joined into a copy.
+                for data in origin.send_with_data_passthrough(h11.Data(data=body)) or ():
+                    upstream_writer.write(data)
+                upstream_writer.write(origin.send(h11.EndOfMessage()))
+                del body
+                await upstream_writer.drain()  # then the allowance it held goes to the next
+            except BaseException:
+                upstream_writer.close()
+                raise
+        try:
+            await _send_answer(origin, upstream_reader, client, writer, _Activity())
+        finally:
+            upstream_writer.close()
+
+    async def _inspect(self, body: bytes, what: str) -> None:
+        """Refuse a model request that asks Anthropic's servers to reach out for the
+        agent (`_reach_out`), reported as `request_not_allowed`; what is not a JSON
+        object Anthropic would read as this proxy does is refused with 400."""
+        items = body.count(b",") + body.count(b"[") + body.count(b"{")
+        if items > _JSON_ITEMS_LIMIT:
+            raise _Refused(
+                413, f"the request body holds over {_JSON_ITEMS_LIMIT} JSON values; send fewer"
+            )
+        await self._inspections.take(len(body) + items * _ITEM_COST)
+        reaching = _reach_out(_request_json(body), web=self.policy.allow_all)
+        if reaching is None:
+            return
+        self._on_decision(
+            EgressDecision("model-gateway", 0, False, what, "request_not_allowed", reaching)
+        )
+        level = self.policy.level or ("full" if self.policy.allow_all else "none")
+        raise _Refused(
+            403,
+            f"{reaching} would have Anthropic's servers reach out for the agent, which "
+            f"network: {level} does not allow; the model gateway passes tools the agent runs "
+            "itself (and, under network: full, web search and web fetch)",
+            "request_not_allowed",
+        )
 
     async def _tunnel(
         self,
@@ -486,7 +720,9 @@ async def _read_request(reader: asyncio.StreamReader, client: h11.Connection) ->
 def _refuse_ambiguity(head: bytes, request: h11.Request) -> None:
     """Refuse what h11 parsed one way but another parser could read otherwise: `head`
     is the request head exactly as h11 delimited it."""
-    if _LOOSE_LINE_END.search(head):
+    # Every CR and every LF is part of a CRLF exactly when there are as many of each.
+    line_ends = head.count(b"\r\n")
+    if head.count(b"\r") != line_ends or head.count(b"\n") != line_ends:
         raise _Refused(400, "a line ends in a bare LF or CR; end every line with CRLF")
     if _FOLDED.search(head):
         raise _Refused(
@@ -503,9 +739,138 @@ def _refuse_ambiguity(head: bytes, request: h11.Request) -> None:
     if len(lengths) > 1 or any(not length.strip(b" \t").isdigit() for length in lengths):
         raise _Refused(400, "Content-Length must come once, as one number")
     for name, value in request.headers:
-        if _CONTROL.search(value):
+        if len(value.translate(None, _CONTROL)) != len(value):
             shown = name.decode("ascii")
             raise _Refused(400, f"header {shown} holds a control character; remove it")
+
+
+def _declared_length(request: h11.Request) -> int | None:
+    """The body's length as the head declares it; None when it comes in chunks.
+    Refused (413) past what the gateway reads."""
+    length = 0  # a request with neither header has no body
+    for name, value in request.headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    if length > _BODY_LIMIT:
+        raise _Refused(413, f"the request body is over {_BODY_LIMIT // 2**20} MiB")
+    return length
+
+
+async def _read_body(
+    client: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bytes:
+    """The whole body of the request `client` has read the head of; refused (413) past
+    _BODY_LIMIT, whatever its framing said."""
+    if client.they_are_waiting_for_100_continue:
+        writer.write(client.send(h11.InformationalResponse(status_code=100, headers=[])))
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            event = client.next_event()
+        except h11.RemoteProtocolError as error:
+            raise _Refused(400, f"malformed request body: {error}") from None
+        if event is h11.NEED_DATA:
+            client.receive_data(await reader.read(_CHUNK))  # b"" tells h11 the client is done
+        elif isinstance(event, h11.Data):
+            chunks.append(bytes(event.data))
+            size += len(event.data)
+            if size > _BODY_LIMIT:
+                raise _Refused(413, f"the request body is over {_BODY_LIMIT // 2**20} MiB")
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        else:
+            raise _Refused(400, "the request ended before its body did")
+
+
+def _request_json(body: bytes | bytearray) -> dict[str, Any]:
+    """A model request's body as the JSON object it must be, read strictly: as UTF-8,
+    each key once, no NaN, so that no reading of it differs from this one."""
+    try:
+        parsed = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_unique_keys, parse_constant=_no_constant
+        )
+    except UnicodeDecodeError:
+        raise _Refused(400, "the request body is not UTF-8; send JSON in UTF-8") from None
+    except RecursionError:
+        raise _Refused(400, "the request body nests too deeply; flatten it") from None
+    except ValueError as error:  # json.JSONDecodeError among them
+        raise _Refused(400, f"the request body is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise _Refused(400, "the request body must be a JSON object")
+    return parsed
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                # Parsers disagree on which one counts: one could hide a tool from the other.
+                raise ValueError(f"key {key!r} appears twice; send each key once")
+            seen.add(key)
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON; send numbers")
+
+
+def _reach_out(request: dict[str, Any], *, web: bool) -> str | None:
+    """What in a Messages request would have Anthropic's servers connect somewhere on
+    the agent's behalf, or None. Anthropic runs server tools (web search and fetch,
+    code execution, its MCP connector, …) itself, from its own network, so they
+    would carry the agent past its network level: `mcp_servers` never passes (the
+    routine's connectors are routined's to set up), and of typed tools only web
+    search and fetch do, when `web` (network: full) lets the run reach any host
+    anyway. A tool without a `type`, or of type `custom`, is one the client runs:
+    all Claude Code sends in its own requests (its WebSearch tool asks for
+    `web_search_*` in a request of its own). A content block's source must be the
+    request's own bytes, or a URL under `web`."""
+    if "mcp_servers" in request:
+        return "mcp_servers"
+    tools = request.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise _Refused(400, "tools must be a list of tool definitions")
+        for tool in tools:
+            if not isinstance(tool, dict):
+                raise _Refused(400, "each of tools must be a JSON object")
+            kind = tool.get("type", "custom")
+            if kind == "custom" or (web and isinstance(kind, str) and _WEB_TOOL.fullmatch(kind)):
+                continue
+            return f"a tool of type {kind!r}"
+    for block in _content_blocks(request):
+        source = block.get("source")
+        if isinstance(source, dict):
+            kind = source.get("type")
+            if kind in _INLINE_SOURCES or (web and kind == "url"):
+                continue
+            return f"a content block with a source of type {kind!r}"
+    return None
+
+
+def _content_blocks(request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The content blocks of a request's system prompt and messages, and those nested
+    in them (a tool result's, a document's); walked with a list, not recursion."""
+    pending: list[Any] = [request.get("system")]
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        pending += [message.get("content") for message in messages if isinstance(message, dict)]
+    while pending:
+        content = pending.pop()
+        if not isinstance(content, list):
+            continue
+        for block in content:
+            if isinstance(block, dict):
+                yield block
+                pending.append(block.get("content"))
+                source = block.get("source")
+                if isinstance(source, dict):
+                    pending.append(source.get("content"))
 
 
 async def _open(
@@ -639,12 +1004,17 @@ async def _send_answer(
 
 
 def _request_headers(
-    request: h11.Request, authority: str, *, api_key: str | None = None
+    request: h11.Request,
+    authority: str,
+    *,
+    api_key: str | None = None,
+    length: int | None = None,
 ) -> list[tuple[bytes, bytes]]:
     """The headers to send upstream: `Host` names the host that was checked, whatever
     the client sent (a shared gateway must not route the request to a neighbour);
     hop-by-hop headers stay behind, and so do the client's credentials where routined
-    supplies its own; the body's framing is the one h11 read, written afresh."""
+    supplies its own; the body's framing is the one h11 read, written afresh, or its
+    `length` when the proxy read it whole."""
     raw = request.headers.raw_items()
     dropped = {
         *_HOP_BY_HOP,
@@ -656,7 +1026,9 @@ def _request_headers(
     }
     headers = [(b"Host", authority.encode("ascii"))]
     headers += [(name, value) for name, value in raw if name.lower() not in dropped]
-    for name, value in request.headers:
+    if length is not None:
+        headers.append((b"Content-Length", str(length).encode("ascii")))
+    for name, value in request.headers if length is None else ():
         if name == b"transfer-encoding":
             headers.append((b"Transfer-Encoding", b"chunked"))  # the only one h11 takes
         elif name == b"content-length":
@@ -748,6 +1120,8 @@ async def _answer(
     reason = {
         400: "Bad Request",
         403: "Forbidden",
+        413: "Content Too Large",
+        415: "Unsupported Media Type",
         431: "Request Header Fields Too Large",
         502: "Bad Gateway",
     }[status]

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from routined import network, redaction
+from routined import network, redaction, tree_redaction
 from routined.egress import EgressPolicy
 from routined.workspace import remove
 
@@ -211,7 +211,9 @@ class SetupCache:
             partial.mkdir(mode=0o700)
             await _copy_tree(home, partial / "home")
             if redactor is not None:
-                changed = await asyncio.to_thread(redaction.redact_tree, partial / "home", redactor)
+                changed = await asyncio.to_thread(
+                    tree_redaction.redact_tree, partial / "home", redactor
+                )
                 if changed:
                     return False
             (partial / "made.json").write_text(

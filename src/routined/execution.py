@@ -45,6 +45,7 @@ from routined import (
     sandbox,
     schedule,
     trailers,
+    tree_redaction,
     vault,
     workspace,
 )
@@ -435,13 +436,17 @@ class Executor:
             private_allowed=self.settings.allow_private_networks,
         )
         denied: Counter[str] = Counter()
+        said: set[tuple[str, str]] = set()  # (target, reason) recorded as an event
 
         def on_decision(decision: EgressDecision) -> None:
             if decision.allowed:
                 return
             target = f"{decision.host}:{decision.port}"
             denied[target] += 1
-            if denied[target] == 1 and len(denied) <= _DENIALS_RECORDED:
+            # The first refusal of each kind for each target: the gateway refuses
+            # Claude Code's own probes as well as an agent's attempts to reach out.
+            if (target, decision.reason) not in said and len(said) < _DENIALS_RECORDED:
+                said.add((target, decision.reason))
                 detail = f" ({decision.detail})" if decision.detail else ""
                 recorder.event_soon(
                     "egress.denied",
@@ -1058,7 +1063,9 @@ class Executor:
         for folder in (run_dir / "home", run_dir / "workspace"):
             if redactor:
                 try:
-                    await asyncio.shield(asyncio.to_thread(redaction.redact_tree, folder, redactor))
+                    await asyncio.shield(
+                        asyncio.to_thread(tree_redaction.redact_tree, folder, redactor)
+                    )
                 except OSError as error:  # it may still hold a secret: it goes
                     log.warning("run %s: %s; its %s is removed", run_id, error, folder.name)
                     await workspace.remove(folder)
