@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from routined import routines, tokens
 from routined.api import create_app
@@ -482,9 +481,10 @@ def test_fires_recorded_together_are_decided_in_order_each_after_the_one_before(
 
 
 def test_a_fire_that_breaks_its_batch_fails_alone(
-    api: Fixture, monkeypatch: pytest.MonkeyPatch
+    api: Fixture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from routined import runs
+    from routined.manage import Problem
 
     [taken] = record_together(api, [{"text": "before"}])
     create = runs.new
@@ -498,5 +498,8 @@ def test_a_fire_that_breaks_its_batch_fails_alone(
     monkeypatch.setattr(runs, "new", clashing)
     ok, clash, also_ok = record_together(api, [{"text": "one"}, {"text": "clash"}, {"text": "two"}])
     assert isinstance(ok, str) and isinstance(also_ok, str)
-    assert isinstance(clash, IntegrityError)
+    # A 500 in the envelope for it alone, and one line in the log saying why.
+    assert isinstance(clash, Problem) and clash.status == 500
+    [logged] = [r for r in caplog.records if r.name == "routined.api"]
+    assert "session_id" in logged.getMessage() and logged.exc_info is None
     assert sorted(run.text or "" for run in api.runs()) == ["before", "one", "two"]

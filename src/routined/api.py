@@ -8,8 +8,12 @@ answers errors in Anthropic's envelope:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
-from collections.abc import Callable
+import logging
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -21,9 +25,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import Select, bindparam, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routined import __version__, fires, jsonbody, management, runs, tokens, webhooks
@@ -37,6 +43,8 @@ from routined.manage import Problem
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
 from routined.views import run_view
 
+log = logging.getLogger(__name__)
+
 ANTHROPIC_VERSION = "2023-06-01"
 MAX_IDEMPOTENCY_KEY = 255
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -44,6 +52,14 @@ OVERLOADED_RETRY_AFTER = 5  # seconds; workers take queued runs in about that
 # Room for the longest text with every character escaped, and then some; a
 # bigger body is refused before it is read.
 MAX_BODY = 1_048_576
+# Bytes of request bodies held at once, all requests together (see `BodyBudget`):
+# five of GitHub's largest deliveries, or a hundred of the largest other bodies.
+BODIES_IN_FLIGHT = 128 * 1024 * 1024
+BODY_WAIT = 5.0  # seconds a body waits for room before it is refused with 503
+BODY_RETRY_AFTER = 5  # seconds; a stalled body is dropped in about 10 (server._BoundedHttp)
+# What routined.ids makes for a trigger: `trig_` and 26 characters of Crockford's
+# base 32. Anything else is no trigger, and is answered so before a query.
+_TRIGGER_ID = re.compile(r"trig_[0-9A-HJKMNP-TV-Z]{26}")
 
 # Paths whose answers carry a request-id and whose errors come in the envelope.
 _ENVELOPED = ("/v1/", "/api/")
@@ -62,7 +78,7 @@ _STATUS_TYPES = {
 }
 
 
-def envelope(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def envelope(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
         {
             "type": "error",
@@ -86,14 +102,26 @@ def create_app(
     whoever asks without an API key (the CLI working on the store in-process)."""
     app = FastAPI(title="routined", version=__version__, docs_url=None, redoc_url=None)
 
-    app.add_middleware(_Guard)
+    app.add_middleware(_Guard, budget=BodyBudget(BODIES_IN_FLIGHT))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         if request.url.path.startswith((*_ENVELOPED, "/webhooks/")):
             message = {404: "no such endpoint", 405: f"{request.method} is not allowed here"}
-            return envelope(error.status_code, message.get(error.status_code, str(error.detail)))
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+            return envelope(
+                error.status_code,
+                message.get(error.status_code, str(error.detail)),
+                error.headers,
+            )
+        return JSONResponse(
+            {"detail": error.detail}, status_code=error.status_code, headers=error.headers
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def hung_up(request: Request, error: ClientDisconnect) -> Response:
+        # The caller left (or was dropped for sending too slowly) before its body
+        # ended: nobody reads an answer, and nothing went wrong here worth a traceback.
+        return Response(status_code=400)
 
     @app.exception_handler(Problem)
     async def problem(request: Request, error: Problem) -> JSONResponse:
@@ -140,6 +168,8 @@ def create_app(
             text=_fire_text(await request.body()),
             now=clock(),
         )
+        if not _TRIGGER_ID.fullmatch(trigger_id):
+            raise _no_trigger(trigger_id)  # as an unknown one is, without asking the store
         session_id = await recorder.submit(fired)
         # A response as is: FastAPI would check it against FireOut again, on every fire.
         return JSONResponse(
@@ -235,11 +265,14 @@ _BODY_LIMITS = (("/v1/", MAX_BODY), ("/api/", MAX_BODY), ("/webhooks/", webhooks
 class _Guard:
     """Plain ASGI (starlette's BaseHTTPMiddleware costs a task group on every body
     read): a body over its path's limit is refused with 413 as soon as that is known,
-    declared or sent, before a handler reads it; answers on /v1/ and /api/ carry a
-    `request-id`."""
+    declared or sent, before a handler reads it; a body is read only once the budget of
+    bodies in flight has room for it (503 when it has none for BODY_WAIT), and held
+    against that budget until its request is answered; answers on /v1/ and /api/ carry
+    a `request-id`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, budget: BodyBudget) -> None:
         self.app = app
+        self.budget = budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -249,14 +282,91 @@ class _Guard:
         if path.startswith(_ENVELOPED):
             send = _with_request_id(send)
         limit = next((most for prefix, most in _BODY_LIMITS if path.startswith(prefix)), None)
-        if limit is not None:
-            too_big = f"the body is over {limit} bytes"
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > limit:
-                await envelope(413, too_big)(scope, receive, send)
-                return
-            receive = _limited(receive, limit, too_big)
-        await self.app(scope, receive, send)
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await envelope(413, f"the body is over {limit} bytes")(scope, receive, send)
+            return
+        body = _Body(receive, limit, int(declared) if declared.isdigit() else None, self.budget)
+        try:
+            await self.app(scope, body.receive, send)
+        finally:
+            self.budget.give(body.held)
+
+
+class BodyBudget:
+    """Bytes of request bodies the server holds at once, all requests together: a
+    body stalled one byte short of its end costs what it has sent, and many of them
+    would otherwise hold as much memory as they like. Whoever finds room goes first:
+    a small body need not wait behind a large one."""
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def take(self, size: int, *, within: float) -> bool:
+        """Take `size` bytes, waiting up to `within` seconds for them; whether taken."""
+        try:
+            async with asyncio.timeout(within):
+                while size > self.free:
+                    room = asyncio.get_running_loop().create_future()
+                    self._waiting.append(room)
+                    try:
+                        await room
+                    finally:
+                        with contextlib.suppress(ValueError):  # gone, if `give` woke it
+                            self._waiting.remove(room)
+        except TimeoutError:
+            return False
+        self.free -= size
+        return True
+
+    def give(self, size: int) -> None:
+        if not size:
+            return
+        self.free += size
+        waiting, self._waiting = self._waiting, []
+        for room in waiting:
+            if not room.done():
+                room.set_result(None)
+
+
+class _Body:
+    """A request's `receive` as its handler sees it: 413 past `limit` bytes, and the
+    bytes taken from the budget before they are read (all that is declared at the
+    first read; for a body without Content-Length, each part as it comes)."""
+
+    def __init__(self, receive: Receive, limit: int, declared: int | None, budget: BodyBudget):
+        self._receive = receive
+        self._limit = limit
+        self._declared = declared
+        self._budget = budget
+        self.received = 0
+        self.held = 0  # taken from the budget; given back when the request is answered
+
+    async def receive(self) -> Message:
+        if self._declared and not self.held:
+            await self._take(self._declared)
+        message = await self._receive()
+        self.received += len(message.get("body", b""))
+        if self.received > self._limit:
+            # An HTTPException: FastAPI turns others raised while it reads a body into 400.
+            raise StarletteHTTPException(413, f"the body is over {self._limit} bytes")
+        if self.received > self.held:
+            await self._take(self.received - self.held)
+        return message
+
+    async def _take(self, size: int) -> None:
+        if not await self._budget.take(size, within=BODY_WAIT):
+            raise StarletteHTTPException(
+                503,
+                "the server holds as many request bodies as it may; try again shortly",
+                # Closed: the rest of a body nobody will read is not worth receiving.
+                headers={"retry-after": str(BODY_RETRY_AFTER), "connection": "close"},
+            )
+        self.held += size
 
 
 def _with_request_id(send: Send) -> Send:
@@ -268,22 +378,6 @@ def _with_request_id(send: Send) -> Send:
         await send(message)
 
     return sending
-
-
-def _limited(receive: Receive, limit: int, message: str) -> Receive:
-    """`receive`, raising 413 (answered by the app, in the envelope) past `limit` bytes."""
-    received = 0
-
-    async def limited() -> Message:
-        nonlocal received
-        message_ = await receive()
-        received += len(message_.get("body", b""))
-        if received > limit:
-            # An HTTPException: FastAPI turns others raised while it reads a body into 400.
-            raise StarletteHTTPException(413, message)
-        return message_
-
-    return limited
 
 
 def _invalid(error: RequestValidationError) -> str:
@@ -381,26 +475,62 @@ def _record_fires(
 
     A refusal is recorded too, with its reason: it answers "why did my call not
     start a run?" in `routined events`. The fires share one transaction; should it
-    break on a constraint (a key another server took meanwhile, a routine removed
-    meanwhile), each is recorded again on its own, so that only the fire concerned
-    fails, as it would have alone.
+    fail (a key another server took meanwhile, a routine removed meanwhile, a value
+    the database refuses), each is recorded again on its own, so that only the fire
+    concerned fails, as it would have alone: with a 500 and one line in the log.
+    A store failing as a whole (unreachable, or locked past its timeout) fails them
+    all at once instead: one by one, each would wait for it as long again.
     """
     try:
         answers, started = _record_batch(store, requests, limits=limits, max_queued=max_queued)
-    except IntegrityError:
+    except (OperationalError, InterfaceError) as error:
+        log.error("%d fires were not recorded: %s", len(requests), _described(error))
+        return [_not_recorded() for _ in requests]
+    except Exception as failure:  # noqa: BLE001 - whose it is, the fires alone tell
         if len(requests) == 1:
-            raise
+            return [_failed_alone(requests[0], failure)]
         answers, started = [], 0
         for request in requests:
             try:
                 alone, count = _record_batch(store, [request], limits=limits, max_queued=max_queued)
-            except Exception as error:  # noqa: BLE001 - handed to this fire's caller alone
-                alone, count = [error], 0
+            except Exception as error:  # noqa: BLE001 - answered to this fire's caller alone
+                alone, count = [_failed_alone(request, error)], 0
             answers += alone
             started += count
     if started:
         on_run_created()
     return answers
+
+
+def _failed_alone(request: FireRequest, error: Exception) -> Problem:
+    """The answer to a fire that cannot be recorded even on its own, logged once: a
+    value the database (or its driver) refuses says why in a line; anything else is a
+    bug, worth its traceback."""
+    refused = isinstance(error, DBAPIError | UnicodeError)
+    log.error(
+        "a fire through trigger %r was not recorded: %s",
+        request.trigger_id[:64],
+        _described(error),
+        exc_info=None if refused else error,
+    )
+    return _not_recorded()
+
+
+def _described(error: Exception) -> str:
+    """An error in a line: for a database's, the driver's own message, without the
+    statement and its parameters (which hold token lookups) that SQLAlchemy adds."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}"
+
+
+def _not_recorded() -> Problem:
+    return Problem(500, "internal error; the server log has the details")
+
+
+def _no_trigger(trigger_id: str) -> Problem:
+    shown = trigger_id if len(trigger_id) <= 64 else trigger_id[:64] + "…"
+    return Problem(404, f"no API trigger {shown}")
 
 
 def _record_batch(
@@ -458,7 +588,7 @@ class _FireBatch:
     def decide(self, request: FireRequest) -> str | Exception:
         found = self._api_trigger(request.trigger_id)
         if found is None:
-            return Problem(404, f"no API trigger {request.trigger_id}")
+            return _no_trigger(request.trigger_id)
         trigger, routine = found
         if not self.live[(trigger.id, request.token)]:
             return Problem(401, "invalid token for this trigger")

@@ -1,18 +1,22 @@
 """`POST /webhooks/github`: verify, record, answer; deciding comes after the answer.
 
-GitHub gives a receiver 10 seconds. This one checks the signature before it
-parses a byte, then parses and records the delivery in one short transaction (a
+GitHub gives a receiver 10 seconds. This one checks the signature as the body
+arrives, before it parses a byte (a delivery without one is refused before its body
+is read), then parses and records the delivery in one short transaction (a
 redelivery finds its first row and only counts), and answers 202; `routined.github`
 decides what the delivery starts, in the background. A delivery with a bad or missing
 signature leaves nothing behind but a counter; nor does a signed body that is not
 JSON the matcher can walk and the store can hold (too deep, or with a lone surrogate:
-see `jsonbody.parse_json`).
+see `jsonbody.parse_json`). The bytes of bodies being received count against
+the server's budget of bodies in flight (`api.BodyBudget`): a forger cannot make it
+hold more than that, however many bodies it leaves unfinished.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,12 +50,29 @@ HEADERS_OF_RECORD = (
 )
 
 
-def signed(secret: bytes, body: bytes, signature: str | None) -> bool:
-    """Whether `signature` (X-Hub-Signature-256) is `sha256=` + HMAC-SHA256 of `body`."""
-    if not signature or not signature.startswith("sha256=") or not signature.isascii():
-        return False  # compare_digest refuses (raises on) text that is not ASCII
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.removeprefix("sha256=").strip().lower())
+def claimed_digest(signature: str | None) -> str | None:
+    """The HMAC-SHA256 that X-Hub-Signature-256 claims, as 64 lower-case hex digits,
+    or None when the header is missing or not of that form (a SHA-1 one, say)."""
+    if not signature or not signature.startswith("sha256="):
+        return None
+    digest = signature.removeprefix("sha256=").strip().lower()
+    # ASCII hex only: compare_digest refuses (raises on) text that is not ASCII.
+    if len(digest) != 64 or not all(c in string.hexdigits for c in digest):
+        return None
+    return digest
+
+
+async def signed_body(request: Request, secret: bytes, digest: str) -> bytes | None:
+    """The body, if its HMAC-SHA256 under `secret` is `digest`; computed as the body
+    arrives, so that a forged one is dropped the moment it ends."""
+    mac = hmac.new(secret, digestmod=hashlib.sha256)
+    parts: list[bytes] = []
+    async for part in request.stream():  # at most MAX_BODY, within the budget: api._Guard
+        mac.update(part)
+        parts.append(part)
+    if not hmac.compare_digest(mac.hexdigest(), digest):
+        return None
+    return b"".join(parts)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -211,10 +232,16 @@ def router(
             raise Problem(
                 503, "GitHub webhooks are off: set ROUTINED_GITHUB_WEBHOOK_SECRET to the app's"
             )
-        body = await request.body()  # at most MAX_BODY: see api._Guard
-        if not signed(secret, body, request.headers.get("x-hub-signature-256")):
+        digest = claimed_digest(request.headers.get("x-hub-signature-256"))
+        body = None if digest is None else await signed_body(request, secret, digest)
+        if body is None:
             await anyio.to_thread.run_sync(count_bad_signature, store)
-            raise Problem(401, "X-Hub-Signature-256 does not match the body and the secret")
+            raise Problem(
+                401,
+                "X-Hub-Signature-256 does not match the body and the secret",
+                # Unsigned, its body is not read: the connection goes with it.
+                headers={"connection": "close"} if digest is None else None,
+            )
         delivery, first = await recorder.submit(Verified(dict(request.headers), body, clock()))
         if first:
             on_delivery()
