@@ -14,7 +14,7 @@ test: $(VENV)/.dev-installed system-deps
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check src tests bench

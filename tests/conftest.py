@@ -15,6 +15,11 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+# pytest-xdist's workers run with COLUMNS=80, which the CLI's consoles would take, when
+# first imported, as a width fixed for good: the tests that widen the output by setting
+# COLUMNS themselves would no longer widen it.
+os.environ.pop("COLUMNS", None)
+
 from routined.config import Settings
 from routined.db import Store
 from routined.testing.fake_anthropic import FakeAnthropic

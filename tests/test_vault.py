@@ -150,7 +150,11 @@ def test_a_key_file_named_by_the_file_variable_is_used(
     assert Fernet(key).decrypt(session.scalars(select(Secret.ciphertext)).one()) == b"ssh-rsa-xyz"
 
 
-@pytest.mark.parametrize("bad", ["not-a-key", "c2hvcnQ=", Fernet.generate_key().decode()[:-2]])
+@pytest.mark.parametrize(
+    "bad",
+    ["not-a-key", "c2hvcnQ=", Fernet.generate_key().decode()[:-2]],
+    ids=["not base64", "too short", "cut"],
+)
 def test_a_bad_configured_key_is_named(session: Session, home: Path, bad: str) -> None:
     settings = settings_of(home, ROUTINED_SECRET_KEY=bad)
     with pytest.raises(
