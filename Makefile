@@ -30,6 +30,7 @@ bench: $(VENV)/.dev-installed system-deps
 	$(PYTHON) bench/webhook_ingest.py
 	$(PYTHON) bench/workspace.py
 	$(PYTHON) bench/setup_cache.py
+	$(PYTHON) bench/cli_start.py
 
 $(PYTHON):
 	python3 -m venv $(VENV)

@@ -6,19 +6,17 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Generic, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    Connection,
     Engine,
     Integer,
     Select,
@@ -27,14 +25,19 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     literal_column,
     select,
+    text,
 )
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from routined.wakeup import Loop
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 # Whether the SQLite transaction being opened only reads (see `Store.transaction`).
 _reading: ContextVar[bool] = ContextVar("reading", default=False)
@@ -93,7 +96,24 @@ class Store:
             _reading.reset(reading)
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to the newest migration; cheap when it is already there."""
+        """Bring the schema to the newest migration; cheap when it is already there.
+
+        Every command opens the store, so the common case (nothing to do) is decided
+        by comparing the stored revision with the newest one in `migrations/versions`,
+        without loading alembic; alembic runs only when they differ."""
+        target = _head_revision() if revision == "head" else revision
+        with self.engine.connect() as connection:
+            with connection.begin():
+                current = _stored_revision(connection)
+            if target is not None and current == target:
+                return
+        self._upgrade(revision)
+
+    def _upgrade(self, revision: str) -> None:
+        from alembic import command
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
         config = _alembic_config()
         target = ScriptDirectory.from_config(config).get_current_head()
         with self.engine.connect() as connection:
@@ -323,9 +343,38 @@ def _create_engine(parsed: URL, *, autocheckpoint: bool = True) -> Engine:
 
 
 def _alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
-    config.set_main_option("script_location", str(resources.files("routined") / "migrations"))
+    config.set_main_option("script_location", str(_MIGRATIONS))
     return config
+
+
+_MIGRATIONS = resources.files("routined") / "migrations"
+_REVISES = re.compile(r'^(down_revision|revision) = "(\w+)"$', re.MULTILINE)
+
+
+@functools.cache
+def _head_revision() -> str | None:
+    """The newest migration's id, read from the migration files' `revision =` and
+    `down_revision =` lines; None when they do not make one line of history (then
+    alembic decides)."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for script in (_MIGRATIONS / "versions").iterdir():
+        if script.name.endswith(".py") and script.name != "__init__.py":
+            for kind, value in _REVISES.findall(script.read_text()):
+                (revisions if kind == "revision" else revised).add(value)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stored_revision(connection: Connection) -> str | None:
+    """The revision alembic recorded in this store; None when it holds none (or several)."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    stored = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return stored[0] if len(stored) == 1 else None
 
 
 class Checkpointer(Loop):

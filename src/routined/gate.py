@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-import anthropic
-
 from routined import agent
 
 OnError = Literal["open", "closed"]
@@ -51,6 +49,8 @@ async def evaluate(
     question = agent.build_prompt(f"Rule: {prompt}", text, source=source)
     if not text:
         question += "\n\n(The request carried no text.)"
+    import anthropic  # a second or so to import; only runs with a gate need it
+
     try:
         async with anthropic.AsyncAnthropic(
             base_url=base_url, api_key=api_key, timeout=TIMEOUT, max_retries=1

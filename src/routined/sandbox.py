@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import re
@@ -39,8 +40,6 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-
-import claude_agent_sdk
 
 from routined.egress import PROXY_PORT
 
@@ -668,8 +667,10 @@ def _running(pid: int) -> bool:
 def claude_binary(configured: Path | None) -> Path:
     if configured is not None:
         return configured
-    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
-    if not bundled.is_file():
+    # Found where the SDK is installed, without importing it (that takes a while).
+    sdk = importlib.util.find_spec("claude_agent_sdk")
+    bundled = Path(sdk.origin).parent / "_bundled" / "claude" if sdk and sdk.origin else None
+    if bundled is None or not bundled.is_file():
         raise SandboxUnavailable(
             "Claude Code is not bundled with this claude-agent-sdk install; "
             "set ROUTINED_CLAUDE_PATH to a claude binary"

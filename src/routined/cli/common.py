@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -19,18 +20,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from routined import __version__
 from routined.config import ConfigError, Settings, secure_home
-from routined.db import Store
-from routined.keys import Principal
+
+# The HTTP client, the store and the server's app are loaded by the commands that use
+# them: a listing needs the store alone, `--help` none of them.
+if TYPE_CHECKING:
+    import httpx
+
+    from routined.cli.local import Local
+    from routined.db import Store
 
 T = TypeVar("T")
 
@@ -104,6 +110,8 @@ def settings() -> Settings:
 
 @contextmanager
 def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, Store]]:
+    from routined.db import Store
+
     config = settings()
     secure_home(config.home)
     store = Store(config.database_url.reveal(), background_checkpoints=background_checkpoints)
@@ -118,6 +126,10 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json_text(value, indent=2) + "\n")
 
 
+class Unanswered(Exception):
+    """A call the store here does not answer itself: the server's app answers it."""
+
+
 @dataclass
 class _Target:
     server: str | None = None
@@ -129,14 +141,18 @@ _target = _Target()
 class Client:
     """The management API, answered by a server or by the store here in this process.
 
-    `local` holds the settings and store when it is the store here: some commands
-    (`fire --wait`) then also do a worker's job in this process.
+    `local` is the store here, when it is the one asked: it answers some calls itself
+    (see `routined.cli.local`), and some commands (`fire --wait`) then also do a
+    worker's job in this process.
     """
 
     def __init__(
-        self, http: httpx.AsyncClient, local: tuple[Settings, Store] | None = None
+        self,
+        http: Callable[[], httpx.AsyncClient],
+        local: Local | None = None,
     ) -> None:
-        self._http = http
+        self._open_http = http
+        self._http: httpx.AsyncClient | None = None
         self._loop = asyncio.Runner()
         self.local = local
 
@@ -158,6 +174,13 @@ class Client:
         explain: Callable[[str], str] = lambda message: message,
     ) -> Any:
         wanted = {k: v for k, v in (params or {}).items() if v is not None}
+        if self.local is not None and body is None:
+            with contextlib.suppress(Unanswered):
+                return self.local.answer(method, path, wanted, explain=explain)
+        import httpx
+
+        if self._http is None:
+            self._http = self._open_http()
         try:
             response = await self._http.request(
                 method, f"/api/v1{path}", params=wanted, json=_jsonable(body)
@@ -169,7 +192,8 @@ class Client:
         return None if response.status_code == 204 else response.json()
 
     def close(self) -> None:
-        self.run(self._http.aclose())
+        if self._http is not None:
+            self.run(self._http.aclose())
         self._loop.close()
 
 
@@ -188,32 +212,29 @@ def connect() -> Iterator[Client]:
                 f"--server {_target.server}: set ROUTINED_API_KEY to an API key of your account "
                 "(`routined key create` on the server makes one)"
             )
-        client = Client(
-            httpx.AsyncClient(
-                base_url=_target.server.rstrip("/"),
-                headers={"authorization": f"Bearer {key}"},
-                timeout=60,
-            )
-        )
+        client = Client(functools.partial(_server_client, _target.server, key))
         try:
             yield client
         finally:
             client.close()
         return
-    from routined.api import create_app
-    from routined.worker import utcnow
+    from routined.cli.local import Local
 
     with opened() as (config, store):
-        app = create_app(store, config, clock=utcnow, principal=Principal.local)
-        transport = httpx.ASGITransport(app=app)
-        client = Client(
-            httpx.AsyncClient(transport=transport, base_url="http://routined.local"),
-            local=(config, store),
-        )
+        local = Local(config, store)
+        client = Client(local.app_client, local=local)
         try:
             yield client
         finally:
             client.close()
+
+
+def _server_client(server: str, key: str) -> httpx.AsyncClient:
+    import httpx
+
+    return httpx.AsyncClient(
+        base_url=server.rstrip("/"), headers={"authorization": f"Bearer {key}"}, timeout=60
+    )
 
 
 def segment(value: str) -> str:

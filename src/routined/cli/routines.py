@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from routined import api, routines
 from routined.cli.common import JsonFlag, app, connect, fail, out, print_json, segment, settings
 
 
@@ -43,6 +42,8 @@ def apply_(
     file: Annotated[Path, typer.Option("--file", "-f", help="Routines YAML file.")],
 ) -> None:
     """Create or update routines from a YAML file, by name."""
+    from routined import routines
+
     try:
         document = routines.with_absolute_paths(routines.read(file), file.parent)
     except routines.SpecError as error:
@@ -166,6 +167,8 @@ def token(
     as_json: JsonFlag = False,
 ) -> None:
     """Generate the routine's API token (shown once; the old one stops working)."""
+    from routined.api import ANTHROPIC_VERSION
+
     config = settings()
     with connect() as client:
         found = client.call("GET", f"/routines/{segment(routine)}")
@@ -194,7 +197,7 @@ def token(
         f"  curl -X POST {url} \\\n"
         f'    -H "Authorization: Bearer {secret}" \\\n'
         f'    -H "anthropic-beta: {config.accepted_betas[-1]}" \\\n'
-        f'    -H "anthropic-version: {api.ANTHROPIC_VERSION}" \\\n'
+        f'    -H "anthropic-version: {ANTHROPIC_VERSION}" \\\n'
         '    -H "Content-Type: application/json" \\\n'
         '    -d \'{"text": "optional context for this run"}\''
     )

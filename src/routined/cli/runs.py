@@ -26,7 +26,6 @@ from routined.cli.common import (
 )
 from routined.logview import describe_event
 from routined.schedule import format_duration
-from routined.worker import Worker
 
 _FOLLOW_POLL = 0.3
 
@@ -64,8 +63,9 @@ async def _run_and_follow(client: Client, run_id: str, *, quiet: bool) -> dict[s
     its events to the end."""
     following = asyncio.create_task(_follow(client, run_id, quiet=quiet))
     if client.local is not None:
-        config, store = client.local
-        await Worker(store, config).run_claimed(run_id)
+        from routined.worker import Worker
+
+        await Worker(client.local.store, client.local.settings).run_claimed(run_id)
     await following
     summary: dict[str, Any] = await client.acall("GET", f"/runs/{run_id}")
     return summary

@@ -8,19 +8,17 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
 
 from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
-from routined.db import Checkpointer
-from routined.github import Matcher
 from routined.schedule import ScheduleError, check_interval, iso, parse, zone
-from routined.scheduler import Scheduler
-from routined.wakeup import Loop
-from routined.worker import utcnow
+
+if TYPE_CHECKING:
+    from routined.wakeup import Loop
 
 
 @app.command()
@@ -46,7 +44,7 @@ def preview(
     zone_name = tz or config.timezone
     try:
         schedule = parse(spec, zone_name)
-        after = _instant(start, schedule.zone) if start else utcnow()
+        after = _instant(start, schedule.zone) if start else datetime.now(UTC)
     except ScheduleError as error:
         fail(str(error))
     instants = schedule.upcoming(after, count)
@@ -90,6 +88,9 @@ def scheduler() -> None:
 
     For deployments that split roles; `routined serve` includes a scheduler.
     """
+    from routined.scheduler import Scheduler
+    from routined.worker import utcnow
+
     with opened() as (config, store):
         out.print(f"routined scheduler is running (time zone default {zone(config.timezone).key})")
         _run_alone(Scheduler(store, config, clock=utcnow))
@@ -111,6 +112,10 @@ def matcher(
     `routined serve` starts one of its own; this is for deployments that split
     roles, beside `routined serve --no-matcher`.
     """
+    from routined.db import Checkpointer
+    from routined.github import Matcher
+    from routined.worker import utcnow
+
     with opened(background_checkpoints=True) as (config, store):
         if not supervised:
             out.print("routined matcher is running")

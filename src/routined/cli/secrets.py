@@ -7,11 +7,9 @@ import sys
 from typing import Annotated
 
 import typer
-from cryptography.fernet import Fernet
 from rich.markup import escape
 from rich.table import Table
 
-from routined import vault
 from routined.cli.common import (
     Client,
     JsonFlag,
@@ -42,6 +40,8 @@ def set_(
     account: AccountOption = None,
 ) -> None:
     """Store a secret, or replace its value; the value is read from stdin, never shown."""
+    from routined import vault
+
     try:
         vault.check_variable_name(name)
     except ValueError as error:
@@ -92,6 +92,8 @@ def delete(name: str, account: AccountOption = None) -> None:
 @secrets.command("key")
 def key() -> None:
     """Print a new key for ROUTINED_SECRET_KEY (made here; nothing is stored)."""
+    from cryptography.fernet import Fernet
+
     out.print(Fernet.generate_key().decode("ascii"))
     err.print(
         "Set it as ROUTINED_SECRET_KEY (or in a file named by ROUTINED_SECRET_KEY_FILE). "
