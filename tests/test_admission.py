@@ -395,3 +395,28 @@ def test_a_slot_waiting_for_the_daily_limit_is_skipped_if_the_account_is_disable
     assert f"; then due at 2026-11-29 09:00 UTC (09:00Z); not started: {DISABLED}" in (
         decision.reason
     )
+
+
+def test_slots_missed_while_down_and_disabled_are_not_caught_up_when_it_is_enabled(
+    door: Callable[[Rule], Door],
+) -> None:
+    # routined was down at the slot; the account is enabled an hour later, before the
+    # scheduler looks again: catch_up (latest) would fire the slot late, but it fell
+    # due while the account was disabled.
+    opened = door(RULES["account disabled"])
+    later = NOW + timedelta(hours=1)
+    with opened.store.transaction() as session:
+        manage.update_account(
+            session,
+            Principal.local(),
+            "acme",
+            disabled=False,
+            settings=opened.hub.settings,
+            now=later,
+        )
+    with opened.store.transaction() as session:
+        assert decide_due(session, now=later, settings=opened.hub.settings) == (0, 0)
+    [decision] = opened.decisions("schedule")
+    assert (decision.outcome, decision.scheduled_at) == ("skipped", NOW)
+    assert f"not started: {DISABLED}" in decision.reason
+    assert opened.runs("schedule") == set()

@@ -178,6 +178,8 @@ def update_account(
     if extra_usage is not None:
         account.extra_usage = extra_usage
     if disabled is not None and disabled != (account.disabled_at is not None):
+        if not disabled:
+            scheduler.before_enabling(session, account, now=now, settings=settings)
         account.disabled_at = now if disabled else None
     return account_view(account)
 

@@ -319,6 +319,24 @@ def resume(session: Session, routine: Routine, *, now: datetime, settings: Setti
     routine.paused_at = None
 
 
+def before_enabling(
+    session: Session, account: Account, *, now: datetime, settings: Settings
+) -> None:
+    """Decide, while the account is still disabled, its routines' slots that fell due
+    and are undecided (routined was down meanwhile): they are skipped as a disabled
+    account's, so that enabling it fires none of them late by `catch_up`."""
+    assert account.disabled_at is not None
+    due = session.scalars(
+        select(Trigger)
+        .join(Routine)
+        .where(Routine.account_id == account.id, Trigger.due_at <= now)
+        .options(selectinload(Trigger.routine))
+    )
+    bounds = admission.Bounds.of(settings)
+    for trigger in due:
+        _decide(session, trigger, account, now=now, settings=settings, bounds=bounds)
+
+
 def _summarise(
     session: Session,
     trigger: Trigger,
