@@ -32,10 +32,10 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routined import __version__, fires, jsonbody, management, runs, tokens, webhooks
+from routined import __version__, admission, fires, jsonbody, management, runs, tokens, webhooks
 from routined import limits as limits_
 from routined.config import Settings
-from routined.db import GroupCommit, Store, count_up_to, rows_at_most, table_of
+from routined.db import GroupCommit, Store, rows_at_most, table_of
 from routined.ids import new_id
 from routined.keys import Principal
 from routined.limits import Limits
@@ -560,8 +560,7 @@ class _FireBatch:
         self, session: Session, requests: list[FireRequest], *, limits: Limits, max_queued: int
     ) -> None:
         self.session = session
-        self.limits = limits
-        self.max_queued = max_queued
+        self.bounds = admission.Bounds(limits=limits, max_queued=max_queued)
         wanted = sorted({request.trigger_id for request in requests})
         self.routines: dict[str, tuple[Trigger, Routine]] = {}
         self.accounts: dict[str, Account] = {}
@@ -604,28 +603,24 @@ class _FireBatch:
                 return earlier
         # Every run the store may hold now, this batch's included.
         at_most = self.runs_at_most + len(self.started)
-        if at_most >= min(self.max_queued, self.limits.lowest_cap(account.plan)):
+        if at_most >= min(self.bounds.max_queued, self.bounds.limits.lowest_cap(account.plan)):
             self.write()  # a count may be made below: it must see this batch's runs
-        refusal = _refusal(routine, account) or _overloaded(self.session, self.max_queued, at_most)
-        if refusal is None:
-            verdict = limits_.check(
-                self.session,
-                routine,
-                account,
-                "api",
-                limits=self.limits,
-                now=request.now,
-                runs_at_most=at_most,
-            )
-            if not verdict.allowed:
-                headers = {"retry-after": str(verdict.retry_after)}
-                refusal = Problem(429, verdict.reason, headers=headers)
-        if refusal is not None:
+        admitted = admission.admit(
+            self.session,
+            admission.Kind.API,
+            routine,
+            account,
+            bounds=self.bounds,
+            now=request.now,
+            runs_at_most=at_most,
+        )
+        if not admitted.admitted:
+            refusal = _refused(admitted)
             self._decided(routine, trigger, request, f"{refusal.status}: {refusal.message}")
             return refusal
         reason = f"fired over the API through trigger {trigger.id}"
-        if verdict.reason:
-            reason += f"; {verdict.reason}"
+        if admitted.reason:
+            reason += f"; {admitted.reason}"
         run = runs.new(
             routine,
             trigger_type="api",
@@ -685,30 +680,22 @@ def _triggers_held() -> Select[Trigger, Routine, Account]:
     )
 
 
-def _refusal(routine: Routine, account: Account) -> Problem | None:
-    if account.disabled_at is not None:
-        return Problem(403, f"account {account.name} is disabled; its routines cannot be fired")
-    if routine.paused_at is not None:
-        return Problem(
-            400,
-            f"routine {routine.name} is paused; resume it (routined resume {routine.name}) "
-            "to fire it",
-        )
-    return None
+# How the fire endpoint answers each refusal; the decision is `admission.admit`'s.
+_REFUSED_STATUS = {
+    admission.Code.ACCOUNT_DISABLED: 403,
+    admission.Code.ROUTINE_PAUSED: 400,
+    admission.Code.QUEUE_FULL: 503,
+    admission.Code.OVER_LIMIT: 429,
+}
 
 
-def _overloaded(session: Session, max_queued: int, runs_at_most: int) -> Problem | None:
-    """A full queue; not counted when the store holds fewer runs than it takes."""
-    if runs_at_most < max_queued:
-        return None
-    queued = select(Run.id).where(Run.status == runs.RunStatus.QUEUED)
-    if count_up_to(session, queued, max_queued) >= max_queued:
-        return Problem(
-            503,
-            "the server's run queue is full (ROUTINED_MAX_QUEUED_RUNS); try again shortly",
-            headers={"retry-after": str(OVERLOADED_RETRY_AFTER)},
-        )
-    return None
+def _refused(admitted: admission.Admission) -> Problem:
+    headers: dict[str, str] = {}
+    if admitted.code is admission.Code.QUEUE_FULL:
+        headers["retry-after"] = str(OVERLOADED_RETRY_AFTER)
+    elif admitted.retry_after is not None:
+        headers["retry-after"] = str(admitted.retry_after)
+    return Problem(_REFUSED_STATUS[admitted.code], admitted.reason, headers=headers)
 
 
 def _earlier_fire(session: Session, trigger_id: str, key: str, now: datetime) -> str | None:

@@ -122,10 +122,13 @@ def plan(
     in_flight: Sequence[InFlight],
     offset: timedelta = timedelta(0),
     waited: frozenset[datetime] = frozenset(),
+    refused: str | None = None,
 ) -> Plan:
     """Decide every due slot of one schedule trigger, oldest first.
 
-    1. A paused routine skips every slot.
+    1. A slot of a routine admission turns away (`refused`: its account is
+       disabled) is skipped with that reason, and so is every slot of a paused
+       routine; neither is fired later.
     2. A slot decided within `grace` of its due time (instant + `offset`, the
        stagger) is on time, and so is one that `waited` for a limit to reset.
        Later ones were missed while routined was down and follow `catch_up`;
@@ -134,6 +137,19 @@ def plan(
        runs in flight before this decision. Runs started under any policy but
        `allow` are serial, so slots fired together never overlap each other.
     """
+    if refused is not None:
+        return Plan(
+            [
+                Decision(
+                    slot,
+                    Outcome.SKIPPED,
+                    f"due at {_local(slot, zone)}; not started: {refused}; "
+                    "slots skipped meanwhile are not fired later",
+                )
+                for slot in slots
+            ],
+            [],
+        )
     if paused:
         return Plan(
             [

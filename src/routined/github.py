@@ -32,11 +32,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from routined import fires, github_events, jsonbody, limits, runs
+from routined import admission, fires, github_events, jsonbody, limits, runs
 from routined.config import Settings
-from routined.db import count_up_to, rows_at_most, table_of
+from routined.db import table_of
 from routined.fires import Outcome, Overlap
 from routined.models import (
+    Account,
     Delivery,
     Installation,
     InstallationRepository,
@@ -131,6 +132,8 @@ class Listener(NamedTuple):
     routine_name: str
     account_id: str
     paused: bool
+    account_name: str
+    disabled: bool  # its account is
 
 
 def prepare(session: Session) -> list[Prepared]:
@@ -156,7 +159,14 @@ def _prepare_one(session: Session, delivery: Delivery) -> Prepared:
     if delivery.repository is not None and delivery.event not in _ABOUT_INSTALLATIONS:
         listening = _listeners(session, delivery.repository)
         for one in listening:
-            verdict = _prejudge(delivery, payload, one.config, paused=one.paused)
+            held = admission.standing(
+                admission.Kind.GITHUB,
+                routine=one.routine_name,
+                paused=one.paused,
+                account=one.account_name,
+                disabled=one.disabled,
+            )
+            verdict = _prejudge(delivery, payload, one.config, held)
             if isinstance(verdict, Verdict):
                 skipped[one.trigger_id] = verdict
     learn = (
@@ -293,8 +303,12 @@ _LISTENERS = (
         Routine.name,
         Routine.account_id,
         Routine.paused_at.is_not(None),
+        Account.name,
+        Account.disabled_at.is_not(None),
     )
-    .join(Routine)
+    .select_from(Trigger)
+    .join(Routine, Routine.id == Trigger.routine_id)
+    .join(Account, Account.id == Routine.account_id)
     .where(Trigger.type == "github", Trigger.repository == bindparam("repository"))
     .order_by(Routine.name, Trigger.position)
 )
@@ -312,10 +326,14 @@ class Verdict:
 
 
 def _prejudge(
-    delivery: Delivery, payload: dict[str, Any], config: dict[str, Any], *, paused: bool
+    delivery: Delivery,
+    payload: dict[str, Any],
+    config: dict[str, Any],
+    held: admission.Admission | None,
 ) -> Verdict | github_events.Verdict:
-    """What can be told of one trigger (its configuration, whether its routine is
-    paused) from the delivery alone: why it skips, or the match to take further."""
+    """What can be told of one trigger from the delivery alone (its configuration, and
+    `held`: what admission says of its routine's and account's state, if known): why
+    it skips, or the match to take further."""
     events, filters = _parsed(json.dumps(config, sort_keys=True))
     matched = github_events.match(config["repository"], events, filters, delivery.event, payload)
     if not matched.matched:
@@ -326,9 +344,19 @@ def _prejudge(
             f"app not installed: the delivery names no installation of the GitHub App on "
             f"{delivery.repository} (a repository webhook?); runs need the app to clone and push",
         )
-    if paused:
-        return Verdict(Outcome.SKIPPED, f"{matched.reason}; the routine is paused")
+    if held is not None and not held.admitted:
+        return _not_admitted(matched, held)
     return matched
+
+
+def _not_admitted(matched: github_events.Verdict, refused: admission.Admission) -> Verdict:
+    """How a delivery records admission's refusal: an event is not kept for later, so
+    a limit drops it; a disabled account or a paused routine skips it."""
+    if refused.code is admission.Code.OVER_LIMIT:
+        return Verdict(Outcome.DROPPED, f"dropped: {refused.reason}")
+    if refused.code is admission.Code.OVER_GITHUB_CAP:
+        return Verdict(Outcome.DROPPED, f"dropped: cap: {refused.reason}")
+    return Verdict(Outcome.SKIPPED, f"{matched.reason}; {refused.reason}")
 
 
 def evaluate(
@@ -341,20 +369,23 @@ def evaluate(
     now: datetime,
     settings: Settings,
 ) -> Verdict:
-    """Decide one trigger: events and filters, the app, the routine's state, the caps,
-    and the concurrency policy. Reads only; `replay` shows it as it would be today."""
-    matched = _prejudge(delivery, payload, trigger.config, paused=routine.paused_at is not None)
+    """Decide one trigger: events and filters, the app, admission (the account, the
+    routine's state, the limits and caps), and the concurrency policy. Reads only;
+    `replay` shows it as it would be today."""
+    matched = _prejudge(delivery, payload, trigger.config, None)
     if isinstance(matched, Verdict):
         return matched
     account = limits.hold_account(session, routine)
-    allowed = limits.check(
-        session, routine, account, "github", limits=limits.Limits.of(settings), now=now
+    admitted = admission.admit(
+        session,
+        admission.Kind.GITHUB,
+        routine,
+        account,
+        bounds=admission.Bounds.of(settings),
+        now=now,
     )
-    if not allowed.allowed:
-        return Verdict(Outcome.DROPPED, f"dropped: {allowed.reason}")
-    capped = _cap(session, routine, now=now, settings=settings)
-    if capped is not None:
-        return Verdict(Outcome.DROPPED, f"dropped: cap: {capped}")
+    if not admitted.admitted:
+        return _not_admitted(matched, admitted)
     reason = f"{matched.reason}; delivery {delivery.id}"
     concurrency = trigger.config.get("concurrency")
     if not concurrency:
@@ -451,33 +482,6 @@ def _concurrency(
     wanted = fires.Decision(slot=datetime.min, outcome=Outcome.FIRED, reason=f"{reason}; key {key}")
     decided, cancel = fires.overlap([wanted], policy, in_flight)
     return decided[0], cancel
-
-
-def _cap(session: Session, routine: Routine, *, now: datetime, settings: Settings) -> str | None:
-    """Why the hourly caps on GitHub-started runs leave no room, or None."""
-    if rows_at_most(session, table_of(Run)) < min(
-        settings.github_routine_hourly_cap, settings.github_account_hourly_cap
-    ):
-        return None  # the store holds fewer runs than either cap: neither is reached
-    hour = now.replace(minute=0, second=0, microsecond=0)
-    started = select(Run.id).where(Run.trigger_type == "github", Run.created_at >= hour)
-    per_routine = settings.github_routine_hourly_cap
-    if (
-        count_up_to(session, started.where(Run.routine_id == routine.id), per_routine)
-        >= per_routine
-    ):
-        return (
-            f"{routine.name} started {per_routine} runs from GitHub events this hour "
-            "(ROUTINED_GITHUB_ROUTINE_HOURLY_CAP)"
-        )
-    per_account = settings.github_account_hourly_cap
-    of_account = started.join(Routine).where(Routine.account_id == routine.account_id)
-    if count_up_to(session, of_account, per_account) >= per_account:
-        return (
-            f"its account started {per_account} runs from GitHub events this hour "
-            "(ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP)"
-        )
-    return None
 
 
 def session_input(event: str, payload: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from routined import (
+    admission,
     fires,
     github,
     keys,
@@ -177,6 +178,8 @@ def update_account(
     if extra_usage is not None:
         account.extra_usage = extra_usage
     if disabled is not None and disabled != (account.disabled_at is not None):
+        if not disabled:
+            scheduler.before_enabling(session, account, now=now, settings=settings)
         account.disabled_at = now if disabled else None
     return account_view(account)
 
@@ -444,6 +447,10 @@ def clear_setup_cache(folder: Path) -> int:
     return count
 
 
+# How a refused fire by hand is answered (the CLI exits 1 with the message either way).
+_REFUSED_BY_HAND = {admission.Code.ACCOUNT_DISABLED: 403, admission.Code.OVER_LIMIT: 429}
+
+
 def fire_by_hand(
     session: Session,
     principal: Principal,
@@ -454,35 +461,41 @@ def fire_by_hand(
     settings: Settings,
     now: datetime,
 ) -> dict[str, Any]:
-    """Start a run now ("run now"); refused, with its reason recorded, past a limit."""
+    """Start a run now ("run now"); refused, with its reason recorded, past a limit or
+    for a disabled account (`admission`)."""
     require(principal, Scope.WRITE)
     if text is not None and len(text) > runs.MAX_TEXT:
         raise Problem(400, f"text: {len(text)} characters is over the limit of {runs.MAX_TEXT}")
     routine = find_routine(session, principal, name)
     account = limits.hold_account(session, routine)
-    verdict = limits.check(session, routine, account, "manual", limits=Limits.of(settings), now=now)
-    if not verdict.allowed:
-        reason = f"a fire by hand ({by}) was refused: {verdict.reason}"
+    admitted = admission.admit(
+        session,
+        admission.Kind.MANUAL,
+        routine,
+        account,
+        bounds=admission.Bounds.of(settings),
+        now=now,
+    )
+    if not admitted.admitted:
         fires.record(
             session,
             routine_id=routine.id,
             trigger_id=None,
             trigger_type="manual",
             outcome=fires.Outcome.REFUSED,
-            reason=reason,
+            reason=f"a fire by hand ({by}) was refused: {admitted.reason}",
             now=now,
         )
+        retry = {} if admitted.retry_after is None else {"retry-after": str(admitted.retry_after)}
         raise Problem(
-            429,
-            f"not started: {verdict.reason}",
-            headers={"retry-after": str(verdict.retry_after)},
+            _REFUSED_BY_HAND[admitted.code],
+            f"not started: {admitted.reason}",
+            headers=retry,
             keeps=True,
         )
     reason = f"fired by hand ({by}); schedules are not affected"
-    if routine.paused_at is not None:
-        reason += "; the routine is paused, which stops only its triggers"
-    if verdict.reason:
-        reason += f"; {verdict.reason}"
+    if admitted.reason:
+        reason += f"; {admitted.reason}"
     run = runs.create(
         session,
         routine,

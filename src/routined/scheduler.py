@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from routined import fires, runs
+from routined import admission, fires, runs
 from routined import limits as limits_
 from routined.config import Settings
 from routined.fires import Outcome, Policy
@@ -109,11 +109,11 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
     due = session.scalars(query).all()
     # Their accounts are held for the daily limit.
     accounts = limits_.hold_accounts(session, (trigger.routine.account_id for trigger in due))
-    limits = limits_.Limits.of(settings)
+    bounds = admission.Bounds.of(settings)
     started = 0
     for trigger in due:
         account = accounts[trigger.routine.account_id]
-        started += _decide(session, trigger, account, now=now, settings=settings, limits=limits)
+        started += _decide(session, trigger, account, now=now, settings=settings, bounds=bounds)
     return len(due), started
 
 
@@ -124,7 +124,7 @@ def _decide(
     *,
     now: datetime,
     settings: Settings,
-    limits: limits_.Limits,
+    bounds: admission.Bounds,
     paused: bool | None = None,
 ) -> int:
     """Decide every due slot of one trigger; return how many runs it started.
@@ -174,13 +174,23 @@ def _decide(
             why=f"only the latest {_MAX_SLOTS} slots are decided one by one",
         )  # fmt: skip
         slots = slots[-_MAX_SLOTS:]
+    # The account and the routine as they stand decide every slot alike; the limits
+    # are asked again for each slot that would start a run.
+    held = admission.standing(
+        admission.Kind.SCHEDULE,
+        routine=routine.name,
+        paused=routine.paused_at is not None if paused is None else paused,
+        account=account.name,
+        disabled=account.disabled_at is not None,
+    )
     planned = fires.plan(
         slots,
         now=now,
         zone=schedule.zone,
         policy=policy,
         grace=timedelta(seconds=settings.schedule_grace),
-        paused=routine.paused_at is not None if paused is None else paused,
+        paused=held.code is admission.Code.ROUTINE_PAUSED,
+        refused=held.reason if held.code is admission.Code.ACCOUNT_DISABLED else None,
         in_flight=fires.in_flight(session, routine.id),
         offset=offset,
         waited=waited,
@@ -200,8 +210,10 @@ def _decide(
     for decision in planned.decisions:
         run = None
         if decision.starts_run:
-            verdict = limits_.check(session, routine, account, "schedule", limits=limits, now=now)
-            if not verdict.allowed:
+            verdict = admission.admit(
+                session, admission.Kind.SCHEDULE, routine, account, bounds=bounds, now=now
+            )
+            if not verdict.admitted:  # a limit: the account and routine were asked above
                 _wait(session, trigger, decision.slot, verdict, offset=offset, now=now)
                 break  # this slot and those after it are decided when the limit resets
             if superseded is None:
@@ -244,7 +256,7 @@ def _wait(
     session: Session,
     trigger: Trigger,
     slot: datetime,
-    verdict: limits_.Verdict,
+    verdict: admission.Admission,
     *,
     offset: timedelta,
     now: datetime,
@@ -301,10 +313,28 @@ def resume(session: Session, routine: Routine, *, now: datetime, settings: Setti
                 account,
                 now=now,
                 settings=settings,
-                limits=limits_.Limits.of(settings),
+                bounds=admission.Bounds.of(settings),
                 paused=True,
             )
     routine.paused_at = None
+
+
+def before_enabling(
+    session: Session, account: Account, *, now: datetime, settings: Settings
+) -> None:
+    """Decide, while the account is still disabled, its routines' slots that fell due
+    and are undecided (routined was down meanwhile): they are skipped as a disabled
+    account's, so that enabling it fires none of them late by `catch_up`."""
+    assert account.disabled_at is not None
+    due = session.scalars(
+        select(Trigger)
+        .join(Routine)
+        .where(Routine.account_id == account.id, Trigger.due_at <= now)
+        .options(selectinload(Trigger.routine))
+    )
+    bounds = admission.Bounds.of(settings)
+    for trigger in due:
+        _decide(session, trigger, account, now=now, settings=settings, bounds=bounds)
 
 
 def _summarise(
