@@ -52,7 +52,9 @@ class AccountIn(BaseModel):
 class AccountPatch(BaseModel):
     plan: Text | None = None
     extra_usage: bool | None = Field(None, description="Runs go on past the daily limit.")
-    disabled: bool | None = Field(None, description="A disabled account's API fires get 403.")
+    disabled: bool | None = Field(
+        None, description="A disabled account's routines start nothing, whatever the trigger."
+    )
 
 
 class RoutineUsageOut(_Out):

@@ -48,7 +48,8 @@ def set_plan(
 
 @accounts.command("disable")
 def disable(name: str) -> None:
-    """Disable an account: API fires of its routines are refused (403) until it is enabled."""
+    """Disable an account: its routines start nothing (API fires, schedules, GitHub
+    events, `routined fire`) and its keys change nothing until it is enabled."""
     _set_disabled(name, disabled=True)
 
 
