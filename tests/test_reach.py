@@ -32,8 +32,10 @@ from routined import delivery, reach
 from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
-from routined.execution import Executor, RunContext
 from routined.models import Routine
+from routined.runs.checkout import authenticated
+from routined.runs.failure import Failure
+from routined.runs.scope import RunSpec
 from routined.testing.fake_github import FakeGitHub, generate_app_key
 from tests.conftest import T0, git
 from tests.test_management_api import PLANS, PUBLIC_URL, Api, assert_error, operator_key
@@ -689,16 +691,15 @@ async def test_an_accounts_routine_never_clones_or_pushes_as_the_github_app(
                 "ROUTINED_GITHUB_URL": github.web_origin,
             }
         )
-        executor = Executor(sqlite_store, settings, lambda: T0)
         url = f"{github.web_origin}/acme/secret.git"
-        context = RunContext(
+        context = RunSpec(
             run_id="run_1", session_id="session_1", routine_id="rtn_1", account_id="acc_1",
             routine="borrow", prompt="x", model=None, text=None, trigger_type="api",
             repositories=(url,), push_rules=(delivery.RESTRICTED,), public_only=True,
         )  # fmt: skip
-        assert await executor._authenticated(context, [url], "clone_failed") == [url]
+        assert await authenticated(settings, context, [url], Failure.CLONE_FAILED) == [url]
         assert not [r for r in github.requests if r.path.endswith("/access_tokens")]
         operators = dataclasses.replace(context, public_only=False)
-        [with_token] = await executor._authenticated(operators, [url], "clone_failed")
+        [with_token] = await authenticated(settings, operators, [url], Failure.CLONE_FAILED)
         assert with_token != url and "@" in with_token
         assert [r for r in github.requests if r.path.endswith("/access_tokens")]

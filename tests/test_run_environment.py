@@ -518,7 +518,7 @@ def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
     def broken(pushed: object) -> None:
         raise RuntimeError(f"a bug that quotes {value}")
 
-    monkeypatch.setattr("routined.execution.delivery.total", broken)
+    monkeypatch.setattr("routined.runs.executor.delivery.total", broken)
     ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error == "internal_error: RuntimeError: a bug that quotes [redacted:API_TOKEN]"

@@ -13,13 +13,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import execution, runs, sandbox, vault
+from routined import runs, sandbox, vault
 from routined import worker as worker_module
 from routined.config import Settings
 from routined.db import Store
-from routined.execution import Executor, RunFailure
 from routined.ids import new_id
 from routined.models import Repository, Routine, Run, RunEvent
+from routined.runs import confine, ledger
+from routined.runs.failure import RunFailure
 from routined.worker import Worker, utcnow
 from tests.conftest import wait_until
 
@@ -253,7 +254,7 @@ def test_a_missing_claude_binary_fails_a_run_as_the_sandbox_would(
 
     monkeypatch.setattr(sandbox, "claude_binary", missing)
     with pytest.raises(RunFailure) as failed:
-        Executor(store, settings, utcnow)._claude()
+        confine.claude(settings)
     assert str(failed.value) == "sandbox_unavailable: Claude Code is not bundled with this install"
 
 
@@ -297,9 +298,9 @@ async def test_what_an_agent_says_is_bounded_per_run_as_stored(
 ) -> None:
     """The attack: an agent talking without end filled the store. Past the bound, its
     events keep only their size."""
-    monkeypatch.setattr(execution, "AGENT_EVENTS_LIMIT", 4 * 1024 * 1024)
+    monkeypatch.setattr(ledger, "AGENT_EVENTS_LIMIT", 4 * 1024 * 1024)
     run_id = queue_unclonable(store, tmp_path)
-    recorder = execution.Recorder(store, run_id, utcnow)
+    recorder = ledger.Recorder(store, run_id, utcnow)
     line = "x" * (1024 * 1024)
     for _ in range(10):
         await recorder.event("agent.output", None, lines=[line])

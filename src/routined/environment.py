@@ -1,7 +1,7 @@
 """A run's environment: its network, variables and secrets, and its setup script's cache.
 
 The setup script runs in the run's sandbox before the agent, with the routine's
-network level (see `routined.execution`). What it leaves in the run's home (a
+network level (see `routined.runs.setup`). What it leaves in the run's home (a
 virtualenv in `~/.venv`, tools in `~/.local`, a package manager's cache) is its
 result: it is kept, and the next run whose script, network and variables are
 the same starts from a copy of that home instead of running the script again,

@@ -849,7 +849,7 @@ def _policy(wanted: RoutineSpec) -> dict[str, Any]:
 
 def runtime(wanted: RoutineSpec) -> dict[str, dict[str, Any]]:
     """The run's environment, limits, agent and connectors, as the routine's row keeps
-    them (read back by `routined.execution`)."""
+    them (read back by `routined.runs.scope`)."""
     agent = (
         {"type": "claude"}
         if wanted.agent == "claude"

@@ -22,8 +22,10 @@ from pathlib import Path
 from routined import resources, runs, sandbox, workspace
 from routined.config import Settings
 from routined.db import Store
-from routined.execution import SETTLED, Clock, Executor
 from routined.runs import Claim
+from routined.runs.executor import Executor
+from routined.runs.finish import SETTLED
+from routined.runs.scope import Clock
 from routined.wakeup import Wakeup
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,9 @@
 
 Every change of state is one `UPDATE … WHERE status = :expected` that must touch
 exactly one row, written in the same transaction as an event row saying why.
+
+Over 500 lines and still one concept: the states and every guarded move between
+them (create, claim, heartbeat, end, cancel, lose, expire) read best side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy.orm import Session, aliased
 from routined.db import table_of
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
+from routined.runs.failure import Failure
 from routined.schedule import format_duration
 
 # The most text a fire (over the API or by hand) may hand its run.
@@ -336,7 +340,7 @@ def end_cancelled(session: Session, held: Claim, *, now: datetime, reason: str) 
                 now=now,
                 reason=reason,
                 lease=held.lease,
-                changes={"error": f"cancelled: {reason}"},
+                changes={"error": f"{Failure.CANCELLED}: {reason}"},
             )
         except TransitionRefused:
             continue
@@ -361,7 +365,7 @@ def cancel(session: Session, run_id: str, *, now: datetime, reason: str) -> str 
                 RunStatus.CANCELLED,
                 now=now,
                 reason=reason,
-                changes={"error": f"cancelled: {reason}"},
+                changes={"error": f"{Failure.CANCELLED}: {reason}"},
             )
             return "cancelled"
         except TransitionRefused:
@@ -429,10 +433,10 @@ def end_lost(session: Session, *, now: datetime, lost_after: timedelta) -> list[
                 now=now,
                 lease=row.lease,
                 reason=(
-                    f"lost: worker {row.worker_id} sent no heartbeat since "
+                    f"{Failure.LOST}: worker {row.worker_id} sent no heartbeat since "
                     f"{row.heartbeat_at:%Y-%m-%dT%H:%M:%SZ}"
                 ),
-                changes={"error": "lost: the worker running it stopped responding"},
+                changes={"error": f"{Failure.LOST}: the worker running it stopped responding"},
             )
         except TransitionRefused:
             continue  # its worker moved it on after all

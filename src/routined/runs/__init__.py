@@ -1,0 +1,63 @@
+"""Runs: the state machine (`state`), and a run in flight as stages over one scope.
+
+`from routined import runs` keeps meaning the state machine: its public names are
+re-exported here, so callers write `runs.claim(...)`, `runs.RunStatus` and the like.
+"""
+
+from routined.runs.state import (
+    ACTIVE,
+    CANCELLABLE,
+    MAX_TEXT,
+    TERMINAL,
+    Claim,
+    ExpiredFiles,
+    NewRun,
+    RunStatus,
+    TransitionRefused,
+    add_event,
+    cancel,
+    cancel_requests,
+    claim,
+    create,
+    end_cancelled,
+    end_lost,
+    expired_files,
+    fail,
+    heartbeat,
+    insert_all,
+    new,
+    record_files_removed,
+    session_url,
+    summary,
+    transition,
+    with_routine_name,
+)
+
+__all__ = [
+    "ACTIVE",
+    "CANCELLABLE",
+    "MAX_TEXT",
+    "TERMINAL",
+    "Claim",
+    "ExpiredFiles",
+    "NewRun",
+    "RunStatus",
+    "TransitionRefused",
+    "add_event",
+    "cancel",
+    "cancel_requests",
+    "claim",
+    "create",
+    "end_cancelled",
+    "end_lost",
+    "expired_files",
+    "fail",
+    "heartbeat",
+    "insert_all",
+    "new",
+    "record_files_removed",
+    "session_url",
+    "summary",
+    "transition",
+    "with_routine_name",
+]

@@ -1,0 +1,155 @@
+"""Stage: the agent's session (Claude Code, or an agent CLI) in its sandbox, within
+the run's limits and caps; it says how the session ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from routined import agent, resources, sandbox
+from routined.runs import confine
+from routined.runs.failure import Failure, RunFailure
+from routined.runs.scope import Limits, Scope
+from routined.runs.state import RunStatus
+
+_STDERR_LINES = 200
+
+
+@dataclass
+class Ending:
+    """How the agent's part of a run ended: `status` is the run's end unless delivery
+    fails, `error` why it did not succeed (None: it did)."""
+
+    status: RunStatus = RunStatus.SUCCEEDED
+    error: str | None = None
+    outcome: agent.SessionOutcome | None = None
+
+    @classmethod
+    def failed(cls, error: str, outcome: agent.SessionOutcome | None = None) -> Ending:
+        return cls(RunStatus.FAILED, error, outcome)
+
+
+async def run_agent(scope: Scope) -> Ending:
+    """Run the session in its sandbox, within the run's limits; say how it ended.
+
+    However the session ends, its sandbox is gone before this returns: nothing
+    the agent started can touch the workspace while its work is delivered.
+    """
+    host, spec, run_dir, checkouts = scope.host, scope.spec, scope.run_dir, scope.checkouts
+    if not host.settings.anthropic_api_key:
+        raise RunFailure(Failure.AGENT_FAILED, "ANTHROPIC_API_KEY is not set for routined")
+    assert scope.group is not None
+    group = scope.group
+    claude = confine.claude(host.settings)
+    env = sandbox.agent_environment(
+        home=run_dir / "home",
+        tmp=run_dir / "tmp",
+        extra={**host.author_env(), **spec.environment.agent_variables(scope.revealed)},
+    )
+    launcher = run_dir / "private" / "launch-agent"
+    command = list(spec.agent.command) if spec.agent.command else None
+    program = Path(command[0]) if command else claude
+    layout = confine.layout(scope)
+    sandbox.write_launcher(
+        launcher,
+        run_id=spec.run_id,
+        command=group.enter_command(confine.sandboxed(scope, layout, program)),
+        keep=[*env, "ROUTINED_PROMPT_FILE"],
+    )
+    stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
+
+    def on_stderr(line: str) -> None:
+        stderr.append(line.rstrip()[: agent.STDERR_LINE_LIMIT])
+
+    async def on_message(kind: str, data: dict[str, Any]) -> None:
+        await scope.ledger.event(kind, None, **data)
+
+    prompt = agent.build_prompt(spec.prompt, spec.text, source=spec.trigger_type)
+    limits = spec.limits
+    ending = Ending()
+    timeout = asyncio.timeout_at(scope.deadline)
+    enforcing = asyncio.create_task(confine.enforce_caps(group, run_dir))
+    breach: resources.Breach | None = None
+    try:
+        async with timeout:
+            if command:
+                outcome = await agent.run_command(
+                    command=command,
+                    prompt=prompt,
+                    launcher=launcher,
+                    cwd=checkouts[0].path,
+                    tmp=run_dir / "tmp",
+                    env=env,
+                    on_message=on_message,
+                    on_stderr=on_stderr,
+                    owner=host.owner,
+                )
+            else:
+                outcome = await agent.run_session(
+                    prompt=prompt,
+                    system_addition=agent.system_prompt_addition(
+                        routine=spec.routine,
+                        repositories=[
+                            (c.path, rules.prefix, spec.own_branch(number))
+                            for number, (c, rules) in enumerate(
+                                zip(checkouts, spec.push_rules, strict=True)
+                            )
+                        ],
+                    ),
+                    model=spec.model,
+                    launcher=launcher,
+                    cwd=checkouts[0].path,
+                    add_dirs=[c.path for c in checkouts[1:]],
+                    env=env,
+                    on_message=on_message,
+                    on_stderr=on_stderr,
+                    max_turns=limits.max_turns,
+                    max_cost_usd=limits.max_cost_usd,
+                    mcp_servers=spec.connectors,
+                )
+        ending.outcome = outcome
+        if outcome.limit is not None:
+            ending = Ending.failed(_budget_error(outcome, limits), outcome)
+        elif outcome.error is not None:
+            ending = Ending.failed(f"{Failure.AGENT_FAILED}: {outcome.error}", outcome)
+        if outcome.agent_session_id:
+            await scope.ledger.note_agent_session(outcome)
+    except Exception as error:  # noqa: BLE001 - the SDK raises several kinds for a dead CLI
+        said = " | ".join(scope.redactor.text(line) for line in list(stderr)[-5:])
+        ending = Ending.failed(
+            f"{Failure.AGENT_FAILED}: {type(error).__name__}: {error}"
+            + (f" (stderr: {said})" if said else "")
+        )
+        if isinstance(error, TimeoutError) and timeout.expired():
+            limit, source = scope.max_duration()
+            took = confine.ago(limit)
+            ending = Ending(
+                RunStatus.TIMED_OUT, f"{Failure.TIMED_OUT}: stopped after {took} ({source})"
+            )
+    finally:
+        breach = await confine.stop_enforcing(enforcing, group)
+        await confine.stop_sandbox(run_dir)
+    if breach is not None:
+        # Whatever the agent said as it was stopped, the cap is why it ended.
+        ending = Ending.failed(str(breach), ending.outcome)
+    if ending.error is None and not command:
+        await asyncio.to_thread(agent.learn_seed, run_dir / "home", host.seed_file)
+    if stderr:
+        await scope.ledger.event(
+            "agent.stderr", f"its last {len(stderr)} lines", lines=list(stderr)
+        )
+    return ending
+
+
+def _budget_error(outcome: agent.SessionOutcome, limits: Limits) -> str:
+    if outcome.limit == "max_turns":
+        return (
+            f"{Failure.BUDGET}: stopped at max_turns {limits.max_turns} "
+            f"({outcome.turns} turns taken)"
+        )
+    spent = f"${outcome.cost_usd:.4f}" if outcome.cost_usd is not None else "unknown"
+    return f"{Failure.BUDGET}: stopped at max_cost_usd {limits.max_cost_usd} ({spent} spent)"
