@@ -97,7 +97,7 @@ from loadgen import (
     wait_until_held,
 )
 from routined.db import Store
-from routined.models import Delivery, Fire, Run
+from routined.models import Fire, Run, WebhookDelivery
 from routined.webhooks import sign
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "github-webhooks"
@@ -290,10 +290,12 @@ class Counts:
 def counts(store: Store) -> Counts:
     # Read-only: on SQLite it takes no lock, so it cannot delay the server's writes.
     with store.transaction(readonly=True) as session:
-        total = session.scalar(select(func.count()).select_from(Delivery)) or 0
+        total = session.scalar(select(func.count()).select_from(WebhookDelivery)) or 0
         undecided = (
             session.scalar(
-                select(func.count()).select_from(Delivery).where(Delivery.processed_at.is_(None))
+                select(func.count())
+                .select_from(WebhookDelivery)
+                .where(WebhookDelivery.processed_at.is_(None))
             )
             or 0
         )

@@ -18,7 +18,7 @@ from typer.testing import CliRunner, Result
 from routined import github, runs
 from routined.cli import app as cli_app
 from routined.db import Store
-from routined.models import Delivery, Routine, Run
+from routined.models import Routine, Run, WebhookDelivery
 from routined.runs import Claim
 from tests.github_support import (
     PR_TRIGGER,
@@ -646,7 +646,7 @@ def test_a_delivery_that_cannot_be_decided_says_so_and_holds_up_no_other(
     context = github.context
 
     # It fails after its run was created: the run must go with it.
-    def failing(delivery: Delivery, sent: dict[str, Any]) -> dict[str, Any]:
+    def failing(delivery: WebhookDelivery, sent: dict[str, Any]) -> dict[str, Any]:
         if sent["pull_request"]["title"] == "boom":
             raise RuntimeError("cannot summarise this one")
         return context(delivery, sent)

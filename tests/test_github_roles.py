@@ -14,7 +14,7 @@ import httpx
 from sqlalchemy import select
 
 from routined.db import Store
-from routined.models import Delivery
+from routined.models import WebhookDelivery
 from routined.webhooks import sign
 from tests.github_support import ROUTINED, SECRET, github_env, raw, serving
 
@@ -38,7 +38,7 @@ def decided(store: Store, delivery: str) -> str | None:
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         with store.transaction(readonly=True) as session:
-            found = session.scalar(select(Delivery).where(Delivery.id == delivery))
+            found = session.scalar(select(WebhookDelivery).where(WebhookDelivery.id == delivery))
         if found is not None and found.processed_at is not None:
             return found.outcome
         time.sleep(0.1)
@@ -64,7 +64,7 @@ def test_serve_without_its_matcher_records_and_routined_matcher_decides(tmp_path
         store = Store(f"sqlite:///{tmp_path / 'home' / 'routined.db'}")
         try:
             with store.transaction(readonly=True) as session:
-                recorded = session.get_one(Delivery, "roles-1")
+                recorded = session.get_one(WebhookDelivery, "roles-1")
                 assert recorded.processed_at is None  # no matcher in the serving process
             with running(env, "matcher"):
                 outcome = decided(store, "roles-1")

@@ -22,7 +22,7 @@ from sqlalchemy import select, text
 from starlette.types import ASGIApp
 
 from routined.db import Store
-from routined.models import Counter, Delivery
+from routined.models import Counter, WebhookDelivery
 from routined.server import bind
 from routined.webhooks import BAD_SIGNATURES, MAX_BODY, sign
 from tests.github_support import (
@@ -103,7 +103,7 @@ def test_every_payload_is_accepted_and_recorded_as_sent(
     delivery_id = hub.accepted(event, body)
     assert hub.woken == [1]
     with hub.store.transaction() as session:
-        stored = session.get(Delivery, delivery_id)
+        stored = session.get(WebhookDelivery, delivery_id)
         assert stored is not None
         assert stored.body.encode() == body  # byte for byte, not re-serialised
     shown = hub.delivery(delivery_id)

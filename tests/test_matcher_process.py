@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from routined.db import Store
-from routined.models import Delivery
+from routined.models import WebhookDelivery
 from tests.conftest import poll_until
 from tests.github_support import FIXTURES, delivery_headers, start_serve
 
@@ -162,7 +162,7 @@ def post_ping(server: Server) -> str:
 
 def decision(store: Store, delivery: str) -> str | None:
     with store.transaction(readonly=True) as session:
-        found = session.get(Delivery, delivery)
+        found = session.get(WebhookDelivery, delivery)
         return found.outcome if found is not None and found.processed_at else None
 
 

@@ -38,12 +38,12 @@ from routined.db import table_of
 from routined.fires import Outcome, Overlap
 from routined.models import (
     Account,
-    Delivery,
     Installation,
     InstallationRepository,
     Routine,
     Run,
     Trigger,
+    WebhookDelivery,
 )
 from routined.wakeup import Loop
 
@@ -109,7 +109,7 @@ class Prepared:
     """A delivery read, parsed and matched against its repository's triggers as the
     store stood a moment before its decision is written."""
 
-    delivery: Delivery
+    delivery: WebhookDelivery
     payload: dict[str, Any] | None  # None: not a JSON object
     listening: list[Listener]
     # The triggers it skips, by id, with why: only the others need the transaction
@@ -139,15 +139,15 @@ class Listener(NamedTuple):
 def prepare(session: Session) -> list[Prepared]:
     """The oldest undecided deliveries, a batch of them, prepared (read only)."""
     deliveries = session.scalars(
-        select(Delivery)
-        .where(Delivery.processed_at.is_(None))
-        .order_by(Delivery.received_at, Delivery.id)
+        select(WebhookDelivery)
+        .where(WebhookDelivery.processed_at.is_(None))
+        .order_by(WebhookDelivery.received_at, WebhookDelivery.id)
         .limit(_BATCH)
     )
     return [_prepare_one(session, delivery) for delivery in deliveries]
 
 
-def _prepare_one(session: Session, delivery: Delivery) -> Prepared:
+def _prepare_one(session: Session, delivery: WebhookDelivery) -> Prepared:
     try:
         payload = jsonbody.parse_json(delivery.body)
     except ValueError:  # UnfitJson among them: recorded before the receiver refused it
@@ -222,7 +222,7 @@ def decide_prepared(
 
 
 # Built once, on the table: the ORM's bulk update costs more than the statement.
-_DELIVERIES = table_of(Delivery)
+_DELIVERIES = table_of(WebhookDelivery)
 _CLAIM = (
     update(_DELIVERIES)
     .where(_DELIVERIES.c.id == bindparam("delivery_id"), _DELIVERIES.c.processed_at.is_(None))
@@ -326,7 +326,7 @@ class Verdict:
 
 
 def _prejudge(
-    delivery: Delivery,
+    delivery: WebhookDelivery,
     payload: dict[str, Any],
     config: dict[str, Any],
     held: admission.Admission | None,
@@ -361,7 +361,7 @@ def _not_admitted(matched: github_events.Verdict, refused: admission.Admission) 
 
 def evaluate(
     session: Session,
-    delivery: Delivery,
+    delivery: WebhookDelivery,
     payload: dict[str, Any],
     trigger: Trigger,
     routine: Routine,
@@ -415,7 +415,7 @@ def _parsed(
 
 def _decide_trigger(
     session: Session,
-    delivery: Delivery,
+    delivery: WebhookDelivery,
     payload: dict[str, Any],
     trigger: Trigger,
     routine: Routine,
@@ -449,7 +449,7 @@ def _decide_trigger(
 
 
 def replay(
-    session: Session, delivery: Delivery, *, now: datetime, settings: Settings
+    session: Session, delivery: WebhookDelivery, *, now: datetime, settings: Settings
 ) -> list[dict[str, Any]]:
     """What the delivery would do against today's routines ("would this have fired?"),
     one row per GitHub trigger on its repository; nothing is written."""
@@ -503,7 +503,7 @@ def session_input(event: str, payload: dict[str, Any]) -> str:
     return text.replace("\x00", "")
 
 
-def context(delivery: Delivery, payload: dict[str, Any]) -> dict[str, Any]:
+def context(delivery: WebhookDelivery, payload: dict[str, Any]) -> dict[str, Any]:
     """What the run's workspace and delivery need: the pull request's head to fetch,
     the pull request or issue to comment on."""
     found: dict[str, Any] = {
@@ -640,5 +640,5 @@ def _names(repositories: Any) -> list[str]:
     ]
 
 
-def _name(delivery: Delivery) -> str:
+def _name(delivery: WebhookDelivery) -> str:
     return f"{delivery.event}.{delivery.action}" if delivery.action else delivery.event

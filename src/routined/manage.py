@@ -45,13 +45,13 @@ from routined.limits import Limits, PlanError
 from routined.models import (
     Account,
     ApiKey,
-    Delivery,
     Fire,
     Routine,
     Run,
     RunEvent,
     Secret,
     Trigger,
+    WebhookDelivery,
 )
 from routined.schedule import iso
 from routined.views import fire_view, routine_view, run_event_view, run_view
@@ -654,7 +654,7 @@ def fire_decisions(
 # GitHub deliveries
 
 
-def delivery_view(delivery: Delivery, decisions: list[dict[str, Any]]) -> dict[str, Any]:
+def delivery_view(delivery: WebhookDelivery, decisions: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "id": delivery.id,
         "event": delivery.event,
@@ -675,10 +675,14 @@ def list_deliveries(
 ) -> list[dict[str, Any]]:
     """GitHub deliveries, newest first, each with the decisions it led to. An account's
     key sees the deliveries its routines decided, and only those decisions."""
-    statement = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.id).limit(limit)
+    statement = (
+        select(WebhookDelivery)
+        .order_by(WebhookDelivery.received_at.desc(), WebhookDelivery.id)
+        .limit(limit)
+    )
     if not _sees_all(principal):
         statement = statement.where(
-            Delivery.id.in_(
+            WebhookDelivery.id.in_(
                 select(Fire.delivery_id)
                 .join(Routine)
                 .where(Routine.account_id == principal.account_id)
@@ -706,7 +710,9 @@ def replay_delivery(
     return {**shown, "decisions": [], "replayed_at": iso(now), "would": would}
 
 
-def _visible_delivery(session: Session, principal: Principal, delivery: Delivery) -> dict[str, Any]:
+def _visible_delivery(
+    session: Session, principal: Principal, delivery: WebhookDelivery
+) -> dict[str, Any]:
     """The delivery with the decisions the principal may see; for an account's key, its
     one-line outcome is told again from those alone (it names every routine)."""
     decisions = _delivery_decisions(session, principal, delivery.id)
@@ -731,8 +737,8 @@ def _delivery_decisions(
     return [fire_view(fire, name) for fire, name in session.execute(statement)]
 
 
-def _delivery(session: Session, principal: Principal, delivery_id: str) -> Delivery:
-    delivery = session.get(Delivery, delivery_id)
+def _delivery(session: Session, principal: Principal, delivery_id: str) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id)
     if delivery is None or not (
         _sees_all(principal) or _delivery_decisions(session, principal, delivery_id)
     ):

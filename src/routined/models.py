@@ -309,7 +309,7 @@ class Fire(Base):
     delivery_id: Mapped[str | None] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
 
 
-class Delivery(Base):
+class WebhookDelivery(Base):
     """A GitHub webhook delivery as received, and what became of it as a whole.
 
     Its id is GitHub's `X-GitHub-Delivery`: a redelivery finds the row it made the

@@ -34,7 +34,7 @@ from routined import jsonbody, management
 from routined.config import Settings
 from routined.db import GroupCommit, Store, table_of
 from routined.manage import Problem
-from routined.models import Counter, Delivery
+from routined.models import Counter, WebhookDelivery
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB and does not send larger ones
 BAD_SIGNATURES = "github.bad_signatures"
@@ -178,7 +178,7 @@ def record(store: Store, batch: list[Verified]) -> list[tuple[str, bool] | Excep
 @cache
 def _record_statement(dialect_name: str) -> ReturningInsert[int]:
     insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
-    table = table_of(Delivery)
+    table = table_of(WebhookDelivery)
     statement = insert(table)
     return statement.on_conflict_do_update(
         index_elements=[table.c.id],
