@@ -58,8 +58,9 @@ from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
 from routined.models import Fire, Repository, Routine, Run, Trigger
-from routined.schedule import format_duration, stagger_offset
+from routined.schedule import stagger_offset
 from routined.scheduler import arm
+from routined.timeutil import format_duration
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 ZONES = (

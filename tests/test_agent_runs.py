@@ -28,7 +28,8 @@ from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine, Run, RunEvent
 from routined.testing.fake_anthropic import FakeAnthropic, api_error, bash, text, write_file
-from routined.worker import Worker, utcnow
+from routined.timeutil import utcnow
+from routined.worker import Worker
 from tests.conftest import branches, git
 
 pytestmark = pytest.mark.agent

@@ -30,8 +30,8 @@ from typer.testing import CliRunner, Result
 from routined import api as fire_api
 from routined.cli import app
 from routined.config import Settings
-from routined.schedule import iso
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
+from routined.timeutil import iso
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 DEADLINE = 60.0

@@ -15,13 +15,12 @@ import pytest
 from routined.schedule import (
     ScheduleError,
     check_interval,
-    format_duration,
-    iso,
     parse,
     parse_duration,
     stagger_offset,
     to_utc,
 )
+from routined.timeutil import format_duration, iso
 
 
 def at(text: str) -> datetime:

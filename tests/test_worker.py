@@ -21,7 +21,8 @@ from routined.ids import new_id
 from routined.models import Repository, Routine, Run, RunEvent
 from routined.runs import confine, ledger
 from routined.runs.failure import RunFailure
-from routined.worker import Worker, utcnow
+from routined.timeutil import utcnow
+from routined.worker import Worker
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio

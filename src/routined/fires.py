@@ -24,7 +24,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 from routined.db import table_of
 from routined.models import Fire, Routine, Run
 from routined.runs import ACTIVE, RunStatus
-from routined.schedule import format_duration
+from routined.timeutil import format_duration
 
 
 class Outcome(enum.StrEnum):

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from routined import tokens
 from routined.ids import new_id
 from routined.models import DEFAULT_ACCOUNT_ID, Account, ApiKey
-from routined.schedule import iso
+from routined.timeutil import iso
 
 PREFIX = "rtdk_"
 

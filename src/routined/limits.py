@@ -29,7 +29,8 @@ from routined.config import Settings
 from routined.db import count_up_to
 from routined.models import Account, Routine, Run
 from routined.runs import RunStatus
-from routined.schedule import format_duration, iso, to_utc
+from routined.schedule import to_utc
+from routined.timeutil import format_duration, iso
 
 DEFAULT_PLANS = "pro:5,max:15,team:25,enterprise:25,unlimited:none"
 LIMITED_KINDS = frozenset({"api", "manual"})

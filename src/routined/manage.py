@@ -53,7 +53,7 @@ from routined.models import (
     Trigger,
     WebhookDelivery,
 )
-from routined.schedule import iso
+from routined.timeutil import iso
 from routined.views import fire_view, routine_view, run_event_view, run_view
 from routined.workspace import remove_now
 

@@ -36,11 +36,11 @@ from routined.schedule import (
     Schedule,
     ScheduleError,
     check_interval,
-    format_duration,
     parse_duration,
     zone,
 )
 from routined.scheduler import arm, restagger
+from routined.timeutil import format_duration
 from routined.workspace import display_url
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"

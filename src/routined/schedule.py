@@ -27,6 +27,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from routined.timeutil import format_duration
+
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 DEFAULT_TIME = "09:00"
 PRESETS_HELP = (
@@ -251,17 +253,6 @@ def parse_duration(value: str | int, what: str) -> timedelta:
 _LONGEST = 100 * 365 * 86400
 
 
-def format_duration(span: timedelta) -> str:
-    """`30 minutes`, `1 hour`, `1 hour 30 minutes`, `7 days`."""
-    seconds = int(span.total_seconds())
-    parts = []
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
-    return " ".join(parts) or "0 seconds"
-
-
 def check_interval(schedule: Schedule, minimum: timedelta, *, start: datetime) -> None:
     """Refuse a schedule that fires more often than `minimum`, naming what it computed."""
     found = schedule.shortest_interval(start)
@@ -273,8 +264,3 @@ def check_interval(schedule: Schedule, minimum: timedelta, *, start: datetime) -
         f"({at:%Y-%m-%d %H:%M} then {at + gap:%H:%M}); the minimum interval between "
         f"fires is {format_duration(minimum)} (ROUTINED_MIN_SCHEDULE_INTERVAL)"
     )
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z, as every JSON answer shows instants."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -23,10 +23,10 @@ from routined import limits as limits_
 from routined.config import Settings
 from routined.fires import Outcome, Policy
 from routined.models import Account, Fire, Routine, Trigger
-from routined.schedule import Schedule, format_duration, parse, stagger_offset
+from routined.schedule import Schedule, parse, stagger_offset
+from routined.timeutil import format_duration
 from routined.wakeup import Loop
 
-Clock = Callable[[], datetime]
 # Decisions of one batch commit together: small enough that the first run of a
 # batch is not held back long by the last.
 _BATCH = 50

@@ -28,8 +28,9 @@ from routined.api import create_app
 from routined.config import Settings, secure_home
 from routined.db import Checkpointer, Store
 from routined.scheduler import Scheduler
+from routined.timeutil import utcnow
 from routined.wakeup import Loop
-from routined.worker import Worker, utcnow
+from routined.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 from routined import github, runs
 from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
-from routined.schedule import format_duration, iso, zone
+from routined.schedule import zone
 from routined.scheduler import next_instants
+from routined.timeutil import format_duration, iso
 from routined.workspace import display_url
 
 

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from routined import resources, runs, sandbox, workspace
@@ -25,14 +25,10 @@ from routined.db import Store
 from routined.runs import Claim
 from routined.runs.executor import Executor
 from routined.runs.finish import SETTLED
-from routined.runs.scope import Clock
+from routined.timeutil import Clock, utcnow
 from routined.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Worker:

@@ -81,7 +81,7 @@ class Local:
         import httpx
 
         from routined.api import create_app
-        from routined.worker import utcnow
+        from routined.timeutil import utcnow
 
         app = create_app(self.store, self.settings, clock=utcnow, principal=Principal.local)
         return httpx.AsyncClient(

@@ -25,7 +25,7 @@ from routined.cli.common import (
     shown,
 )
 from routined.logview import describe_event
-from routined.schedule import format_duration
+from routined.timeutil import format_duration
 
 _FOLLOW_POLL = 0.3
 

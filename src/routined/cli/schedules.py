@@ -15,7 +15,8 @@ import typer
 from rich.table import Table
 
 from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
-from routined.schedule import ScheduleError, check_interval, iso, parse, zone
+from routined.schedule import ScheduleError, check_interval, parse, zone
+from routined.timeutil import iso
 
 if TYPE_CHECKING:
     from routined.wakeup import Loop
@@ -89,7 +90,7 @@ def scheduler() -> None:
     For deployments that split roles; `routined serve` includes a scheduler.
     """
     from routined.scheduler import Scheduler
-    from routined.worker import utcnow
+    from routined.timeutil import utcnow
 
     with opened() as (config, store):
         out.print(f"routined scheduler is running (time zone default {zone(config.timezone).key})")
@@ -114,7 +115,7 @@ def matcher(
     """
     from routined.db import Checkpointer
     from routined.github import Matcher
-    from routined.worker import utcnow
+    from routined.timeutil import utcnow
 
     with opened(background_checkpoints=True) as (config, store):
         if not supervised:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from routined import resources, sandbox, schedule, workspace
+from routined import resources, sandbox, timeutil, workspace
 from routined.config import Settings
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Scope
@@ -123,4 +123,4 @@ def writable(run_dir: Path) -> list[Path]:
 
 
 def ago(seconds: float) -> str:
-    return schedule.format_duration(timedelta(seconds=int(seconds)))
+    return timeutil.format_duration(timedelta(seconds=int(seconds)))

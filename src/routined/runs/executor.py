@@ -20,8 +20,9 @@ from routined.db import Store
 from routined.runs import checkout, confine, finish, publish, scope, session, setup, triage
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
-from routined.runs.scope import Clock, Host, Scope
+from routined.runs.scope import Host, Scope
 from routined.runs.state import Claim, RunStatus
+from routined.timeutil import Clock
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from routined import agent, delivery, fires, redaction
@@ -18,8 +17,8 @@ from routined.db import Store
 from routined.models import Run
 from routined.runs import state
 from routined.runs.state import Claim, RunStatus
+from routined.timeutil import Clock
 
-Clock = Callable[[], datetime]
 log = logging.getLogger(__name__)
 
 # Bytes of the agent's events a run stores; the rest are counted, not kept.

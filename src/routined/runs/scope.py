@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +27,7 @@ from routined.ids import short
 from routined.models import Repository, Routine, Run, Trigger
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
-
-Clock = Callable[[], datetime]
+from routined.timeutil import Clock
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from routined.db import table_of
 from routined.ids import new_id
 from routined.models import Routine, Run, RunEvent
 from routined.runs.failure import Failure
-from routined.schedule import format_duration
+from routined.timeutil import format_duration
 
 # The most text a fire (over the API or by hand) may hand its run.
 MAX_TEXT = 65_536
