@@ -17,6 +17,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from routined.errors import BadInput
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MIB = 1024**2
 _UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
@@ -54,7 +56,7 @@ class Secret:
         return bool(self._value)
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A setting has a value routined cannot use."""
 
 

@@ -18,13 +18,14 @@ from githubkit.cache import MemCacheStrategy
 from githubkit.exception import GitHubException
 
 from routined.config import Settings
+from routined.errors import OutsideFailure
 
 # The user name GitHub takes with an installation token over https.
 TOKEN_USER = "x-access-token"  # noqa: S105 - a fixed user name, not a secret
 _SCP_LIKE = re.compile(r"^[^@/:]+@(?P<host>[^/:]+):(?P<path>.+)$")
 
 
-class ForgeError(RuntimeError):
+class ForgeError(OutsideFailure, RuntimeError):
     """A GitHub call failed; the message says which and why."""
 
 

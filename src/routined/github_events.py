@@ -82,6 +82,8 @@ from typing import Any, Protocol
 
 import regex  # type: ignore[import-untyped]  # no stubs installed; used through _Pattern
 
+from routined.errors import BadInput
+
 MATCH_TIMEOUT = 0.05  # seconds a `matches` filter may run, over all its values
 MATCH_MAX_CHARS = 65_536  # GitHub's limit on a body or comment
 PATTERN_MAX_CHARS = 1_000
@@ -137,7 +139,7 @@ _PATH = re.compile(r"[^.\s{}]+(?:\.[^.\s{}]+)*")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
-class KeyTemplateError(ValueError):
+class KeyTemplateError(BadInput, ValueError):
     """A concurrency key that cannot be rendered; the message names the path."""
 
 

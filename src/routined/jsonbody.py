@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from routined.errors import BadInput
+
 # Generous: GitHub's deepest example payload nests 7 levels, a routines document
 # about 8. Python's parser gives up (RecursionError) somewhere under 1,000 levels,
 # depending on how deep the stack already is; this bound is the same everywhere.
@@ -18,7 +20,7 @@ _TOO_DEEP = (
 )
 
 
-class UnfitJson(ValueError):
+class UnfitJson(BadInput, ValueError):
     """JSON that parses but is refused; the message names where and says what to do."""
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from routined.config import Settings
 from routined.db import count_up_to
+from routined.errors import BadInput
 from routined.models import Account, Routine, Run
 from routined.runs import RunStatus
 from routined.schedule import to_utc
@@ -39,7 +40,7 @@ _UNKNOWN_PLAN_RETRY = 3600  # seconds: an operator has to act; look again in an 
 Row = TypeVarTuple("Row")
 
 
-class PlanError(ValueError):
+class PlanError(BadInput, ValueError):
     """A plan list or plan name routined cannot use."""
 
 

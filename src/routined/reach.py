@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 from urllib.parse import urlsplit
 
+from routined.errors import NotAllowed
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -72,7 +74,7 @@ APPLY_WAIT = 3.0
 _RESOLVERS = 8
 
 
-class Unreachable(ValueError):
+class Unreachable(NotAllowed, ValueError):
     """The host may not be reached (or does not resolve); the message says why."""
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from routined.config import Settings, parse_size
+from routined.errors import OutsideFailure
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 _OWNER = re.compile(r"([0-9]+)\.([0-9]+)")
 
 
-class ResourceError(RuntimeError):
+class ResourceError(OutsideFailure, RuntimeError):
     """A run's group could not be made as asked; the message names the cap."""
 
 

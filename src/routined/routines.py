@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from routined import github, github_events, network, schedule, vault
 from routined.config import parse_size
+from routined.errors import BadInput
 from routined.fires import CatchUp, Overlap
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
@@ -48,7 +49,7 @@ _URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _SCP_LIKE = re.compile(r"^[^/:]+@[^/:]+:")
 
 
-class SpecError(ValueError):
+class SpecError(BadInput, ValueError):
     """A routines file that cannot be applied; the message says where and why."""
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routined.egress import PROXY_PORT
+from routined.errors import OutsideFailure
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ SDK_VARIABLES = (
 _SETPRIV = Path("/usr/bin/setpriv")
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(OutsideFailure, RuntimeError):
     """This machine cannot run the sandbox; the message says what is missing."""
 
 

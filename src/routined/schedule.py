@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from routined.errors import BadInput
 from routined.timeutil import format_duration
 
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -53,7 +54,7 @@ _INTERVAL_SAMPLE = 10_000
 _INTERVAL_HORIZON = timedelta(days=400)
 
 
-class ScheduleError(ValueError):
+class ScheduleError(BadInput, ValueError):
     """A schedule that cannot be used; the message says why and what would work."""
 
 

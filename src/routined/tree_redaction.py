@@ -17,6 +17,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from routined.errors import OutsideFailure
 from routined.redaction import Redactor
 
 # Files are read in chunks of this many bytes.
@@ -31,7 +32,7 @@ _MARK = re.compile(r"\[redacted:[^\]]*\]")
 _USER_ATTRIBUTES = "user."
 
 
-class RedactionError(OSError):
+class RedactionError(OutsideFailure, OSError):
     """Files under a tree could not be redacted; `failed` says which and why."""
 
     def __init__(self, message: str, failed: list[str]) -> None:

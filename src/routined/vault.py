@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from routined.config import Settings
+from routined.errors import RoutinedError
 from routined.models import Account, Secret
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
@@ -57,7 +58,7 @@ MAX_VALUE = 65_536
 KEY_FILE = "secret.key"
 
 
-class VaultError(Exception):
+class VaultError(RoutinedError):
     """Secrets cannot be written or read as asked; the message says what to do."""
 
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from routined.errors import OutsideFailure
+
 GIT_TIMEOUT = 900.0
 CONFINED_MEMORY = 4 * 1024**3
 CONFINED_CPU_SECONDS = 300
@@ -46,7 +48,7 @@ _REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/:]+@[^/:]+:)", re.IGNORECASE)
 _SAFE = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 
 
-class GitError(RuntimeError):
+class GitError(OutsideFailure, RuntimeError):
     """A git command failed; the message holds the command and git's own words."""
 
 
