@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 # pytest-xdist's workers run with COLUMNS=80, which the CLI's consoles would take, when
@@ -207,3 +209,34 @@ def database(
     url: str = request.getfixturevalue("postgres_url")
     monkeypatch.setenv("ROUTINED_DATABASE_URL", url)
     return url
+
+
+@pytest.fixture
+def uvicorn_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """`caplog` with uvicorn's error log too: whether that one reaches the root logger
+    depends on how an earlier test in this process configured uvicorn."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        uvicorn_errors.removeHandler(caplog.handler)
+
+
+def api_trigger(store: Store, tmp_path: Path) -> tuple[str, str]:
+    """A routine named `target` with one API trigger, applied at T0; the trigger's id
+    and a token for it. No run is executed: its repository is any folder."""
+    from routined import routines, tokens
+    from routined.models import Trigger
+
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        "routines:\n"
+        f"  - {{name: target, prompt: Go., repositories: [{{url: {tmp_path}}}],"
+        " triggers: [{type: api}]}\n"
+    )
+    with store.transaction() as session:
+        routines.apply(session, routines.load(path, now=T0), now=T0)
+    with store.transaction() as session:
+        [trigger_id] = session.scalars(select(Trigger.id)).all()
+        return trigger_id, tokens.issue(session, trigger_id, now=T0)

@@ -27,17 +27,16 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import select
 
-from routined import keys, routines, tokens
+from routined import keys, routines
 from routined.agent import build_prompt
 from routined.api import ANTHROPIC_VERSION, create_app
 from routined.config import Settings
 from routined.db import Store
 from routined.keys import Scope
-from routined.models import DEFAULT_ACCOUNT_ID, Trigger
+from routined.models import DEFAULT_ACCOUNT_ID
 from routined.server import bind
-from tests.conftest import T0
+from tests.conftest import T0, api_trigger
 from tests.github_support import SECRET, delivery_headers, row_counts
 
 DEEP_ARRAYS = b"[" * 100_000 + b"]" * 100_000
@@ -94,32 +93,15 @@ class Server:
 
 
 @pytest.fixture
-def logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Everything the server logs, uvicorn's error log included: whether it reaches the
-    root logger depends on how an earlier test in this process configured uvicorn."""
-    uvicorn_errors = logging.getLogger("uvicorn.error")
-    uvicorn_errors.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        uvicorn_errors.removeHandler(caplog.handler)
+def logged(uvicorn_errors_logged: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Everything the server logs, uvicorn's error log included."""
+    return uvicorn_errors_logged
 
 
 @pytest.fixture
 def server(store: Store, tmp_path: Path) -> Iterator[Server]:
-    # A routine with an API trigger; no run is executed, so the repository is any folder.
-    path = tmp_path / "routines.yaml"
-    path.write_text(
-        "routines:\n"
-        f"  - {{name: target, prompt: Go., repositories: [{{url: {tmp_path}}}],"
-        " triggers: [{type: api}]}\n"
-    )
+    trigger_id, token = api_trigger(store, tmp_path)
     with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=T0), now=T0)
-    with store.transaction() as session:
-        [trigger] = session.scalars(select(Trigger)).all()
-        trigger_id = trigger.id
-        token = tokens.issue(session, trigger_id, now=T0)
         _key, operator = keys.issue(
             session, DEFAULT_ACCOUNT_ID, name="operator", scope=Scope.ADMIN, now=T0
         )

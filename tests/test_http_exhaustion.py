@@ -62,7 +62,7 @@ from routined.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, conne
 from routined.testing.fake_anthropic import FakeAnthropic
 from routined.webhooks import MAX_BODY as WEBHOOK_MAX_BODY
 from routined.webhooks import sign
-from tests.conftest import T0, make_origin, poll_until
+from tests.conftest import T0, api_trigger, make_origin, poll_until
 from tests.github_support import SECRET, raw
 
 BETA = "experimental-cc-routine-2026-04-01"
@@ -122,33 +122,18 @@ class App:
 
 
 @pytest.fixture
-def errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """What the server logs at ERROR, uvicorn's error log included (whether that one
-    reaches the root logger depends on how an earlier test configured uvicorn)."""
-    uvicorn_errors = logging.getLogger("uvicorn.error")
-    uvicorn_errors.addHandler(caplog.handler)
-    caplog.set_level(logging.ERROR)
-    try:
-        yield caplog
-    finally:
-        uvicorn_errors.removeHandler(caplog.handler)
+def errors_logged(
+    uvicorn_errors_logged: pytest.LogCaptureFixture,
+) -> pytest.LogCaptureFixture:
+    """What the server logs at ERROR, uvicorn's error log included."""
+    uvicorn_errors_logged.set_level(logging.ERROR)
+    return uvicorn_errors_logged
 
 
 @pytest.fixture
 def app(store: Store, tmp_path: Path) -> Iterator[App]:
     """On SQLite and on PostgreSQL."""
-    path = tmp_path / "routines.yaml"
-    path.write_text(
-        "routines:\n"
-        f"  - {{name: target, prompt: Go., repositories: [{{url: {tmp_path}}}],"
-        " triggers: [{type: api}]}\n"
-    )
-    with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=T0), now=T0)
-    with store.transaction() as session:
-        [trigger] = session.scalars(query(Trigger)).all()
-        trigger_id = trigger.id
-        token = tokens.issue(session, trigger_id, now=T0)
+    trigger_id, token = api_trigger(store, tmp_path)
     settings = Settings.from_env(
         {
             "ROUTINED_HOME": str(tmp_path / "home"),
