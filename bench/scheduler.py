@@ -4,7 +4,7 @@ Targets: p99 lateness under 1 s, idle CPU under 2 % of one core.
 
 Each phase gets a fresh store, filled in bulk with the rows `routined apply` would
 write for its routines (a routine, a repository, one schedule trigger armed by
-`routined.scheduler.arm`), spread over a few time zones. Then the real
+`routined.schedules.scheduler.arm`), spread over a few time zones. Then the real
 `routined scheduler` runs as a subprocess until SIGTERM.
 
 1. Lateness: every trigger fires every minute ("* * * * *") with a 60 s stagger,
@@ -58,8 +58,8 @@ from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
 from routined.models import Fire, Repository, Routine, Run, Trigger
-from routined.schedule import stagger_offset
-from routined.scheduler import arm
+from routined.schedules.scheduler import arm
+from routined.schedules.timing import stagger_offset
 from routined.timeutil import format_duration
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))

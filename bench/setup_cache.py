@@ -30,9 +30,9 @@ from routined.config import Settings
 from routined.db import Store
 from routined.environment import cache_folder
 from routined.models import Routine, Run, RunEvent
+from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, text
 from routined.timeutil import utcnow
-from routined.worker import Worker
 
 SCRIPT = "python3 -m venv ~/.venv\n~/.venv/bin/python -c 'import ssl, sqlite3, json'\n"
 MARKER = "[bench:setup-cache]"

@@ -97,8 +97,8 @@ from loadgen import (
     wait_until_held,
 )
 from routined.db import Store
+from routined.github.webhooks import sign
 from routined.models import Fire, Run, WebhookDelivery
-from routined.webhooks import sign
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "github-webhooks"
 HUGE = "10000000"

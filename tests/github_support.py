@@ -24,13 +24,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from routined import routines
-from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
-from routined.github import Matcher
+from routined.github.matcher import Matcher
+from routined.github.webhooks import sign
+from routined.http.app import create_app
 from routined.keys import Principal
 from routined.models import Base, Fire, Run
-from routined.webhooks import sign
 from tests.conftest import T0, git
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "github-webhooks"

@@ -23,7 +23,7 @@ from routined.db import Store
 from routined.keys import Principal
 from routined.manage import Problem
 from routined.models import Account, Fire, Routine, Run, Trigger
-from routined.scheduler import decide_due
+from routined.schedules.scheduler import decide_due
 from tests.conftest import T0
 from tests.github_support import Clock, Hub, HubFactory, raw
 from tests.test_api import HEADERS

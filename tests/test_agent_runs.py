@@ -27,9 +27,9 @@ from routined import runs
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine, Run, RunEvent
+from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, api_error, bash, text, write_file
 from routined.timeutil import utcnow
-from routined.worker import Worker
 from tests.conftest import branches, git
 
 pytestmark = pytest.mark.agent

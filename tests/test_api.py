@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from routined import routines, tokens
-from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
+from routined.http.app import create_app
 from routined.models import Run, RunEvent
 from tests.conftest import T0
 
@@ -210,7 +210,7 @@ def test_unknown_sessions_are_404(api: Fixture) -> None:
 
 
 def test_an_oversized_body_is_413_and_records_nothing(api: Fixture) -> None:
-    from routined.api import MAX_BODY
+    from routined.http.app import MAX_BODY
 
     response = api.fire(raw=b'{"text": "' + b"x" * MAX_BODY + b'"}')
     assert_error(response, 413, "request_too_large", f"over {MAX_BODY} bytes")
@@ -423,7 +423,7 @@ def test_a_retry_with_its_key_gets_its_session_even_when_the_queue_is_full(api: 
 def record_together(api: Fixture, fired: list[dict[str, Any]], **env: str) -> list[Any]:
     """Fires recorded in one batch, as the endpoint does with those that arrive while
     another batch is being written: each dict holds FireRequest fields to change."""
-    from routined.api import FireRequest, _record_fires
+    from routined.http.app import FireRequest, _record_fires
     from routined.limits import Limits
 
     settings = Settings.from_env(env)
@@ -500,6 +500,6 @@ def test_a_fire_that_breaks_its_batch_fails_alone(
     assert isinstance(ok, str) and isinstance(also_ok, str)
     # A 500 in the envelope for it alone, and one line in the log saying why.
     assert isinstance(clash, Problem) and clash.status == 500
-    [logged] = [r for r in caplog.records if r.name == "routined.api"]
+    [logged] = [r for r in caplog.records if r.name == "routined.http.app"]
     assert "session_id" in logged.getMessage() and logged.exc_info is None
     assert sorted(run.text or "" for run in api.runs()) == ["before", "one", "two"]

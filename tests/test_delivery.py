@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from routined import delivery, sandbox, trailers, workspace
-from routined.delivery import Push
-from routined.finishing import AgentWork, LocalBranch
+from routined import sandbox, workspace
+from routined.runs import push, trailers
+from routined.runs.outbox import AgentWork, LocalBranch
+from routined.runs.push import Push
 from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio
@@ -67,12 +68,12 @@ def work(
     ],
 )  # fmt: skip
 def test_plan(agent_work: AgentWork, expected: list[Push]) -> None:
-    assert delivery.plan(agent_work, own_branch=OWN, default_branch="main") == expected
+    assert push.plan(agent_work, own_branch=OWN, default_branch="main") == expected
 
 
 def test_plan_refuses_an_own_branch_outside_the_prefix() -> None:
     with pytest.raises(ValueError, match="refusing to push outside claude/"):
-        delivery.plan(work(("main", "m1")), own_branch="main", default_branch="main")
+        push.plan(work(("main", "m1")), own_branch="main", default_branch="main")
 
 
 @pytest.mark.parametrize(
@@ -80,8 +81,8 @@ def test_plan_refuses_an_own_branch_outside_the_prefix() -> None:
     [("docs-nightly", "docs-nightly"), ("a..b", "a-b"), ("Fix.lock", "fix-lock"), ("__", "work")],
 )
 def test_slugs_make_valid_branch_names(name: str, expected: str) -> None:
-    assert delivery.slug(name) == expected
-    git("check-ref-format", f"refs/heads/claude/{delivery.slug(name)}-ab12cd34")
+    assert push.slug(name) == expected
+    git("check-ref-format", f"refs/heads/claude/{push.slug(name)}-ab12cd34")
 
 
 @dataclass
@@ -98,9 +99,9 @@ class Run:
         self,
         masked: list[Path] | None = None,
         *,
-        rules: delivery.PushRules = delivery.RESTRICTED,
+        rules: push.PushRules = push.RESTRICTED,
         own_branch: str = OWN,
-    ) -> list[delivery.Pushed]:
+    ) -> list[push.Pushed]:
         # The test wrote the agent's work as root: the sandbox's user owns it, as
         # it would had the agent written it.
         await workspace.hand_over([self.repo], sandbox.owner(sandbox.SANDBOX_UID))
@@ -119,7 +120,7 @@ class Run:
             "GIT_COMMITTER_NAME": ROUTINED[0],
             "GIT_COMMITTER_EMAIL": ROUTINED[1],
         }
-        return await delivery.deliver(
+        return await push.deliver(
             self.checkout,
             sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
             env=env,
@@ -408,11 +409,11 @@ async def test_pushed_branches_say_what_they_change_against_the_default_branch(r
     assert (own.files, own.insertions, own.deletions) == (1, 1, 1)
     shown = guide.as_dict()
     assert (shown["files"], shown["insertions"], shown["deletions"]) == (2, 3, 1)
-    assert delivery.total(list(pushed.values())) == {"files": 3, "insertions": 4, "deletions": 2}
+    assert push.total(list(pushed.values())) == {"files": 3, "insertions": 4, "deletions": 2}
 
 
 def test_nothing_pushed_has_no_total() -> None:
-    assert delivery.total([]) is None
+    assert push.total([]) is None
 
 
 async def test_changes_are_counted_from_where_the_checkout_had_the_default_branch(

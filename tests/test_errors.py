@@ -6,17 +6,17 @@ import pytest
 
 from routined.config import ConfigError
 from routined.errors import BadInput, NotAllowed, OutsideFailure, RoutinedError
-from routined.forge import ForgeError
-from routined.github_events import KeyTemplateError
-from routined.jsonbody import UnfitJson
+from routined.github.app import ForgeError
+from routined.github.events import KeyTemplateError
+from routined.http.jsonbody import UnfitJson
 from routined.limits import PlanError
 from routined.reach import Unreachable
 from routined.resources import ResourceError
 from routined.routines import SpecError
 from routined.sandbox import SandboxUnavailable
-from routined.schedule import ScheduleError
-from routined.tree_redaction import RedactionError
-from routined.vault import VaultError
+from routined.schedules.timing import ScheduleError
+from routined.secrets.tree_redaction import RedactionError
+from routined.secrets.vault import VaultError
 from routined.workspace import GitError
 
 KINDS = (BadInput, NotAllowed, OutsideFailure)

@@ -7,7 +7,8 @@ import re
 import typing
 from pathlib import Path
 
-from routined import finishing, resources
+from routined import resources
+from routined.runs import outbox
 from routined.runs.failure import Failure
 
 RUNS_MD = Path(__file__).parent.parent / "docs" / "runs.md"
@@ -36,7 +37,7 @@ def test_docs_list_exactly_the_failure_codes() -> None:
 def test_the_codes_the_helpers_emit_are_failure_codes() -> None:
     caps = typing.get_args(typing.get_type_hints(resources.Breach)["code"])
     assert set(caps) <= {code.value for code in Failure}
-    assert finishing.UnsafeObjects.code in {code.value for code in Failure}
+    assert outbox.UnsafeObjects.code in {code.value for code in Failure}
 
 
 def test_a_failure_code_formats_as_its_value() -> None:

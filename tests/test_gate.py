@@ -12,8 +12,8 @@ from routined import fires, gate, routines, runs
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Fire, Routine, Run, RunEvent, Trigger
+from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, api_error, text
-from routined.worker import Worker
 from tests.conftest import T0
 
 

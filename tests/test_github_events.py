@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from routined.github_events import (
+from routined.github.events import (
     BOOL_FIELDS,
     EVENTS,
     FIELD_EVENTS,

@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
-from routined import github, runs
+from routined import runs
 from routined.cli import app as cli_app
 from routined.db import Store
+from routined.github import matcher
 from routined.models import Routine, Run, WebhookDelivery
 from routined.runs import Claim
 from tests.github_support import (
@@ -643,7 +644,7 @@ def test_a_delivery_that_cannot_be_decided_says_so_and_holds_up_no_other(
 ) -> None:
     hub = make_hub()
     apply(hub.store, write_routines(tmp_path, origin))
-    context = github.context
+    context = matcher.context
 
     # It fails after its run was created: the run must go with it.
     def failing(delivery: WebhookDelivery, sent: dict[str, Any]) -> dict[str, Any]:
@@ -651,7 +652,7 @@ def test_a_delivery_that_cannot_be_decided_says_so_and_holds_up_no_other(
             raise RuntimeError("cannot summarise this one")
         return context(delivery, sent)
 
-    monkeypatch.setattr(github, "context", failing)
+    monkeypatch.setattr(matcher, "context", failing)
     before = hub.accepted("pull_request", raw(OPENED))
     broken = hub.accepted("pull_request", pull_request(3, title="boom"))
     after = hub.accepted("pull_request", raw(SYNCHRONIZE))
@@ -687,28 +688,28 @@ def test_github_runs_stop_at_the_accounts_daily_plan_limit(
 
 def test_a_huge_payload_reaches_the_session_cut_with_its_summary_whole() -> None:
     opened = payload(OPENED)
-    opened["pull_request"]["body"] = "x" * (3 * github.MAX_PAYLOAD_TEXT)
-    text = github.session_input("pull_request", opened)
-    assert len(text) < github.MAX_PAYLOAD_TEXT + 5_000
+    opened["pull_request"]["body"] = "x" * (3 * matcher.MAX_PAYLOAD_TEXT)
+    text = matcher.session_input("pull_request", opened)
+    assert len(text) < matcher.MAX_PAYLOAD_TEXT + 5_000
     assert "… (cut: the payload has" in text
     assert f"number: {opened['pull_request']['number']}" in text
-    small = github.session_input("pull_request", payload(OPENED))
+    small = matcher.session_input("pull_request", payload(OPENED))
     assert "(cut:" not in small and json.dumps(payload(OPENED), indent=1) in small
 
 
 # -- deciding in two steps: prepared in a snapshot, written in a short transaction --
 
 
-def prepared(hub: Hub) -> deque[github.Prepared]:
+def prepared(hub: Hub) -> deque[matcher.Prepared]:
     with hub.store.transaction(readonly=True) as session:
-        return deque(github.prepare(session))
+        return deque(matcher.prepare(session))
 
 
 def decide_prepared(
-    hub: Hub, ready: deque[github.Prepared], enough: Callable[[], bool] = lambda: False
+    hub: Hub, ready: deque[matcher.Prepared], enough: Callable[[], bool] = lambda: False
 ) -> tuple[int, int]:
     with hub.store.transaction() as session:
-        return github.decide_prepared(
+        return matcher.decide_prepared(
             session, ready, now=hub.clock(), settings=hub.settings, enough=enough
         )
 

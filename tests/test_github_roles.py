@@ -14,8 +14,8 @@ import httpx
 from sqlalchemy import select
 
 from routined.db import Store
+from routined.github.webhooks import sign
 from routined.models import WebhookDelivery
-from routined.webhooks import sign
 from tests.github_support import ROUTINED, SECRET, github_env, raw, serving
 
 DEADLINE = 30.0

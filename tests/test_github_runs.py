@@ -23,11 +23,11 @@ from sqlalchemy import select
 from routined import runs
 from routined.config import Settings
 from routined.db import Store
+from routined.github.webhooks import sign
 from routined.models import Run, RunEvent
+from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text, write_file
 from routined.testing.fake_github import FakeGitHub, generate_app_key
-from routined.webhooks import sign
-from routined.worker import Worker
 from tests.conftest import branches, git
 from tests.github_support import (
     PR_TRIGGER,

@@ -22,9 +22,9 @@ from sqlalchemy import select, text
 from starlette.types import ASGIApp
 
 from routined.db import Store
+from routined.github.webhooks import BAD_SIGNATURES, MAX_BODY, sign
 from routined.models import Counter, WebhookDelivery
 from routined.server import bind
-from routined.webhooks import BAD_SIGNATURES, MAX_BODY, sign
 from tests.github_support import (
     PAYLOADS,
     REPOSITORY,

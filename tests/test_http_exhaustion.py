@@ -45,7 +45,11 @@ from sqlalchemy import select as query
 from starlette.types import Receive, Scope, Send
 
 from routined import routines, tokens
-from routined.api import (
+from routined.config import Settings
+from routined.db import Store
+from routined.github.webhooks import MAX_BODY as WEBHOOK_MAX_BODY
+from routined.github.webhooks import sign
+from routined.http.app import (
     ANTHROPIC_VERSION,
     BODIES_IN_FLIGHT,
     BODY_WAIT,
@@ -53,15 +57,11 @@ from routined.api import (
     _record_fires,
     create_app,
 )
-from routined.config import Settings
-from routined.db import Store
 from routined.limits import Limits
 from routined.manage import Problem
 from routined.models import Run, Trigger
 from routined.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, connection_cap
 from routined.testing.fake_anthropic import FakeAnthropic
-from routined.webhooks import MAX_BODY as WEBHOOK_MAX_BODY
-from routined.webhooks import sign
 from tests.conftest import T0, api_trigger, make_origin, poll_until
 from tests.github_support import SECRET, raw
 
@@ -243,7 +243,7 @@ def test_a_fire_the_database_refuses_fails_alone_and_is_logged_once(
         for i in range(40)
     ]
     woken: list[int] = []
-    caplog.set_level(logging.ERROR, logger="routined.api")
+    caplog.set_level(logging.ERROR, logger="routined.http.app")
     answers = _record_fires(
         app.store,
         batch,
@@ -257,7 +257,7 @@ def test_a_fire_the_database_refuses_fails_alone_and_is_logged_once(
     assert len(refused) == 8
     assert all(isinstance(a, Problem) and a.status in (404, 500) for a in refused), refused
     failed = [a for a in refused if isinstance(a, Problem) and a.status == 500]
-    logged = [r for r in caplog.records if r.name == "routined.api"]
+    logged = [r for r in caplog.records if r.name == "routined.http.app"]
     assert len(logged) == len(failed)  # one line each, none for the others
     assert all(r.exc_info is None for r in logged)  # and not a traceback
     with app.store.transaction() as session:

@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from routined import kept, sandbox, workspace
+from routined import sandbox, workspace
 from routined.cli import app
+from routined.runs import kept
 from tests.conftest import git
 from tests.test_delivery import ROUTINED, SESSION_URL, Run, make_run
 from tests.test_show_run import apply, finish, fire

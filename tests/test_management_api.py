@@ -19,11 +19,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import api as fire_api
 from routined import keys
-from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
+from routined.http import app as fire_api
+from routined.http.app import create_app
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID, Account, Routine, Run
 from tests.conftest import T0

@@ -33,11 +33,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from routined import api as fire_api
 from routined import keys
-from routined.api import create_app
 from routined.config import Settings
 from routined.db import Store
+from routined.http import app as fire_api
+from routined.http.app import create_app
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID
 from tests.conftest import T0

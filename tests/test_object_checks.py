@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from routined import finishing, workspace
+from routined import workspace
+from routined.runs import outbox
 from tests.conftest import branches, git
 from tests.test_delivery import OWN, Run, make_run
 
@@ -63,7 +64,7 @@ async def test_a_gitmodules_url_that_is_an_option_is_refused_on_a_claude_branch(
     git("add", ".gitmodules", cwd=run.repo)
     git("commit", "--quiet", "-m", "add a submodule", cwd=run.repo)
     error = await refused(run)
-    assert isinstance(error, finishing.UnsafeObjects)
+    assert isinstance(error, outbox.UnsafeObjects)
     assert "gitmodulesUrl: disallowed submodule url: --upload-pack=touch" in str(error)
     assert str(error).startswith(f"{run.checkout.shown_url}: git's fsck refused")
     # A person who clones the origin recursively gets nothing of it either.
@@ -212,5 +213,5 @@ async def test_an_origin_with_old_warts_can_still_be_worked_on(tmp_path: Path) -
 
 def test_unsafe_objects_are_a_git_failure_with_a_code() -> None:
     """Code that knows only git failures still stops there; the run's code is named."""
-    assert issubclass(finishing.UnsafeObjects, workspace.GitError)
-    assert finishing.UnsafeObjects.code == "unsafe_objects"
+    assert issubclass(outbox.UnsafeObjects, workspace.GitError)
+    assert outbox.UnsafeObjects.code == "unsafe_objects"

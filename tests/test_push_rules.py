@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from routined import delivery, workspace
-from routined.delivery import Mode, Push, PushRules
-from routined.finishing import AgentWork
+from routined import workspace
+from routined.runs import push
+from routined.runs.outbox import AgentWork
+from routined.runs.push import Mode, Push, PushRules
 from tests.conftest import branches, git, push_commit
 from tests.test_delivery import OWN, ROUTINED, Run, make_run, work
 
@@ -53,7 +54,7 @@ def anyio_backend() -> str:
 )  # fmt: skip
 def test_plan_for_every_combination_of_rules(rules: PushRules, expected: list[Push]) -> None:
     """Branches under the prefix are created only, whatever the rules."""
-    assert delivery.plan(EVERYWHERE, own_branch=OWN, default_branch="main", rules=rules) == expected
+    assert push.plan(EVERYWHERE, own_branch=OWN, default_branch="main", rules=rules) == expected
 
 
 @pytest.mark.parametrize(
@@ -74,7 +75,7 @@ def test_plan_for_every_combination_of_rules(rules: PushRules, expected: list[Pu
         (work(detached="d1"), UFD,
          [Push("d1", OWN, "a detached HEAD (not on a branch; delivered under claude/)")]),
         # A branch called "detached" is still a branch.
-        (work(("detached", "x1"), head="detached"), delivery.RESTRICTED,
+        (work(("detached", "x1"), head="detached"), push.RESTRICTED,
          [Push("x1", OWN, f"branch detached {ONLY}")]),
         # Another prefix: claude/ is just another branch outside it.
         (work(("bot/fix", "b1"), ("claude/x", "c1"), ("main", "m1"), head="main"), PushRules(prefix="bot/"),
@@ -85,12 +86,12 @@ def test_plan_for_every_combination_of_rules(rules: PushRules, expected: list[Pu
 )  # fmt: skip
 def test_plan_cases(agent_work: AgentWork, rules: PushRules, expected: list[Push]) -> None:
     own = OWN.replace("claude/", rules.prefix)
-    assert delivery.plan(agent_work, own_branch=own, default_branch="main", rules=rules) == expected
+    assert push.plan(agent_work, own_branch=own, default_branch="main", rules=rules) == expected
 
 
 def test_the_default_branch_is_whatever_the_origin_says() -> None:
     agent_work = work(("trunk", "t1"), ("main", "m1"), head="trunk")
-    assert delivery.plan(agent_work, own_branch=OWN, default_branch="trunk", rules=U) == [
+    assert push.plan(agent_work, own_branch=OWN, default_branch="trunk", rules=U) == [
         Push("t1", f"{OWN}-trunk", f"branch trunk {NOT_DEFAULT}"),
         Push("m1", "main", "branch main", Mode.FAST_FORWARD, f"{OWN}-main"),
     ]
@@ -98,17 +99,17 @@ def test_the_default_branch_is_whatever_the_origin_says() -> None:
 
 def test_plan_refuses_an_own_branch_outside_a_custom_prefix() -> None:
     with pytest.raises(ValueError, match="refusing to push outside bot/: claude/x"):
-        delivery.plan(work(), own_branch="claude/x", default_branch="main", rules=PushRules("bot/"))
+        push.plan(work(), own_branch="claude/x", default_branch="main", rules=PushRules("bot/"))
 
 
 async def test_pushes_the_rules_do_not_allow_never_reach_the_origin(run: Run) -> None:
     """Should `plan` ever get it wrong, `push` still refuses."""
     before = branches(run.origin)
     wrong = [Push(before["main"], "main", "branch main", Mode.FORCE, OWN)]
-    for rules in (delivery.RESTRICTED, U, UD, PushRules(unrestricted=True, prefix="ma")):
-        view = delivery.OriginView(before, frozenset(run.checkout.base), "main")
+    for rules in (push.RESTRICTED, U, UD, PushRules(unrestricted=True, prefix="ma")):
+        view = push.OriginView(before, frozenset(run.checkout.base), "main")
         with pytest.raises(workspace.GitError, match=r"refusing to push main \(force\)"):
-            await delivery.push(
+            await push.push(
                 run.checkout, run.run_dir, wrong, suffix="x", rules=rules, view=view, changes={},
                 author_email="routined@localhost",
             )  # fmt: skip
@@ -237,7 +238,7 @@ async def test_the_origin_checks_the_lease_when_the_mirror_is_behind(
 
 @pytest.mark.parametrize(
     ("rules", "lands_on_main"),
-    [(delivery.RESTRICTED, False), (U, False), (UF, False), (UD, True), (UFD, True)],
+    [(push.RESTRICTED, False), (U, False), (UF, False), (UD, True), (UFD, True)],
 )
 async def test_the_default_branch_only_when_allowed(
     run: Run, rules: PushRules, lands_on_main: bool
@@ -249,7 +250,7 @@ async def test_the_default_branch_only_when_allowed(
         assert (pushed.branch, pushed.source) == ("main", "branch main")
         assert branches(run.origin)["main"] == mine
     else:
-        why = ONLY if rules == delivery.RESTRICTED else NOT_DEFAULT
+        why = ONLY if rules == push.RESTRICTED else NOT_DEFAULT
         assert (pushed.branch, pushed.source) == (OWN, f"branch main {why}")
         assert branches(run.origin) == {"main": main_before, OWN: mine}
 

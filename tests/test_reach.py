@@ -28,11 +28,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import delivery, reach
-from routined.api import create_app
+from routined import reach
 from routined.config import Settings
 from routined.db import Store
+from routined.http.app import create_app
 from routined.models import Routine
+from routined.runs import push
 from routined.runs.checkout import authenticated
 from routined.runs.failure import Failure
 from routined.runs.scope import RunSpec
@@ -695,7 +696,7 @@ async def test_an_accounts_routine_never_clones_or_pushes_as_the_github_app(
         context = RunSpec(
             run_id="run_1", session_id="session_1", routine_id="rtn_1", account_id="acc_1",
             routine="borrow", prompt="x", model=None, text=None, trigger_type="api",
-            repositories=(url,), push_rules=(delivery.RESTRICTED,), public_only=True,
+            repositories=(url,), push_rules=(push.RESTRICTED,), public_only=True,
         )  # fmt: skip
         assert await authenticated(settings, context, [url], Failure.CLONE_FAILED) == [url]
         assert not [r for r in github.requests if r.path.endswith("/access_tokens")]

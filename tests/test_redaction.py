@@ -35,8 +35,9 @@ from typing import Any
 
 import pytest
 
-from routined import agent, redaction, sandbox, tree_redaction
-from routined.redaction import Redactor
+from routined import agent, sandbox
+from routined.secrets import redaction, tree_redaction
+from routined.secrets.redaction import Redactor
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 
 TOKEN = "ghp_Q7rT2xLm9VbN4cYw8ZkP3dFs6HjA1uGe5Rt0"

@@ -27,9 +27,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from routined import api as fire_api
 from routined.cli import app
 from routined.config import Settings
+from routined.http import app as fire_api
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 from routined.timeutil import iso
 

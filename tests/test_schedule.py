@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from routined.schedule import (
+from routined.schedules.timing import (
     ScheduleError,
     check_interval,
     parse,

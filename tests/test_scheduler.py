@@ -16,7 +16,7 @@ from routined.config import Settings
 from routined.db import Store
 from routined.fires import Outcome
 from routined.models import Fire, Routine, Run, RunEvent, Trigger
-from routined.scheduler import decide_due
+from routined.schedules.scheduler import decide_due
 from tests.conftest import T0
 
 # T0 is 2026-11-28 12:00Z, a Saturday.
@@ -350,7 +350,7 @@ def test_a_slot_is_recorded_once_whoever_records_it(
 def test_resuming_after_downtime_fires_nothing_that_fell_due_while_paused(
     store: Store, settings: Settings, tmp_path: Path, origin: Path
 ) -> None:
-    from routined.scheduler import resume
+    from routined.schedules.scheduler import resume
 
     apply(store, tmp_path, origin, "{type: schedule, schedule: hourly}")
     routine_id = schedule_trigger(store).routine_id

@@ -18,13 +18,14 @@ import uvicorn
 from cryptography.fernet import Fernet
 from typer.testing import CliRunner, Result
 
-from routined import keys, vault
-from routined.api import create_app
+from routined import keys
 from routined.cli import app
 from routined.config import Settings
 from routined.db import Store
+from routined.http.app import create_app
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID, Account
+from routined.secrets import vault
 from tests.conftest import T0
 from tests.test_management_api import Api, assert_error, make_api, operator_key
 

@@ -1,4 +1,4 @@
-"""Secrets at rest (`routined.vault`): the key, encryption, lookups, names, redaction.
+"""Secrets at rest (`routined.secrets.vault`): the key, encryption, lookups, names, redaction.
 
 The store tests run on SQLite and PostgreSQL; the key file is a real file in a real
 home, made by racing processes in one test.
@@ -19,12 +19,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import vault
 from routined.config import Settings
 from routined.db import Store
 from routined.models import DEFAULT_ACCOUNT_ID, Account, Secret
-from routined.redaction import Redactor
-from routined.vault import VaultError
+from routined.secrets import vault
+from routined.secrets.redaction import Redactor
+from routined.secrets.vault import VaultError
 from tests.conftest import T0
 
 ACME = "acct_acme"

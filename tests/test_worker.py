@@ -13,16 +13,17 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import runs, sandbox, vault
-from routined import worker as worker_module
+from routined import runs, sandbox
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
 from routined.models import Repository, Routine, Run, RunEvent
 from routined.runs import confine, ledger
+from routined.runs import worker as worker_module
 from routined.runs.failure import RunFailure
+from routined.runs.worker import Worker
+from routined.secrets import vault
 from routined.timeutil import utcnow
-from routined.worker import Worker
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -27,8 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from routined import network, redaction, tree_redaction
+from routined import network
 from routined.egress import EgressPolicy
+from routined.secrets import redaction, tree_redaction
 from routined.workspace import remove
 
 # Bumped when what a cache entry holds changes, so old entries are not restored.

@@ -30,7 +30,7 @@ from routined.db import count_up_to
 from routined.errors import BadInput
 from routined.models import Account, Routine, Run
 from routined.runs import RunStatus
-from routined.schedule import to_utc
+from routined.schedules.timing import to_utc
 from routined.timeutil import format_duration, iso
 
 DEFAULT_PLANS = "pro:5,max:15,team:25,enterprise:25,unlimited:none"

@@ -22,23 +22,11 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from routined import (
-    admission,
-    fires,
-    github,
-    keys,
-    limits,
-    reach,
-    resources,
-    routines,
-    runs,
-    scheduler,
-    tokens,
-    vault,
-)
+from routined import admission, fires, keys, limits, reach, resources, routines, runs, tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.environment import cache_folder
+from routined.github import matcher
 from routined.ids import new_id
 from routined.keys import Principal, Scope
 from routined.limits import Limits, PlanError
@@ -53,6 +41,8 @@ from routined.models import (
     Trigger,
     WebhookDelivery,
 )
+from routined.schedules import scheduler
+from routined.secrets import vault
 from routined.timeutil import iso
 from routined.views import fire_view, routine_view, run_event_view, run_view
 from routined.workspace import remove_now
@@ -703,7 +693,7 @@ def replay_delivery(
     delivery = _delivery(session, principal, delivery_id)
     would = [
         {key: value for key, value in row.items() if key != "account_id"}
-        for row in github.replay(session, delivery, now=now, settings=settings)
+        for row in matcher.replay(session, delivery, now=now, settings=settings)
         if _sees_all(principal) or row["account_id"] == principal.account_id
     ]
     shown = _visible_delivery(session, principal, delivery)

@@ -131,7 +131,7 @@ class Repository(Base):
     routine_id: Mapped[str] = mapped_column(ForeignKey("routines.id", ondelete="CASCADE"))
     position: Mapped[int]
     url: Mapped[str] = mapped_column(Text)
-    # Where the agent's work may land; see `routined.delivery.PushRules`.
+    # Where the agent's work may land; see `routined.runs.push.PushRules`.
     branch_prefix: Mapped[str] = mapped_column(
         String(100), default="claude/", server_default="claude/"
     )
@@ -228,7 +228,7 @@ class Run(Base):
     serial: Mapped[bool] = mapped_column(default=False, server_default=false())
     cancel_requested_at: Mapped[datetime | None]
     # What the run's workspace and delivery need of the event that started it (the pull
-    # request to fetch, the issue to comment on); see `routined.github`.
+    # request to fetch, the issue to comment on); see `routined.github.matcher`.
     context: Mapped[dict[str, Any] | None]
     # Runs of one routine with the same key follow its trigger's concurrency policy
     # among themselves (a burst of pushes to one pull request), not the routine's.
@@ -236,7 +236,7 @@ class Run(Base):
 
 
 class Secret(Base):
-    """A value a routine's runs may use, encrypted at rest (see `routined.vault`);
+    """A value a routine's runs may use, encrypted at rest (see `routined.secrets.vault`);
     routines name the secrets they use, never their values."""
 
     __tablename__ = "secrets"

@@ -26,21 +26,25 @@ from pydantic import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import github, github_events, network, schedule, vault
+from routined import network
 from routined.config import parse_size
 from routined.errors import BadInput
 from routined.fires import CatchUp, Overlap
+from routined.github import events as github_events
+from routined.github import matcher
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
 from routined.network import Level as NetworkLevel
-from routined.schedule import (
+from routined.schedules import timing as schedule
+from routined.schedules.scheduler import arm, restagger
+from routined.schedules.timing import (
     Schedule,
     ScheduleError,
     check_interval,
     parse_duration,
     zone,
 )
-from routined.scheduler import arm, restagger
+from routined.secrets import vault
 from routined.timeutil import format_duration
 from routined.workspace import display_url
 
@@ -72,7 +76,7 @@ PUSH_RULES = (
 
 class RepositorySpec(_Strict):
     """A repository cloned into each run's workspace, and where the run's work may land
-    on it (see `routined.delivery.PushRules`)."""
+    on it (see `routined.runs.push.PushRules`)."""
 
     url: str = Field(min_length=1)
     branch_prefix: str = "claude/"
@@ -904,7 +908,7 @@ def _installation_warnings(session: Session, routine: RoutineSpec) -> list[str]:
         "reach no routine until it is (GitHub sends them only where the app is installed)"
         for trigger in routine.triggers
         if isinstance(trigger, GitHubTriggerSpec)
-        and not github.installed_on(session, trigger.repository)
+        and not matcher.installed_on(session, trigger.repository)
     ]
 
 

@@ -2,7 +2,7 @@
 
 Pydantic models without the web framework, so that what reads or writes them (the
 CLI answering from the store here, `routined.cli.local`) need not load the server.
-The routes are in `routined.management`.
+The routes are in `routined.http.management`.
 """
 
 from typing import Annotated, Any, Literal

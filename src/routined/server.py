@@ -24,13 +24,13 @@ from rich.console import Console
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from routined import resources, sandbox
-from routined.api import create_app
 from routined.config import Settings, secure_home
 from routined.db import Checkpointer, Store
-from routined.scheduler import Scheduler
+from routined.http.app import create_app
+from routined.runs.worker import Worker
+from routined.schedules.scheduler import Scheduler
 from routined.timeutil import utcnow
 from routined.wakeup import Loop
-from routined.worker import Worker
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import github, runs
+from routined import runs
 from routined.fires import STARTS_RUN
+from routined.github import matcher
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
-from routined.schedule import zone
-from routined.scheduler import next_instants
+from routined.schedules.scheduler import next_instants
+from routined.schedules.timing import zone
 from routined.timeutil import format_duration, iso
 from routined.workspace import display_url
 
@@ -104,7 +105,7 @@ def _local(moment: datetime, where: ZoneInfo) -> str:
 
 def _github_view(session: Session, trigger: Trigger) -> dict[str, Any]:
     repository = trigger.config["repository"]
-    installed = github.installed_on(session, repository)
+    installed = matcher.installed_on(session, repository)
     return {
         "repository": repository,
         "events": trigger.config["events"],

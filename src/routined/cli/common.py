@@ -1,6 +1,6 @@
 """What every `routined` command shares: the Typer app, output, settings, the API client.
 
-Commands that manage things speak the management API (`routined.management`):
+Commands that manage things speak the management API (`routined.http.management`):
 of the server named by `--server` / ROUTINED_URL, with ROUTINED_API_KEY, or else
 of the store here ($ROUTINED_HOME or ROUTINED_DATABASE_URL), served in this
 process to the operator, with or without a running server. Either way a command

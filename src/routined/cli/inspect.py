@@ -1,6 +1,6 @@
 """`routined inspect RUN`: what is kept of a run that delivered nothing, and how to look.
 
-The kept files (`routined.kept`) are in the run's folder on the server's machine, so
+The kept files (`routined.runs.kept`) are in the run's folder on the server's machine, so
 the command reads them there; against a remote server (`--server`) it says where
 they are. It runs git only to list a bundle's refs, which reads the bundle's header.
 """
@@ -13,8 +13,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from routined import kept, runs
+from routined import runs
 from routined.cli.common import JsonFlag, app, connect, out, print_json, remote, segment, settings
+from routined.runs import kept
 from routined.workspace import GitError
 
 

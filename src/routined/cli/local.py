@@ -1,6 +1,6 @@
 """The management API of the store here, answered in this process for the operator.
 
-Most calls go through the server's own app (`routined.api`), built on first use. The
+Most calls go through the server's own app (`routined.http.app`), built on first use. The
 listings people run most (`routined list`, `routined runs`) are answered by calling
 the same `routined.manage` operation the app's route calls: building the app means
 importing FastAPI and the whole server, several times what the listing itself costs.
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from routined.db import Store
 
 
-# The management router's bounds for `limit` (`routined.management`, `Limit`).
+# The management router's bounds for `limit` (`routined.http.management`, `Limit`).
 _LIMITS = range(1, 1001)
 
 
@@ -80,7 +80,7 @@ class Local:
         """An HTTP client of the server's app, served in this process."""
         import httpx
 
-        from routined.api import create_app
+        from routined.http.app import create_app
         from routined.timeutil import utcnow
 
         app = create_app(self.store, self.settings, clock=utcnow, principal=Principal.local)

@@ -63,7 +63,7 @@ async def _run_and_follow(client: Client, run_id: str, *, quiet: bool) -> dict[s
     its events to the end."""
     following = asyncio.create_task(_follow(client, run_id, quiet=quiet))
     if client.local is not None:
-        from routined.worker import Worker
+        from routined.runs.worker import Worker
 
         await Worker(client.local.store, client.local.settings).run_claimed(run_id)
     await following

@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from routined.cli.common import JsonFlag, app, fail, opened, out, print_json, settings
-from routined.schedule import ScheduleError, check_interval, parse, zone
+from routined.schedules.timing import ScheduleError, check_interval, parse, zone
 from routined.timeutil import iso
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def scheduler() -> None:
 
     For deployments that split roles; `routined serve` includes a scheduler.
     """
-    from routined.scheduler import Scheduler
+    from routined.schedules.scheduler import Scheduler
     from routined.timeutil import utcnow
 
     with opened() as (config, store):
@@ -114,7 +114,7 @@ def matcher(
     roles, beside `routined serve --no-matcher`.
     """
     from routined.db import Checkpointer
-    from routined.github import Matcher
+    from routined.github.matcher import Matcher
     from routined.timeutil import utcnow
 
     with opened(background_checkpoints=True) as (config, store):

@@ -40,7 +40,7 @@ def set_(
     account: AccountOption = None,
 ) -> None:
     """Store a secret, or replace its value; the value is read from stdin, never shown."""
-    from routined import vault
+    from routined.secrets import vault
 
     try:
         vault.check_variable_name(name)

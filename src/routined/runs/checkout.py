@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from routined import agent, forge, reach, workspace
+from routined import agent, reach, workspace
 from routined.config import Settings
+from routined.github import app as github_app
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Host, RunSpec, Scope
 
@@ -136,15 +137,15 @@ async def authenticated(
     if spec.public_only:
         return list(urls)
     try:
-        app = forge.GitHubApp.from_settings(settings)
-    except forge.ForgeError as error:
+        app = github_app.GitHubApp.from_settings(settings)
+    except github_app.ForgeError as error:
         raise RunFailure(failure, str(error)) from None
     github = spec.github
     result = []
     for url in urls:
-        repository = forge.repository_of(url, settings.github_url)
+        repository = github_app.repository_of(url, settings.github_url)
         parts = urlsplit(url)
-        own_credentials = parts.username not in (None, forge.TOKEN_USER)
+        own_credentials = parts.username not in (None, github_app.TOKEN_USER)
         if (
             app is None
             or repository is None
@@ -158,9 +159,9 @@ async def authenticated(
             token = await app.installation_token(
                 repository, installation_id=github.installation_id if same else None
             )
-        except forge.ForgeError as error:
+        except github_app.ForgeError as error:
             raise RunFailure(failure, str(error)) from None
-        result.append(forge.with_token(url, token))
+        result.append(github_app.with_token(url, token))
     return result
 
 

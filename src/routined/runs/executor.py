@@ -14,14 +14,15 @@ import logging
 import traceback
 from typing import Any
 
-from routined import agent, delivery, redaction
+from routined import agent
 from routined.config import Settings
 from routined.db import Store
-from routined.runs import checkout, confine, finish, publish, scope, session, setup, triage
+from routined.runs import checkout, confine, finish, publish, push, scope, session, setup, triage
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
 from routined.runs.scope import Host, Scope
 from routined.runs.state import Claim, RunStatus
+from routined.secrets import redaction
 from routined.timeutil import Clock
 
 log = logging.getLogger(__name__)
@@ -142,12 +143,12 @@ class Executor:
             task.add_done_callback(self._background.discard)
 
 
-def _ended(ending: session.Ending, pushed: list[delivery.Pushed]) -> tuple[str, dict[str, Any]]:
+def _ended(ending: session.Ending, pushed: list[push.Pushed]) -> tuple[str, dict[str, Any]]:
     """The reason of the run's last move, and what it records of the run's results."""
     outcome = ending.outcome or agent.SessionOutcome()
     results = {
         "branches": [p.as_dict() for p in pushed],
-        "diff_stat": delivery.total(pushed),
+        "diff_stat": push.total(pushed),
         "summary": outcome.summary,
         "usage": outcome.usage,
         "cost_usd": outcome.cost_usd,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from routined import delivery
+    from routined.runs import push
 
 
 class Failure(enum.StrEnum):
@@ -38,9 +38,7 @@ class Failure(enum.StrEnum):
 class RunFailure(Exception):
     """Ends a run as failed with `code: message` as its error."""
 
-    def __init__(
-        self, code: Failure, message: str, *, pushed: Sequence[delivery.Pushed] = ()
-    ) -> None:
+    def __init__(self, code: Failure, message: str, *, pushed: Sequence[push.Pushed] = ()) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.pushed = list(pushed)  # branches delivered before the failure

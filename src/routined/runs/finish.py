@@ -16,24 +16,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from routined import (
-    delivery,
-    finishing,
-    kept,
-    redaction,
-    sandbox,
-    trailers,
-    tree_redaction,
-    vault,
-    workspace,
-)
+from routined import sandbox, workspace
 from routined.environment import Environment
 from routined.ids import short
 from routined.models import Routine, Run
-from routined.runs import checkout, confine, state
+from routined.runs import checkout, confine, kept, outbox, push, state, trailers
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import NO_SECRETS, Ledger
 from routined.runs.scope import Host, Scope
+from routined.secrets import redaction, tree_redaction, vault
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +32,11 @@ log = logging.getLogger(__name__)
 SETTLED = "settled"
 
 
-async def deliver(scope: Scope) -> list[delivery.Pushed]:
+async def deliver(scope: Scope) -> list[push.Pushed]:
     """Push each repository's work as the routine's rules allow; say what was pushed."""
     spec, run_dir, checkouts = scope.spec, scope.run_dir, scope.checkouts
     session_url, message, env = _finishing(scope)
-    pushed: list[delivery.Pushed] = []
+    pushed: list[push.Pushed] = []
     # Fresh tokens: the ones the clones took may have expired during the session.
     origins = await checkout.authenticated(
         scope.settings, spec, [c.url for c in checkouts], Failure.DELIVERY_FAILED
@@ -53,7 +44,7 @@ async def deliver(scope: Scope) -> list[delivery.Pushed]:
     for number, (repository, origin) in enumerate(zip(checkouts, origins, strict=True)):
         repository = dataclasses.replace(repository, url=origin)
         try:
-            delivered = await delivery.deliver(
+            delivered = await push.deliver(
                 repository,
                 sandboxed=confine.finishing_sandbox(scope, repository.path),
                 env=env,
@@ -65,7 +56,7 @@ async def deliver(scope: Scope) -> list[delivery.Pushed]:
                 suffix=short(spec.run_id),
                 rules=spec.push_rules[number],
             )
-        except finishing.UnsafeObjects as error:
+        except outbox.UnsafeObjects as error:
             raise RunFailure(Failure(error.code), str(error), pushed=pushed) from error
         except (workspace.GitError, TimeoutError) as error:
             raise RunFailure(
@@ -124,7 +115,7 @@ async def settle(ledger: Ledger, run_dir: Path, scope: Scope | None, *, delivere
 
 
 async def _keep_work(scope: Scope) -> None:
-    """What the agent left, kept safe to inspect (see `routined.kept`) since it was
+    """What the agent left, kept safe to inspect (see `routined.runs.kept`) since it was
     not delivered; each kept repository is said in an event."""
     run_dir = scope.run_dir
     session_url, message, env = _finishing(scope)

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from routined import agent, delivery, fires, redaction
+from routined import agent, fires
 from routined.db import Store
 from routined.models import Run
-from routined.runs import state
+from routined.runs import push, state
 from routined.runs.state import Claim, RunStatus
+from routined.secrets import redaction
 from routined.timeutil import Clock
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Ledger:
 
         await asyncio.to_thread(write)
 
-    async def end_failed(self, error: str, pushed: Sequence[delivery.Pushed] = ()) -> None:
+    async def end_failed(self, error: str, pushed: Sequence[push.Pushed] = ()) -> None:
         redactor = self.redactor
         error = redactor.text(error)
 

@@ -7,12 +7,12 @@ and the run goes on to its end.
 
 from __future__ import annotations
 
-from routined import delivery, forge
-from routined.runs import state
+from routined.github import app as github_app
+from routined.runs import push, state
 from routined.runs.scope import RunSpec, Scope
 
 
-async def publish(scope: Scope, pushed: list[delivery.Pushed]) -> None:
+async def publish(scope: Scope, pushed: list[push.Pushed]) -> None:
     """Open the pull requests and write the comment the routine asks for."""
     spec, settings, ledger = scope.spec, scope.settings, scope.ledger
     github = spec.github
@@ -27,8 +27,8 @@ async def publish(scope: Scope, pushed: list[delivery.Pushed]) -> None:
         )
         return
     try:
-        app = forge.GitHubApp.from_settings(settings)
-    except forge.ForgeError as error:
+        app = github_app.GitHubApp.from_settings(settings)
+    except github_app.ForgeError as error:
         await ledger.event("github.error", str(error))
         return
     if app is None:
@@ -41,7 +41,7 @@ async def publish(scope: Scope, pushed: list[delivery.Pushed]) -> None:
     opened = []
     for branch in pushed if github.pull_requests else []:
         checkout = next(c for c in checkouts if c.shown_url == branch.repository)
-        repository = forge.repository_of(checkout.url, settings.github_url)
+        repository = github_app.repository_of(checkout.url, settings.github_url)
         if repository is None and github.repository and checkout is checkouts[0]:
             repository = github.repository  # the event's, cloned from a mirror of it
         if repository is None:
@@ -60,7 +60,7 @@ async def publish(scope: Scope, pushed: list[delivery.Pushed]) -> None:
                 title=f"{spec.routine}: {branch.branch}",
                 body=_pull_request_body(spec, session_url),
             )
-        except forge.ForgeError as error:
+        except github_app.ForgeError as error:
             await ledger.event("github.error", str(error))
             continue
         opened.append(url)
@@ -76,7 +76,7 @@ async def publish(scope: Scope, pushed: list[delivery.Pushed]) -> None:
                 "\n".join(lines),
                 installation_id=github.installation_id,
             )
-        except forge.ForgeError as error:
+        except github_app.ForgeError as error:
             await ledger.event("github.error", str(error))
         else:
             await ledger.event("github.comment", f"commented {url}", url=url)

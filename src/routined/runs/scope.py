@@ -19,14 +19,16 @@ from typing import Any, Literal
 
 from sqlalchemy import select
 
-from routined import delivery, redaction, resources, sandbox, workspace
+from routined import resources, sandbox, workspace
 from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.environment import Environment
 from routined.ids import short
 from routined.models import Repository, Routine, Run, Trigger
+from routined.runs import push
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
+from routined.secrets import redaction
 from routined.timeutil import Clock
 
 
@@ -89,7 +91,7 @@ class PullRequest:
 
 @dataclass(frozen=True)
 class GitHubContext:
-    """The GitHub event that started the run (see `routined.github.context`), and what
+    """The GitHub event that started the run (see `routined.github.matcher.context`), and what
     the routine asks to do on GitHub afterwards."""
 
     event: str | None = None
@@ -140,7 +142,7 @@ class RunSpec:
     text: str | None
     trigger_type: str
     repositories: tuple[str, ...]
-    push_rules: tuple[delivery.PushRules, ...]  # one for each repository, in order
+    push_rules: tuple[push.PushRules, ...]  # one for each repository, in order
     gate: Gate | None = None
     github: GitHubContext = field(default_factory=GitHubContext)
     environment: Environment = field(default_factory=Environment)
@@ -154,7 +156,7 @@ class RunSpec:
     def own_branch(self, number: int = 0) -> str:
         """The branch the agent's uncommitted work goes to in repository `number`."""
         prefix = self.push_rules[number].prefix
-        return f"{prefix}{delivery.slug(self.routine)}-{short(self.run_id)}"
+        return f"{prefix}{push.slug(self.routine)}-{short(self.run_id)}"
 
 
 def load(store: Store, run_id: str) -> RunSpec:
@@ -188,7 +190,7 @@ def load(store: Store, run_id: str) -> RunSpec:
                 run.context, pull_requests=routine.pull_requests, comment=routine.comment
             ),
             push_rules=tuple(
-                delivery.PushRules(
+                push.PushRules(
                     prefix=r.branch_prefix,
                     unrestricted=r.allow_unrestricted_push,
                     force=r.allow_force_push,

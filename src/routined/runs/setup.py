@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from routined import agent, sandbox, vault, workspace
+from routined import agent, sandbox, workspace
 from routined.egress import EgressDecision, EgressProxy, ModelGateway
 from routined.environment import SetupCache, cache_folder, output_lines, run_script
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Scope
+from routined.secrets import vault
 
 _DENIALS_RECORDED = 50
 

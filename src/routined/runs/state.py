@@ -353,7 +353,7 @@ def cancel(session: Session, run_id: str, *, now: datetime, reason: str) -> str 
 
     Returns `cancelled`, `requested`, or None when the run is past stopping
     (delivering or ended). The worker holding an active run sees the request
-    within a second (see `routined.worker.Worker._beat`).
+    within a second (see `routined.runs.worker.Worker._beat`).
     """
     status = session.scalar(select(Run.status).where(Run.id == run_id))
     if status == RunStatus.QUEUED:

@@ -4,7 +4,7 @@ A value is stored as a Fernet token (AES-128-CBC with an HMAC): the store alone
 reveals nothing. The key is ROUTINED_SECRET_KEY when set, else the file
 `$ROUTINED_HOME/secret.key`, made at the first write; whoever holds the store and
 the key holds the secrets. Values leave only through `reveal` (to a run) and are
-kept out of what a run records and leaves behind by `routined.redaction`.
+kept out of what a run records and leaves behind by `routined.secrets.redaction`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from routined import keys, manage
 from routined.config import Settings
 from routined.db import Store
-from routined.jsonbody import NOT_JSON, UnfitJson, parse_json
+from routined.http.jsonbody import NOT_JSON, UnfitJson, parse_json
 from routined.keys import Principal
 from routined.manage import Problem
 from routined.schemas import (

@@ -1,6 +1,6 @@
 """GitHub deliveries, decided: which routines an event starts, and why the others not.
 
-`routined.webhooks` records each delivery and answers GitHub at once; the
+`routined.github.webhooks` records each delivery and answers GitHub at once; the
 `Matcher` here takes recorded deliveries in order and decides each: it keeps
 track of where the app is installed, and for every GitHub trigger on the
 delivery's repository records one decision (a `fires` row with the delivery's
@@ -32,10 +32,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from routined import admission, fires, github_events, jsonbody, limits, runs
+from routined import admission, fires, limits, runs
 from routined.config import Settings
 from routined.db import table_of
 from routined.fires import Outcome, Overlap
+from routined.github import events as github_events
+from routined.http import jsonbody
 from routined.models import (
     Account,
     Installation,

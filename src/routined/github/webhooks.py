@@ -3,7 +3,7 @@
 GitHub gives a receiver 10 seconds. This one checks the signature as the body
 arrives, before it parses a byte (a delivery without one is refused before its body
 is read), then parses and records the delivery in one short transaction (a
-redelivery finds its first row and only counts), and answers 202; `routined.github`
+redelivery finds its first row and only counts), and answers 202; `routined.github.matcher`
 decides what the delivery starts, in the background. A delivery with a bad or missing
 signature leaves nothing behind but a counter; nor does a signed body that is not
 JSON the matcher can walk and the store can hold (too deep, or with a lone surrogate:
@@ -30,9 +30,9 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert, ReturningInsert
 
-from routined import jsonbody, management
 from routined.config import Settings
 from routined.db import GroupCommit, Store, table_of
+from routined.http import jsonbody, management
 from routined.manage import Problem
 from routined.models import Counter, WebhookDelivery
 

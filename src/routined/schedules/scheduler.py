@@ -23,7 +23,7 @@ from routined import limits as limits_
 from routined.config import Settings
 from routined.fires import Outcome, Policy
 from routined.models import Account, Fire, Routine, Trigger
-from routined.schedule import Schedule, parse, stagger_offset
+from routined.schedules.timing import Schedule, parse, stagger_offset
 from routined.timeutil import format_duration
 from routined.wakeup import Loop
 

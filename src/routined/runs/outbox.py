@@ -12,10 +12,10 @@ agent could change:
    when it fetches from a bundle, so the check is made on the pack the fetch stored.
    Anything fsck flags (`.gitmodules` tricks, `.git` in a tree, broken objects) ends
    it with `UnsafeObjects`: nothing of that work leaves the outbox.
-3. There every new commit gets the session's trailer (`routined.trailers`).
+3. There every new commit gets the session's trailer (`routined.runs.trailers`).
 
-What is in the outbox then is `AgentWork`, which `routined.delivery` plans and pushes
-(and `routined.kept` keeps, when a run delivers nothing).
+What is in the outbox then is `AgentWork`, which `routined.runs.push` plans and pushes
+(and `routined.runs.kept` keeps, when a run delivers nothing).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from routined import trailers
+from routined.runs import trailers
 from routined.workspace import Checkout, GitError, git, git_bytes
 
 FINISH_TIMEOUT = 600.0

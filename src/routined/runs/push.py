@@ -1,6 +1,6 @@
 """Delivery: the agent's work lands where its push rules allow.
 
-1. `routined.finishing` brings what the agent left out of its sandbox into an
+1. `routined.runs.outbox` brings what the agent left out of its sandbox into an
    outbox, a bare repository routined owns, every object checked by git's fsck
    (work it refuses is never pushed: `finishing.UnsafeObjects`), each new commit
    naming its session.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from routined.finishing import AgentWork, collect, finish
+from routined.runs.outbox import AgentWork, collect, finish
 from routined.workspace import Checkout, GitError, git, local_repository, remove
 
 BRANCH_PREFIX = "claude/"

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from routined.errors import OutsideFailure
-from routined.redaction import Redactor
+from routined.secrets.redaction import Redactor
 
 # Files are read in chunks of this many bytes.
 _CHUNK = 1 << 20

@@ -4,7 +4,7 @@ A `Redactor` replaces the values of a run's secrets with `[redacted:NAME]` in te
 and JSON-like data (every event, reason, error and summary a run stores), in every
 spelling a value takes there (each line of it, JSON-escaped as Python and as
 JavaScript write it, twice escaped), and catches the piece of a value a cut leaves
-(a preview's end, a kept tail's start). `routined.tree_redaction` does the same,
+(a preview's end, a kept tail's start). `routined.secrets.tree_redaction` does the same,
 in place, for the files a run leaves.
 """
 

@@ -10,7 +10,7 @@ filter, `diff.external`). So `keep` turns it into:
 - `runs/<run>/kept/<name>.bundle` for each checkout: the agent's branches, its
   uncommitted work and a detached HEAD, packed by delivery's own finishing script in
   the finishing sandbox and checked by git's fsck on the way out, exactly as for a
-  delivery (`routined.finishing`). Its refs are `refs/heads/<branch>`,
+  delivery (`routined.runs.outbox`). Its refs are `refs/heads/<branch>`,
   `refs/routined/uncommitted` and `refs/routined/detached`. Listing a bundle's refs
   reads only its header, and fetching from it runs nothing of the agent's.
 - `runs/<run>/workspace/<name>/`: the plain tree of the agent's files, sealed.
@@ -61,8 +61,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from routined import finishing
 from routined.ids import short
+from routined.runs import outbox
 from routined.workspace import Checkout, GitError, git, remove, remove_now
 
 KEPT = "kept"
@@ -216,10 +216,10 @@ async def _pack(
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         raw = scratch / "agent.bundle"
-        said = await finishing.finish(command, env, message, checkout, raw)
-        outbox = scratch / "outbox.git"
-        work = await finishing.collect(
-            checkout, bundle=raw, said=said, outbox=outbox, session_url=session_url
+        said = await outbox.finish(command, env, message, checkout, raw)
+        objects = scratch / "outbox.git"
+        work = await outbox.collect(
+            checkout, bundle=raw, said=said, outbox=objects, session_url=session_url
         )
         refs: dict[str, str] = {}
         if work is not None:
@@ -229,16 +229,16 @@ async def _pack(
         if not refs:
             return {}, "the agent left nothing new: no new commits, nothing uncommitted"
         for ref, sha in refs.items():
-            await git("update-ref", ref, sha, cwd=outbox)
+            await git("update-ref", ref, sha, cwd=objects)
         partial = scratch / "kept.bundle"
         await git(
             "bundle", "create", "--quiet", str(partial), *refs, "--stdin",
-            cwd=outbox, stdin="".join(f"^{sha}\n" for sha in checkout.base).encode(),
+            cwd=objects, stdin="".join(f"^{sha}\n" for sha in checkout.base).encode(),
             confined=True,
         )  # fmt: skip
         partial.replace(destination)
         return refs, None
-    except finishing.UnsafeObjects as error:
+    except outbox.UnsafeObjects as error:
         return {}, _shown_text(f"not kept: {error}")
     except (GitError, TimeoutError, OSError) as error:
         return {}, _shown_text(f"the work could not be packed: {str(error) or 'timed out'}")

@@ -32,10 +32,12 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routined import __version__, admission, fires, jsonbody, management, runs, tokens, webhooks
+from routined import __version__, admission, fires, runs, tokens
 from routined import limits as limits_
 from routined.config import Settings
 from routined.db import GroupCommit, Store, rows_at_most, table_of
+from routined.github import webhooks
+from routined.http import jsonbody, management
 from routined.ids import new_id
 from routined.keys import Principal
 from routined.limits import Limits

@@ -1,0 +1,1 @@
+"""GitHub: the app that acts for routined, the webhook receiver, events and their matcher."""

@@ -1,0 +1,1 @@
+"""Schedules: when a schedule fires, and the loop that decides them as they fall due."""
