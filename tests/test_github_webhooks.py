@@ -23,8 +23,8 @@ from starlette.types import ASGIApp
 
 from routined.db import Store
 from routined.github.webhooks import BAD_SIGNATURES, MAX_BODY, sign
+from routined.http.server import bind
 from routined.models import Counter, WebhookDelivery
-from routined.server import bind
 from tests.github_support import (
     PAYLOADS,
     REPOSITORY,

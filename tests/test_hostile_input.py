@@ -33,9 +33,9 @@ from routined.agent import build_prompt
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import ANTHROPIC_VERSION, create_app
+from routined.http.server import bind
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID
-from routined.server import bind
 from tests.conftest import T0, api_trigger
 from tests.github_support import SECRET, delivery_headers, row_counts
 

@@ -58,7 +58,7 @@ MAX_BODY = 1_048_576
 # five of GitHub's largest deliveries, or a hundred of the largest other bodies.
 BODIES_IN_FLIGHT = 128 * 1024 * 1024
 BODY_WAIT = 5.0  # seconds a body waits for room before it is refused with 503
-BODY_RETRY_AFTER = 5  # seconds; a stalled body is dropped in about 10 (server._BoundedHttp)
+BODY_RETRY_AFTER = 5  # seconds; a stalled body is dropped in about 10 (http.server._BoundedHttp)
 # What routined.ids makes for a trigger: `trig_` and 26 characters of Crockford's
 # base 32. Anything else is no trigger, and is answered so before a query.
 _TRIGGER_ID = re.compile(r"trig_[0-9A-HJKMNP-TV-Z]{26}")
