@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from routined import sandbox, workspace
-from routined.runs import push, trailers
+from routined.runs import outbox, push, trailers
 from routined.runs.outbox import AgentWork, LocalBranch
 from routined.runs.push import Push
 from tests.conftest import branches, git, push_commit
@@ -120,17 +120,15 @@ class Run:
             "GIT_COMMITTER_NAME": ROUTINED[0],
             "GIT_COMMITTER_EMAIL": ROUTINED[1],
         }
-        return await push.deliver(
-            self.checkout,
-            sandboxed=sandbox.bwrap_command(layout, Path("/bin/bash")),
+        packing = outbox.Packing(
+            sandboxed=lambda _: sandbox.bwrap_command(layout, Path("/bin/bash")),
             env=env,
             message=f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n",
             session_url=SESSION_URL,
-            author_email=ROUTINED[1],
-            scratch=self.run_dir / "private" / "delivery",
-            own_branch=own_branch,
-            suffix="ab12cd34",
-            rules=rules,
+        )
+        target = push.Target(own_branch, suffix="ab12cd34", author_email=ROUTINED[1], rules=rules)
+        return await push.deliver(
+            self.checkout, packing, target, scratch=self.run_dir / "private" / "delivery"
         )
 
     def commit(self, path: str, content: str, *, branch: str | None = None) -> str:

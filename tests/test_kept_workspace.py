@@ -28,7 +28,7 @@ from typer.testing import CliRunner, Result
 
 from routined import sandbox, workspace
 from routined.cli import app
-from routined.runs import kept
+from routined.runs import kept, outbox
 from tests.conftest import git
 from tests.test_delivery import ROUTINED, SESSION_URL, Run, make_run
 from tests.test_show_run import apply, finish, fire
@@ -70,14 +70,10 @@ async def keep(run: Run, checkouts: list[workspace.Checkout] | None = None) -> l
         "GIT_COMMITTER_NAME": ROUTINED[0],
         "GIT_COMMITTER_EMAIL": ROUTINED[1],
     }
-    return await kept.keep(
-        run.run_dir,
-        [run.checkout] if checkouts is None else checkouts,
-        sandboxed=sandboxed,
-        env=env,
-        message=f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n",
-        session_url=SESSION_URL,
+    packing = outbox.Packing(
+        sandboxed, env, f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n", SESSION_URL
     )
+    return await kept.keep(run.run_dir, [run.checkout] if checkouts is None else checkouts, packing)
 
 
 # -- the person -----------------------------------------------------------------

@@ -109,10 +109,8 @@ async def test_pushes_the_rules_do_not_allow_never_reach_the_origin(run: Run) ->
     for rules in (push.RESTRICTED, U, UD, PushRules(unrestricted=True, prefix="ma")):
         view = push.OriginView(before, frozenset(run.checkout.base), "main")
         with pytest.raises(workspace.GitError, match=r"refusing to push main \(force\)"):
-            await push.push(
-                run.checkout, run.run_dir, wrong, suffix="x", rules=rules, view=view, changes={},
-                author_email="routined@localhost",
-            )  # fmt: skip
+            target = push.Target(OWN, suffix="x", author_email="routined@localhost", rules=rules)
+            await push.push(run.checkout, run.run_dir, wrong, target=target, view=view)
     assert branches(run.origin) == before
 
 

@@ -35,7 +35,7 @@ SETTLED = "settled"
 async def deliver(scope: Scope) -> list[push.Pushed]:
     """Push each repository's work as the routine's rules allow; say what was pushed."""
     spec, run_dir, checkouts = scope.spec, scope.run_dir, scope.checkouts
-    session_url, message, env = _finishing(scope)
+    packing = _packing(scope)
     pushed: list[push.Pushed] = []
     # Fresh tokens: the ones the clones took may have expired during the session.
     origins = await checkout.authenticated(
@@ -44,18 +44,14 @@ async def deliver(scope: Scope) -> list[push.Pushed]:
     for number, (repository, origin) in enumerate(zip(checkouts, origins, strict=True)):
         repository = dataclasses.replace(repository, url=origin)
         try:
-            delivered = await push.deliver(
-                repository,
-                sandboxed=confine.finishing_sandbox(scope, repository.path),
-                env=env,
-                message=message,
-                session_url=session_url,
-                author_email=scope.settings.git_author_email,
-                scratch=run_dir / "private" / f"delivery-{number}",
+            target = push.Target(
                 own_branch=spec.own_branch(number),
                 suffix=short(spec.run_id),
+                author_email=scope.settings.git_author_email,
                 rules=spec.push_rules[number],
             )
+            scratch = run_dir / "private" / f"delivery-{number}"
+            delivered = await push.deliver(repository, packing, target, scratch=scratch)
         except outbox.UnsafeObjects as error:
             raise RunFailure(Failure(error.code), str(error), pushed=pushed) from error
         except (workspace.GitError, TimeoutError) as error:
@@ -72,9 +68,9 @@ async def deliver(scope: Scope) -> list[push.Pushed]:
     return pushed
 
 
-def _finishing(scope: Scope) -> tuple[str, str, dict[str, str]]:
-    """The session's URL, the message of the commit that takes the agent's
-    uncommitted work, and the environment the finishing script runs with."""
+def _packing(scope: Scope) -> outbox.Packing:
+    """How the run's work is packed: in the finishing sandbox, its uncommitted work
+    committed with a message naming the session."""
     session_url = state.session_url(scope.settings.public_url, scope.spec.session_id)
     message = (
         f"Work left uncommitted by routine {scope.spec.routine}\n\n{trailers.KEY}: {session_url}\n"
@@ -88,7 +84,12 @@ def _finishing(scope: Scope) -> tuple[str, str, dict[str, str]]:
         "LANG": "C.UTF-8",
         **scope.host.author_env(),
     }
-    return session_url, message, env
+    return outbox.Packing(
+        sandboxed=lambda cwd: confine.finishing_sandbox(scope, cwd),
+        env=env,
+        message=message,
+        session_url=session_url,
+    )
 
 
 async def settle(ledger: Ledger, run_dir: Path, scope: Scope | None, *, delivered: bool) -> None:
@@ -118,16 +119,8 @@ async def _keep_work(scope: Scope) -> None:
     """What the agent left, kept safe to inspect (see `routined.runs.kept`) since it was
     not delivered; each kept repository is said in an event."""
     run_dir = scope.run_dir
-    session_url, message, env = _finishing(scope)
     try:
-        kept_work = await kept.keep(
-            run_dir,
-            scope.checkouts,
-            sandboxed=lambda cwd: confine.finishing_sandbox(scope, cwd),
-            env=env,
-            message=message,
-            session_url=session_url,
-        )
+        kept_work = await kept.keep(run_dir, scope.checkouts, _packing(scope))
     except OSError:
         log.exception("run %s: its workspace could be neither sealed nor removed", run_dir.name)
         return
@@ -191,7 +184,7 @@ async def _settle_abandoned(host: Host, run_id: str, run_dir: Path) -> None:
         return
     if (run_dir / "workspace").exists():
         with contextlib.suppress(OSError):
-            await kept.keep(run_dir, [], sandboxed=lambda _: [], env={}, message="", session_url="")
+            await kept.keep(run_dir, [], outbox.Packing(lambda _: [], {}, "", ""))
     redactor: redaction.Redactor | None
     try:
         redactor = await asyncio.to_thread(_redactor_of, host, run_id)

@@ -56,13 +56,14 @@ import os
 import shlex
 import stat
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from routined.ids import short
 from routined.runs import outbox
+from routined.runs.outbox import Packing
 from routined.workspace import Checkout, GitError, git, remove, remove_now
 
 KEPT = "kept"
@@ -146,23 +147,13 @@ class Sealed:
         )
 
 
-async def keep(
-    run_dir: Path,
-    checkouts: Sequence[Checkout],
-    *,
-    sandboxed: Callable[[Path], list[str]],
-    env: dict[str, str],
-    message: str,
-    session_url: str,
-) -> list[Kept]:
+async def keep(run_dir: Path, checkouts: Sequence[Checkout], packing: Packing) -> list[Kept]:
     """Keep what the agent left in `run_dir`'s workspace, safely (see the module's
     docstring); never raises for the run's own failures: what is missing is said.
 
-    `sandboxed(cwd)` is the command line that runs bash in the finishing sandbox
-    (no network) working in `cwd`, as for a delivery; `env`, `message` and
-    `session_url` are delivery's too. Call it once the agent's sandbox is gone, with
-    every checkout the run made (none if it made none). If cancelled, the workspace
-    is still sealed and `kept.json` written before the cancellation goes on. Raises
+    `packing` is delivery's. Call it once the agent's sandbox is gone, with every
+    checkout the run made (none if it made none). If cancelled, the workspace is
+    still sealed and `kept.json` written before the cancellation goes on. Raises
     OSError only if the workspace could be neither sealed nor removed.
     """
     folder = run_dir / KEPT
@@ -173,10 +164,7 @@ async def keep(
             packed.append(
                 await _pack(
                     checkout,
-                    command=sandboxed(checkout.path),
-                    env=env,
-                    message=message,
-                    session_url=session_url,
+                    packing,
                     scratch=run_dir / "private" / f"keep-{number}",
                     destination=folder / f"{checkout.path.name}.bundle",
                 )
@@ -199,14 +187,7 @@ async def keep(
 
 
 async def _pack(
-    checkout: Checkout,
-    *,
-    command: list[str],
-    env: dict[str, str],
-    message: str,
-    session_url: str,
-    scratch: Path,
-    destination: Path,
+    checkout: Checkout, packing: Packing, *, scratch: Path, destination: Path
 ) -> tuple[dict[str, str], str | None]:
     """Pack the agent's work in `checkout` into the bundle `destination` as delivery
     would collect it (fsck-checked, each commit naming the session); its refs, or
@@ -215,12 +196,8 @@ async def _pack(
         return {}, "the run ended before this repository was checked out"
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        raw = scratch / "agent.bundle"
-        said = await outbox.finish(command, env, message, checkout, raw)
-        objects = scratch / "outbox.git"
-        work = await outbox.collect(
-            checkout, bundle=raw, said=said, outbox=objects, session_url=session_url
-        )
+        work = await outbox.pack(checkout, packing, scratch)
+        objects = outbox.outbox_of(scratch)
         refs: dict[str, str] = {}
         if work is not None:
             refs |= {f"refs/heads/{branch.name}": branch.sha for branch in work.branches}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,22 @@ message=$1
 echo "routined-head: $head_branch" >&2
 exec git bundle create - "${refs[@]}" --stdin
 """.replace("$LEFTOVERS", LEFTOVERS).replace("$DETACHED", DETACHED)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a run's work is packed, the same for a delivery and for kept work.
+
+    `sandboxed(cwd)` is the command line that runs bash in the run's finishing sandbox
+    (no network) working in `cwd`; `env` its environment; `message` the message of the
+    commit that takes the agent's uncommitted work; `session_url` what the trailer of
+    every new commit names.
+    """
+
+    sandboxed: Callable[[Path], list[str]]
+    env: dict[str, str]
+    message: str
+    session_url: str
 
 
 class UnsafeObjects(GitError):
@@ -147,6 +164,27 @@ async def finish(
 
 def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (BUNDLE_LIMIT, BUNDLE_LIMIT))
+
+
+async def pack(checkout: Checkout, packing: Packing, scratch: Path) -> AgentWork | None:
+    """Pack the agent's work in `checkout` into a fresh outbox, `outbox_of(scratch)`:
+    the finishing script runs in the sandbox, and what it bundled is checked and
+    fetched (`collect`). None if the agent left nothing new."""
+    bundle = scratch / "agent.bundle"
+    command = packing.sandboxed(checkout.path)
+    said = await finish(command, packing.env, packing.message, checkout, bundle)
+    return await collect(
+        checkout,
+        bundle=bundle,
+        said=said,
+        outbox=outbox_of(scratch),
+        session_url=packing.session_url,
+    )
+
+
+def outbox_of(scratch: Path) -> Path:
+    """The outbox `pack` fills in `scratch`."""
+    return scratch / "outbox.git"
 
 
 async def collect(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from routined.runs.outbox import AgentWork, collect, finish
+from routined.runs.outbox import AgentWork, Packing, outbox_of, pack
 from routined.workspace import Checkout, GitError, git, local_repository, remove
 
 BRANCH_PREFIX = "claude/"
@@ -126,40 +126,38 @@ class OriginView:
         return sha if sha in self.base else None
 
 
-async def deliver(
-    checkout: Checkout,
-    *,
-    sandboxed: list[str],
-    env: dict[str, str],
-    message: str,
-    session_url: str,
-    author_email: str,
-    scratch: Path,
-    own_branch: str,
-    suffix: str,
-    rules: PushRules = RESTRICTED,
-) -> list[Pushed]:
-    """Push what the agent left in `checkout` to its origin, as `rules` allow.
+@dataclass(frozen=True)
+class Target:
+    """Where a repository's work may land: `own_branch` is the run's branch, under
+    `rules.prefix`; `suffix` sets a new branch apart when its name is taken;
+    `author_email` is the one routined's commits carry (a branch with commits by
+    anyone else is not moved)."""
 
-    `sandboxed` is the command line that runs bash in the run's sandbox (without
-    network) in the checkout; `scratch` a folder only routined can reach;
-    `own_branch` the run's branch, under `rules.prefix`; `author_email` the one
-    routined's commits carry (a branch with commits by anyone else is not moved).
-    Raises `finishing.UnsafeObjects` (a GitError) when git's fsck refuses any object
-    of the work, before anything is pushed.
+    own_branch: str
+    suffix: str
+    author_email: str
+    rules: PushRules = RESTRICTED
+
+
+async def deliver(
+    checkout: Checkout, packing: Packing, target: Target, *, scratch: Path
+) -> list[Pushed]:
+    """Push what the agent left in `checkout` to its origin, as `target.rules` allow.
+
+    `scratch` is a folder only routined can reach. Raises `outbox.UnsafeObjects` (a
+    GitError) when git's fsck refuses any object of the work, before anything is
+    pushed.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        bundle = scratch / "agent.bundle"
-        said = await finish(sandboxed, env, message, checkout, bundle)
-        outbox = scratch / "outbox.git"
-        work = await collect(
-            checkout, bundle=bundle, said=said, outbox=outbox, session_url=session_url
-        )
+        work = await pack(checkout, packing, scratch)
         if work is None:
             return []
         pushes = plan(
-            work, own_branch=own_branch, default_branch=checkout.default_branch, rules=rules
+            work,
+            own_branch=target.own_branch,
+            default_branch=checkout.default_branch,
+            rules=target.rules,
         )
         if len(pushes) > MAX_PUSHES:
             raise GitError(
@@ -169,18 +167,14 @@ async def deliver(
         # Read once, before anything is pushed: a local origin is its own mirror,
         # and the pushes move it. Changes are measured before pushing too, so that
         # a failure leaves the origin as it was rather than half delivered.
+        outbox = outbox_of(scratch)
         view = await origin_view(checkout)
         changes = {sha: await diffstat(outbox, view, sha) for sha in {p.sha for p in pushes}}
-        return await push(
-            checkout,
-            outbox,
-            pushes,
-            suffix=suffix,
-            rules=rules,
-            view=view,
-            changes=changes,
-            author_email=author_email,
-        )
+        landed = await push(checkout, outbox, pushes, target=target, view=view)
+        return [
+            Pushed(checkout.shown_url, branch, planned.sha, source, *changes[planned.sha])
+            for planned, branch, source in landed
+        ]
     finally:
         await remove(scratch)
 
@@ -290,23 +284,22 @@ async def push(
     outbox: Path,
     pushes: Sequence[Push],
     *,
-    suffix: str,
-    rules: PushRules,
+    target: Target,
     view: OriginView,
-    changes: Mapping[str, tuple[int, int, int]],
-    author_email: str,
-) -> list[Pushed]:
+) -> list[tuple[Push, str, str]]:
     """Push each planned branch as its mode says; one refused under its own name
     (by the origin, or because it carries others' commits) goes to its fallback
-    under the prefix, as a new branch."""
-    pushed = []
+    under the prefix, as a new branch. Each push with the branch it landed on and
+    its source, as said to people."""
+    rules = target.rules
+    landed = []
     for planned in pushes:
         branch, source = planned.branch, planned.source
         if planned.mode is Mode.CREATE:
-            branch = await _create(checkout, outbox, planned.sha, branch, suffix, rules.prefix)
+            branch = await _create(checkout, outbox, planned.sha, branch, target)
         else:
             _check_allowed(planned, rules, checkout.default_branch)
-            others = await _others(outbox, view, planned.branch, author_email)
+            others = await _others(outbox, view, planned.branch, target.author_email)
             if others:
                 shown = ", ".join(others[:3]) + (" and others" if len(others) > 3 else "")
                 taken, note = False, f"the branch carries commits by others ({shown})"
@@ -318,12 +311,9 @@ async def push(
                 raise GitError(f"{branch}: refused ({note}), and no branch to deliver it to")
             else:
                 source = f"{source} ({note}; delivered under {rules.prefix})"
-                branch = await _create(
-                    checkout, outbox, planned.sha, planned.fallback, suffix, rules.prefix
-                )
-        counts = changes[planned.sha]
-        pushed.append(Pushed(checkout.shown_url, branch, planned.sha, source, *counts))
-    return pushed
+                branch = await _create(checkout, outbox, planned.sha, planned.fallback, target)
+        landed.append((planned, branch, source))
+    return landed
 
 
 def _check_allowed(planned: Push, rules: PushRules, default_branch: str) -> None:
@@ -353,19 +343,17 @@ async def _others(outbox: Path, view: OriginView, branch: str, author_email: str
     return sorted(emails - {author_email.lower()})
 
 
-async def _create(
-    checkout: Checkout, outbox: Path, sha: str, branch: str, suffix: str, prefix: str
-) -> str:
+async def _create(checkout: Checkout, outbox: Path, sha: str, branch: str, target: Target) -> str:
     """Push `sha` as a new branch `branch`, or `branch-suffix` if that name is taken;
     the name it got."""
     try:
-        await _create_as(checkout, outbox, sha, branch, prefix)
+        await _create_as(checkout, outbox, sha, branch, target.rules.prefix)
         return branch
     except GitError as error:
         if "rejected" not in str(error):
             raise
-    await _create_as(checkout, outbox, sha, f"{branch}-{suffix}", prefix)
-    return f"{branch}-{suffix}"
+    await _create_as(checkout, outbox, sha, f"{branch}-{target.suffix}", target.rules.prefix)
+    return f"{branch}-{target.suffix}"
 
 
 def _origin_umask(checkout: Checkout) -> int | None:
