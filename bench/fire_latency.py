@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from routined.sandbox import SYSTEM_PATH, claude_binary
+from routined.sandbox.bubblewrap import SYSTEM_PATH, claude_binary
 from routined.testing.fake_anthropic import FakeAnthropic, text
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from routined import sandbox, workspace
+from routined import workspace
 from routined.runs import outbox, push, trailers
 from routined.runs.outbox import AgentWork, LocalBranch
 from routined.runs.push import Push
+from routined.sandbox import bubblewrap
 from tests.conftest import branches, git, push_commit
 
 pytestmark = pytest.mark.anyio
@@ -104,15 +105,15 @@ class Run:
     ) -> list[push.Pushed]:
         # The test wrote the agent's work as root: the sandbox's user owns it, as
         # it would had the agent written it.
-        await workspace.hand_over([self.repo], sandbox.owner(sandbox.SANDBOX_UID))
-        layout = sandbox.finishing_layout(
+        await workspace.hand_over([self.repo], bubblewrap.owner(bubblewrap.SANDBOX_UID))
+        layout = bubblewrap.finishing_layout(
             run_dir=self.run_dir,
             cwd=self.repo,
             readable=[self.checkout.mirror_objects],
             masked=masked or [],
         )
         env = {
-            "PATH": sandbox.SYSTEM_PATH,
+            "PATH": bubblewrap.SYSTEM_PATH,
             "HOME": "/tmp",
             "TMPDIR": "/tmp",
             "GIT_AUTHOR_NAME": ROUTINED[0],
@@ -121,7 +122,7 @@ class Run:
             "GIT_COMMITTER_EMAIL": ROUTINED[1],
         }
         packing = outbox.Packing(
-            sandboxed=lambda _: sandbox.bwrap_command(layout, Path("/bin/bash")),
+            sandboxed=lambda _: bubblewrap.bwrap_command(layout, Path("/bin/bash")),
             env=env,
             message=f"Leftovers\n\nRoutine-Session: {SESSION_URL}\n",
             session_url=SESSION_URL,
@@ -378,11 +379,11 @@ async def test_links_planted_in_the_workspace_mount_nothing_during_delivery(
         f"[core]\n\tfsmonitor = cp -r {hidden} {run.repo}/loot\n"
     )
     (run.repo / "NOTES.md").write_text("notes\n")
-    layout = sandbox.finishing_layout(
+    layout = bubblewrap.finishing_layout(
         run_dir=run.run_dir, cwd=run.repo, readable=[run.checkout.mirror_objects], masked=[hidden]
     )
     looked = subprocess.run(
-        [*sandbox.bwrap_command(layout, Path("/bin/cat")), str(hidden / ".ssh" / "id_ed25519")],
+        [*bubblewrap.bwrap_command(layout, Path("/bin/cat")), str(hidden / ".ssh" / "id_ed25519")],
         capture_output=True,
         text=True,
     )

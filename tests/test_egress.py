@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from routined import network
-from routined.egress import (
+from routined.sandbox import network
+from routined.sandbox.egress import (
     EgressDecision,
     EgressPolicy,
     EgressProxy,

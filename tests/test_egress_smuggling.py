@@ -24,7 +24,13 @@ from pathlib import Path
 import h11
 import pytest
 
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy, HostRule, ModelGateway
+from routined.sandbox.egress import (
+    EgressDecision,
+    EgressPolicy,
+    EgressProxy,
+    HostRule,
+    ModelGateway,
+)
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.anyio

@@ -11,9 +11,9 @@ from routined.github.events import KeyTemplateError
 from routined.http.jsonbody import UnfitJson
 from routined.limits import PlanError
 from routined.reach import Unreachable
-from routined.resources import ResourceError
 from routined.routines import SpecError
-from routined.sandbox import SandboxUnavailable
+from routined.sandbox.bubblewrap import SandboxUnavailable
+from routined.sandbox.resources import ResourceError
 from routined.schedules.timing import ScheduleError
 from routined.secrets.tree_redaction import RedactionError
 from routined.secrets.vault import VaultError

@@ -7,9 +7,9 @@ import re
 import typing
 from pathlib import Path
 
-from routined import resources
 from routined.runs import outbox
 from routined.runs.failure import Failure
+from routined.sandbox import resources
 
 RUNS_MD = Path(__file__).parent.parent / "docs" / "runs.md"
 

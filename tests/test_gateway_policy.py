@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from routined import egress, network
-from routined.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
+from routined.sandbox import egress, network
+from routined.sandbox.egress import EgressDecision, EgressPolicy, EgressProxy, ModelGateway
 from tests.conftest import wait_until
 from tests.test_egress_smuggling import (
     GATEWAY,

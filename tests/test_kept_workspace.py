@@ -26,9 +26,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from routined import sandbox, workspace
+from routined import workspace
 from routined.cli import app
 from routined.runs import kept, outbox
+from routined.sandbox import bubblewrap
 from tests.conftest import git
 from tests.test_delivery import ROUTINED, SESSION_URL, Run, make_run
 from tests.test_show_run import apply, finish, fire
@@ -52,17 +53,17 @@ async def keep(run: Run, checkouts: list[workspace.Checkout] | None = None) -> l
     """`kept.keep` as the run calls it, with delivery's finishing sandbox, once what
     the test wrote as root is the sandbox user's, as had the agent written it."""
     await workspace.hand_over(
-        [run.run_dir / "workspace", run.run_dir / "home"], sandbox.owner(sandbox.SANDBOX_UID)
+        [run.run_dir / "workspace", run.run_dir / "home"], bubblewrap.owner(bubblewrap.SANDBOX_UID)
     )
 
     def sandboxed(cwd: Path) -> list[str]:
-        layout = sandbox.finishing_layout(
+        layout = bubblewrap.finishing_layout(
             run_dir=run.run_dir, cwd=cwd, readable=[run.checkout.mirror_objects], masked=[]
         )
-        return sandbox.bwrap_command(layout, Path("/bin/bash"))
+        return bubblewrap.bwrap_command(layout, Path("/bin/bash"))
 
     env = {
-        "PATH": sandbox.SYSTEM_PATH,
+        "PATH": bubblewrap.SYSTEM_PATH,
         "HOME": "/tmp",
         "TMPDIR": "/tmp",
         "GIT_AUTHOR_NAME": ROUTINED[0],

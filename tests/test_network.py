@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routined import network
+from routined.sandbox import network
 
 DOCS = Path(__file__).parents[1] / "docs" / "network.md"
 
@@ -226,7 +226,7 @@ def test_the_docs_list_the_trusted_hosts_as_they_are() -> None:
     shown = text[start : text.index(network.TABLE_END)]
     assert shown.strip() == network.trusted_hosts_table().strip(), (
         "docs/network.md lists other trusted hosts than TRUSTED_HOSTS; "
-        "run `.venv/bin/python -m routined.network docs/network.md`"
+        "run `.venv/bin/python -m routined.sandbox.network docs/network.md`"
     )
     for entry in network.TRUSTED_HOSTS:
         assert f"`{entry.pattern}`" in shown
@@ -237,7 +237,7 @@ def test_the_docs_table_is_rewritten_in_place(tmp_path: Path) -> None:
     page.write_text(
         f"# Before\n\n{network.TABLE_START}\n\n| stale | table |\n\n{network.TABLE_END}\n\nAfter.\n"
     )
-    subprocess.run([sys.executable, "-m", "routined.network", str(page)], check=True)
+    subprocess.run([sys.executable, "-m", "routined.sandbox.network", str(page)], check=True)
     assert page.read_text() == (
         f"# Before\n\n{network.TABLE_START}\n\n{network.trusted_hosts_table()}\n"
         f"{network.TABLE_END}\n\nAfter.\n"

@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from routined import agent, sandbox
+from routined import agent
+from routined.sandbox import bubblewrap
 from routined.secrets import redaction, tree_redaction
 from routined.secrets.redaction import Redactor
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
@@ -700,7 +701,7 @@ def claude(
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         **SECRETS,
     }
-    command = [str(sandbox.claude_binary(None)), "--output-format", "stream-json", "--verbose"]
+    command = [str(bubblewrap.claude_binary(None)), "--output-format", "stream-json", "--verbose"]
     return subprocess.run(
         [*command, "--dangerously-skip-permissions", *arguments],
         cwd=work,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from routined import resources, sandbox
-from routined.resources import Caps, Host
+from routined.sandbox import bubblewrap, resources
+from routined.sandbox.resources import Caps, Host
 from tests.conftest import poll_until
 
 MIB = 1024**2
@@ -65,10 +65,10 @@ def _name() -> str:
 
 def _in_sandbox(script: str) -> list[str]:
     """A shell running `script` in the real sandbox, as a run's agent would."""
-    layout = sandbox.Layout(
+    layout = bubblewrap.Layout(
         cwd=Path("/"), writable=(), readable=(), read_only_inside=(), masked=(), egress_socket=None
     )
-    return [*sandbox.bwrap_command(layout, Path("/bin/sh")), "-c", script]
+    return [*bubblewrap.bwrap_command(layout, Path("/bin/sh")), "-c", script]
 
 
 def _host_processes(*argv: str) -> list[int]:
@@ -148,14 +148,14 @@ def test_a_fork_bomb_stops_at_the_pids_cap_and_is_named(host: Host) -> None:
 def test_the_runs_launcher_starts_the_sandbox_inside_the_group(host: Host, tmp_path: Path) -> None:
     group = host.group(_name(), ROOMY)
     launcher = tmp_path / "launch-agent"
-    layout = sandbox.Layout(
+    layout = bubblewrap.Layout(
         cwd=Path("/"), writable=(), readable=(), read_only_inside=(), masked=(), egress_socket=None
     )
     # As the run pipeline writes it: the group's shell first, then the sandbox.
-    sandbox.write_launcher(
+    bubblewrap.write_launcher(
         launcher,
         run_id="run_test",
-        command=group.enter_command(sandbox.bwrap_command(layout, Path("/bin/sh"))),
+        command=group.enter_command(bubblewrap.bwrap_command(layout, Path("/bin/sh"))),
         keep=["PATH"],
     )
     marker = str(3600 + secrets.randbelow(10**6))
@@ -546,7 +546,7 @@ def test_disk_used_stays_on_one_filesystem(tmp_path: Path) -> None:
     (workspace / "own.bin").write_bytes(os.urandom(MIB))
     measure = tmp_path / "measure.py"
     measure.write_text(
-        "import sys\nfrom pathlib import Path\nfrom routined import resources\n"
+        "import sys\nfrom pathlib import Path\nfrom routined.sandbox import resources\n"
         "print(resources.disk_used([Path(sys.argv[1])]).allocated)\n"
     )
     # A filesystem mounted inside, in a mount namespace of the test's own.

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from routined import sandbox, workspace
-from routined.egress import EgressPolicy, EgressProxy, ModelGateway
+from routined import workspace
+from routined.sandbox import bubblewrap
+from routined.sandbox.egress import EgressPolicy, EgressProxy, ModelGateway
 from routined.testing.fake_anthropic import FakeAnthropic
 from tests.conftest import wait_until
 
@@ -56,7 +57,7 @@ class Box:
 
     def launcher(self, socket: Path) -> tuple[Path, dict[str, str]]:
         """The launcher the worker would write for this run, and the agent's environment."""
-        layout = sandbox.run_layout(
+        layout = bubblewrap.run_layout(
             run_dir=self.run_dir,
             cwd=self.repo,
             protected=workspace.protected_paths(self.checkout),
@@ -65,14 +66,14 @@ class Box:
             egress_socket=socket,
         )
         layout = dataclasses.replace(layout, system_roots=(*layout.system_roots, str(self.host)))
-        env = sandbox.agent_environment(
+        env = bubblewrap.agent_environment(
             home=self.run_dir / "home", tmp=self.run_dir / "tmp", extra={}
         )
         launcher = self.run_dir / "private" / "launch-agent"
-        sandbox.write_launcher(
+        bubblewrap.write_launcher(
             launcher,
             run_id="run_test",
-            command=sandbox.bwrap_command(layout, Path("/bin/sh")),
+            command=bubblewrap.bwrap_command(layout, Path("/bin/sh")),
             keep=env,
         )
         return launcher, env
@@ -85,7 +86,7 @@ class Box:
                 EgressPolicy(), lambda _: None, ModelGateway(self.fake.base_url, "sk-ant-test")
             )
             await proxy.start(socket)
-            owner = sandbox.owner(sandbox.SANDBOX_UID)
+            owner = bubblewrap.owner(bubblewrap.SANDBOX_UID)
             if owner is not None:
                 os.chown(socket, owner, owner)
             try:
@@ -122,7 +123,7 @@ async def box(
         (run_dir / folder).mkdir(parents=True)
     (routined_home / "routined.db").write_text("the store")
     mirror = await workspace.sync_mirror(str(origin), routined_home / "mirrors")
-    owner = sandbox.owner(sandbox.SANDBOX_UID)
+    owner = bubblewrap.owner(bubblewrap.SANDBOX_UID)
     checkout = await workspace.clone(mirror, run_dir / "workspace" / "app", owner=owner)
     await workspace.hand_over([run_dir / "workspace", run_dir / "home", run_dir / "tmp"], owner)
     return Box(host, run_dir, checkout, routined_home, user_home, secret_file, fake_api)
@@ -202,9 +203,9 @@ async def test_only_the_allowed_environment_gets_in(box: Box) -> None:
         assert leaked not in result.out
     assert seen["HOME"] == str(box.run_dir / "home")
     assert seen["IS_SANDBOX"] == "1"
-    assert seen["ANTHROPIC_BASE_URL"] == sandbox.MODEL_GATEWAY_URL
-    assert seen["ANTHROPIC_API_KEY"] == sandbox.GATEWAY_API_KEY  # not the real one
-    assert seen["HTTPS_PROXY"] == sandbox.PROXY_URL
+    assert seen["ANTHROPIC_BASE_URL"] == bubblewrap.MODEL_GATEWAY_URL
+    assert seen["ANTHROPIC_API_KEY"] == bubblewrap.GATEWAY_API_KEY  # not the real one
+    assert seen["HTTPS_PROXY"] == bubblewrap.PROXY_URL
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -242,7 +243,7 @@ async def test_stop_ends_the_whole_sandbox(box: Box) -> None:
         box.run(f"setsid sleep 60 & touch {started}; sleep 60; echo not-stopped")
     )
     await wait_until(started.exists)
-    await sandbox.stop(f"{box.run_dir}/")
+    await bubblewrap.stop(f"{box.run_dir}/")
     result = await asyncio.wait_for(running, 10)
     assert "not-stopped" not in result.out
     assert result.code != 0
@@ -305,7 +306,7 @@ async def test_orphaned_sandboxes_are_reaped(box: Box, tmp_path: Path) -> None:
     await wait_until(started.exists)
     runs_dir = box.run_dir.parent
     assert run_processes(box.run_dir)
-    reaped = sandbox.reap_orphans(runs_dir)
+    reaped = bubblewrap.reap_orphans(runs_dir)
     assert reaped
     await wait_until(lambda: not run_processes(box.run_dir))
 
@@ -319,9 +320,9 @@ async def test_a_masked_folder_inside_another_is_hidden_by_it(tmp_path: Path) ->
         (run_dir / folder).mkdir(parents=True)
     (outer / "routined.db").write_text("the store")
     (inner / "secret.key").write_text("the key")
-    await workspace.hand_over([run_dir / "workspace"], sandbox.owner(sandbox.SANDBOX_UID))
+    await workspace.hand_over([run_dir / "workspace"], bubblewrap.owner(bubblewrap.SANDBOX_UID))
     tmp_path.chmod(0o755)  # shown as a system folder is: readable by anyone
-    layout = sandbox.run_layout(
+    layout = bubblewrap.run_layout(
         run_dir=run_dir,
         cwd=run_dir / "workspace",
         protected=[],
@@ -331,7 +332,7 @@ async def test_a_masked_folder_inside_another_is_hidden_by_it(tmp_path: Path) ->
     )
     layout = dataclasses.replace(layout, system_roots=(*layout.system_roots, str(tmp_path)))
     process = await asyncio.create_subprocess_exec(
-        *sandbox.bwrap_command(layout, Path("/bin/sh")),
+        *bubblewrap.bwrap_command(layout, Path("/bin/sh")),
         "-c",
         f"cat {outer}/routined.db {inner}/secret.key; echo made > made.txt; echo end",
         stdout=asyncio.subprocess.PIPE,

@@ -33,10 +33,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from routined import runs, sandbox, workspace
+from routined import runs, workspace
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine
+from routined.sandbox import bubblewrap
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 from tests.conftest import branches, git, make_origin, poll_until, push_commit
 
@@ -397,7 +398,7 @@ def test_what_an_agent_makes_is_not_roots_and_runs_as_no_one_else(
     planted = run_dir / "home" / "sbash"
     assert planted.is_file()
     info = planted.stat()
-    assert info.st_uid == sandbox.SANDBOX_UID != 0
+    assert info.st_uid == bubblewrap.SANDBOX_UID != 0
     assert not info.st_mode & (stat.S_ISUID | stat.S_ISGID)
     everything = [path for path in run_dir.rglob("*") if not path.is_symlink()]
     assert [p for p in everything if p.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)] == []

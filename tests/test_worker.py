@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from routined import runs, sandbox
+from routined import runs
 from routined.config import Settings
 from routined.db import Store
 from routined.ids import new_id
@@ -22,6 +22,7 @@ from routined.runs import confine, ledger
 from routined.runs import worker as worker_module
 from routined.runs.failure import RunFailure
 from routined.runs.worker import Worker
+from routined.sandbox import bubblewrap
 from routined.secrets import vault
 from routined.timeutil import utcnow
 from tests.conftest import wait_until
@@ -218,14 +219,14 @@ async def test_a_folder_a_sandbox_still_uses_stays_whatever_the_store_says(
     run_id = ended_at(store, tmp_path, now - timedelta(hours=1))
     folder = run_folder(settings, run_id)
     (folder / "workspace").mkdir()
-    layout = sandbox.finishing_layout(
+    layout = bubblewrap.finishing_layout(
         run_dir=folder, cwd=folder / "workspace", readable=[], masked=[]
     )
-    command = [*sandbox.bwrap_command(layout, Path("/bin/cat"))]
+    command = [*bubblewrap.bwrap_command(layout, Path("/bin/cat"))]
     running = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.PIPE)
     worker = Worker(store, settings, clock=lambda: now)
     try:
-        await wait_until(lambda: run_id in sandbox.runs_in_use(settings.runs_dir))
+        await wait_until(lambda: run_id in bubblewrap.runs_in_use(settings.runs_dir))
         assert await worker.remove_expired_files() == []
         assert folder.exists()
     finally:
@@ -252,9 +253,9 @@ def test_a_missing_claude_binary_fails_a_run_as_the_sandbox_would(
     """Also when the setup script is first to lay out the sandbox: not an internal error."""
 
     def missing(configured: Path | None) -> Path:
-        raise sandbox.SandboxUnavailable("Claude Code is not bundled with this install")
+        raise bubblewrap.SandboxUnavailable("Claude Code is not bundled with this install")
 
-    monkeypatch.setattr(sandbox, "claude_binary", missing)
+    monkeypatch.setattr(bubblewrap, "claude_binary", missing)
     with pytest.raises(RunFailure) as failed:
         confine.claude(settings)
     assert str(failed.value) == "sandbox_unavailable: Claude Code is not bundled with this install"

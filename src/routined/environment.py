@@ -27,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from routined import network
-from routined.egress import EgressPolicy
+from routined.sandbox import network
+from routined.sandbox.egress import EgressPolicy
 from routined.secrets import redaction, tree_redaction
 from routined.workspace import remove
 

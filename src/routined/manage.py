@@ -22,7 +22,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from routined import admission, fires, keys, limits, reach, resources, routines, runs, tokens
+from routined import admission, fires, keys, limits, reach, routines, runs, tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.environment import cache_folder
@@ -41,6 +41,7 @@ from routined.models import (
     Trigger,
     WebhookDelivery,
 )
+from routined.sandbox import resources
 from routined.schedules import scheduler
 from routined.secrets import vault
 from routined.timeutil import iso

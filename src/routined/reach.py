@@ -324,7 +324,7 @@ def endpoint(url: str, schemes: Sequence[str] = ("https", "http")) -> tuple[str,
 
 def entry_host(entry: str) -> tuple[str, bool]:
     """The host of an `allowed_hosts` entry (`host`, `host:port`, `[v6]:port`,
-    `*.domain`, checked by `routined.network.check_host`) and whether it is a
+    `*.domain`, checked by `routined.sandbox.network.check_host`) and whether it is a
     wildcard's domain, which names no host to resolve before a connection."""
     if entry.startswith("["):
         return entry[: entry.index("]") + 1], False

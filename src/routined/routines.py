@@ -26,7 +26,6 @@ from pydantic import (
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from routined import network
 from routined.config import parse_size
 from routined.errors import BadInput
 from routined.fires import CatchUp, Overlap
@@ -34,7 +33,8 @@ from routined.github import events as github_events
 from routined.github import matcher
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
-from routined.network import Level as NetworkLevel
+from routined.sandbox import network
+from routined.sandbox.network import Level as NetworkLevel
 from routined.schedules import timing as schedule
 from routined.schedules.scheduler import arm, restagger
 from routined.schedules.timing import (
@@ -212,7 +212,7 @@ class EnvironmentSpec(_Strict):
 class LimitsSpec(_Strict):
     """What one run may spend; reaching a limit stops the agent and keeps its work.
 
-    `memory`, `pids`, `disk` and `cpu` cap its sandbox (`routined.resources`);
+    `memory`, `pids`, `disk` and `cpu` cap its sandbox (`routined.sandbox.resources`);
     the server's ROUTINED_RUN_* settings hold for those left out.
     """
 

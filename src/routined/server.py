@@ -17,12 +17,12 @@ from typing import IO
 
 from rich.console import Console
 
-from routined import resources, sandbox
 from routined.config import Settings, secure_home
 from routined.db import Checkpointer, Store
 from routined.http.app import create_app
 from routined.http.server import bind, more_descriptors, uvicorn_server
 from routined.runs.worker import Worker
+from routined.sandbox import bubblewrap, resources
 from routined.schedules.scheduler import Scheduler
 from routined.timeutil import utcnow
 from routined.wakeup import Loop
@@ -90,7 +90,7 @@ def serve(
 
 
 def _sandbox_user(settings: Settings) -> str:
-    owner = sandbox.owner(settings.sandbox_uid)
+    owner = bubblewrap.owner(settings.sandbox_uid)
     if owner is None:
         return f"sandboxes run as routined's user (uid {os.geteuid()})"
     return f"sandboxes run as host user {owner} (ROUTINED_SANDBOX_UID)"

@@ -42,20 +42,20 @@ def doctor() -> None:
 
 
 def _findings() -> list[Finding]:
-    from routined import resources, sandbox
+    from routined.sandbox import bubblewrap, resources
 
     config = settings()
     found = []
     try:
-        asyncio.run(sandbox.check_available(config.sandbox_uid))
-        who = sandbox.owner(config.sandbox_uid)
+        asyncio.run(bubblewrap.check_available(config.sandbox_uid))
+        who = bubblewrap.owner(config.sandbox_uid)
         said = (
             f"bubblewrap works; sandboxes run as host user {who} (ROUTINED_SANDBOX_UID)"
             if who is not None
             else f"bubblewrap works; sandboxes run as routined's own user (uid {os.geteuid()})"
         )
         found.append(Finding("sandbox", True, said))
-    except sandbox.SandboxUnavailable as error:
+    except bubblewrap.SandboxUnavailable as error:
         found.append(Finding("sandbox", False, str(error)))
     host = resources.host()
     capped = host.available == frozenset(resources.CONTROLLERS)
@@ -63,9 +63,9 @@ def _findings() -> list[Finding]:
     found.append(_home(config.home))
     found.append(_git())
     try:
-        binary = sandbox.claude_binary(config.claude_path)
+        binary = bubblewrap.claude_binary(config.claude_path)
         found.append(Finding("Claude Code", True, str(binary)))
-    except sandbox.SandboxUnavailable as error:
+    except bubblewrap.SandboxUnavailable as error:
         found.append(Finding("Claude Code", False, str(error)))
     found.append(
         Finding(

@@ -1,8 +1,9 @@
 """The run's sandboxes: their layouts and command lines, and the caps they run within.
 
 Claude Code, the setup script and the finishing scripts each run in a sandbox of the
-run (`routined.sandbox`), in its resource group (`routined.resources`); a run that goes
-past a cap has its sandbox ended at once, and the cap named as why.
+run (`routined.sandbox.bubblewrap`), in its resource group
+(`routined.sandbox.resources`); a run that goes past a cap has its sandbox ended at
+once, and the cap named as why.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from routined import resources, sandbox, timeutil, workspace
+from routined import timeutil, workspace
 from routined.config import Settings
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Scope
+from routined.sandbox import bubblewrap, resources
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +27,16 @@ def claude(settings: Settings) -> Path:
     """Claude Code's binary; a run that cannot have it fails as the sandbox would,
     whether the setup script or the agent asks first."""
     try:
-        return sandbox.claude_binary(settings.claude_path)
-    except sandbox.SandboxUnavailable as error:
+        return bubblewrap.claude_binary(settings.claude_path)
+    except bubblewrap.SandboxUnavailable as error:
         raise RunFailure(Failure.SANDBOX_UNAVAILABLE, str(error)) from error
 
 
-def layout(scope: Scope, *, also_readable: Sequence[Path] = ()) -> sandbox.Layout:
+def layout(scope: Scope, *, also_readable: Sequence[Path] = ()) -> bubblewrap.Layout:
     """The layout of the sandbox the setup script and the agent run in."""
     checkouts = scope.checkouts
     assert scope.egress_socket is not None  # the proxy is up before any sandbox
-    return sandbox.run_layout(
+    return bubblewrap.run_layout(
         run_dir=scope.run_dir,
         cwd=checkouts[0].path,
         protected=[path for c in checkouts for path in workspace.protected_paths(c)],
@@ -44,21 +46,23 @@ def layout(scope: Scope, *, also_readable: Sequence[Path] = ()) -> sandbox.Layou
     )
 
 
-def sandboxed(scope: Scope, layout: sandbox.Layout, program: Path) -> list[str]:
+def sandboxed(scope: Scope, layout: bubblewrap.Layout, program: Path) -> list[str]:
     """The command line that runs `program` in a sandbox of the run, in its own user
     namespaces when routined is root (made at the first)."""
     settings = scope.settings
     if scope.host.owner is not None and scope.namespaces is None:
         folder = settings.runs_dir / scope.run_dir.name / "private"
-        scope.namespaces = sandbox.run_namespaces(settings.sandbox_uid, folder)
+        scope.namespaces = bubblewrap.run_namespaces(settings.sandbox_uid, folder)
     namespaces = scope.namespaces if scope.host.owner is not None else None
-    return sandbox.bwrap_command(layout, program, uid=settings.sandbox_uid, namespaces=namespaces)
+    return bubblewrap.bwrap_command(
+        layout, program, uid=settings.sandbox_uid, namespaces=namespaces
+    )
 
 
 def finishing_sandbox(scope: Scope, cwd: Path) -> list[str]:
     """The command line that runs bash in the finishing sandbox (no network, the
     workspace only) in `cwd`, within the run's caps while its group lives."""
-    finishing = sandbox.finishing_layout(
+    finishing = bubblewrap.finishing_layout(
         run_dir=scope.run_dir, cwd=cwd, readable=borrowed(scope.checkouts), masked=scope.host.masked
     )
     command = sandboxed(scope, finishing, Path("/bin/bash"))
@@ -88,7 +92,7 @@ async def make_group(scope: Scope) -> resources.RunGroup:
 async def enforce_caps(group: resources.RunGroup, run_dir: Path) -> resources.Breach:
     """Wait until the run goes past a cap; then its sandbox ends at once."""
     breach = await resources.watch(group, writable(run_dir))
-    await sandbox.stop(f"{run_dir}/")
+    await bubblewrap.stop(f"{run_dir}/")
     return breach
 
 
@@ -113,8 +117,8 @@ async def stop_enforcing(
 async def stop_sandbox(run_dir: Path) -> None:
     """End every process of the run's sandbox; then nothing it made keeps a
     set-user-id or set-group-id bit."""
-    await sandbox.stop(f"{run_dir}/")
-    await asyncio.to_thread(sandbox.strip_privilege_bits, writable(run_dir))
+    await bubblewrap.stop(f"{run_dir}/")
+    await asyncio.to_thread(bubblewrap.strip_privilege_bits, writable(run_dir))
 
 
 def writable(run_dir: Path) -> list[Path]:

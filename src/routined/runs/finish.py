@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from routined import sandbox, workspace
+from routined import workspace
 from routined.environment import Environment
 from routined.ids import short
 from routined.models import Routine, Run
@@ -24,6 +24,7 @@ from routined.runs import checkout, confine, kept, outbox, push, state, trailers
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import NO_SECRETS, Ledger
 from routined.runs.scope import Host, Scope
+from routined.sandbox import bubblewrap
 from routined.secrets import redaction, tree_redaction, vault
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _packing(scope: Scope) -> outbox.Packing:
     # A home of its own (the sandbox's private /tmp): the agent's home may
     # hold configuration planted for whatever runs after it.
     env = {
-        "PATH": sandbox.SYSTEM_PATH,
+        "PATH": bubblewrap.SYSTEM_PATH,
         "HOME": "/tmp",  # noqa: S108 - the sandbox's own, empty
         "TMPDIR": "/tmp",  # noqa: S108
         "LANG": "C.UTF-8",

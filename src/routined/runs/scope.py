@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from sqlalchemy import select
 
-from routined import resources, sandbox, workspace
+from routined import workspace
 from routined.config import SETTINGS, Settings
 from routined.db import Store
 from routined.environment import Environment
@@ -28,6 +28,7 @@ from routined.models import Repository, Routine, Run, Trigger
 from routined.runs import push
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
+from routined.sandbox import bubblewrap, resources
 from routined.secrets import redaction
 from routined.timeutil import Clock
 
@@ -39,7 +40,7 @@ class Limits:
     max_duration: float | None = None  # seconds
     max_turns: int | None = None
     max_cost_usd: float | None = None
-    # The sandbox's caps (`routined.resources.Caps`), as stored: sizes in bytes.
+    # The sandbox's caps (`routined.sandbox.resources.Caps`), as stored: sizes in bytes.
     memory: int | str | None = None
     pids: int | None = None
     disk: int | str | None = None
@@ -235,7 +236,7 @@ class Host:
     @property
     def owner(self) -> int | None:
         """Who must own what the sandbox may change (None: routined's own user)."""
-        return sandbox.owner(self.settings.sandbox_uid)
+        return bubblewrap.owner(self.settings.sandbox_uid)
 
     @property
     def seed_file(self) -> Path:
@@ -254,11 +255,11 @@ class Host:
         # Once per worker: a machine that cannot sandbox fails every run the same way.
         if self._sandbox_checked is None:
             self._sandbox_checked = asyncio.ensure_future(
-                sandbox.check_available(self.settings.sandbox_uid)
+                bubblewrap.check_available(self.settings.sandbox_uid)
             )
         try:
             await asyncio.shield(self._sandbox_checked)
-        except sandbox.SandboxUnavailable as error:
+        except bubblewrap.SandboxUnavailable as error:
             raise RunFailure(Failure.SANDBOX_UNAVAILABLE, str(error)) from error
 
 
@@ -272,11 +273,11 @@ class Scope:
     ledger: Ledger
     checkouts: list[workspace.Checkout] = field(default_factory=list)
     revealed: dict[str, str] = field(default_factory=dict)  # the secrets' values
-    group: resources.RunGroup | None = None  # its caps (`routined.resources`)
+    group: resources.RunGroup | None = None  # its caps (`routined.sandbox.resources`)
     egress_socket: Path | None = None  # the proxy every connection goes through
     deadline: float = 0.0  # the loop's time at max_duration
     # The run's own user namespaces, when routined is root (see `sandbox`).
-    namespaces: sandbox.UserNamespaces | None = None
+    namespaces: bubblewrap.UserNamespaces | None = None
 
     @property
     def settings(self) -> Settings:

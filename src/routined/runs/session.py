@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routined import agent, resources, sandbox
+from routined import agent
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Limits, Scope
 from routined.runs.state import RunStatus
+from routined.sandbox import bubblewrap, resources
 
 _STDERR_LINES = 200
 
@@ -45,7 +46,7 @@ async def run_agent(scope: Scope) -> Ending:
     assert scope.group is not None
     group = scope.group
     claude = confine.claude(host.settings)
-    env = sandbox.agent_environment(
+    env = bubblewrap.agent_environment(
         home=run_dir / "home",
         tmp=run_dir / "tmp",
         extra={**host.author_env(), **spec.environment.agent_variables(scope.revealed)},
@@ -54,7 +55,7 @@ async def run_agent(scope: Scope) -> Ending:
     command = list(spec.agent.command) if spec.agent.command else None
     program = Path(command[0]) if command else claude
     layout = confine.layout(scope)
-    sandbox.write_launcher(
+    bubblewrap.write_launcher(
         launcher,
         run_id=spec.run_id,
         command=group.enter_command(confine.sandboxed(scope, layout, program)),

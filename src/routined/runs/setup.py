@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from routined import agent, sandbox, workspace
-from routined.egress import EgressDecision, EgressProxy, ModelGateway
+from routined import agent, workspace
 from routined.environment import SetupCache, cache_folder, output_lines, run_script
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Scope
+from routined.sandbox import bubblewrap
+from routined.sandbox.egress import EgressDecision, EgressProxy, ModelGateway
 from routined.secrets import vault
 
 _DENIALS_RECORDED = 50
@@ -148,7 +149,7 @@ async def set_up(scope: Scope) -> None:
     script.write_text(environment.setup_script)
     await workspace.hand_over([home, script], host.owner)
     layout = confine.layout(scope, also_readable=[script])
-    env = sandbox.agent_environment(
+    env = bubblewrap.agent_environment(
         home=home,
         tmp=run_dir / "tmp",
         extra={**host.author_env(), **environment.setup_variables(scope.revealed)},

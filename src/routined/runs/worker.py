@@ -19,12 +19,13 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from routined import resources, runs, sandbox, workspace
+from routined import runs, workspace
 from routined.config import Settings
 from routined.db import Store
 from routined.runs import Claim
 from routined.runs.executor import Executor
 from routined.runs.finish import SETTLED
+from routined.sandbox import bubblewrap, resources
 from routined.timeutil import Clock, utcnow
 from routined.wakeup import Wakeup
 
@@ -160,7 +161,7 @@ class Worker:
             return runs.cancel_requests(session, claims)
 
     def _end_lost_runs(self) -> None:
-        for pid in sandbox.reap_orphans(self.settings.runs_dir):
+        for pid in bubblewrap.reap_orphans(self.settings.runs_dir):
             log.warning("killed sandbox %s, orphaned by a worker that died", pid)
         for group in workspace.reap_orphans():
             log.warning("killed git process group %s, orphaned by a routined that died", group)
@@ -188,7 +189,7 @@ class Worker:
         outright: its runs end as lost), as their worker would have; return them."""
         runs_dir = self.settings.runs_dir
         folders, _ = await asyncio.to_thread(_run_folders, runs_dir)
-        in_use = set(self._claims) | await asyncio.to_thread(sandbox.runs_in_use, runs_dir)
+        in_use = set(self._claims) | await asyncio.to_thread(bubblewrap.runs_in_use, runs_dir)
         unsettled = [
             run_id
             for run_id in folders
@@ -215,7 +216,7 @@ class Worker:
             await _remove(leftover)
         # A run can end in the store while its sandbox still runs (ended as lost while
         # its worker was stalled): a folder in use stays.
-        in_use = set(self._claims) | await asyncio.to_thread(sandbox.runs_in_use, runs_dir)
+        in_use = set(self._claims) | await asyncio.to_thread(bubblewrap.runs_in_use, runs_dir)
         with_folders = [run_id for run_id in folders if run_id not in in_use]
         expired = await asyncio.to_thread(self._expired_files, with_folders, now, keep_for)
         oldest = (now - keep_for).timestamp()

@@ -6,7 +6,7 @@ masked; the run's workspace, home and temp folders, writable; and, read-only,
 the objects the run's checkouts borrow from their mirrors. Everything else
 (other users' homes, routined's home, `/srv`, `/var`, `/tmp`) is simply not
 there. It has its own empty network namespace: its only way out is the run's
-egress proxy (`routined.egress`), reached through a Unix socket that a small
+egress proxy (`routined.sandbox.egress`), reached through a Unix socket that a small
 bridge inside serves as 127.0.0.1:3128. That proxy is also the agent's model
 API: the agent holds no real API key. Inside, no process has any capability
 and none can make a user namespace of its own.
@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from routined.egress import PROXY_PORT
 from routined.errors import OutsideFailure
+from routined.sandbox.egress import PROXY_PORT
 
 log = logging.getLogger(__name__)
 

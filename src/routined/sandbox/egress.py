@@ -13,7 +13,7 @@ so this is a wall, not a convention. It serves three kinds of request:
   `network: full`): the gateway reads each body whole (up to 32 MiB) to decide.
 - `CONNECT host:port` tunnels (HTTPS) and absolute-form requests
   (`GET http://host/…`) to hosts the run's policy allows (its network level,
-  `routined.network`).
+  `routined.sandbox.network`).
 - Anything else gets `403` with an `x-deny-reason` header and is reported.
 
 A connection carries one request. h11, a maintained HTTP/1.1 parser, reads it;
