@@ -2,7 +2,7 @@
 CLI's output is stored.
 
 The output tests are the attack of issue 14's events finding, as it was made: an agent
-CLI that prints far more than the store should keep, run by `agent.run_command` as a
+CLI that prints far more than the store should keep, run by `agents.command.run_command` as a
 real process and, end to end, in the real sandbox by a real run.
 """
 
@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from routined import agent
-from routined.agent import build_prompt, describe, seed_home, system_prompt_addition
+from routined.agents.claude import describe
+from routined.agents.command import run_command
+from routined.agents.home import seed_home
+from routined.agents.prompt import build_prompt, system_prompt_addition
+from routined.agents.session import Launch
 from routined.config import Settings
 from routined.db import Store
 from routined.models import RunEvent
@@ -77,7 +80,7 @@ def test_messages_become_bounded_json_events() -> None:
 
 
 def test_only_migration_flags_are_learned_from_a_session() -> None:
-    from routined.agent import installation_config
+    from routined.agents.home import installation_config
 
     config = {
         "userID": "a" * 64,
@@ -102,7 +105,7 @@ def test_only_migration_flags_are_learned_from_a_session() -> None:
 
 
 def test_a_seed_has_routined_s_identity_whatever_it_was_given() -> None:
-    from routined.agent import seed_config
+    from routined.agents.home import seed_config
 
     fresh = seed_config({})
     assert len(fresh["userID"]) == 64 and fresh["userID"] != fresh["machineID"]
@@ -113,7 +116,7 @@ def test_a_seed_has_routined_s_identity_whatever_it_was_given() -> None:
 
 
 def test_files_the_agent_controls_are_read_without_following_or_blocking(tmp_path: Path) -> None:
-    from routined.agent import _read_small_json
+    from routined.agents.home import _read_small_json
 
     good = tmp_path / "good.json"
     good.write_text('{"migrationVersion": 15}')
@@ -180,15 +183,17 @@ def test_an_agent_cli_printing_past_the_bound_has_about_the_bound_stored(
         events.append(data)
 
     outcome = asyncio.run(
-        agent.run_command(
-            command=["python3", "-c", LOUD_AGENT],
-            prompt="Say a lot.",
-            launcher=Path(sys.executable),
-            cwd=tmp_path,
+        run_command(
+            Launch(
+                prompt="Say a lot.",
+                launcher=Path(sys.executable),
+                cwd=tmp_path,
+                env={"PATH": os.environ["PATH"]},
+                on_message=on_message,
+                on_stderr=stderr.append,
+            ),
+            ["python3", "-c", LOUD_AGENT],
             tmp=tmp_path,
-            env={"PATH": os.environ["PATH"]},
-            on_message=on_message,
-            on_stderr=stderr.append,
         )
     )
     assert outcome.error is None and outcome.summary is not None
@@ -211,15 +216,17 @@ def test_output_within_the_bounds_is_stored_whole(tmp_path: Path) -> None:
 
     script = "import sys\nfor n in range(250): print(f'line {n}\\x1b[0m')"
     asyncio.run(
-        agent.run_command(
-            command=["python3", "-c", script],
-            prompt="",
-            launcher=Path(sys.executable),
-            cwd=tmp_path,
+        run_command(
+            Launch(
+                prompt="",
+                launcher=Path(sys.executable),
+                cwd=tmp_path,
+                env={"PATH": os.environ["PATH"]},
+                on_message=on_message,
+                on_stderr=lambda line: None,
+            ),
+            ["python3", "-c", script],
             tmp=tmp_path,
-            env={"PATH": os.environ["PATH"]},
-            on_message=on_message,
-            on_stderr=lambda line: None,
         )
     )
     # Batches of a hundred lines, every line as printed, nothing counted as left out.

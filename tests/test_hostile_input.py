@@ -29,7 +29,7 @@ import pytest
 import uvicorn
 
 from routined import keys, routines
-from routined.agent import build_prompt
+from routined.agents.prompt import build_prompt
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import ANTHROPIC_VERSION, create_app

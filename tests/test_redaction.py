@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from routined import agent
+from routined.agents.claude import describe
 from routined.sandbox import bubblewrap
 from routined.secrets import redaction, tree_redaction
 from routined.secrets.redaction import Redactor
@@ -186,7 +186,7 @@ def test_an_events_16kb_preview_cut_inside_a_value_keeps_no_piece(name: str) -> 
     before = json.dumps({"content": "x"}).index("x")  # where the content starts
     for offset in range(len(escaped) + 1):
         message = Huge("x" * (16384 - before - offset) + value + "y" * 300_000)
-        _, data = agent.describe(message)
+        _, data = describe(message)
         assert data["truncated"] and data["preview"].endswith(escaped[:offset])
         recorded = redactor.data(data)
         assert leaks(recorded["preview"]) == [], (offset, recorded["preview"][-60:])

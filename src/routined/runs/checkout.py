@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from routined import agent, reach, workspace
+from routined import reach, workspace
+from routined.agents.home import seed_home
 from routined.config import Settings
 from routined.github import app as github_app
 from routined.runs.failure import Failure, RunFailure
@@ -50,7 +51,7 @@ async def _prepare(scope: Scope) -> list[workspace.Checkout]:
         (run_dir / name).mkdir(mode=0o700, exist_ok=True)
     # A fresh home, with only a seed of Claude Code's config, so the session
     # skips first-start work.
-    agent.seed_home(run_dir / "home", host.seed_file)
+    seed_home(run_dir / "home", host.seed_file)
     await workspace.hand_over(
         [run_dir / "workspace", run_dir / "home", run_dir / "tmp"], host.owner
     )

@@ -14,7 +14,7 @@ import logging
 import traceback
 from typing import Any
 
-from routined import agent
+from routined.agents.session import SessionOutcome
 from routined.config import Settings
 from routined.db import Store
 from routined.runs import checkout, confine, finish, publish, push, scope, session, setup, triage
@@ -145,7 +145,7 @@ class Executor:
 
 def _ended(ending: session.Ending, pushed: list[push.Pushed]) -> tuple[str, dict[str, Any]]:
     """The reason of the run's last move, and what it records of the run's results."""
-    outcome = ending.outcome or agent.SessionOutcome()
+    outcome = ending.outcome or SessionOutcome()
     results = {
         "branches": [p.as_dict() for p in pushed],
         "diff_stat": push.total(pushed),

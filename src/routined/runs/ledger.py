@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from routined import agent, fires
+from routined import fires
+from routined.agents.session import SessionOutcome
 from routined.db import Store
 from routined.models import Run
 from routined.runs import push, state
@@ -141,7 +142,7 @@ class Ledger:
 
         await asyncio.to_thread(write)
 
-    async def note_agent_session(self, outcome: agent.SessionOutcome) -> None:
+    async def note_agent_session(self, outcome: SessionOutcome) -> None:
         def write() -> None:
             with self.store.transaction() as session:
                 run = session.get(Run, self.claim.run_id)

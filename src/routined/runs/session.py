@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from routined import agent
+from routined.agents.claude import ClaudeOptions, run_session
+from routined.agents.command import STDERR_LINE_LIMIT, run_command
+from routined.agents.home import learn_seed
+from routined.agents.prompt import build_prompt, system_prompt_addition
+from routined.agents.session import Launch, SessionOutcome
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Limits, Scope
@@ -27,10 +31,10 @@ class Ending:
 
     status: RunStatus = RunStatus.SUCCEEDED
     error: str | None = None
-    outcome: agent.SessionOutcome | None = None
+    outcome: SessionOutcome | None = None
 
     @classmethod
-    def failed(cls, error: str, outcome: agent.SessionOutcome | None = None) -> Ending:
+    def failed(cls, error: str, outcome: SessionOutcome | None = None) -> Ending:
         return cls(RunStatus.FAILED, error, outcome)
 
 
@@ -64,12 +68,12 @@ async def run_agent(scope: Scope) -> Ending:
     stderr: deque[str] = deque(maxlen=_STDERR_LINES)  # its last lines say why it died
 
     def on_stderr(line: str) -> None:
-        stderr.append(line.rstrip()[: agent.STDERR_LINE_LIMIT])
+        stderr.append(line.rstrip()[:STDERR_LINE_LIMIT])
 
     async def on_message(kind: str, data: dict[str, Any]) -> None:
         await scope.ledger.event(kind, None, **data)
 
-    prompt = agent.build_prompt(spec.prompt, spec.text, source=spec.trigger_type)
+    prompt = build_prompt(spec.prompt, spec.text, source=spec.trigger_type)
     limits = spec.limits
     ending = Ending()
     timeout = asyncio.timeout_at(scope.deadline)
@@ -77,41 +81,18 @@ async def run_agent(scope: Scope) -> Ending:
     breach: resources.Breach | None = None
     try:
         async with timeout:
+            launch = Launch(
+                prompt=prompt,
+                launcher=launcher,
+                cwd=checkouts[0].path,
+                env=env,
+                on_message=on_message,
+                on_stderr=on_stderr,
+            )
             if command:
-                outcome = await agent.run_command(
-                    command=command,
-                    prompt=prompt,
-                    launcher=launcher,
-                    cwd=checkouts[0].path,
-                    tmp=run_dir / "tmp",
-                    env=env,
-                    on_message=on_message,
-                    on_stderr=on_stderr,
-                    owner=host.owner,
-                )
+                outcome = await run_command(launch, command, tmp=run_dir / "tmp", owner=host.owner)
             else:
-                outcome = await agent.run_session(
-                    prompt=prompt,
-                    system_addition=agent.system_prompt_addition(
-                        routine=spec.routine,
-                        repositories=[
-                            (c.path, rules.prefix, spec.own_branch(number))
-                            for number, (c, rules) in enumerate(
-                                zip(checkouts, spec.push_rules, strict=True)
-                            )
-                        ],
-                    ),
-                    model=spec.model,
-                    launcher=launcher,
-                    cwd=checkouts[0].path,
-                    add_dirs=[c.path for c in checkouts[1:]],
-                    env=env,
-                    on_message=on_message,
-                    on_stderr=on_stderr,
-                    max_turns=limits.max_turns,
-                    max_cost_usd=limits.max_cost_usd,
-                    mcp_servers=spec.connectors,
-                )
+                outcome = await run_session(launch, _claude_options(scope))
         ending.outcome = outcome
         if outcome.limit is not None:
             ending = Ending.failed(_budget_error(outcome, limits), outcome)
@@ -138,7 +119,7 @@ async def run_agent(scope: Scope) -> Ending:
         # Whatever the agent said as it was stopped, the cap is why it ended.
         ending = Ending.failed(str(breach), ending.outcome)
     if ending.error is None and not command:
-        await asyncio.to_thread(agent.learn_seed, run_dir / "home", host.seed_file)
+        await asyncio.to_thread(learn_seed, run_dir / "home", host.seed_file)
     if stderr:
         await scope.ledger.event(
             "agent.stderr", f"its last {len(stderr)} lines", lines=list(stderr)
@@ -146,7 +127,23 @@ async def run_agent(scope: Scope) -> Ending:
     return ending
 
 
-def _budget_error(outcome: agent.SessionOutcome, limits: Limits) -> str:
+def _claude_options(scope: Scope) -> ClaudeOptions:
+    spec, checkouts = scope.spec, scope.checkouts
+    repositories = [
+        (c.path, rules.prefix, spec.own_branch(number))
+        for number, (c, rules) in enumerate(zip(checkouts, spec.push_rules, strict=True))
+    ]
+    return ClaudeOptions(
+        system_addition=system_prompt_addition(routine=spec.routine, repositories=repositories),
+        model=spec.model,
+        add_dirs=tuple(c.path for c in checkouts[1:]),
+        max_turns=spec.limits.max_turns,
+        max_cost_usd=spec.limits.max_cost_usd,
+        mcp_servers=spec.connectors,
+    )
+
+
+def _budget_error(outcome: SessionOutcome, limits: Limits) -> str:
     if outcome.limit == "max_turns":
         return (
             f"{Failure.BUDGET}: stopped at max_turns {limits.max_turns} "

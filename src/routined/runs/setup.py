@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from routined import agent, workspace
+from routined import workspace
+from routined.agents.home import seed_home
 from routined.environment import SetupCache, cache_folder, output_lines, run_script
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
@@ -130,10 +131,10 @@ async def set_up(scope: Scope) -> None:
         await ledger.event("setup.cache_failed", f"the cached result was not restored: {error}")
         await workspace.remove(home)
         home.mkdir(mode=0o700)
-        agent.seed_home(home, host.seed_file)
+        seed_home(home, host.seed_file)
         age = None
     if age is not None:
-        agent.seed_home(home, host.seed_file)  # the copy's seed may be older
+        seed_home(home, host.seed_file)  # the copy's seed may be older
         await workspace.hand_over([home], host.owner)
         took = asyncio.get_running_loop().time() - started
         await ledger.event(
