@@ -55,8 +55,8 @@ from routined.api import (
 )
 from routined.config import Settings
 from routined.db import Store
+from routined.http.problem import Problem
 from routined.limits import Limits
-from routined.manage import Problem
 from routined.models import Run, Trigger
 from routined.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, connection_cap
 from routined.testing.fake_anthropic import FakeAnthropic

@@ -33,7 +33,7 @@ from sqlalchemy.sql.dml import Insert, ReturningInsert
 from routined import jsonbody, management
 from routined.config import Settings
 from routined.db import GroupCommit, Store, table_of
-from routined.manage import Problem
+from routined.http.problem import Problem
 from routined.models import Counter, WebhookDelivery
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB and does not send larger ones
