@@ -3,8 +3,9 @@
 Each case sets one rule up, then fires the routine `rt` once through one kind of
 trigger, by its real entry point: the fire endpoint (TestClient), the scheduler's
 decision step with the clock at the slot, the GitHub receiver and matcher with a
-payload GitHub sends, and `manage.fire_by_hand` (what `routined fire` calls). What
-it recorded (the `fires` row, the answer, the run) is compared with the table.
+payload GitHub sends, and `operations.runs.fire_by_hand` (what `routined fire`
+calls). What it recorded (the `fires` row, the answer, the run) is compared with the
+table.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import manage, routines, runs, tokens
+from routined import routines, runs, tokens
 from routined.db import Store
+from routined.errors import Refused
+from routined.http.problem import problem_of
 from routined.keys import Principal
-from routined.manage import Problem
 from routined.models import Account, Fire, Routine, Run, Trigger
+from routined.operations.access import perform
+from routined.operations.accounts import create_account, update_account
+from routined.operations.runs import fire_by_hand
 from routined.schedules.scheduler import decide_due
 from tests.conftest import T0
 from tests.github_support import Clock, Hub, HubFactory, raw
@@ -158,7 +163,8 @@ DAILY = "account acme has started 1 runs today, plan tiny's limit of 1 a day"
 EXTRA = "extra usage is on"
 
 # rule, kind → outcome recorded, status answered (the fire endpoint's HTTP status; a
-# fire by hand's Problem status, None when it started), what the reason says.
+# fire by hand's refusal as the API answers it, None when it started), what the reason
+# says.
 TABLE: list[tuple[str, str, str, int | None, str]] = [
     ("nothing refuses", "api", "fired", 200, FIRED["api"]),
     ("nothing refuses", "schedule", "fired", None, FIRED["schedule"]),
@@ -267,9 +273,9 @@ class Door:
             self.hub.decide()
             return None
         try:
-            manage.perform(
+            perform(
                 self.store,
-                lambda session: manage.fire_by_hand(
+                lambda session: fire_by_hand(
                     session,
                     Principal.local(),
                     "rt",
@@ -279,8 +285,8 @@ class Door:
                     now=NOW,
                 ),
             )
-        except Problem as problem:
-            return problem.status
+        except Refused as refused:
+            return problem_of(refused).status
         return None
 
     def decisions(self, kind: str) -> list[Fire]:
@@ -311,7 +317,7 @@ def door(store: Store, tmp_path: Path, origin: Path) -> Iterator[Callable[[Rule]
     def make(rule: Rule) -> Door:
         hub = factory(Clock(NOW), ROUTINED_PLANS="tiny:1,unlimited:none", **rule.env)
         with store.transaction() as session:
-            manage.create_account(
+            create_account(
                 session,
                 Principal.local(),
                 name="acme",
@@ -406,7 +412,7 @@ def test_slots_missed_while_down_and_disabled_are_not_caught_up_when_it_is_enabl
     opened = door(RULES["account disabled"])
     later = NOW + timedelta(hours=1)
     with opened.store.transaction() as session:
-        manage.update_account(
+        update_account(
             session,
             Principal.local(),
             "acme",

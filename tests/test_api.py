@@ -448,7 +448,7 @@ def record_together(api: Fixture, fired: list[dict[str, Any]], **env: str) -> li
 def test_fires_recorded_together_are_decided_in_order_each_after_the_one_before(
     api: Fixture,
 ) -> None:
-    from routined.manage import Problem
+    from routined.http.problem import Problem
     from routined.models import Fire
 
     answers = record_together(
@@ -484,7 +484,7 @@ def test_a_fire_that_breaks_its_batch_fails_alone(
     api: Fixture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from routined import runs
-    from routined.manage import Problem
+    from routined.http.problem import Problem
 
     [taken] = record_together(api, [{"text": "before"}])
     create = runs.new

@@ -8,7 +8,7 @@ from routined.config import ConfigError
 from routined.errors import BadInput, NotAllowed, OutsideFailure, RoutinedError
 from routined.github.app import ForgeError
 from routined.github.events import KeyTemplateError
-from routined.http.jsonbody import UnfitJson
+from routined.jsonbody import UnfitJson
 from routined.limits import PlanError
 from routined.reach import Unreachable
 from routined.routines import SpecError

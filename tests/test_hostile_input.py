@@ -278,7 +278,7 @@ def test_the_management_api_refuses_hostile_json_with_a_clear_400(
 def test_json_as_deep_as_the_bound_is_taken_and_one_level_deeper_is_not(
     server: Server, logged: pytest.LogCaptureFixture
 ) -> None:
-    from routined.http.jsonbody import MAX_JSON_DEPTH
+    from routined.jsonbody import MAX_JSON_DEPTH
 
     # GitHub's deepest example payload (check_run/completed) nests 7 levels.
     def nested(depth: int) -> bytes:  # the object itself is the first level

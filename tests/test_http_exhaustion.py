@@ -57,9 +57,9 @@ from routined.http.app import (
     _record_fires,
     create_app,
 )
+from routined.http.problem import Problem
 from routined.http.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, connection_cap
 from routined.limits import Limits
-from routined.manage import Problem
 from routined.models import Run, Trigger
 from routined.testing.fake_anthropic import FakeAnthropic
 from tests.conftest import T0, api_trigger, make_origin, poll_until

@@ -48,7 +48,7 @@ class Principal:
     account_id: str | None
     scope: Scope
     key_id: str | None = None
-    # A disabled account's keys still read; they change nothing (see `manage.require`).
+    # A disabled account's keys still read; they change nothing (see `operations.access.require`).
     disabled: bool = False
 
     @classmethod

@@ -16,8 +16,8 @@ an IP address however it is spelled: `127.1`, `2130706433`, `0x7f000001` and
 `0177.0.0.1` are all 127.0.0.1 to the resolver, to curl and to browsers.
 
 Three doors use it: `refused_now` judges at `apply` every host an account's
-routine names (`routined.manage`); the egress proxy calls `resolve` for each
-connection a run makes; and git, which resolves names itself, is given
+routine names (`routined.operations.tenancy`); the egress proxy calls `resolve` for
+each connection a run makes; and git, which resolves names itself, is given
 `git_pin`'s options so that it connects only to the addresses judged.
 """
 

@@ -2,7 +2,7 @@
 
 Most calls go through the server's own app (`routined.http.app`), built on first use. The
 listings people run most (`routined list`, `routined runs`) are answered by calling
-the same `routined.manage` operation the app's route calls: building the app means
+the same `routined.operations` function the app's route calls: building the app means
 importing FastAPI and the whole server, several times what the listing itself costs.
 A test holds both ways to the same JSON.
 """
@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
-from routined import manage
 from routined.cli.common import Unanswered, fail
+from routined.http.problem import ANSWERED, problem_of
 from routined.keys import Principal
+from routined.operations import routines, runs
+from routined.operations.access import perform
 from routined.schemas import RoutineOut, RunOut
 
 if TYPE_CHECKING:
@@ -48,9 +50,9 @@ class Local:
             raise Unanswered  # the app refuses it, in its words
         operation, shape = self._route(method, path, params)
         try:
-            found = manage.perform(self.store, operation, readonly=True)
-        except manage.Problem as problem:
-            fail(explain(problem.message))
+            found = perform(self.store, operation, readonly=True)
+        except ANSWERED as error:  # worded as the app answers it
+            fail(explain(problem_of(error).message))
         # As the app's route writes it: through its response model, as JSON.
         return shape.dump_python(shape.validate_python(found), mode="json", by_alias=True)
 
@@ -61,7 +63,7 @@ class Local:
         match method, path, params:
             case "GET", "/routines", {}:
                 return (
-                    lambda session: manage.list_routines(session, who),
+                    lambda session: routines.list_routines(session, who),
                     TypeAdapter(list[RoutineOut]),
                 )
             case "GET", "/runs", {"limit": int(limit), **rest} if limit in _LIMITS and set(
@@ -69,7 +71,7 @@ class Local:
             ) <= {"routine"}:
                 routine = rest.get("routine")
                 return (
-                    lambda session: manage.list_runs(
+                    lambda session: runs.list_runs(
                         session, who, routine=routine, limit=limit, settings=self.settings
                     ),
                     TypeAdapter(list[RunOut]),

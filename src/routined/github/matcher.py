@@ -32,12 +32,11 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from routined import admission, fires, limits, runs
+from routined import admission, fires, jsonbody, limits, runs
 from routined.config import Settings
 from routined.db import table_of
 from routined.fires import Outcome, Overlap
 from routined.github import events as github_events
-from routined.http import jsonbody
 from routined.models import (
     Account,
     Installation,

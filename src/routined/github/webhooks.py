@@ -30,10 +30,11 @@ from sqlalchemy import bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import Insert, ReturningInsert
 
+from routined import jsonbody
 from routined.config import Settings
 from routined.db import GroupCommit, Store, table_of
-from routined.http import jsonbody, management
-from routined.manage import Problem
+from routined.http import management
+from routined.http.problem import Problem
 from routined.models import Counter, WebhookDelivery
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB and does not send larger ones

@@ -32,16 +32,17 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from routined import __version__, admission, fires, runs, tokens
+from routined import __version__, admission, fires, jsonbody, runs, tokens
 from routined import limits as limits_
 from routined.config import Settings
 from routined.db import GroupCommit, Store, rows_at_most, table_of
+from routined.errors import Refused, RoutinedError
 from routined.github import webhooks
-from routined.http import jsonbody, management
+from routined.http import management
+from routined.http.problem import ANSWERED, Problem, problem_of
 from routined.ids import new_id
 from routined.keys import Principal
 from routined.limits import Limits
-from routined.manage import Problem
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
 from routined.views import run_view
 
@@ -128,6 +129,12 @@ def create_app(
     @app.exception_handler(Problem)
     async def problem(request: Request, error: Problem) -> JSONResponse:
         return envelope(error.status, error.message, error.headers)
+
+    async def routined_error(request: Request, error: RoutinedError) -> JSONResponse:
+        return await problem(request, problem_of(error))
+
+    for kind in ANSWERED:  # each kind as `problem_of` answers it; any other, as a bug
+        app.exception_handler(kind)(routined_error)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -682,22 +689,15 @@ def _triggers_held() -> Select[Trigger, Routine, Account]:
     )
 
 
-# How the fire endpoint answers each refusal; the decision is `admission.admit`'s.
-_REFUSED_STATUS = {
-    admission.Code.ACCOUNT_DISABLED: 403,
-    admission.Code.ROUTINE_PAUSED: 400,
-    admission.Code.QUEUE_FULL: 503,
-    admission.Code.OVER_LIMIT: 429,
-}
-
-
 def _refused(admitted: admission.Admission) -> Problem:
-    headers: dict[str, str] = {}
-    if admitted.code is admission.Code.QUEUE_FULL:
-        headers["retry-after"] = str(OVERLOADED_RETRY_AFTER)
-    elif admitted.retry_after is not None:
-        headers["retry-after"] = str(admitted.retry_after)
-    return Problem(_REFUSED_STATUS[admitted.code], admitted.reason, headers=headers)
+    """How the fire endpoint answers a refusal (the decision is `admission.admit`'s,
+    its status `http.problem`'s); a full queue is worth trying again shortly."""
+    retry_after = (
+        OVERLOADED_RETRY_AFTER
+        if admitted.code is admission.Code.QUEUE_FULL
+        else admitted.retry_after
+    )
+    return problem_of(Refused(admitted.reason, code=admitted.code, retry_after=retry_after))
 
 
 def _earlier_fire(session: Session, trigger_id: str, key: str, now: datetime) -> str | None:

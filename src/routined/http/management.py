@@ -1,4 +1,4 @@
-"""The management API under `/api/v1`: `routined.manage` over HTTP, described at /openapi.json.
+"""The management API under `/api/v1`: `routined.operations` over HTTP, at /openapi.json.
 
 Callers authenticate with an account's API key (`Authorization: Bearer rtdk_…`
 or `x-api-key`); errors answer in the same envelope as the fire endpoint. Every
@@ -20,12 +20,22 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from routined import keys, manage
+from routined import keys
 from routined.config import Settings
 from routined.db import Store
-from routined.http.jsonbody import NOT_JSON, UnfitJson, parse_json
+from routined.http.problem import Problem
+from routined.jsonbody import NOT_JSON, UnfitJson, parse_json
 from routined.keys import Principal
-from routined.manage import Problem
+from routined.operations import (
+    access,
+    accounts,
+    api_keys,
+    deliveries,
+    routines,
+    runs,
+    secrets,
+    triggers,
+)
 from routined.schemas import (
     AccountIn,
     AccountOut,
@@ -151,34 +161,34 @@ def router(
     )
 
     def read(operation: Callable[[Session], T]) -> T:
-        return manage.perform(store, operation, readonly=True)
+        return access.perform(store, operation, readonly=True)
 
     def write(operation: Callable[[Session], T]) -> T:
-        return manage.perform(store, operation)
+        return access.perform(store, operation)
 
     def by(who: Principal) -> str:
         return "the CLI" if who.key_id is None else f"API key {who.key_id}"
 
     @api.get("/accounts", response_model=list[AccountOut], tags=["accounts"])
     def list_accounts(who: Who) -> Any:
-        return read(lambda s: manage.list_accounts(s, who))
+        return read(lambda s: accounts.list_accounts(s, who))
 
     @api.post("/accounts", response_model=AccountOut, status_code=201, tags=["accounts"])
     def create_account(who: Who, body: AccountIn) -> Any:
         return write(
-            lambda s: manage.create_account(
+            lambda s: accounts.create_account(
                 s, who, name=body.name, plan=body.plan, settings=settings, now=clock()
             )
         )
 
     @api.get("/accounts/{name}", response_model=AccountOut, tags=["accounts"])
     def get_account(who: Who, name: str) -> Any:
-        return read(lambda s: manage.get_account(s, who, name))
+        return read(lambda s: accounts.get_account(s, who, name))
 
     @api.patch("/accounts/{name}", response_model=AccountOut, tags=["accounts"])
     def update_account(who: Who, name: str, body: AccountPatch) -> Any:
         return write(
-            lambda s: manage.update_account(
+            lambda s: accounts.update_account(
                 s,
                 who,
                 name,
@@ -192,7 +202,7 @@ def router(
 
     @api.get("/accounts/{account}/secrets", response_model=list[SecretOut], tags=["secrets"])
     def list_secrets(who: Who, account: str) -> Any:
-        return read(lambda s: manage.list_secrets(s, who, account))
+        return read(lambda s: secrets.list_secrets(s, who, account))
 
     @api.put(
         "/accounts/{account}/secrets/{name}",
@@ -202,7 +212,7 @@ def router(
     )
     def set_secret(who: Who, account: str, name: str, body: SecretIn) -> Any:
         return write(
-            lambda s: manage.set_secret(
+            lambda s: secrets.set_secret(
                 s, who, account, name, value=body.value, settings=settings, now=clock()
             )
         )
@@ -214,37 +224,39 @@ def router(
         summary="Encrypt every secret again under the first key (routined secret rotate)",
     )
     def rotate_secrets(who: Who) -> Any:
-        return write(lambda s: manage.rotate_secrets(s, who, settings=settings))
+        return write(lambda s: secrets.rotate_secrets(s, who, settings=settings))
 
     @api.delete("/accounts/{account}/secrets/{name}", status_code=204, tags=["secrets"])
     def delete_secret(who: Who, account: str, name: str) -> Response:
-        write(lambda s: manage.delete_secret(s, who, account, name))
+        write(lambda s: secrets.delete_secret(s, who, account, name))
         return Response(status_code=204)
 
     @api.get("/usage", response_model=list[UsageOut], tags=["accounts"])
     def usage(who: Who, account: str | None = None) -> Any:
-        return read(lambda s: manage.usage(s, who, account=account, settings=settings, now=clock()))
+        return read(
+            lambda s: accounts.usage(s, who, account=account, settings=settings, now=clock())
+        )
 
     @api.get("/keys", response_model=list[KeyOut], tags=["keys"])
     def list_keys(who: Who, account: str | None = None) -> Any:
-        return read(lambda s: manage.list_keys(s, who, account=account))
+        return read(lambda s: api_keys.list_keys(s, who, account=account))
 
     @api.post("/keys", response_model=NewKeyOut, status_code=201, tags=["keys"])
     def create_key(who: Who, body: KeyIn) -> Any:
         return write(
-            lambda s: manage.create_key(
+            lambda s: api_keys.create_key(
                 s, who, name=body.name, scope=body.scope, account=body.account, now=clock()
             )
         )
 
     @api.delete("/keys/{key_id}", status_code=204, tags=["keys"])
     def revoke_key(who: Who, key_id: str) -> Response:
-        write(lambda s: manage.revoke_key(s, who, key_id, now=clock()))
+        write(lambda s: api_keys.revoke_key(s, who, key_id, now=clock()))
         return Response(status_code=204)
 
     @api.get("/routines", response_model=list[RoutineOut], tags=["routines"])
     def list_routines(who: Who) -> Any:
-        return read(lambda s: manage.list_routines(s, who))
+        return read(lambda s: routines.list_routines(s, who))
 
     @api.put(
         "/routines",
@@ -253,27 +265,31 @@ def router(
         summary="Create or update routines by name (routined apply)",
     )
     def apply_routines(who: Who, body: dict[str, Any]) -> Any:
-        return write(lambda s: manage.apply_routines(s, who, body, settings=settings, now=clock()))
+        return write(
+            lambda s: routines.apply_routines(s, who, body, settings=settings, now=clock())
+        )
 
     @api.get("/routines/{name}", response_model=RoutineOut, tags=["routines"])
     def get_routine(who: Who, name: str) -> Any:
-        return read(lambda s: manage.get_routine(s, who, name))
+        return read(lambda s: routines.get_routine(s, who, name))
 
     @api.delete("/routines/{name}", status_code=204, tags=["routines"])
     def delete_routine(who: Who, name: str) -> Response:
-        write(lambda s: manage.delete_routine(s, who, name))
+        write(lambda s: routines.delete_routine(s, who, name))
         return Response(status_code=204)
 
     @api.post("/routines/{name}/pause", response_model=PausedOut, tags=["routines"])
     def pause(who: Who, name: str) -> Any:
         return write(
-            lambda s: manage.set_paused(s, who, name, paused=True, settings=settings, now=clock())
+            lambda s: routines.set_paused(s, who, name, paused=True, settings=settings, now=clock())
         )
 
     @api.post("/routines/{name}/resume", response_model=PausedOut, tags=["routines"])
     def resume(who: Who, name: str) -> Any:
         return write(
-            lambda s: manage.set_paused(s, who, name, paused=False, settings=settings, now=clock())
+            lambda s: routines.set_paused(
+                s, who, name, paused=False, settings=settings, now=clock()
+            )
         )
 
     @api.delete(
@@ -283,8 +299,8 @@ def router(
         summary="Remove the routine's cached setup script results (routined cache clear)",
     )
     def clear_setup_cache(who: Who, name: str) -> Any:
-        folder = read(lambda s: manage.setup_cache_folder(s, who, name, settings=settings))
-        return {"routine": name, "cleared": manage.clear_setup_cache(folder)}
+        folder = read(lambda s: routines.setup_cache_folder(s, who, name, settings=settings))
+        return {"routine": name, "cleared": routines.clear_setup_cache(folder)}
 
     @api.post(
         "/routines/{name}/runs",
@@ -296,7 +312,7 @@ def router(
     def fire(who: Who, name: str, body: FireIn | None = None) -> Any:
         text = body.text if body else None
         started = write(
-            lambda s: manage.fire_by_hand(
+            lambda s: runs.fire_by_hand(
                 s, who, name, text=text, by=by(who), settings=settings, now=clock()
             )
         )
@@ -305,37 +321,37 @@ def router(
 
     @api.get("/triggers", response_model=list[TriggerOut], tags=["triggers"])
     def list_triggers(who: Who, routine: str | None = None) -> Any:
-        return read(lambda s: manage.list_triggers(s, who, routine=routine))
+        return read(lambda s: triggers.list_triggers(s, who, routine=routine))
 
     @api.get("/triggers/{trigger_id}", response_model=TriggerOut, tags=["triggers"])
     def get_trigger(who: Who, trigger_id: str) -> Any:
-        return read(lambda s: manage.get_trigger(s, who, trigger_id))
+        return read(lambda s: triggers.get_trigger(s, who, trigger_id))
 
     @api.post("/triggers/{trigger_id}/token", response_model=TokenOut, tags=["triggers"])
     def issue_token(who: Who, trigger_id: str) -> Any:
         return write(
-            lambda s: manage.issue_token(s, who, trigger_id, settings=settings, now=clock())
+            lambda s: triggers.issue_token(s, who, trigger_id, settings=settings, now=clock())
         )
 
     @api.delete("/triggers/{trigger_id}/token", response_model=RevokedOut, tags=["triggers"])
     def revoke_token(who: Who, trigger_id: str) -> Any:
-        return write(lambda s: manage.revoke_token(s, who, trigger_id, now=clock()))
+        return write(lambda s: triggers.revoke_token(s, who, trigger_id, now=clock()))
 
     Limit = Annotated[int, Query(ge=1, le=1000, description="How many, newest first.")]
 
     @api.get("/runs", response_model=list[RunOut], tags=["runs"])
     def list_runs(who: Who, routine: str | None = None, limit: Limit = 20) -> Any:
         return read(
-            lambda s: manage.list_runs(s, who, routine=routine, limit=limit, settings=settings)
+            lambda s: runs.list_runs(s, who, routine=routine, limit=limit, settings=settings)
         )
 
     @api.get("/runs/{run}", response_model=RunOut, tags=["runs"])
     def get_run(who: Who, run: str) -> Any:
-        return read(lambda s: manage.get_run(s, who, run, settings=settings))
+        return read(lambda s: runs.get_run(s, who, run, settings=settings))
 
     @api.post("/runs/{run}/cancel", response_model=CancelOut, tags=["runs"])
     def cancel_run(who: Who, run: str) -> Any:
-        return write(lambda s: manage.cancel_run(s, who, run, now=clock(), by=by(who)))
+        return write(lambda s: runs.cancel_run(s, who, run, now=clock(), by=by(who)))
 
     @api.get("/runs/{run}/events", response_model=RunEventsOut, tags=["runs"])
     def run_events(
@@ -345,19 +361,19 @@ def router(
             int, Query(ge=0, le=2**31 - 1, description="Only events after this seq.")
         ] = 0,
     ) -> Any:
-        return read(lambda s: manage.run_events(s, who, run, after=after))
+        return read(lambda s: runs.run_events(s, who, run, after=after))
 
     @api.get("/events", response_model=list[DecisionOut], tags=["events"])
     def fire_decisions(who: Who, routine: str | None = None, limit: Limit = 50) -> Any:
-        return read(lambda s: manage.fire_decisions(s, who, routine=routine, limit=limit))
+        return read(lambda s: runs.fire_decisions(s, who, routine=routine, limit=limit))
 
     @api.get("/deliveries", response_model=list[DeliveryOut], tags=["github"])
     def list_deliveries(who: Who, limit: Limit = 50) -> Any:
-        return read(lambda s: manage.list_deliveries(s, who, limit=limit))
+        return read(lambda s: deliveries.list_deliveries(s, who, limit=limit))
 
     @api.get("/deliveries/{delivery_id}", response_model=DeliveryOut, tags=["github"])
     def get_delivery(who: Who, delivery_id: str) -> Any:
-        return read(lambda s: manage.get_delivery(s, who, delivery_id))
+        return read(lambda s: deliveries.get_delivery(s, who, delivery_id))
 
     @api.get(
         "/deliveries/{delivery_id}/replay",
@@ -367,7 +383,9 @@ def router(
     )
     def replay_delivery(who: Who, delivery_id: str) -> Any:
         return read(
-            lambda s: manage.replay_delivery(s, who, delivery_id, settings=settings, now=clock())
+            lambda s: deliveries.replay_delivery(
+                s, who, delivery_id, settings=settings, now=clock()
+            )
         )
 
     return api
