@@ -423,7 +423,8 @@ def test_a_retry_with_its_key_gets_its_session_even_when_the_queue_is_full(api: 
 def record_together(api: Fixture, fired: list[dict[str, Any]], **env: str) -> list[Any]:
     """Fires recorded in one batch, as the endpoint does with those that arrive while
     another batch is being written: each dict holds FireRequest fields to change."""
-    from routined.http.app import FireRequest, _record_fires
+    from routined.api_fires import FireRequest
+    from routined.http.fire import _record_fires
     from routined.limits import Limits
 
     settings = Settings.from_env(env)
@@ -500,6 +501,6 @@ def test_a_fire_that_breaks_its_batch_fails_alone(
     assert isinstance(ok, str) and isinstance(also_ok, str)
     # A 500 in the envelope for it alone, and one line in the log saying why.
     assert isinstance(clash, Problem) and clash.status == 500
-    [logged] = [r for r in caplog.records if r.name == "routined.http.app"]
+    [logged] = [r for r in caplog.records if r.name == "routined.api_fires"]
     assert "session_id" in logged.getMessage() and logged.exc_info is None
     assert sorted(run.text or "" for run in api.runs()) == ["before", "one", "two"]

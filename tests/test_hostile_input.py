@@ -32,7 +32,8 @@ from routined import keys, routines
 from routined.agents.prompt import build_prompt
 from routined.config import Settings
 from routined.db import Store
-from routined.http.app import ANTHROPIC_VERSION, create_app
+from routined.http.app import create_app
+from routined.http.fire import ANTHROPIC_VERSION
 from routined.http.server import bind
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID

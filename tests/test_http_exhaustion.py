@@ -45,18 +45,13 @@ from sqlalchemy import select as query
 from starlette.types import Receive, Scope, Send
 
 from routined import routines, tokens
+from routined.api_fires import FireRequest
 from routined.config import Settings
 from routined.db import Store
 from routined.github.webhooks import MAX_BODY as WEBHOOK_MAX_BODY
 from routined.github.webhooks import sign
-from routined.http.app import (
-    ANTHROPIC_VERSION,
-    BODIES_IN_FLIGHT,
-    BODY_WAIT,
-    FireRequest,
-    _record_fires,
-    create_app,
-)
+from routined.http.app import BODIES_IN_FLIGHT, BODY_WAIT, create_app
+from routined.http.fire import ANTHROPIC_VERSION, _record_fires
 from routined.http.problem import Problem
 from routined.http.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, connection_cap
 from routined.limits import Limits
@@ -243,7 +238,7 @@ def test_a_fire_the_database_refuses_fails_alone_and_is_logged_once(
         for i in range(40)
     ]
     woken: list[int] = []
-    caplog.set_level(logging.ERROR, logger="routined.http.app")
+    caplog.set_level(logging.ERROR, logger="routined.api_fires")
     answers = _record_fires(
         app.store,
         batch,
@@ -257,7 +252,7 @@ def test_a_fire_the_database_refuses_fails_alone_and_is_logged_once(
     assert len(refused) == 8
     assert all(isinstance(a, Problem) and a.status in (404, 500) for a in refused), refused
     failed = [a for a in refused if isinstance(a, Problem) and a.status == 500]
-    logged = [r for r in caplog.records if r.name == "routined.http.app"]
+    logged = [r for r in caplog.records if r.name == "routined.api_fires"]
     assert len(logged) == len(failed)  # one line each, none for the others
     assert all(r.exc_info is None for r in logged)  # and not a traceback
     with app.store.transaction() as session:

@@ -36,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
 from routined import keys
 from routined.config import Settings
 from routined.db import Store
-from routined.http import app as fire_api
+from routined.http import fire as fire_api
 from routined.http.app import create_app
 from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID

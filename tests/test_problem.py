@@ -18,6 +18,7 @@ from routined.errors import (
     OutsideFailure,
     Refused,
     RoutinedError,
+    Unauthenticated,
 )
 from routined.http.problem import ANSWERED, problem_of
 from routined.limits import PlanError
@@ -28,6 +29,7 @@ from routined.secrets.vault import VaultError
 TABLE: list[tuple[RoutinedError, int, dict[str, str]]] = [
     (BadInput("name: too long"), 400, {}),
     (PlanError("no plan 'gold'"), 400, {}),  # a concrete error, by its kind
+    (Unauthenticated("invalid token for this trigger"), 401, {}),  # narrower than NotAllowed
     (NotAllowed("this key has the read scope; this needs write"), 403, {}),
     (NotFound("no routine named 'x'"), 404, {}),
     (Conflict("run r is active"), 409, {}),

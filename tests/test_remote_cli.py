@@ -29,7 +29,7 @@ from typer.testing import CliRunner, Result
 
 from routined.cli import app
 from routined.config import Settings
-from routined.http import app as fire_api
+from routined.http import fire as fire_api
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 from routined.timeutil import iso
 

@@ -32,6 +32,11 @@ class NotAllowed(RoutinedError):
     """Something the caller may not do, or may not reach."""
 
 
+class Unauthenticated(NotAllowed):
+    """The caller showed no credentials that hold: a token or key missing, unknown or
+    revoked. Nothing is said of what it would have reached."""
+
+
 class NotFound(RoutinedError):
     """No such object for the caller: another account's objects are not found either,
     as if they did not exist. The message says where to find what there is."""

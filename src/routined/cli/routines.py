@@ -167,7 +167,7 @@ def token(
     as_json: JsonFlag = False,
 ) -> None:
     """Generate the routine's API token (shown once; the old one stops working)."""
-    from routined.http.app import ANTHROPIC_VERSION
+    from routined.http.fire import ANTHROPIC_VERSION
 
     config = settings()
     with connect() as client:

@@ -22,6 +22,7 @@ from routined.errors import (
     OutsideFailure,
     Refused,
     RoutinedError,
+    Unauthenticated,
 )
 
 
@@ -37,9 +38,11 @@ class Problem(Exception):
         self.headers = dict(headers or {})
 
 
-# The status of each kind of error (a refusal's is its rule's, below).
+# The status of each kind of error (a refusal's is its rule's, below); a narrower kind
+# comes before the kind it narrows.
 STATUS: Mapping[type[RoutinedError], int] = {
     BadInput: 400,
+    Unauthenticated: 401,
     NotAllowed: 403,
     NotFound: 404,
     Conflict: 409,
