@@ -24,12 +24,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from routined import routines
+from routined.api_keys import Principal
 from routined.config import Settings
 from routined.db import Store
 from routined.github.matcher import Matcher
 from routined.github.webhooks import sign
 from routined.http.app import create_app
-from routined.keys import Principal
 from routined.models import Base, Fire, Run
 from tests.conftest import T0, git
 

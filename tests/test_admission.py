@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import routines, runs, tokens
+from routined import routines, runs, trigger_tokens
+from routined.api_keys import Principal
 from routined.db import Store
 from routined.errors import Refused
 from routined.http.problem import problem_of
-from routined.keys import Principal
 from routined.models import Account, Fire, Routine, Run, Trigger
 from routined.operations.access import perform
 from routined.operations.accounts import create_account, update_account
@@ -335,7 +335,7 @@ def door(store: Store, tmp_path: Path, origin: Path) -> Iterator[Callable[[Rule]
                     Trigger.routine_id == _routine(session, "rt").id, Trigger.type == "api"
                 )
             ).one()
-            token = tokens.issue(session, api_trigger, now=T0)
+            token = trigger_tokens.issue(session, api_trigger, now=T0)
             rule.setup(session)
         return Door(hub, token, api_trigger)
 

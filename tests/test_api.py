@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import routines, tokens
+from routined import routines, trigger_tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import create_app
@@ -72,8 +72,8 @@ def api(store: Store, tmp_path: Path, origin: Path) -> Iterator[Fixture]:
         from routined.models import Trigger
 
         first, second = session.scalars(select(Trigger).order_by(Trigger.created_at, Trigger.id))
-        token = tokens.issue(session, first.id, now=T0)
-        other_token = tokens.issue(session, second.id, now=T0)
+        token = trigger_tokens.issue(session, first.id, now=T0)
+        other_token = trigger_tokens.issue(session, second.id, now=T0)
         trigger_id = first.id
     woken: list[int] = []
     settings = Settings.from_env({"ROUTINED_PUBLIC_URL": "https://routined.example.com"})
@@ -135,7 +135,7 @@ def test_json_inside_text_stays_a_literal_string(api: Fixture) -> None:
         ("Bearer ", "Authorization: Bearer <token>"),
         ("Basic abc", "Authorization: Bearer <token>"),
         ("Bearer rtd_short", "invalid token"),
-        ("Bearer " + tokens.PREFIX + "x" * (tokens.LENGTH - 4), "invalid token"),
+        ("Bearer " + trigger_tokens.PREFIX + "x" * (trigger_tokens.LENGTH - 4), "invalid token"),
     ],
 )
 def test_missing_malformed_or_wrong_tokens_are_401(
@@ -153,7 +153,7 @@ def test_another_triggers_token_is_401(api: Fixture) -> None:
 
 def test_a_regenerated_token_revokes_the_old_one(api: Fixture) -> None:
     with api.store.transaction() as session:
-        fresh = tokens.issue(session, api.trigger_id, now=T0)
+        fresh = trigger_tokens.issue(session, api.trigger_id, now=T0)
     assert_error(api.fire(), 401, "authentication_error", "invalid token")
     assert api.fire(token=fresh).status_code == 200
 
@@ -283,13 +283,13 @@ def other_trigger(api: Fixture) -> str:
         return next(
             t.trigger_id
             for t in session.scalars(select(Token))
-            if tokens.verify(session, t.trigger_id, api.other_token)
+            if trigger_tokens.verify(session, t.trigger_id, api.other_token)
         )
 
 
 def revoke(api: Fixture) -> None:
     with api.store.transaction() as session:
-        tokens.issue(session, api.trigger_id, now=T0)
+        trigger_tokens.issue(session, api.trigger_id, now=T0)
 
 
 # Every row of the fire endpoint's error matrix: (setup, request changes, status, type, says).

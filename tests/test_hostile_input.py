@@ -28,14 +28,14 @@ import httpx
 import pytest
 import uvicorn
 
-from routined import keys, routines
+from routined import api_keys, routines
 from routined.agents.prompt import build_prompt
+from routined.api_keys import Scope
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import create_app
 from routined.http.fire import ANTHROPIC_VERSION
 from routined.http.server import bind
-from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID
 from tests.conftest import T0, api_trigger
 from tests.github_support import SECRET, delivery_headers, row_counts
@@ -103,7 +103,7 @@ def logged(uvicorn_errors_logged: pytest.LogCaptureFixture) -> pytest.LogCapture
 def server(store: Store, tmp_path: Path) -> Iterator[Server]:
     trigger_id, token = api_trigger(store, tmp_path)
     with store.transaction() as session:
-        _key, operator = keys.issue(
+        _key, operator = api_keys.issue(
             session, DEFAULT_ACCOUNT_ID, name="operator", scope=Scope.ADMIN, now=T0
         )
     settings = Settings.from_env(

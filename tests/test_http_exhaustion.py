@@ -44,7 +44,7 @@ from sqlalchemy import func
 from sqlalchemy import select as query
 from starlette.types import Receive, Scope, Send
 
-from routined import routines, tokens
+from routined import routines, trigger_tokens
 from routined.api_fires import FireRequest
 from routined.config import Settings
 from routined.db import Store
@@ -164,7 +164,7 @@ HOSTILE_IDS = ["trg_%00", "trig_%00", "trig_01ABCDEFGHJKMNPQRSTVWXY%00", "%00%00
 def test_fires_racing_hostile_trigger_ids_all_succeed(
     app: App, errors_logged: pytest.LogCaptureFixture
 ) -> None:
-    fake_token = tokens.PREFIX + "a" * (len(app.token) - len(tokens.PREFIX))
+    fake_token = trigger_tokens.PREFIX + "a" * (len(app.token) - len(trigger_tokens.PREFIX))
     good = fire_request(f"/v1/claude_code/routines/{app.trigger_id}/fire", app.token)
     statuses: dict[str, list[int]] = {"legitimate": [], "hostile": []}
     hostile_answers: list[Any] = []
@@ -333,7 +333,7 @@ def serve(tmp_path: Path, fake_api: FakeAnthropic) -> Iterator[Callable[..., Ser
             routines.apply(session, routines.load(tmp_path / "routines.yaml", now=now), now=now)
         with store.transaction() as session:
             [trigger_id] = session.scalars(query(Trigger.id)).all()
-            token = tokens.issue(session, trigger_id, now=now)
+            token = trigger_tokens.issue(session, trigger_id, now=now)
     finally:
         store.dispose()
     # `python -m`: the routined on PYTHONPATH, also when that is another checkout's.

@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import keys
+from routined import api_keys
+from routined.api_keys import Scope
 from routined.config import Settings
 from routined.db import Store
 from routined.http import fire as fire_api
 from routined.http.app import create_app
-from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID, Account, Routine, Run
 from tests.conftest import T0
 
@@ -141,7 +141,9 @@ class Api:
 def operator_key(store: Store, scope: Scope = Scope.ADMIN) -> str:
     """A key of the default account, made on the store (the way an install starts)."""
     with store.transaction() as session:
-        _key, secret = keys.issue(session, DEFAULT_ACCOUNT_ID, name="operator", scope=scope, now=T0)
+        _key, secret = api_keys.issue(
+            session, DEFAULT_ACCOUNT_ID, name="operator", scope=scope, now=T0
+        )
     return secret
 
 
@@ -209,7 +211,7 @@ NOT_KEYS: list[tuple[dict[str, str], str]] = [
     ({"x-api-key": ""}, "send an API key"),
     ({"authorization": "Bearer rtdk_"}, "invalid or revoked API key"),
     ({"authorization": "Bearer rtdk_short"}, "invalid or revoked API key"),
-    ({"authorization": "Bearer " + keys.PREFIX + "x" * 60}, "invalid or revoked API key"),
+    ({"authorization": "Bearer " + api_keys.PREFIX + "x" * 60}, "invalid or revoked API key"),
     ({"authorization": "Bearer not-a-key-at-all"}, "invalid or revoked API key"),
     ({"x-api-key": "rtdk_" + "A" * 44}, "invalid or revoked API key"),
 ]
@@ -251,7 +253,7 @@ def test_a_trigger_token_is_not_an_api_key(http: Api) -> None:
     trigger_id = http.trigger(http.operator, "nightly")
     issued = http.ok("POST", f"/triggers/{trigger_id}/token", http.operator)
     token = issued["token"]
-    assert not token.startswith(keys.PREFIX)
+    assert not token.startswith(api_keys.PREFIX)
     for headers in ({"authorization": f"Bearer {token}"}, {"x-api-key": token}):
         response = http.call("GET", "/routines", None, headers=headers)
         assert_error(response, 401, "authentication_error", "invalid or revoked API key")
@@ -729,7 +731,7 @@ def test_keys_are_shown_once_listed_without_secrets_and_revoked(api: Api) -> Non
     assert made.status_code == 201, made.text
     body = made.json()
     assert set(body) >= {"id", "account", "name", "scope", "created_at", "revoked_at", "key"}
-    assert body["key"].startswith(keys.PREFIX) and body["id"].startswith("key_")
+    assert body["key"].startswith(api_keys.PREFIX) and body["id"].startswith("key_")
     assert (body["account"], body["name"], body["scope"], body["revoked_at"]) == (
         "acme",
         "ci",

@@ -33,12 +33,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from routined import keys
+from routined import api_keys
+from routined.api_keys import Scope
 from routined.config import Settings
 from routined.db import Store
 from routined.http import fire as fire_api
 from routined.http.app import create_app
-from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID
 from tests.conftest import T0
 
@@ -72,7 +72,7 @@ def seed(store: Store, origin: Path, tmp_path: Path) -> Seeded:
     )
     app = create_app(store, settings_, clock=lambda: T0)
     with store.transaction() as session:
-        _key, operator = keys.issue(
+        _key, operator = api_keys.issue(
             session, DEFAULT_ACCOUNT_ID, name="operator", scope=Scope.ADMIN, now=T0
         )
 

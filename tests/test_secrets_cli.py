@@ -18,12 +18,12 @@ import uvicorn
 from cryptography.fernet import Fernet
 from typer.testing import CliRunner, Result
 
-from routined import keys
+from routined import api_keys
+from routined.api_keys import Scope
 from routined.cli import app
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import create_app
-from routined.keys import Scope
 from routined.models import DEFAULT_ACCOUNT_ID, Account
 from routined.secrets import vault
 from tests.conftest import T0
@@ -344,7 +344,7 @@ def test_against_a_server_a_key_uses_its_own_account_unless_told(
         session.add(Account(id="acct_acme", name="acme", plan="unlimited", created_at=T0))
     operator = operator_key(store)
     with store.transaction() as session:
-        _key, acme_key = keys.issue(session, "acct_acme", name="ci", scope=Scope.WRITE, now=T0)
+        _key, acme_key = api_keys.issue(session, "acct_acme", name="ci", scope=Scope.WRITE, now=T0)
     monkeypatch.setenv("ROUTINED_URL", url)
 
     monkeypatch.setenv("ROUTINED_API_KEY", acme_key)

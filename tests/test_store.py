@@ -22,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import delete, event, select
 
-from routined import runs, tokens
+from routined import runs, trigger_tokens
 from routined.config import Settings
 from routined.db import Checkpointer, GroupCommit, Store, rows_at_most, table_of
 from routined.ids import new_id
@@ -232,20 +232,20 @@ def test_tokens_are_stored_as_digests_and_only_the_newest_works(store: Store) ->
     other = make_routine(store, "other")
     trigger_id, other_trigger_id = routine.triggers[0].id, other.triggers[0].id
     with store.transaction() as session:
-        first = tokens.issue(session, trigger_id, now=T0)
-        other_token = tokens.issue(session, other_trigger_id, now=T0)
+        first = trigger_tokens.issue(session, trigger_id, now=T0)
+        other_token = trigger_tokens.issue(session, other_trigger_id, now=T0)
     with store.transaction() as session:
         stored = session.scalars(select(Token)).all()
         assert all(first not in (t.digest, t.lookup) for t in stored)
-        assert tokens.verify(session, trigger_id, first)
-        assert not tokens.verify(session, trigger_id, other_token)
+        assert trigger_tokens.verify(session, trigger_id, first)
+        assert not trigger_tokens.verify(session, trigger_id, other_token)
     with store.transaction() as session:
-        second = tokens.issue(session, trigger_id, now=T0 + timedelta(hours=1))
+        second = trigger_tokens.issue(session, trigger_id, now=T0 + timedelta(hours=1))
     with store.transaction() as session:
-        assert first.startswith("rtd_") and len(first) == tokens.LENGTH
-        assert not tokens.verify(session, trigger_id, first)
-        assert tokens.verify(session, trigger_id, second)
-        assert not tokens.verify(session, trigger_id, second[:-1] + "!")
+        assert first.startswith("rtd_") and len(first) == trigger_tokens.LENGTH
+        assert not trigger_tokens.verify(session, trigger_id, first)
+        assert trigger_tokens.verify(session, trigger_id, second)
+        assert not trigger_tokens.verify(session, trigger_id, second[:-1] + "!")
 
 
 @pytest.mark.parametrize(
@@ -263,7 +263,7 @@ def test_tokens_are_stored_as_digests_and_only_the_newest_works(store: Store) ->
     ],
 )
 def test_malformed_tokens_are_refused_before_any_lookup(presented: str) -> None:
-    assert tokens.lookup_part(presented) is None
+    assert trigger_tokens.lookup_part(presented) is None
 
 
 def test_plain_postgresql_urls_use_psycopg(postgres_url: str) -> None:

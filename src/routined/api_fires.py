@@ -15,7 +15,7 @@ from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from routined import admission, fires, runs, tokens
+from routined import admission, fires, runs, trigger_tokens
 from routined import limits as limits_
 from routined.db import Store, rows_at_most, table_of
 from routined.errors import NotFound, OutsideFailure, Refused, RoutinedError, Unauthenticated
@@ -153,7 +153,7 @@ class _FireBatch:
             self.routines[trigger.id] = (trigger, routine)
             self.accounts[account.id] = account
         self.live = {
-            (trigger_id, token): tokens.verify(session, trigger_id, token)
+            (trigger_id, token): trigger_tokens.verify(session, trigger_id, token)
             for trigger_id, token in {(r.trigger_id, r.token) for r in requests}
             if self._api_trigger(trigger_id) is not None
         }

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter
 
+from routined.api_keys import Principal
 from routined.cli.common import Unanswered, fail
 from routined.http.problem import ANSWERED, problem_of
-from routined.keys import Principal
 from routined.operations import routines, runs
 from routined.operations.access import perform
 from routined.schemas import RoutineOut, RunOut

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from routined import __version__, jsonbody, runs
+from routined.api_keys import Principal
 from routined.config import Settings
 from routined.db import Store
 from routined.errors import RoutinedError
@@ -34,7 +35,6 @@ from routined.github import webhooks
 from routined.http import fire, management
 from routined.http.problem import ANSWERED, Problem, problem_of
 from routined.ids import new_id
-from routined.keys import Principal
 from routined.models import Run
 from routined.views import run_view
 

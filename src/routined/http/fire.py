@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from routined import admission, api_fires, jsonbody, runs, tokens
+from routined import admission, api_fires, jsonbody, runs, trigger_tokens
 from routined.api_fires import FireRequest
 from routined.config import Settings
 from routined.db import GroupCommit, Store
@@ -178,7 +178,7 @@ def _bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Problem(401, "send the trigger's token as Authorization: Bearer <token>")
     token = credentials.strip()
-    if tokens.lookup_part(token) is None:
+    if trigger_tokens.lookup_part(token) is None:
         raise Problem(401, "invalid token for this trigger")
     return token
 

@@ -20,17 +20,17 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from routined import keys
+from routined import api_keys
+from routined.api_keys import Principal
 from routined.config import Settings
 from routined.db import Store
 from routined.http.problem import Problem
 from routined.jsonbody import NOT_JSON, UnfitJson, parse_json
-from routined.keys import Principal
 from routined.operations import (
     access,
     accounts,
-    api_keys,
     deliveries,
+    keys,
     routines,
     runs,
     secrets,
@@ -147,7 +147,7 @@ def router(
                 401, "send an API key as Authorization: Bearer rtdk_… (routined key create)"
             )
         with store.transaction(readonly=True) as session:
-            found = keys.authenticate(session, presented)
+            found = api_keys.authenticate(session, presented)
         if found is None:
             raise Problem(401, "invalid or revoked API key")
         return found
@@ -239,19 +239,19 @@ def router(
 
     @api.get("/keys", response_model=list[KeyOut], tags=["keys"])
     def list_keys(who: Who, account: str | None = None) -> Any:
-        return read(lambda s: api_keys.list_keys(s, who, account=account))
+        return read(lambda s: keys.list_keys(s, who, account=account))
 
     @api.post("/keys", response_model=NewKeyOut, status_code=201, tags=["keys"])
     def create_key(who: Who, body: KeyIn) -> Any:
         return write(
-            lambda s: api_keys.create_key(
+            lambda s: keys.create_key(
                 s, who, name=body.name, scope=body.scope, account=body.account, now=clock()
             )
         )
 
     @api.delete("/keys/{key_id}", status_code=204, tags=["keys"])
     def revoke_key(who: Who, key_id: str) -> Response:
-        write(lambda s: api_keys.revoke_key(s, who, key_id, now=clock()))
+        write(lambda s: keys.revoke_key(s, who, key_id, now=clock()))
         return Response(status_code=204)
 
     @api.get("/routines", response_model=list[RoutineOut], tags=["routines"])

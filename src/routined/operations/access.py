@@ -15,9 +15,9 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from routined.api_keys import Principal, Scope
 from routined.db import Store
 from routined.errors import Conflict, NotAllowed, NotFound, RoutinedError
-from routined.keys import Principal, Scope
 from routined.models import Account, Routine, Run, Trigger
 
 T = TypeVar("T")

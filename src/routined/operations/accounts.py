@@ -11,10 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routined import limits, routines
+from routined.api_keys import Principal
 from routined.config import Settings
 from routined.errors import BadInput, Conflict
 from routined.ids import new_id
-from routined.keys import Principal
 from routined.limits import Limits, PlanError
 from routined.models import Account
 from routined.operations.access import find_account, require_operator, visible_accounts

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from routined.api_keys import Principal
 from routined.config import Settings
 from routined.errors import NotFound
 from routined.github import matcher
-from routined.keys import Principal
 from routined.models import Fire, Routine, WebhookDelivery
 from routined.timeutil import iso
 from routined.views import fire_view

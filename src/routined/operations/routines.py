@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routined import routines, runs
+from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.environment import cache_folder
 from routined.errors import Conflict
-from routined.keys import Principal, Scope
 from routined.models import Routine, Run
 from routined.operations.access import find_routine, require, routines_of
 from routined.operations.tenancy import for_principal

@@ -11,9 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routined import admission, fires, limits, runs
+from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.errors import BadInput, Conflict, Refused
-from routined.keys import Principal, Scope
 from routined.models import Fire, Routine, Run, RunEvent
 from routined.operations.access import find_routine, find_run, require
 from routined.views import fire_view, run_event_view, run_view

@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.errors import BadInput, NotFound, OutsideFailure
-from routined.keys import Principal, Scope
 from routined.models import Account, Secret
 from routined.operations.access import find_account, require, require_operator
 from routined.secrets import vault

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routined import reach, routines
-from routined.keys import Principal
+from routined.api_keys import Principal
 from routined.models import Account, Routine
 from routined.sandbox import resources
 

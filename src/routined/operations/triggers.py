@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from routined import tokens
+from routined import trigger_tokens
+from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.errors import BadInput
-from routined.keys import Principal, Scope
 from routined.operations.access import find_routine, find_trigger, require, routines_of
 from routined.views import routine_view
 
@@ -50,7 +50,7 @@ def issue_token(
         raise BadInput(
             f"trigger {trigger_id} is a {trigger.type} trigger; only API triggers have tokens"
         )
-    secret = tokens.issue(session, trigger.id, now=now)
+    secret = trigger_tokens.issue(session, trigger.id, now=now)
     return {
         "trigger_id": trigger.id,
         "routine": trigger.routine.name,
@@ -64,4 +64,7 @@ def revoke_token(
 ) -> dict[str, Any]:
     require(principal, Scope.WRITE)
     trigger = find_trigger(session, principal, trigger_id)
-    return {"trigger_id": trigger.id, "revoked": tokens.revoke(session, trigger.id, now=now) > 0}
+    return {
+        "trigger_id": trigger.id,
+        "revoked": trigger_tokens.revoke(session, trigger.id, now=now) > 0,
+    }

@@ -1,7 +1,7 @@
 """API keys: who calls the management API, for which account, with which scope.
 
 A key reads `rtdk_<lookup><secret>` and is kept like a trigger token (see
-`routined.tokens`): a digest and a lookup prefix, shown once. Its own prefix lets
+`routined.trigger_tokens`): a digest and a lookup prefix, shown once. Its own prefix lets
 secret scanners tell the two apart, and a trigger token is never a key.
 
 Scopes nest: `read` sees the account's objects; `write` also changes routines,
@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from routined import tokens
+from routined import trigger_tokens
 from routined.ids import new_id
 from routined.models import DEFAULT_ACCOUNT_ID, Account, ApiKey
 from routined.timeutil import iso
@@ -73,14 +73,14 @@ def issue(
     session: Session, account_id: str, *, name: str, scope: Scope, now: datetime
 ) -> tuple[ApiKey, str]:
     """A new key of the account; the secret is returned for showing once."""
-    secret, lookup = tokens.generate(PREFIX)
+    secret, lookup = trigger_tokens.generate(PREFIX)
     key = ApiKey(
         id=new_id("key"),
         account_id=account_id,
         name=name,
         scope=scope.value,
         lookup=lookup,
-        digest=tokens.digest(secret),
+        digest=trigger_tokens.digest(secret),
         created_at=now,
     )
     session.add(key)
@@ -89,7 +89,7 @@ def issue(
 
 def authenticate(session: Session, presented: str) -> Principal | None:
     """The principal a live key stands for, or None for anything else."""
-    lookup = tokens.lookup_part(presented, PREFIX)
+    lookup = trigger_tokens.lookup_part(presented, PREFIX)
     if lookup is None:
         return None
     for key, disabled_at in session.execute(
@@ -97,7 +97,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
         .join(Account)
         .where(ApiKey.lookup == lookup, ApiKey.revoked_at.is_(None))
     ):
-        if tokens.matches(presented, [key.digest]):
+        if trigger_tokens.matches(presented, [key.digest]):
             return Principal(
                 account_id=key.account_id,
                 scope=Scope(key.scope),

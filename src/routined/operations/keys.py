@@ -9,9 +9,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import keys
+from routined import api_keys
+from routined.api_keys import Principal, Scope
 from routined.errors import BadInput, NotFound
-from routined.keys import Principal, Scope
 from routined.models import Account, ApiKey
 from routined.operations.access import find_account, require
 
@@ -27,7 +27,7 @@ def list_keys(
         )
     elif principal.account_id is not None:
         statement = statement.where(ApiKey.account_id == principal.account_id)
-    return [keys.view(key, name) for key, name in session.execute(statement)]
+    return [api_keys.view(key, name) for key, name in session.execute(statement)]
 
 
 def create_key(
@@ -54,9 +54,9 @@ def create_key(
     )
     if not name.strip() or len(name) > 100:
         raise BadInput("name: give the key a name of 1 to 100 characters, such as `ci`")
-    key, secret = keys.issue(session, owner.id, name=name, scope=wanted, now=now)
+    key, secret = api_keys.issue(session, owner.id, name=name, scope=wanted, now=now)
     session.flush()
-    return {**keys.view(key, owner.name), "key": secret}
+    return {**api_keys.view(key, owner.name), "key": secret}
 
 
 def revoke_key(session: Session, principal: Principal, key_id: str, *, now: datetime) -> None:
@@ -64,4 +64,4 @@ def revoke_key(session: Session, principal: Principal, key_id: str, *, now: date
     key = session.get(ApiKey, key_id)
     if key is None or not principal.manages(key.account_id):
         raise NotFound(f"no API key {key_id}; `routined key list` shows them")
-    keys.revoke(session, key_id, now=now)
+    api_keys.revoke(session, key_id, now=now)
