@@ -30,7 +30,7 @@ import resource
 import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ParamSpec
@@ -61,6 +61,16 @@ class Mirror:
     path: Path
     objects: Path
     default_branch: str | None  # None: the checkout's origin/HEAD says
+
+    def checkout(self, path: Path, default_branch: str, base: Iterable[str]) -> Checkout:
+        """The checkout of this mirror at `path`, its origin's refs at `base`."""
+        return Checkout(
+            url=self.url,
+            path=path,
+            default_branch=default_branch,
+            base=tuple(sorted(base)),
+            mirror_objects=self.objects,
+        )
 
 
 @dataclass(frozen=True)
@@ -371,13 +381,7 @@ async def clone(mirror: Mirror, destination: Path, *, owner: int | None = None) 
     if default_branch is None:  # an empty origin: no branch yet, HEAD names the future one
         default_branch = (await git("symbolic-ref", "--short", "HEAD", cwd=destination)).strip()
     await hand_over([destination], owner)
-    return Checkout(
-        url=mirror.url,
-        path=destination,
-        default_branch=default_branch,
-        base=tuple(sorted(base)),
-        mirror_objects=mirror.objects,
-    )
+    return mirror.checkout(destination, default_branch, base)
 
 
 async def _origin_refs(path: Path) -> tuple[set[str], str | None]:
@@ -501,13 +505,7 @@ async def _catch_up(mirror: Mirror, path: Path) -> Checkout:
         await git("branch", "--quiet", "-D", *others, cwd=path)
     await git("clean", "--quiet", "-ffdx", cwd=path)
     base, _ = await _origin_refs(path)
-    return Checkout(
-        url=mirror.url,
-        path=path,
-        default_branch=branch,
-        base=tuple(sorted(base)),
-        mirror_objects=mirror.objects,
-    )
+    return mirror.checkout(path, branch, base)
 
 
 async def prepare_standby(mirror: Mirror, standby: Path, *, owner: int | None = None) -> None:
