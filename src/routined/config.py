@@ -343,45 +343,35 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         raw = {s.name: _read(env, s) for s in SETTINGS}
+
+        def text(name: str) -> str:
+            return raw[name] or ""
+
+        # Named once: the check is handed the name too, for its error to say which setting.
+        def number(name: str, kind: Callable[[str], Any], minimum: float) -> Any:
+            return _number(name, text(name), kind, minimum)
+
         home = Path(raw["ROUTINED_HOME"] or ".routined").expanduser().absolute()
         host = raw["ROUTINED_HOST"] or "127.0.0.1"
-        port = _number("ROUTINED_PORT", raw["ROUTINED_PORT"] or "", int, 0)
+        port = number("ROUTINED_PORT", int, 0)
         database_url = raw["ROUTINED_DATABASE_URL"] or f"sqlite:///{home / 'routined.db'}"
-        model_api = _http_url("ANTHROPIC_BASE_URL", raw["ANTHROPIC_BASE_URL"] or "")
+        model_api = _http_url("ANTHROPIC_BASE_URL", text("ANTHROPIC_BASE_URL"))
         return cls(
             home=home,
             database_url=Secret(database_url),
             host=host,
             port=port,
             public_url=(raw["ROUTINED_PUBLIC_URL"] or listen_url(host, port)).rstrip("/"),
-            workers=_number("ROUTINED_WORKERS", raw["ROUTINED_WORKERS"] or "", int, 1),
-            poll_interval=_number(
-                "ROUTINED_POLL_INTERVAL", raw["ROUTINED_POLL_INTERVAL"] or "", float, 0.05
-            ),
+            workers=number("ROUTINED_WORKERS", int, 1),
+            poll_interval=number("ROUTINED_POLL_INTERVAL", float, 0.05),
             timezone=_zone("ROUTINED_TIMEZONE", raw["ROUTINED_TIMEZONE"] or "UTC"),
-            min_schedule_interval=_number(
-                "ROUTINED_MIN_SCHEDULE_INTERVAL",
-                raw["ROUTINED_MIN_SCHEDULE_INTERVAL"] or "",
-                float,
-                60,
-            ),
-            schedule_grace=_number(
-                "ROUTINED_SCHEDULE_GRACE", raw["ROUTINED_SCHEDULE_GRACE"] or "", float, 1
-            ),
-            accepted_betas=_betas(raw["ROUTINED_ACCEPTED_BETAS"] or ""),
-            plans=_plans(raw["ROUTINED_PLANS"] or ""),
-            routine_hourly_cap=_number(
-                "ROUTINED_ROUTINE_HOURLY_CAP", raw["ROUTINED_ROUTINE_HOURLY_CAP"] or "", int, 0
-            ),
-            account_api_hourly_cap=_number(
-                "ROUTINED_ACCOUNT_API_HOURLY_CAP",
-                raw["ROUTINED_ACCOUNT_API_HOURLY_CAP"] or "",
-                int,
-                0,
-            ),
-            max_queued_runs=_number(
-                "ROUTINED_MAX_QUEUED_RUNS", raw["ROUTINED_MAX_QUEUED_RUNS"] or "", int, 1
-            ),
+            min_schedule_interval=number("ROUTINED_MIN_SCHEDULE_INTERVAL", float, 60),
+            schedule_grace=number("ROUTINED_SCHEDULE_GRACE", float, 1),
+            accepted_betas=_betas(text("ROUTINED_ACCEPTED_BETAS")),
+            plans=_plans(text("ROUTINED_PLANS")),
+            routine_hourly_cap=number("ROUTINED_ROUTINE_HOURLY_CAP", int, 0),
+            account_api_hourly_cap=number("ROUTINED_ACCOUNT_API_HOURLY_CAP", int, 0),
+            max_queued_runs=number("ROUTINED_MAX_QUEUED_RUNS", int, 1),
             gate_model=raw["ROUTINED_GATE_MODEL"] or "claude-haiku-4-5",
             gate_base_url=(
                 _http_url("ROUTINED_GATE_BASE_URL", raw["ROUTINED_GATE_BASE_URL"])
@@ -390,50 +380,30 @@ class Settings:
             ),
             github_app_id=raw["ROUTINED_GITHUB_APP_ID"] or None,
             github_private_key_file=_path(raw["ROUTINED_GITHUB_PRIVATE_KEY_FILE"]),
-            github_webhook_secret=Secret(raw["ROUTINED_GITHUB_WEBHOOK_SECRET"] or ""),
-            github_api_url=_http_url(
-                "ROUTINED_GITHUB_API_URL", raw["ROUTINED_GITHUB_API_URL"] or ""
-            ),
-            github_url=_http_url("ROUTINED_GITHUB_URL", raw["ROUTINED_GITHUB_URL"] or ""),
-            github_routine_hourly_cap=_number(
-                "ROUTINED_GITHUB_ROUTINE_HOURLY_CAP",
-                raw["ROUTINED_GITHUB_ROUTINE_HOURLY_CAP"] or "",
-                int,
-                0,
-            ),
-            github_account_hourly_cap=_number(
-                "ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP",
-                raw["ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP"] or "",
-                int,
-                0,
-            ),
-            run_timeout=_number(
-                "ROUTINED_RUN_TIMEOUT", raw["ROUTINED_RUN_TIMEOUT"] or "", float, 1
-            ),
-            setup_cache_max_age=_number(
-                "ROUTINED_SETUP_CACHE_MAX_AGE", raw["ROUTINED_SETUP_CACHE_MAX_AGE"] or "", float, 0
-            ),
-            run_files_max_age=_number(
-                "ROUTINED_RUN_FILES_MAX_AGE", raw["ROUTINED_RUN_FILES_MAX_AGE"] or "", float, 0
-            ),
-            secret_key=Secret(raw["ROUTINED_SECRET_KEY"] or ""),
-            heartbeat_interval=_number(
-                "ROUTINED_HEARTBEAT_INTERVAL", raw["ROUTINED_HEARTBEAT_INTERVAL"] or "", float, 0.1
-            ),
-            lost_after=_number("ROUTINED_LOST_AFTER", raw["ROUTINED_LOST_AFTER"] or "", float, 1),
+            github_webhook_secret=Secret(text("ROUTINED_GITHUB_WEBHOOK_SECRET")),
+            github_api_url=_http_url("ROUTINED_GITHUB_API_URL", text("ROUTINED_GITHUB_API_URL")),
+            github_url=_http_url("ROUTINED_GITHUB_URL", text("ROUTINED_GITHUB_URL")),
+            github_routine_hourly_cap=number("ROUTINED_GITHUB_ROUTINE_HOURLY_CAP", int, 0),
+            github_account_hourly_cap=number("ROUTINED_GITHUB_ACCOUNT_HOURLY_CAP", int, 0),
+            run_timeout=number("ROUTINED_RUN_TIMEOUT", float, 1),
+            setup_cache_max_age=number("ROUTINED_SETUP_CACHE_MAX_AGE", float, 0),
+            run_files_max_age=number("ROUTINED_RUN_FILES_MAX_AGE", float, 0),
+            secret_key=Secret(text("ROUTINED_SECRET_KEY")),
+            heartbeat_interval=number("ROUTINED_HEARTBEAT_INTERVAL", float, 0.1),
+            lost_after=number("ROUTINED_LOST_AFTER", float, 1),
             claude_path=_path(raw["ROUTINED_CLAUDE_PATH"]),
-            sandbox_uid=_sandbox_uid(raw["ROUTINED_SANDBOX_UID"] or ""),
-            run_memory=_size("ROUTINED_RUN_MEMORY", raw["ROUTINED_RUN_MEMORY"] or "", 64 * MIB),
-            run_pids=_number("ROUTINED_RUN_PIDS", raw["ROUTINED_RUN_PIDS"] or "", int, 16),
-            run_disk=_size("ROUTINED_RUN_DISK", raw["ROUTINED_RUN_DISK"] or "", 64 * MIB),
-            run_cpus=_number("ROUTINED_RUN_CPUS", raw["ROUTINED_RUN_CPUS"] or "", float, 0.05),
+            sandbox_uid=_sandbox_uid(text("ROUTINED_SANDBOX_UID")),
+            run_memory=_size("ROUTINED_RUN_MEMORY", text("ROUTINED_RUN_MEMORY"), 64 * MIB),
+            run_pids=number("ROUTINED_RUN_PIDS", int, 16),
+            run_disk=_size("ROUTINED_RUN_DISK", text("ROUTINED_RUN_DISK"), 64 * MIB),
+            run_cpus=number("ROUTINED_RUN_CPUS", float, 0.05),
             allow_private_networks=_networks(
-                "ROUTINED_ALLOW_PRIVATE_NETWORKS", raw["ROUTINED_ALLOW_PRIVATE_NETWORKS"] or ""
+                "ROUTINED_ALLOW_PRIVATE_NETWORKS", text("ROUTINED_ALLOW_PRIVATE_NETWORKS")
             ),
             git_author_name=raw["ROUTINED_GIT_AUTHOR_NAME"] or "routined",
             git_author_email=raw["ROUTINED_GIT_AUTHOR_EMAIL"] or "routined@localhost",
             anthropic_base_url=model_api,
-            anthropic_api_key=Secret(raw["ANTHROPIC_API_KEY"] or ""),
+            anthropic_api_key=Secret(text("ANTHROPIC_API_KEY")),
         )
 
     def with_listen_address(self, host: str, port: int, env: Mapping[str, str]) -> Settings:

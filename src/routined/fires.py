@@ -13,7 +13,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import insert, select, update
@@ -259,61 +259,43 @@ def _local(moment: datetime, zone: ZoneInfo) -> str:
     return f"{local:%Y-%m-%d %H:%M} {zone.key} ({moment:%H:%M}Z)"
 
 
-def row(
-    *,
-    routine_id: str,
-    trigger_id: str | None,
-    trigger_type: str,
-    outcome: Outcome,
-    reason: str,
-    now: datetime,
-    scheduled_at: datetime | None = None,
-    run_id: str | None = None,
-    delivery_id: str | None = None,
-) -> dict[str, Any]:
+class Decided(TypedDict):
+    """A decision as `row` and `record` take it, by name."""
+
+    routine_id: str
+    trigger_id: str | None  # None: a fire by hand
+    trigger_type: str
+    outcome: Outcome
+    reason: str
+    now: datetime  # when it was decided
+    scheduled_at: NotRequired[datetime | None]  # the slot of a schedule trigger
+    run_id: NotRequired[str | None]  # the run it started
+    delivery_id: NotRequired[str | None]  # the GitHub delivery it decided
+
+
+def row(**decided: Unpack[Decided]) -> dict[str, Any]:
     """A decision as the `fires` row that stores it."""
     return {
-        "routine_id": routine_id,
-        "trigger_id": trigger_id,
-        "trigger_type": trigger_type,
-        "scheduled_at": scheduled_at,
-        "decided_at": now,
-        "outcome": outcome,
-        "reason": reason,
-        "run_id": run_id,
-        "delivery_id": delivery_id,
+        "routine_id": decided["routine_id"],
+        "trigger_id": decided["trigger_id"],
+        "trigger_type": decided["trigger_type"],
+        "scheduled_at": decided.get("scheduled_at"),
+        "decided_at": decided["now"],
+        "outcome": decided["outcome"],
+        "reason": decided["reason"],
+        "run_id": decided.get("run_id"),
+        "delivery_id": decided.get("delivery_id"),
     }
 
 
-def record(
-    session: Session,
-    *,
-    routine_id: str,
-    trigger_id: str | None,
-    trigger_type: str,
-    outcome: Outcome,
-    reason: str,
-    now: datetime,
-    scheduled_at: datetime | None = None,
-    run_id: str | None = None,
-) -> int | None:
+def record(session: Session, **decided: Unpack[Decided]) -> int | None:
     """Store a decision; None if this trigger's slot was already decided elsewhere.
 
     A slot recorded as `waiting` is decided again later: that decision replaces
     the row, keeping what it waited for in the reason.
     """
-    values = row(
-        routine_id=routine_id,
-        trigger_id=trigger_id,
-        trigger_type=trigger_type,
-        outcome=outcome,
-        reason=reason,
-        now=now,
-        scheduled_at=scheduled_at,
-        run_id=run_id,
-    )
     statement = _record_statement(session.get_bind().dialect.name)
-    inserted: int | None = session.scalar(statement, values)
+    inserted: int | None = session.scalar(statement, row(**decided))
     return inserted
 
 

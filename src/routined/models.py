@@ -163,22 +163,28 @@ class Trigger(Base):
     routine: Mapped[Routine] = relationship(back_populates="triggers")
 
 
-class Token(Base):
-    """A trigger's bearer token, kept only as a SHA-256 digest and a lookup prefix."""
+class _Credential:
+    """How a secret handed out is kept (`routined.tokens`): its lookup part as it is,
+    the whole only as a SHA-256 digest; when it was issued, and revoked."""
 
-    __tablename__ = "tokens"
-    __table_args__ = (Index(None, "trigger_id", "lookup"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    trigger_id: Mapped[str] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
     lookup: Mapped[str] = mapped_column(String(16))
     digest: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 
 
-class ApiKey(Base):
-    """A key to the management API: one account's, with one scope, kept as a digest."""
+class Token(_Credential, Base):
+    """A trigger's bearer token."""
+
+    __tablename__ = "tokens"
+    __table_args__ = (Index(None, "trigger_id", "lookup"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trigger_id: Mapped[str] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
+
+
+class ApiKey(_Credential, Base):
+    """A key to the management API: one account's, with one scope."""
 
     __tablename__ = "api_keys"
     __table_args__ = (Index(None, "lookup"),)
@@ -187,10 +193,6 @@ class ApiKey(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(100))
     scope: Mapped[str] = mapped_column(String(10))
-    lookup: Mapped[str] = mapped_column(String(16))
-    digest: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime]
-    revoked_at: Mapped[datetime | None]
 
 
 class Run(Base):

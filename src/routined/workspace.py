@@ -30,9 +30,10 @@ import resource
 import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ParamSpec
 from urllib.parse import urlsplit, urlunsplit
 
 from routined.errors import OutsideFailure
@@ -40,6 +41,8 @@ from routined.errors import OutsideFailure
 GIT_TIMEOUT = 900.0
 CONFINED_MEMORY = 4 * 1024**3
 CONFINED_CPU_SECONDS = 300
+
+_P = ParamSpec("_P")
 
 _REMOTE = re.compile(r"^([a-z][a-z0-9+.-]*://|[^/:]+@[^/:]+:)", re.IGNORECASE)
 
@@ -58,6 +61,16 @@ class Mirror:
     path: Path
     objects: Path
     default_branch: str | None  # None: the checkout's origin/HEAD says
+
+    def checkout(self, path: Path, default_branch: str, base: Iterable[str]) -> Checkout:
+        """The checkout of this mirror at `path`, its origin's refs at `base`."""
+        return Checkout(
+            url=self.url,
+            path=path,
+            default_branch=default_branch,
+            base=tuple(sorted(base)),
+            mirror_objects=self.objects,
+        )
 
 
 @dataclass(frozen=True)
@@ -78,38 +91,6 @@ class Checkout:
         return display_url(self.url)
 
 
-async def git(
-    *args: str,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-    stdin: bytes | None = None,
-    secret: str | None = None,
-    time_limit: float = GIT_TIMEOUT,
-    confined: bool = False,
-    umask: int | None = None,
-) -> str:
-    """Run git; on failure raise GitError with its words.
-
-    `secret`, a URL with credentials, never appears on the command line (where
-    other local users could read it) nor in errors: git is given the URL
-    without them and told, through its environment, to use the one with them.
-    `confined` caps memory and CPU time, for git reading data the agent made.
-    `umask`, when given, is git's instead of routined's own (which keeps what it
-    writes private): for writing into a repository that is not routined's.
-    """
-    said = await git_bytes(
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=stdin,
-        secret=secret,
-        time_limit=time_limit,
-        confined=confined,
-        umask=umask,
-    )
-    return said.decode(errors="replace")
-
-
 async def git_bytes(
     *args: str,
     cwd: Path | None = None,
@@ -120,8 +101,16 @@ async def git_bytes(
     confined: bool = False,
     umask: int | None = None,
 ) -> bytes:
-    """`git`, answering what git wrote as it wrote it (a commit's message may be in
-    any encoding)."""
+    """Run git; on failure raise GitError with its words. The answer is what git wrote,
+    as it wrote it (a commit's message may be in any encoding); `git` decodes it.
+
+    `secret`, a URL with credentials, never appears on the command line (where
+    other local users could read it) nor in errors: git is given the URL
+    without them and told, through its environment, to use the one with them.
+    `confined` caps memory and CPU time, for git reading data the agent made.
+    `umask`, when given, is git's instead of routined's own (which keeps what it
+    writes private): for writing into a repository that is not routined's.
+    """
     extra = dict(env or {})
     if secret:
         shown = display_url(secret)
@@ -183,6 +172,18 @@ async def git_bytes(
             message = message.replace(secret, display_url(secret))
         raise GitError(message)
     return stdout
+
+
+def _decoding(run: Callable[_P, Awaitable[bytes]]) -> Callable[_P, Awaitable[str]]:
+    async def decoded(*args: _P.args, **kwargs: _P.kwargs) -> str:
+        return (await run(*args, **kwargs)).decode(errors="replace")
+
+    return decoded
+
+
+# What most callers want: git's answer as text. Made from `git_bytes`, so that the two
+# take the same options by construction.
+git = _decoding(git_bytes)
 
 
 # Set on every git routined starts: "PID:START", its starter's process id and
@@ -380,13 +381,7 @@ async def clone(mirror: Mirror, destination: Path, *, owner: int | None = None) 
     if default_branch is None:  # an empty origin: no branch yet, HEAD names the future one
         default_branch = (await git("symbolic-ref", "--short", "HEAD", cwd=destination)).strip()
     await hand_over([destination], owner)
-    return Checkout(
-        url=mirror.url,
-        path=destination,
-        default_branch=default_branch,
-        base=tuple(sorted(base)),
-        mirror_objects=mirror.objects,
-    )
+    return mirror.checkout(destination, default_branch, base)
 
 
 async def _origin_refs(path: Path) -> tuple[set[str], str | None]:
@@ -510,13 +505,7 @@ async def _catch_up(mirror: Mirror, path: Path) -> Checkout:
         await git("branch", "--quiet", "-D", *others, cwd=path)
     await git("clean", "--quiet", "-ffdx", cwd=path)
     base, _ = await _origin_refs(path)
-    return Checkout(
-        url=mirror.url,
-        path=path,
-        default_branch=branch,
-        base=tuple(sorted(base)),
-        mirror_objects=mirror.objects,
-    )
+    return mirror.checkout(path, branch, base)
 
 
 async def prepare_standby(mirror: Mirror, standby: Path, *, owner: int | None = None) -> None:

@@ -78,7 +78,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import regex  # type: ignore[import-untyped]  # no stubs installed; used through _Pattern
 
@@ -135,6 +135,7 @@ SUMMARY_KEYS = (
 )  # fmt: skip
 
 _ABSENT: Any = object()
+_T = TypeVar("_T")
 _PATH = re.compile(r"[^.\s{}]+(?:\.[^.\s{}]+)*")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
@@ -191,13 +192,18 @@ def parse_events(raw: object) -> tuple[EventSelector, ...]:
     """A trigger's `events` list; the error names the bad entry's index."""
     if isinstance(raw, str) or not isinstance(raw, Sequence) or not raw:
         raise ValueError("events: write a non-empty list such as [pull_request.opened, release]")
-    selectors = []
-    for index, item in enumerate(raw):
+    return tuple(dict.fromkeys(_each("events", raw, EventSelector.parse)))
+
+
+def _each(name: str, items: Sequence[Any], parse: Callable[[Any], _T]) -> list[_T]:
+    """Each item of the list `name` parsed; the error names the bad item's index."""
+    parsed = []
+    for index, item in enumerate(items):
         try:
-            selectors.append(EventSelector.parse(item))
+            parsed.append(parse(item))
         except ValueError as error:
-            raise ValueError(f"events[{index}]: {error}") from None
-    return tuple(dict.fromkeys(selectors))
+            raise ValueError(f"{name}[{index}]: {error}") from None
+    return parsed
 
 
 # ------------------------------------------------------------------ fields
@@ -483,13 +489,7 @@ def parse_filters(raw: object) -> tuple[Filter, ...]:
         return ()
     if isinstance(raw, str) or not isinstance(raw, Sequence):
         raise ValueError("filters: write a list of {field, op, value} mappings")
-    parsed = []
-    for index, item in enumerate(raw):
-        try:
-            parsed.append(Filter.parse(item))
-        except ValueError as error:
-            raise ValueError(f"filters[{index}]: {error}") from None
-    return tuple(parsed)
+    return tuple(_each("filters", raw, Filter.parse))
 
 
 def check_filters(selectors: Sequence[EventSelector], filters: Sequence[Filter]) -> None:

@@ -105,6 +105,14 @@ def _past(moment: float) -> bool:
     return time.monotonic() > moment
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """A recorded delivery with its payload parsed: what deciding a trigger reads of it."""
+
+    delivery: WebhookDelivery
+    payload: dict[str, Any]
+
+
 @dataclass
 class Prepared:
     """A delivery read, parsed and matched against its repository's triggers as the
@@ -159,6 +167,7 @@ def _prepare_one(session: Session, delivery: WebhookDelivery) -> Prepared:
     skipped: dict[str, Verdict] = {}
     if delivery.repository is not None and delivery.event not in _ABOUT_INSTALLATIONS:
         listening = _listeners(session, delivery.repository)
+        delivered = Delivered(delivery, payload)
         for one in listening:
             held = admission.standing(
                 admission.Kind.GITHUB,
@@ -167,7 +176,7 @@ def _prepare_one(session: Session, delivery: WebhookDelivery) -> Prepared:
                 account=one.account_name,
                 disabled=one.disabled,
             )
-            verdict = _prejudge(delivery, payload, one.config, held)
+            verdict = _prejudge(delivered, one.config, held)
             if isinstance(verdict, Verdict):
                 skipped[one.trigger_id] = verdict
     learn = (
@@ -253,6 +262,7 @@ def decide(
         _learn(session, delivery.installation_id, delivery.repository, now=now)
     if not prepared.listening:
         return f"no routine listens to {delivery.repository}", 0
+    delivered = Delivered(delivery, payload)
     started = 0
     lines = []
     decided = []
@@ -267,7 +277,7 @@ def decide(
                 lines.append(f"{listener.routine_name}: its trigger was removed meanwhile")
                 continue
             outcome, reason, run = _decide_trigger(
-                session, delivery, payload, trigger, trigger.routine, now=now, settings=settings
+                session, delivered, trigger, now=now, settings=settings
             )
         decided.append(
             fires.row(
@@ -327,14 +337,12 @@ class Verdict:
 
 
 def _prejudge(
-    delivery: WebhookDelivery,
-    payload: dict[str, Any],
-    config: dict[str, Any],
-    held: admission.Admission | None,
+    delivered: Delivered, config: dict[str, Any], held: admission.Admission | None
 ) -> Verdict | github_events.Verdict:
     """What can be told of one trigger from the delivery alone (its configuration, and
     `held`: what admission says of its routine's and account's state, if known): why
     it skips, or the match to take further."""
+    delivery, payload = delivered.delivery, delivered.payload
     events, filters = _parsed(json.dumps(config, sort_keys=True))
     matched = github_events.match(config["repository"], events, filters, delivery.event, payload)
     if not matched.matched:
@@ -361,21 +369,15 @@ def _not_admitted(matched: github_events.Verdict, refused: admission.Admission) 
 
 
 def evaluate(
-    session: Session,
-    delivery: WebhookDelivery,
-    payload: dict[str, Any],
-    trigger: Trigger,
-    routine: Routine,
-    *,
-    now: datetime,
-    settings: Settings,
+    session: Session, delivered: Delivered, trigger: Trigger, *, now: datetime, settings: Settings
 ) -> Verdict:
     """Decide one trigger: events and filters, the app, admission (the account, the
     routine's state, the limits and caps), and the concurrency policy. Reads only;
     `replay` shows it as it would be today."""
-    matched = _prejudge(delivery, payload, trigger.config, None)
+    matched = _prejudge(delivered, trigger.config, None)
     if isinstance(matched, Verdict):
         return matched
+    routine = trigger.routine
     account = limits.hold_account(session, routine)
     admitted = admission.admit(
         session,
@@ -387,12 +389,12 @@ def evaluate(
     )
     if not admitted.admitted:
         return _not_admitted(matched, admitted)
-    reason = f"{matched.reason}; delivery {delivery.id}"
+    reason = f"{matched.reason}; delivery {delivered.delivery.id}"
     concurrency = trigger.config.get("concurrency")
     if not concurrency:
         return Verdict(Outcome.FIRED, reason)
     try:
-        key = github_events.render_key(concurrency["key"], payload)
+        key = github_events.render_key(concurrency["key"], delivered.payload)
     except github_events.KeyTemplateError as error:
         return Verdict(Outcome.FIRED, f"{reason}; no concurrency key ({error})")
     decision, cancel = _concurrency(session, routine, key, Overlap(concurrency["policy"]), reason)
@@ -415,18 +417,12 @@ def _parsed(
 
 
 def _decide_trigger(
-    session: Session,
-    delivery: WebhookDelivery,
-    payload: dict[str, Any],
-    trigger: Trigger,
-    routine: Routine,
-    *,
-    now: datetime,
-    settings: Settings,
+    session: Session, delivered: Delivered, trigger: Trigger, *, now: datetime, settings: Settings
 ) -> tuple[Outcome, str, Run | None]:
-    verdict = evaluate(session, delivery, payload, trigger, routine, now=now, settings=settings)
+    verdict = evaluate(session, delivered, trigger, now=now, settings=settings)
     if verdict.outcome is not Outcome.FIRED:
         return verdict.outcome, verdict.reason, None
+    delivery, payload = delivered.delivery, delivered.payload
     reason = verdict.reason
     for run_id in verdict.cancel:
         became = runs.cancel(
@@ -435,7 +431,7 @@ def _decide_trigger(
         reason += f"; {run_id} {became or 'had already ended'}"
     run = runs.create(
         session,
-        routine,
+        trigger.routine,
         trigger_type="github",
         trigger_id=trigger.id,
         text=session_input(delivery.event, payload),
@@ -456,13 +452,11 @@ def replay(
     one row per GitHub trigger on its repository; nothing is written."""
     if delivery.repository is None:
         return []
-    payload = json.loads(delivery.body)
+    delivered = Delivered(delivery, json.loads(delivery.body))
     decisions = []
     for listener in _listeners(session, delivery.repository):
         trigger = session.get_one(Trigger, listener.trigger_id)
-        verdict = evaluate(
-            session, delivery, payload, trigger, trigger.routine, now=now, settings=settings
-        )
+        verdict = evaluate(session, delivered, trigger, now=now, settings=settings)
         decisions.append(
             {
                 "routine": listener.routine_name,

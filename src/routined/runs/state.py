@@ -14,7 +14,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import Select, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
@@ -128,30 +128,33 @@ class NewRun:
         return str(self.row["session_id"])
 
 
-def new(
-    routine: Routine,
-    *,
-    trigger_type: str,
-    trigger_id: str | None,
-    text: str | None,
-    now: datetime,
-    reason: str,
-    serial: bool = False,
-) -> NewRun:
+class Queued(TypedDict):
+    """What a run is queued with, by name (see `new`)."""
+
+    trigger_type: str
+    trigger_id: str | None
+    text: str | None  # what the fire hands the agent
+    now: datetime
+    reason: str  # why it was queued, its first event's
+    serial: NotRequired[bool]  # it waits for the routine's active runs (False unless said)
+
+
+def new(routine: Routine, **queued: Unpack[Queued]) -> NewRun:
     run_id = new_id("run")
+    now = queued["now"]
     return NewRun(
         row={
             "id": run_id,
             "session_id": new_id("session"),
             "routine_id": routine.id,
-            "trigger_id": trigger_id,
-            "trigger_type": trigger_type,
+            "trigger_id": queued["trigger_id"],
+            "trigger_type": queued["trigger_type"],
             "status": RunStatus.QUEUED,
-            "text": text,
+            "text": queued["text"],
             "model": routine.model,
             "created_at": now,
             "branches": [],
-            "serial": serial,
+            "serial": queued.get("serial", False),
             "event_seq": 1,  # its first event, below: nobody else can write to it yet
         },
         first_event={
@@ -159,32 +162,14 @@ def new(
             "seq": 1,
             "at": now,
             "kind": "status",
-            "reason": reason,
+            "reason": queued["reason"],
             "to_status": RunStatus.QUEUED,
         },
     )
 
 
-def create(
-    session: Session,
-    routine: Routine,
-    *,
-    trigger_type: str,
-    trigger_id: str | None,
-    text: str | None,
-    now: datetime,
-    reason: str,
-    serial: bool = False,
-) -> Run:
-    created = new(
-        routine,
-        trigger_type=trigger_type,
-        trigger_id=trigger_id,
-        text=text,
-        now=now,
-        reason=reason,
-        serial=serial,
-    )
+def create(session: Session, routine: Routine, **queued: Unpack[Queued]) -> Run:
+    created = new(routine, **queued)
     run = Run(**created.row)
     session.add(run)
     session.add(RunEvent(**created.first_event))

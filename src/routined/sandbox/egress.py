@@ -596,7 +596,8 @@ class EgressProxy:
                 upstream_writer.close()
                 raise
         try:
-            await _send_answer(origin, upstream_reader, client, writer, _Activity())
+            far = _Side(origin, upstream_reader, upstream_writer)
+            await _send_answer(far, _Side(client, reader, writer), _Activity())
         finally:
             upstream_writer.close()
 
@@ -922,10 +923,10 @@ async def _exchange(
         if client.they_are_waiting_for_100_continue:
             writer.write(client.send(h11.InformationalResponse(status_code=100, headers=[])))
         activity = _Activity()
-        sending = asyncio.create_task(_send_body(client, reader, origin, upstream_writer, activity))
-        answering = asyncio.create_task(
-            _send_answer(origin, upstream_reader, client, writer, activity)
-        )
+        near = _Side(client, reader, writer)
+        far = _Side(origin, upstream_reader, upstream_writer)
+        sending = asyncio.create_task(_send_body(near, far, activity))
+        answering = asyncio.create_task(_send_answer(far, near, activity))
         try:
             await asyncio.wait((sending, answering), return_when=asyncio.FIRST_COMPLETED)
             if sending.done() and isinstance(sending.exception(), _Refused):
@@ -939,68 +940,78 @@ async def _exchange(
         upstream_writer.close()
 
 
-async def _send_body(
-    client: h11.Connection,
-    reader: asyncio.StreamReader,
-    origin: h11.Connection,
-    upstream_writer: asyncio.StreamWriter,
-    activity: _Activity,
-) -> None:
-    while True:
-        try:
-            event = client.next_event()
-        except h11.RemoteProtocolError as error:
-            raise _Refused(400, f"malformed request body: {error}") from None
-        if event is h11.NEED_DATA:
-            client.receive_data(await _receive(reader, activity))
-            continue
-        if isinstance(event, h11.Data):
-            upstream_writer.write(origin.send(h11.Data(data=event.data)))
-        elif isinstance(event, h11.EndOfMessage):
-            # Trailers stay behind: nothing the agent calls needs them.
-            upstream_writer.write(origin.send(h11.EndOfMessage()))
-        else:  # the request is over before its body was
+async def _send_body(client: _Side, upstream: _Side, activity: _Activity) -> None:
+    def forward(event: object) -> _Outgoing:
+        # Trailers stay behind: nothing the agent calls needs them.
+        if (out := _reframed(event)) is None:  # the request is over before its body was
             raise _Refused(400, "the request ended before its body did")
-        await upstream_writer.drain()
-        if isinstance(event, h11.EndOfMessage):
-            return
+        return out
+
+    try:
+        await _carry(client, upstream, activity, forward)
+    except h11.RemoteProtocolError as error:
+        raise _Refused(400, f"malformed request body: {error}") from None
 
 
-async def _send_answer(
-    origin: h11.Connection,
-    upstream_reader: asyncio.StreamReader,
-    client: h11.Connection,
-    writer: asyncio.StreamWriter,
-    activity: _Activity,
+async def _send_answer(upstream: _Side, client: _Side, activity: _Activity) -> None:
+    def forward(event: object) -> _Outgoing | None:
+        if isinstance(event, h11.InformationalResponse):
+            return None  # 1xx belong to the hop they crossed (the proxy sends its own 100)
+        if isinstance(event, h11.Response):
+            return h11.Response(
+                status_code=event.status_code,
+                reason=event.reason,
+                headers=_answer_headers(event.headers.raw_items()),
+            )
+        if (out := _reframed(event)) is None:
+            raise _Refused(502, "the upstream closed the connection without answering")
+        return out
+
+    try:
+        await _carry(upstream, client, activity, forward)
+    except h11.ProtocolError as error:
+        raise _Refused(502, f"the upstream's answer is malformed: {error}") from None
+
+
+# What `_carry` writes: the events of a message (a request's head is written before).
+_Outgoing = h11.Response | h11.Data | h11.EndOfMessage
+
+
+@dataclass(frozen=True)
+class _Side:
+    """One connection of an exchange: its streams, and h11's state of the HTTP on it."""
+
+    http: h11.Connection
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def _carry(
+    source: _Side, sink: _Side, activity: _Activity, forward: Callable[[object], _Outgoing | None]
 ) -> None:
+    """Carry one message from `source` to `sink`, each event written afresh as
+    `forward` makes it (None: it stays behind), until the message ends."""
     while True:
-        try:
-            event = origin.next_event()
-            if event is h11.NEED_DATA:
-                origin.receive_data(await _receive(upstream_reader, activity))
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue  # 1xx belong to the hop they crossed (the proxy sends its own 100)
-            if isinstance(event, h11.Response):
-                out = client.send(
-                    h11.Response(
-                        status_code=event.status_code,
-                        reason=event.reason,
-                        headers=_answer_headers(event.headers.raw_items()),
-                    )
-                )
-            elif isinstance(event, h11.Data):
-                out = client.send(h11.Data(data=event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                out = client.send(h11.EndOfMessage())
-            else:
-                raise _Refused(502, "the upstream closed the connection without answering")
-        except h11.ProtocolError as error:
-            raise _Refused(502, f"the upstream's answer is malformed: {error}") from None
-        writer.write(out)
-        await writer.drain()
+        event = source.http.next_event()
+        if event is h11.NEED_DATA:
+            source.http.receive_data(await _receive(source.reader, activity))
+            continue
+        out = forward(event)
+        if out is None:
+            continue
+        sink.writer.write(sink.http.send(out))
+        await sink.writer.drain()
         if isinstance(event, h11.EndOfMessage):
             return
+
+
+def _reframed(event: object) -> h11.Data | h11.EndOfMessage | None:
+    """A message's data or end, made afresh for the other side; None for anything else."""
+    if isinstance(event, h11.Data):
+        return h11.Data(data=event.data)
+    if isinstance(event, h11.EndOfMessage):
+        return h11.EndOfMessage()
+    return None
 
 
 def _request_headers(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,31 +126,21 @@ class Redactor:
         `s` stays valid once the spans are replaced (see `_json_safe`).
         """
         found = [(m.start(), m.end(), self._names[m[0]]) for m in self._pattern.finditer(s)]
-        for head, forms in self._heads.items():
-            at = s.find(head)
-            while at >= 0:
-                ends_at = [
-                    (end, form.name)
-                    for form in forms
-                    if (end := _head_end(s, at, form, ends)) is not None
-                ]
-                if ends_at:
-                    end, name = max(ends_at, key=lambda pair: pair[0])
-                    found.append((at, end, name))
-                at = s.find(head, at + 1)
-        for tail, forms in self._tails.items():
-            at = s.find(tail)
-            while at >= 0:
-                end = at + len(tail)
-                starts_at = [
-                    (start, form.name)
-                    for form in forms
-                    if (start := _tail_start(s, end, form, starts)) is not None
-                ]
-                if starts_at:
-                    start, name = min(starts_at, key=lambda pair: pair[0])
-                    found.append((start, end, name))
-                at = s.find(tail, at + 1)
+        # Wherever the shortest piece of a start (or an end) that counts stands, the
+        # longest piece of any form found there counts.
+        for anchors, piece, edge in (
+            (self._heads, _head_piece, ends),
+            (self._tails, _tail_piece, starts),
+        ):
+            for anchor, forms in anchors.items():
+                for at in _places(s, anchor):
+                    pieces = [
+                        (*span, form.name)
+                        for form in forms
+                        if (span := piece(s, at, form, edge)) is not None
+                    ]
+                    if pieces:
+                        found.append(max(pieces, key=lambda span: span[1] - span[0]))
         if json_safe:
             found = [_json_safe(s, a, b, name) for a, b, name in found]
         return _merged(found)
@@ -230,8 +220,17 @@ def _piece(text: str) -> int:
     return 0
 
 
-def _head_end(s: str, at: int, form: _Form, ends: bool) -> int | None:
-    """Where the longest start of `form` found at `at` that counts ends at a cut."""
+def _places(s: str, anchor: str) -> Iterator[int]:
+    """Where `anchor` stands in `s`, overlaps too."""
+    at = s.find(anchor)
+    while at >= 0:
+        yield at
+        at = s.find(anchor, at + 1)
+
+
+def _head_piece(s: str, at: int, form: _Form, ends: bool) -> tuple[int, int] | None:
+    """The longest start of `form` found at `at` that counts and ends at a cut; `ends`:
+    the end of `s` is that of the whole text."""
     matched = _common_start(s, at, form.text)
     if matched == len(form.text):
         return None  # the whole value: the pattern has it
@@ -240,17 +239,18 @@ def _head_end(s: str, at: int, form: _Form, ends: bool) -> int | None:
         return None
     if last == len(s):
         if ends:
-            return last
+            return at, last
         last -= 1
     for found in reversed(list(_MARK_FIRST.finditer(s, first, last + 1))):
         if _cut_mark_at(s, found.start()):
-            return found.start()
+            return at, found.start()
     return None
 
 
-def _tail_start(s: str, end: int, form: _Form, starts: bool) -> int | None:
-    """Where the longest end of `form` found ending at `end` that counts begins, after
-    a cut."""
+def _tail_piece(s: str, at: int, form: _Form, starts: bool) -> tuple[int, int] | None:
+    """The longest end of `form` whose shortest piece that counts stands at `at`, if
+    it begins after a cut; `starts`: the start of `s` is that of the whole text."""
+    end = at + form.tail
     matched = _common_end(s, end, form.text)
     if matched == len(form.text):
         return None
@@ -259,44 +259,42 @@ def _tail_start(s: str, end: int, form: _Form, starts: bool) -> int | None:
         return None
     if first == 0:
         if starts:
-            return 0
+            return 0, end
         first = 1
     for found in _MARK_LAST.finditer(s, first - 1, last):
         if _cut_mark_before(s, found.start() + 1):
-            return found.start() + 1
+            return found.start() + 1, end
     return None
 
 
 def _common_start(s: str, at: int, text: str) -> int:
-    """How many characters of `text` `s` has from `at`: longer and longer steps, then
-    halving, so a long value costs few comparisons (each in C)."""
-    limit = min(len(text), len(s) - at)
-    good, step = 0, 16
-    while good < limit:
-        upto = min(good + step, limit)
-        if not s.startswith(text[good:upto], at + good):
-            while good + 1 < upto:
-                middle = (good + upto) // 2
-                if s.startswith(text[good:middle], at + good):
-                    good = middle
-                else:
-                    upto = middle
-            return good
-        good, step = upto, step * 2
-    return good
+    """How many characters of `text` `s` has from `at`."""
+    return _agreeing(
+        min(len(text), len(s) - at),
+        lambda good, upto: s.startswith(text[good:upto], at + good),
+    )
 
 
 def _common_end(s: str, end: int, text: str) -> int:
     """How many of the last characters of `text` `s` has just before `end`."""
-    limit = min(len(text), end)
     size = len(text)
+    return _agreeing(
+        min(len(text), end),
+        lambda good, upto: s.endswith(text[size - upto : size - good], 0, end - good),
+    )
+
+
+def _agreeing(limit: int, agree: Callable[[int, int], bool]) -> int:
+    """How many characters, up to `limit`, two texts have in common, `agree(good, upto)`
+    saying whether they have those from `good` to `upto`: longer and longer steps,
+    then halving, so a long value costs few comparisons (each in C)."""
     good, step = 0, 16
     while good < limit:
         upto = min(good + step, limit)
-        if not s.endswith(text[size - upto : size - good], 0, end - good):
+        if not agree(good, upto):
             while good + 1 < upto:
                 middle = (good + upto) // 2
-                if s.endswith(text[size - middle : size - good], 0, end - good):
+                if agree(good, middle):
                     good = middle
                 else:
                     upto = middle

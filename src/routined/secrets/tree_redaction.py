@@ -189,21 +189,14 @@ def _redact_link(name: str, folder: int, found: os.stat_result, redactor: Redact
     redacted = redactor.text(target)
     if redacted == target:
         return False
-    draft = f".routined-redacted-{secrets.token_hex(8)}"
+    draft = _draft_name()
     os.symlink(redacted, draft, dir_fd=folder)
-    try:
+    with _taking_place(draft, name, folder, found):
         made = os.stat(draft, dir_fd=folder, follow_symlinks=False)
         if (made.st_uid, made.st_gid) != (found.st_uid, found.st_gid):
             os.chown(draft, found.st_uid, found.st_gid, dir_fd=folder, follow_symlinks=False)
         ns = (found.st_atime_ns, found.st_mtime_ns)
         os.utime(draft, ns=ns, dir_fd=folder, follow_symlinks=False)
-        if not os.path.samestat(found, os.stat(name, dir_fd=folder, follow_symlinks=False)):
-            raise OSError(f"{name}: replaced while it was being redacted")
-        os.replace(draft, name, src_dir_fd=folder, dst_dir_fd=folder)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(draft, dir_fd=folder)
-        raise
     return True
 
 
@@ -290,37 +283,51 @@ def _replace(
 ) -> None:
     """Write the file open as `source` again redacted, holes as holes, to a new file
     with `attributes` that then takes `name`."""
-    draft = f".routined-redacted-{secrets.token_hex(8)}"
+    draft = _draft_name()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     target = os.open(draft, flags, 0o600, dir_fd=folder)
     try:
-        with os.fdopen(target, "wb", closefd=False) as sink:
-            at = 0  # how far into the source the draft has come
-            for start, end in _data_runs(source, opened.st_size):
-                sink.seek(start - at, os.SEEK_CUR)  # past a hole: the draft has one too
-                for piece, _ in _redacted_run(source, start, end, opened.st_size, redactor):
-                    sink.write(piece.encode("utf-8", "surrogateescape"))
-                at = end
-            sink.seek(opened.st_size - at, os.SEEK_CUR)
-            sink.truncate()  # a hole at the end is the file's size alone
-        for attribute, value in attributes.items():
-            os.setxattr(target, attribute, value)
-        made = os.fstat(target)
-        if (made.st_uid, made.st_gid) != (opened.st_uid, opened.st_gid):
-            os.fchown(target, opened.st_uid, opened.st_gid)
-        os.fchmod(target, stat.S_IMODE(opened.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-        os.utime(target, ns=(opened.st_atime_ns, opened.st_mtime_ns))
-        os.fsync(target)
-        # The name must still be the file that was read, not one put there meanwhile.
-        if not os.path.samestat(opened, os.stat(name, dir_fd=folder, follow_symlinks=False)):
+        with _taking_place(draft, name, folder, opened):
+            with os.fdopen(target, "wb", closefd=False) as sink:
+                at = 0  # how far into the source the draft has come
+                for start, end in _data_runs(source, opened.st_size):
+                    sink.seek(start - at, os.SEEK_CUR)  # past a hole: the draft has one too
+                    for piece, _ in _redacted_run(source, start, end, opened.st_size, redactor):
+                        sink.write(piece.encode("utf-8", "surrogateescape"))
+                    at = end
+                sink.seek(opened.st_size - at, os.SEEK_CUR)
+                sink.truncate()  # a hole at the end is the file's size alone
+            for attribute, value in attributes.items():
+                os.setxattr(target, attribute, value)
+            made = os.fstat(target)
+            if (made.st_uid, made.st_gid) != (opened.st_uid, opened.st_gid):
+                os.fchown(target, opened.st_uid, opened.st_gid)
+            os.fchmod(target, stat.S_IMODE(opened.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+            os.utime(target, ns=(opened.st_atime_ns, opened.st_mtime_ns))
+            os.fsync(target)
+    finally:
+        os.close(target)
+
+
+def _draft_name() -> str:
+    """A name for a redacted copy, beside what it is to replace: no other entry has it."""
+    return f".routined-redacted-{secrets.token_hex(8)}"
+
+
+@contextlib.contextmanager
+def _taking_place(draft: str, name: str, folder: int, found: os.stat_result) -> Iterator[None]:
+    """Around finishing `draft`, made already in the folder open as `folder`: then it
+    takes `name`; if anything fails, it is removed and `name` left as it is."""
+    try:
+        yield
+        # The name must still be what was read, not an entry put there meanwhile.
+        if not os.path.samestat(found, os.stat(name, dir_fd=folder, follow_symlinks=False)):
             raise OSError(f"{name}: replaced while it was being redacted")
         os.replace(draft, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(draft, dir_fd=folder)
         raise
-    finally:
-        os.close(target)
 
 
 def _redacted(source: int, size: int, redactor: Redactor) -> Iterator[tuple[str, bool]]:
