@@ -164,7 +164,7 @@ class Trigger(Base):
 
 
 class _Credential:
-    """How a secret handed out is kept (`routined.tokens`): its lookup part as it is,
+    """How a secret handed out is kept (`routined.trigger_tokens`): its lookup part as it is,
     the whole only as a SHA-256 digest; when it was issued, and revoked."""
 
     lookup: Mapped[str] = mapped_column(String(16))
