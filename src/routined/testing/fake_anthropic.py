@@ -29,8 +29,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from routined.testing.loopback import Loopback
 
 Block = dict[str, Any]
 Turn = list[Block]
@@ -74,7 +76,7 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeAnthropic:
+class FakeAnthropic(Loopback):
     """Start with `start()` (or as a context manager); point ANTHROPIC_BASE_URL at `base_url`."""
 
     api_key: str | None = None
@@ -89,34 +91,11 @@ class FakeAnthropic:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
-    def start(self) -> FakeAnthropic:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -41,6 +41,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from routined.testing.loopback import Loopback
 
 Body = dict[str, Any]
 Reply = tuple[int, Body, dict[str, str]]
@@ -165,7 +167,7 @@ class _Call:
 
 
 @dataclass
-class FakeGitHub:
+class FakeGitHub(Loopback):
     """Start with `start()` (or as a context manager); point the client at `base_url`."""
 
     app_id: int = 4242
@@ -199,31 +201,9 @@ class FakeGitHub:
         self._pulls: list[Body] = []
         self._comments: list[tuple[str, Body]] = []  # (repository key, comment)
         self._failures: list[tuple[str, re.Pattern[str], int, str, list[int]]] = []
-        self._server: ThreadingHTTPServer | None = None
 
-    def start(self) -> FakeGitHub:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        # A short poll: stop() waits for the loop to notice, 0.5 s by default.
-        threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:
