@@ -30,7 +30,7 @@ from routined.config import parse_size
 from routined.errors import BadInput
 from routined.fires import CatchUp, Overlap
 from routined.github import events as github_events
-from routined.github import matcher
+from routined.github import installations
 from routined.ids import new_id
 from routined.models import Account, Repository, Routine, Trigger
 from routined.sandbox import network
@@ -908,7 +908,7 @@ def _installation_warnings(session: Session, routine: RoutineSpec) -> list[str]:
         "reach no routine until it is (GitHub sends them only where the app is installed)"
         for trigger in routine.triggers
         if isinstance(trigger, GitHubTriggerSpec)
-        and not matcher.installed_on(session, trigger.repository)
+        and not installations.installed_on(session, trigger.repository)
     ]
 
 

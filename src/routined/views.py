@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from routined import runs
 from routined.fires import STARTS_RUN
-from routined.github import matcher
+from routined.github import installations
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
 from routined.schedules.scheduler import next_instants
 from routined.schedules.timing import zone
@@ -105,7 +105,7 @@ def _local(moment: datetime, where: ZoneInfo) -> str:
 
 def _github_view(session: Session, trigger: Trigger) -> dict[str, Any]:
     repository = trigger.config["repository"]
-    installed = matcher.installed_on(session, repository)
+    installed = installations.installed_on(session, repository)
     return {
         "repository": repository,
         "events": trigger.config["events"],

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,10 +36,9 @@ from routined.config import Settings
 from routined.db import table_of
 from routined.fires import Outcome, Overlap
 from routined.github import events as github_events
+from routined.github import installations
 from routined.models import (
     Account,
-    Installation,
-    InstallationRepository,
     Routine,
     Run,
     Trigger,
@@ -57,7 +55,6 @@ _BATCH = 10
 # is on): meanwhile it holds the store's write lock (SQLite), which the receiver
 # and the fire endpoint wait for.
 _TRANSACTION_BUDGET = 0.003
-_ABOUT_INSTALLATIONS = ("installation", "installation_repositories")
 
 
 class Matcher(Loop):
@@ -165,7 +162,7 @@ def _prepare_one(session: Session, delivery: WebhookDelivery) -> Prepared:
         return Prepared(delivery, None, [], {}, learn=False)
     listening: list[Listener] = []
     skipped: dict[str, Verdict] = {}
-    if delivery.repository is not None and delivery.event not in _ABOUT_INSTALLATIONS:
+    if delivery.repository is not None and delivery.event not in installations.EVENTS:
         listening = _listeners(session, delivery.repository)
         delivered = Delivered(delivery, payload)
         for one in listening:
@@ -182,7 +179,7 @@ def _prepare_one(session: Session, delivery: WebhookDelivery) -> Prepared:
     learn = (
         delivery.installation_id is not None
         and delivery.repository is not None
-        and not _known(session, delivery.installation_id, delivery.repository)
+        and not installations.knows(session, delivery.installation_id, delivery.repository)
     )
     return Prepared(delivery, payload, listening, skipped, learn)
 
@@ -254,12 +251,12 @@ def decide(
         return "not a JSON object; nothing decided", 0
     if delivery.event == "ping":
         return f"ping from hook {payload.get('hook_id')}: {payload.get('zen', '')}".strip(), 0
-    if delivery.event in _ABOUT_INSTALLATIONS:
-        return track_installation(session, delivery.event, payload, now=now), 0
+    if delivery.event in installations.EVENTS:
+        return installations.track(session, delivery.event, payload, now=now), 0
     if delivery.repository is None:
         return f"{_name(delivery)} names no repository; no routine listens to it", 0
     if prepared.learn and delivery.installation_id is not None:
-        _learn(session, delivery.installation_id, delivery.repository, now=now)
+        installations.learn(session, delivery.installation_id, delivery.repository, now=now)
     if not prepared.listening:
         return f"no routine listens to {delivery.repository}", 0
     delivered = Delivered(delivery, payload)
@@ -526,113 +523,8 @@ def context(delivery: WebhookDelivery, payload: dict[str, Any]) -> dict[str, Any
     return found
 
 
-def track_installation(
-    session: Session, event: str, payload: dict[str, Any], *, now: datetime
-) -> str:
-    """Keep `installations` as GitHub tells: created, deleted, suspended, repositories
-    added and removed."""
-    installation = payload.get("installation")
-    if not isinstance(installation, dict) or not isinstance(installation.get("id"), int):
-        return f"{event} names no installation; nothing recorded"
-    action = payload.get("action")
-    installation_id = installation["id"]
-    if event == "installation" and action == "deleted":
-        session.execute(delete(Installation).where(Installation.id == installation_id))
-        return f"installation {installation_id} deleted"
-    row = session.get(Installation, installation_id)
-    account = _mapping(installation.get("account"))
-    if row is None:
-        row = Installation(id=installation_id, updated_at=now)
-        session.add(row)
-    row.account_login = str(account.get("login", ""))
-    row.repository_selection = str(installation.get("repository_selection", "selected"))
-    row.updated_at = now
-    if action == "suspend":
-        row.suspended_at = now
-    elif action == "unsuspend":
-        row.suspended_at = None
-    session.flush()
-    added = _names(payload.get("repositories")) + _names(payload.get("repositories_added"))
-    removed = _names(payload.get("repositories_removed"))
-    for name in added:
-        _learn(session, installation_id, name, now=now)
-    if removed:
-        session.execute(
-            delete(InstallationRepository).where(
-                InstallationRepository.installation_id == installation_id,
-                InstallationRepository.repository.in_(removed),
-            )
-        )
-    changes = [f"{len(added)} repositories added"] * bool(added) + [
-        f"{len(removed)} removed"
-    ] * bool(removed)
-    return f"installation {installation_id} ({row.account_login}) {action}" + (
-        f": {', '.join(changes)}" if changes else ""
-    )
-
-
-def installed_on(session: Session, repository: str) -> bool:
-    """Whether the app is known to be installed, and not suspended, on `repository`."""
-    return (
-        session.scalar(
-            select(InstallationRepository.installation_id)
-            .join(Installation)
-            .where(
-                InstallationRepository.repository == repository.lower(),
-                Installation.suspended_at.is_(None),
-            )
-            .limit(1)
-        )
-        is not None
-    )
-
-
-def _known(session: Session, installation_id: int, repository: str) -> bool:
-    """Whether routined knows the installation covers the repository."""
-    return (
-        session.execute(
-            select(InstallationRepository.installation_id).where(
-                InstallationRepository.installation_id == installation_id,
-                InstallationRepository.repository == repository.lower(),
-            )
-        ).first()
-        is not None
-    )
-
-
-def _learn(session: Session, installation_id: int, repository: str, *, now: datetime) -> None:
-    """Remember that the installation covers the repository (its events say so).
-    Upserts: matchers in two processes may learn the same thing at once."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(
-        insert(table_of(Installation))
-        .values(
-            id=installation_id,
-            account_login=repository.split("/")[0],
-            repository_selection="selected",
-            updated_at=now,
-        )
-        .on_conflict_do_nothing()
-    )
-    session.execute(
-        insert(table_of(InstallationRepository))
-        .values(installation_id=installation_id, repository=repository.lower())
-        .on_conflict_do_nothing()
-    )
-
-
 def _mapping(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _names(repositories: Any) -> list[str]:
-    if not isinstance(repositories, list):
-        return []
-    return [
-        r["full_name"].lower()
-        for r in repositories
-        if isinstance(r, dict) and isinstance(r.get("full_name"), str)
-    ]
 
 
 def _name(delivery: WebhookDelivery) -> str:
