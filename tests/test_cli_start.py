@@ -27,8 +27,22 @@ from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine
 
-# What the server, the runs and migrations need, and the listings do not.
-HEAVY = ["anthropic", "fastapi", "starlette", "uvicorn", "claude_agent_sdk", "alembic", "httpx"]
+# What the server, the runs and migrations need, and the listings do not; and what
+# only applying a routine (its spec: YAML, `regex` through GitHub's event filters,
+# h11 through the egress rules it checks) or the vault (cryptography) needs.
+HEAVY = [
+    "anthropic",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "claude_agent_sdk",
+    "alembic",
+    "httpx",
+    "yaml",
+    "regex",
+    "h11",
+    "cryptography",
+]
 
 _DISPATCH = """
 import json, sys

@@ -16,29 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from routined import (
-    admission,
-    fires,
-    github,
-    keys,
-    limits,
-    reach,
-    resources,
-    routines,
-    runs,
-    scheduler,
-    tokens,
-    vault,
-)
+from routined import admission, fires, keys, limits, runs, scheduler, tokens
 from routined.config import Settings
 from routined.db import Store
-from routined.environment import cache_folder
 from routined.ids import new_id
 from routined.keys import Principal, Scope
 from routined.limits import Limits, PlanError
@@ -56,6 +42,12 @@ from routined.models import (
 from routined.timeutil import iso
 from routined.views import fire_view, routine_view, run_event_view, run_view
 from routined.workspace import remove_now
+
+# What only some operations need is loaded by them: the routine spec (pydantic, YAML)
+# and the checks of what it names, the vault (cryptography), GitHub's matcher. The
+# listings the CLI answers itself load none of it (`routined.cli.local`).
+if TYPE_CHECKING:
+    from routined import reach, resources, routines
 
 T = TypeVar("T")
 
@@ -277,6 +269,8 @@ def set_secret(
     now: datetime,
 ) -> dict[str, Any]:
     """Store a secret for the account's routines, or replace its value."""
+    from routined import vault
+
     require(principal, Scope.WRITE)
     owner = _account(session, principal, account)
     try:
@@ -298,12 +292,16 @@ def set_secret(
 
 
 def list_secrets(session: Session, principal: Principal, account: str) -> list[dict[str, Any]]:
+    from routined import vault
+
     owner = _account(session, principal, account)
     return [secret_view(s, owner.name) for s in vault.list_secrets(session, account_id=owner.id)]
 
 
 def rotate_secrets(session: Session, principal: Principal, *, settings: Settings) -> dict[str, Any]:
     """Every account's secrets encrypted again under the server's first key."""
+    from routined import vault
+
     require_operator(principal, "rotates the secret key")
     try:
         rotation = vault.rotate(session, settings)
@@ -322,6 +320,8 @@ def rotate_secrets(session: Session, principal: Principal, *, settings: Settings
 
 
 def delete_secret(session: Session, principal: Principal, account: str, name: str) -> None:
+    from routined import vault
+
     require(principal, Scope.WRITE)
     owner = _account(session, principal, account)
     if not vault.delete_secret(session, account_id=owner.id, name=name):
@@ -347,6 +347,8 @@ def apply_routines(
     session: Session, principal: Principal, document: Any, *, settings: Settings, now: datetime
 ) -> list[dict[str, Any]]:
     """Create or update the document's routines by name, as `routined apply` does."""
+    from routined import resources, routines
+
     require(principal, Scope.WRITE)
     try:
         spec = routines.parse_document(
@@ -420,6 +422,8 @@ def setup_cache_folder(
     session: Session, principal: Principal, name: str, *, settings: Settings
 ) -> Path:
     """Where the routine's cached setup results are, for `clear_setup_cache`."""
+    from routined.environment import cache_folder
+
     require(principal, Scope.WRITE)
     return cache_folder(settings.home, find_routine(session, principal, name).id)
 
@@ -700,6 +704,8 @@ def replay_delivery(
     session: Session, principal: Principal, delivery_id: str, *, settings: Settings, now: datetime
 ) -> dict[str, Any]:
     """The delivery against today's routines: what it would start, and why not."""
+    from routined import github
+
     delivery = _delivery(session, principal, delivery_id)
     would = [
         {key: value for key, value in row.items() if key != "account_id"}
@@ -824,6 +830,8 @@ def _for_principal(
     comments (they act as the operator's GitHub App, whose installations are not
     tied to one account), and no more of the machine than the server's `caps`.
     """
+    from routined import routines
+
     if principal.account_id is None:
         return spec
     own = session.get_one(Account, principal.account_id).name
@@ -865,6 +873,8 @@ class _Named:
 def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
     """The hosts an account's routine would have the server reach, for
     `_within_reach`; what may not be named at all is refused here."""
+    from routined import reach, routines
+
     named = []
     for number, repository in enumerate(routine.repositories):
         field = f"{label}.repositories[{number}].url"
@@ -902,6 +912,8 @@ def _within_share(label: str, routine: routines.RoutineSpec, caps: resources.Cap
     """Refuse what an account's routine may not ask for: to act as the operator's
     GitHub App, or more of the machine than the server's caps (runs are held to
     them anyway)."""
+    from routined import resources, routines
+
     for field in ("pull_requests", "comment"):
         if getattr(routine, field):
             raise routines.SpecError(
@@ -928,6 +940,8 @@ def _within_reach(named: Sequence[_Named], allowed: Sequence[reach.Network]) -> 
     """Refuse the first host that resolves to an address an account may not reach
     (see `routined.reach`); a name that does not resolve now is judged at each
     connection instead. The answer is the same whatever the port."""
+    from routined import reach, routines
+
     refused = reach.refused_now((place.host for place in named), allowed)
     for place in named:
         why = refused.get(place.host)
@@ -936,6 +950,8 @@ def _within_reach(named: Sequence[_Named], allowed: Sequence[reach.Network]) -> 
 
 
 def _check_name(field: str, name: str) -> None:
+    from routined import routines
+
     if re.fullmatch(routines.NAME_PATTERN, name) is None:
         raise Problem(
             400, f"{field}: {name!r}; account names use letters, digits, '.', '_' and '-'"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import github, runs
+from routined import runs
 from routined.fires import STARTS_RUN
 from routined.models import Fire, Routine, Run, RunEvent, Token, Trigger
 from routined.schedule import zone
@@ -103,6 +103,8 @@ def _local(moment: datetime, where: ZoneInfo) -> str:
 
 
 def _github_view(session: Session, trigger: Trigger) -> dict[str, Any]:
+    from routined import github  # its matcher and event filters: for GitHub triggers only
+
     repository = trigger.config["repository"]
     installed = github.installed_on(session, repository)
     return {
