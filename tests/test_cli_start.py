@@ -7,6 +7,7 @@ it imported is read from `sys.modules` afterwards. No timing: only what was load
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -20,18 +21,34 @@ import pytest
 import typer
 from alembic.script import ScriptDirectory
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from routined import db, routines, runs
+from routined.cli import app
 from routined.cli.local import Local
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine
 
-# What the server, the runs and migrations need, and the listings do not.
-HEAVY = ["anthropic", "fastapi", "starlette", "uvicorn", "claude_agent_sdk", "alembic", "httpx"]
+# What the server, the runs and migrations need, and the listings do not; and what
+# only applying a routine (its spec: YAML, `regex` through GitHub's event filters,
+# h11 through the egress rules it checks) or the vault (cryptography) needs.
+HEAVY = [
+    "anthropic",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "claude_agent_sdk",
+    "alembic",
+    "httpx",
+    "yaml",
+    "regex",
+    "h11",
+    "cryptography",
+]
 
 _DISPATCH = """
-import json, sys
+import gc, json, sys
 from routined.__main__ import main
 sys.argv = ["routined", *sys.argv[1:]]
 try:
@@ -39,7 +56,7 @@ try:
 except SystemExit as exit:
     assert not exit.code, exit.code
 with open({loaded!r}, "w") as out:
-    json.dump(sorted(sys.modules), out)
+    json.dump({{"modules": sorted(sys.modules), "collecting": gc.isenabled()}}, out)
 """
 
 
@@ -95,7 +112,9 @@ def home(tmp_path: Path, origin: Path) -> Path:
     return home
 
 
-def _loaded(home: Path, tmp_path: Path, *argv: str) -> set[str]:
+def _started(home: Path, tmp_path: Path, *argv: str) -> dict[str, Any]:
+    """What a command run as the `routined` script left: the modules it loaded, and
+    whether the collector is on."""
     loaded = tmp_path / "loaded.json"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("ROUTINED_")}
     environment["ROUTINED_HOME"] = str(home)
@@ -107,7 +126,12 @@ def _loaded(home: Path, tmp_path: Path, *argv: str) -> set[str]:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    return set(json.loads(loaded.read_text()))
+    started: dict[str, Any] = json.loads(loaded.read_text())
+    return started
+
+
+def _loaded(home: Path, tmp_path: Path, *argv: str) -> set[str]:
+    return set(_started(home, tmp_path, *argv)["modules"])
 
 
 @pytest.mark.parametrize("argv", [["list"], ["runs"], ["runs", "nightly", "--limit", "5"]])
@@ -117,6 +141,25 @@ def test_the_listings_load_neither_the_server_nor_the_agent(
     loaded = _loaded(home, tmp_path, *argv)
     assert "routined.cli" in loaded  # the command ran
     assert [name for name in HEAVY if name in loaded] == []
+
+
+@pytest.mark.parametrize("argv", [["list"], ["runs"], ["--version"]])
+def test_start_up_leaves_the_collector_on(home: Path, tmp_path: Path, argv: list[str]) -> None:
+    # It waits while the commands load (`routined.cli.common.loading`), no longer.
+    assert _started(home, tmp_path, *argv)["collecting"] is True
+
+
+def test_commands_run_in_a_callers_process_freeze_none_of_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a process that runs one command leaves what loads out of the collector's
+    # passes; a test's process keeps its garbage collectable.
+    monkeypatch.setenv("ROUTINED_HOME", str(home))
+    frozen = gc.get_freeze_count()
+    done = CliRunner().invoke(app, ["runs", "--json"])
+    assert done.exit_code == 0, done.output
+    assert gc.get_freeze_count() == frozen
+    assert gc.isenabled()
 
 
 def test_version_is_answered_before_the_commands_load(home: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import os
 import sys
@@ -54,6 +55,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a 
 
 
 def main() -> None:
+    _process.command_only = True
     # Everything routined writes (the store, keys, run folders, what it clones) is
     # its own alone; the sandbox user gets what it may change handed over.
     os.umask(0o077)
@@ -108,9 +110,38 @@ def settings() -> Settings:
         fail(str(error))
 
 
+@dataclass
+class _Process:
+    # Whether this process runs one command (`main`), not commands in a caller's
+    # process (tests), whose garbage `loading` must not keep for good.
+    command_only: bool = False
+
+
+_process = _Process()
+
+
+@contextmanager
+def loading() -> Iterator[None]:
+    """Modules being loaded by a command: what they build lives as long as the
+    process, and they leave next to no garbage. The collector waits until they are
+    in, then leaves them out of its passes for good (as `routined serve` does once it
+    has started), instead of walking the growing heap again and again while they
+    load: a quarter of what `routined list` costs otherwise."""
+    if not (_process.command_only and gc.isenabled()):
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 @contextmanager
 def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, Store]]:
-    from routined.db import Store
+    with loading():
+        from routined.db import Store
 
     config = settings()
     secure_home(config.home)
@@ -218,7 +249,8 @@ def connect() -> Iterator[Client]:
         finally:
             client.close()
         return
-    from routined.cli.local import Local
+    with loading():
+        from routined.cli.local import Local
 
     with opened() as (config, store):
         local = Local(config, store)

@@ -8,15 +8,17 @@ they are. It runs git only to list a bundle's refs, which reads the bundle's hea
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from routined import runs
 from routined.cli.common import JsonFlag, app, connect, out, print_json, remote, segment, settings
-from routined.runs import kept
 from routined.workspace import GitError
+
+if TYPE_CHECKING:
+    from routined.runs import kept
 
 
 @app.command()
@@ -25,6 +27,8 @@ def inspect(
     as_json: JsonFlag = False,
 ) -> None:
     """Show what is kept of a run that delivered nothing, and how to bring it into a clone."""
+    from routined.runs import kept
+
     with connect() as client:
         found = client.call("GET", f"/runs/{segment(run)}")
         run_id = str(found["id"])
@@ -70,6 +74,8 @@ def inspect(
 
 async def _view(item: kept.Kept, run_id: str) -> dict[str, Any]:
     """One kept repository as the command shows it; the refs read from the bundle."""
+    from routined.runs import kept
+
     refs, missing = {}, list(item.missing)
     if item.bundle is not None:
         try:
@@ -107,6 +113,8 @@ def _print_view(view: dict[str, Any]) -> None:
 
 def _label(ref: str) -> str:
     """A bundle ref as a person reads it."""
+    from routined.runs import kept
+
     if ref == kept.UNCOMMITTED:
         return "(uncommitted work)"
     if ref == kept.DETACHED:

@@ -29,6 +29,7 @@ from routined.jsonbody import NOT_JSON, UnfitJson, parse_json
 from routined.operations import (
     access,
     accounts,
+    apply,
     deliveries,
     keys,
     routines,
@@ -265,9 +266,7 @@ def router(
         summary="Create or update routines by name (routined apply)",
     )
     def apply_routines(who: Who, body: dict[str, Any]) -> Any:
-        return write(
-            lambda s: routines.apply_routines(s, who, body, settings=settings, now=clock())
-        )
+        return write(lambda s: apply.apply_routines(s, who, body, settings=settings, now=clock()))
 
     @api.get("/routines/{name}", response_model=RoutineOut, tags=["routines"])
     def get_routine(who: Who, name: str) -> Any:

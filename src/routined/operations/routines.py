@@ -1,29 +1,27 @@
-"""Routines: listed, shown, applied from a document (as `routined apply` does),
-deleted, paused and resumed, and their cached setup results cleared.
+"""Routines: listed, shown, deleted, paused and resumed, and their cached setup results
+cleared. Applying a routines document is `operations.apply`'s.
 
-What an account's key may put in the routines it applies is `tenancy`'s to say.
+The listings (`routined list`, `GET /routines`) import this module: what only one
+operation needs is imported in it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import routines, runs
+from routined import runs
 from routined.api_keys import Principal, Scope
 from routined.config import Settings
-from routined.environment import cache_folder
 from routined.errors import Conflict
 from routined.models import Routine, Run
 from routined.operations.access import find_routine, require, routines_of
-from routined.operations.tenancy import for_principal
-from routined.sandbox import resources
 from routined.schedules import scheduler
 from routined.views import routine_view
 from routined.workspace import remove_now
@@ -35,40 +33,6 @@ def list_routines(session: Session, principal: Principal) -> list[dict[str, Any]
 
 def get_routine(session: Session, principal: Principal, name: str) -> dict[str, Any]:
     return routine_view(session, find_routine(session, principal, name), next_count=5)
-
-
-def apply_routines(
-    session: Session, principal: Principal, document: Any, *, settings: Settings, now: datetime
-) -> list[dict[str, Any]]:
-    """Create or update the document's routines by name, as `routined apply` does."""
-    require(principal, Scope.WRITE)
-    # What the document gets wrong is a `routines.SpecError`: bad input, said as it is.
-    spec = routines.parse_document(
-        document,
-        source="request",
-        base=None,
-        now=now,
-        timezone=settings.timezone,
-        min_interval=timedelta(seconds=settings.min_schedule_interval),
-    )
-    spec = for_principal(
-        session,
-        principal,
-        spec,
-        allowed=settings.allow_private_networks,
-        caps=resources.Caps.of(settings, {}),
-    )
-    changes = routines.apply(session, spec, now=now, public_only=not principal.operator)
-    return [
-        {
-            "name": c.name,
-            "action": c.action,
-            "details": c.details,
-            "warnings": c.warnings,
-            "description": c.describe(),
-        }
-        for c in changes
-    ]
 
 
 def delete_routine(session: Session, principal: Principal, name: str) -> None:
@@ -113,6 +77,8 @@ def setup_cache_folder(
 ) -> Path:
     """Where the routine's cached setup results are, for `clear_setup_cache`."""
     require(principal, Scope.WRITE)
+    from routined.environment import cache_folder  # the run's environment: egress and all
+
     return cache_folder(settings.home, find_routine(session, principal, name).id)
 
 
