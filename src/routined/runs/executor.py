@@ -14,7 +14,7 @@ import logging
 import traceback
 from typing import Any
 
-from routined import agent, delivery, redaction
+from routined import agent, delivery, redaction, sandbox
 from routined.config import Settings
 from routined.db import Store
 from routined.runs import checkout, confine, finish, publish, scope, session, setup, triage
@@ -30,8 +30,15 @@ log = logging.getLogger(__name__)
 class Executor:
     """Runs claimed runs for one worker; readies the next checkouts in the background."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
-        self.host = Host(store, settings, clock)
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        *,
+        sandboxes: sandbox.Sandboxes | None = None,
+    ) -> None:
+        self.host = Host(store, settings, clock, sandboxes)
         self._background: set[asyncio.Task[None]] = set()
         self._cancellable: dict[str, asyncio.Task[session.Ending]] = {}
         self._cancel_reasons: dict[str, str] = {}
