@@ -151,3 +151,22 @@ async def test_without_a_model_api_key_the_agent_fails_to_start(stages: Stages) 
     assert run.error == f"{Failure.AGENT_FAILED}: ANTHROPIC_API_KEY is not set for routined"
     assert stages.moves(run_id)[-1] == ("running", "failed", run.error)
     assert stages.asked() == []
+
+
+async def test_claude_code_is_never_started_without_its_walls(stages: Stages) -> None:
+    stages.routine()  # no agent CLI: Claude Code
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert run.status == "failed"
+    assert run.error is not None and run.error.startswith(f"{Failure.AGENT_FAILED}: ")
+    [claude] = stages.asked()
+    assert claude.program.name == "claude"
+    assert "exit code 125" in run.error
+    [stderr] = [e for e in stages.events(run_id) if e.kind == "agent.stderr"]
+    assert stderr.data == {
+        "lines": [
+            "routined.testing.sandbox: Claude Code does not run outside a real sandbox; "
+            "give the routine an agent CLI (agent: {command: [...]})"
+        ]
+    }

@@ -21,6 +21,8 @@ caps), and `breach` (a cap the run goes past: the first program of the run, its
 setup script if it has one, else the agent, runs to its end and is then killed,
 as the kernel kills a process at a cap, and from then on the group's counters
 report the breach). `commands` lists every sandbox a stage asked for.
+Claude Code itself is never run here: a run that would start it fails to start it,
+at once, as an agent that cannot start; routines tested here use an agent CLI.
 
 What it does not do: walls. The program sees the whole host, runs as routined's
 user (`owner` is None), and has no bridge to the run's egress proxy (the proxy is
@@ -31,6 +33,7 @@ here must not need the network. The walls are tested on the real thing
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,6 +70,12 @@ if [ -e "$reached" ]; then exec "$@"; fi
 : > "$reached"
 kill -KILL $$
 """
+
+
+_NO_CLAUDE = shlex.quote(
+    "routined.testing.sandbox: Claude Code does not run outside a real sandbox; "
+    "give the routine an agent CLI (agent: {command: [...]})"
+)
 
 
 @dataclass(frozen=True)
@@ -128,11 +137,15 @@ class Unwalled:
     def command(
         self, layout: Layout, program: Path, *, namespaces: UserNamespaces | None
     ) -> list[str]:
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        private = tempfile.mkdtemp(prefix="tmp-", dir=self.scratch)
         self.commands.append(
             Sandboxed(program, layout.cwd, layout.writable, layout.egress_socket is not None)
         )
+        if program.name == "claude":
+            # Claude Code never runs without its walls, not even in a test: it would
+            # have the host's network and files. It fails to start instead, at once.
+            return ["/bin/sh", "-c", f"echo {_NO_CLAUDE} >&2; exit 125", "routined-sandbox"]
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        private = tempfile.mkdtemp(prefix="tmp-", dir=self.scratch)
         return ["/bin/bash", "-c", _UNWALLED, "routined-sandbox", private, str(layout.cwd),
                 str(program)]  # fmt: skip
 
