@@ -169,7 +169,7 @@ async def test_a_failing_setup_script_fails_the_run_and_the_agent_never_starts(
 async def test_a_setup_script_killed_at_a_cap_fails_the_run_named_by_the_cap(
     stages: Stages,
 ) -> None:
-    stages.sandboxes.scripted_breach = CAP
+    stages.sandboxes.breach = CAP
     stages.routine(agent("echo never") + "    environment: {setup_script: echo building}\n")
     run_id = stages.queue()
     run = await stages.run(run_id)

@@ -103,7 +103,7 @@ async def test_an_agent_past_the_runs_deadline_is_stopped_and_its_work_delivered
 
 
 async def test_an_agent_killed_at_a_cap_fails_the_run_named_by_the_cap(stages: Stages) -> None:
-    stages.sandboxes.scripted_breach = CAP
+    stages.sandboxes.breach = CAP
     stages.routine(agent("echo partial > partial.txt"))
     run_id = stages.queue()
     run = await stages.run(run_id)

@@ -123,7 +123,7 @@ class Unwalled:
         self.scratch = scratch
         self.unavailable = unavailable
         self.refused = refused
-        self.scripted_breach = breach
+        self.breach = breach
         self.commands: list[Sandboxed] = []
 
     @property
@@ -154,5 +154,5 @@ class Unwalled:
             raise resources.ResourceError(self.refused)
         self.scratch.mkdir(parents=True, exist_ok=True)
         return ScriptedGroup(
-            name, caps, (), scripted=self.scripted_breach, reached=self.scratch / f"{name}.at-cap"
+            name, caps, (), scripted=self.breach, reached=self.scratch / f"{name}.at-cap"
         )
