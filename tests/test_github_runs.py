@@ -1,19 +1,17 @@
 """GitHub events that start whole runs: the real Claude Code binary in the real sandbox,
 driven by the scripted model API; GitHub itself is the fake REST server, with the
-local bare origin as the repository's git."""
+local bare origin as the repository's git. A failed GitHub call and a clone over
+HTTP with the app's token are on the fast harness (tests/test_fast_runs.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import re
 import subprocess
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -295,48 +293,6 @@ def run_delivery(
         store.dispose()
 
 
-def test_a_failed_github_call_is_recorded_and_the_work_stays(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    marker = "[case:github-fails]"
-    fake_api.script(marker, [[write_file("FIX.md", "A fix.\n")], [text("Done.")]])
-    add_pull_head(origin, tmp_path)
-    key_file = tmp_path / "app.pem"
-    with FakeGitHub(private_key=generate_app_key(key_file)) as github:
-        github.add_repository(REPOSITORY, git_dir=origin)
-        github.add_installation(1, "Codertocat", ["Hello-World"], account_type="User")
-        github.add_issue(REPOSITORY, "Spam")
-        github.add_issue(REPOSITORY, "PR")
-        github.fail("POST", r"/repos/Codertocat/Hello-World/pulls", 422, "Validation Failed")
-        configured = github_settings(settings, github, key_file)
-        ended = run_delivery(
-            configured,
-            tmp_path,
-            origin,
-            f"Fix it. {marker}",
-            "    pull_requests: true\n    comment: true\n",
-        )
-        assert ended.status == "succeeded", ended.error
-        [pushed] = ended.branches
-        assert git("show", f"{pushed['branch']}:FIX.md", cwd=origin) == "A fix."
-        store = Store(configured.database_url.reveal())
-        try:
-            events = [(e.kind, e.reason or "") for e in events_of(store, ended.id)]
-        finally:
-            store.dispose()
-        errors = [reason for kind, reason in events if kind == "github.error"]
-        assert len(errors) == 1
-        assert errors[0].startswith(
-            f"opening a pull request of {pushed['branch']} on {REPOSITORY}: "
-        )
-        assert "422" in errors[0] or "Validation Failed" in errors[0]
-        assert github.pulls() == []
-        # The comment still links the session, and names no pull request.
-        [comment] = github.comments(REPOSITORY)
-        assert f"/sessions/{ended.session_id}" in comment["body"]
-        assert "pull request:" not in comment["body"]
-
-
 def test_the_github_app_key_cannot_be_read_inside_the_sandbox(
     settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
 ) -> None:
@@ -372,137 +328,3 @@ def test_the_github_app_key_cannot_be_read_inside_the_sandbox(
         for path in folder.iterdir():
             path.unlink()
         folder.rmdir()
-
-
-class GitOverHttp:
-    """git's smart HTTP (`git http-backend`) for the bare repositories under `root`, as
-    github.com serves them to a GitHub App: Basic credentials `x-access-token:TOKEN`
-    with an installation token the fake GitHub minted for the repository."""
-
-    def __init__(self, root: Path, github: FakeGitHub) -> None:
-        self.root, self.github = root, github
-        self.refused = 0
-        served = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-            def do_GET(self) -> None:
-                served.answer(self)
-
-            def do_POST(self) -> None:
-                served.answer(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True).start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def allowed(self, authorization: str, repository: str) -> bool:
-        scheme, _, encoded = authorization.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        user, _, token = base64.b64decode(encoded).decode(errors="replace").partition(":")
-        if user != "x-access-token" or not token:
-            return False
-        # Whether the token reaches the repository, as GitHub itself would say.
-        reached = httpx.get(
-            f"{self.github.base_url}/installation/repositories",
-            headers={"authorization": f"token {token}"},
-        )
-        names = [r["full_name"].lower() for r in reached.json().get("repositories", [])]
-        return reached.status_code == 200 and repository.lower() in names
-
-    def answer(self, request: BaseHTTPRequestHandler) -> None:
-        path, _, query = request.path.partition("?")
-        repository = "/".join(path.strip("/").split("/")[:2]).removesuffix(".git")
-        if not self.allowed(request.headers.get("authorization", ""), repository):
-            self.refused += 1
-            request.send_response(401)
-            request.send_header("WWW-Authenticate", 'Basic realm="GitHub"')
-            request.send_header("Content-Length", "0")
-            request.end_headers()
-            return
-        length = int(request.headers.get("content-length") or 0)
-        body = request.rfile.read(length) if length else b""
-        done = subprocess.run(
-            ["git", "http-backend"],
-            input=body,
-            capture_output=True,
-            env={
-                **os.environ,
-                "GIT_PROJECT_ROOT": str(self.root),
-                "GIT_HTTP_EXPORT_ALL": "1",
-                "PATH_INFO": path,
-                "QUERY_STRING": query,
-                "REQUEST_METHOD": request.command,
-                "CONTENT_TYPE": request.headers.get("content-type", ""),
-                "CONTENT_LENGTH": str(length),
-                "HTTP_CONTENT_ENCODING": request.headers.get("content-encoding", ""),
-                "REMOTE_USER": "x-access-token",
-                "REMOTE_ADDR": "127.0.0.1",
-            },
-        )
-        head, _, rest = done.stdout.partition(b"\r\n\r\n")
-        headers = [line.split(": ", 1) for line in head.decode().split("\r\n") if ": " in line]
-        status = next((int(v.split()[0]) for k, v in headers if k.lower() == "status"), 200)
-        request.send_response(status)
-        for name, value in headers:
-            if name.lower() != "status":
-                request.send_header(name, value)
-        request.send_header("Content-Length", str(len(rest)))
-        request.end_headers()
-        request.wfile.write(rest)
-
-
-def test_a_repository_on_github_is_cloned_and_pushed_with_the_apps_token(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    marker = "[case:github-clone]"
-    fake_api.script(marker, [[write_file("FIX.md", "A fix.\n")], [text("Done.")]])
-    hosted = tmp_path / "hosted"
-    git("clone", "--quiet", "--bare", str(origin), str(hosted / "Codertocat" / "Hello-World.git"))
-    bare = hosted / "Codertocat" / "Hello-World.git"
-    add_pull_head(bare, tmp_path)
-    key_file = tmp_path / "app.pem"
-    github = FakeGitHub(private_key=generate_app_key(key_file)).start()
-    served = GitOverHttp(hosted, github)
-    try:
-        github.web_url = served.origin
-        github.add_repository(REPOSITORY, git_dir=bare)
-        github.add_installation(1, "Codertocat", ["Hello-World"], account_type="User")
-        url = f"{served.origin}/{REPOSITORY}.git"
-        # The server asks for a token: without one, git is refused.
-        anonymous = subprocess.run(
-            ["git", "ls-remote", url],
-            capture_output=True,
-            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-        )
-        assert anonymous.returncode != 0 and served.refused == 1
-        # With an installation token, as the app would use it, git is served.
-        token = github.mint_token(1)
-        with_token = url.replace("http://", f"http://x-access-token:{token}@")
-        assert git("ls-remote", with_token, "refs/heads/main") != ""
-        ended = run_delivery(
-            github_settings(settings, github, key_file),
-            tmp_path,
-            url,
-            f"Fix it. {marker}",
-            "    pull_requests: true\n",
-        )
-        assert ended.status == "succeeded", ended.error
-        [pushed] = ended.branches
-        assert git("show", f"{pushed['branch']}:FIX.md", cwd=bare) == "A fix."
-        [pull] = github.pulls(REPOSITORY)
-        assert pull["head"]["ref"] == pushed["branch"]
-    finally:
-        served.close()
-        github.stop()

@@ -1,9 +1,11 @@
 """A run's environment, whole: network levels, the setup script and its cache, secrets,
-connectors, limits, push rules and any agent CLI.
+connectors, limits and any agent CLI.
 
 Real parts throughout, as in tests/test_agent_runs.py: the `routined` command, the
 store, git with bare origins, bubblewrap, the egress proxy and the real Claude Code
-binary against the scripted model on loopback.
+binary against the scripted model on loopback. What needs neither the real binary nor
+the sandbox (a setup script failing or out of time, limits, push prefixes, an agent
+CLI's output) runs on the fast harness: tests/test_fast_runs.py and test_stage_*.py.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from routined.config import Settings
 from routined.db import Store
 from routined.models import Run, RunEvent
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text, tool_use, write_file
-from tests.conftest import branches, git, push_commit
+from tests.conftest import git, push_commit
 from tests.test_agent_runs import ROUTINED, cli_env, routined, run_here, stored_events
 
 pytestmark = pytest.mark.agent
@@ -146,34 +148,6 @@ def test_network_none_refuses_a_host_that_custom_allows(
         assert not [e for e in events if e.kind == "egress.denied"]
     [network] = [e for e in events if e.kind == "environment.network"]
     assert network.data == {"level": level}
-
-
-def test_a_failing_setup_script_fails_the_run_with_its_output(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    marker = "[case:setup-fails]"
-    store = apply(
-        settings,
-        tmp_path,
-        origin,
-        f"Never starts. {marker}",
-        "    environment:\n"
-        "      setup_script: |\n"
-        "        echo installing the toolchain\n"
-        "        echo 'no such package: frobnicate' >&2\n"
-        "        exit 3\n",
-    )
-    ended = run_once(settings, store)
-    assert ended.status == "failed"
-    assert ended.error is not None and ended.error.startswith(
-        "setup_failed: the setup script exited with status 3: no such package: frobnicate"
-    )
-    events = stored_events(settings, ended.id)
-    [output] = [e for e in events if e.kind == "setup.output"]
-    assert output.data is not None and output.data["exit_code"] == 3
-    assert output.data["lines"] == ["installing the toolchain", "no such package: frobnicate"]
-    assert not fake_api.conversations(marker)  # the agent never started
-    assert branches(origin).keys() == {"main"}
 
 
 def test_an_unchanged_setup_script_is_not_run_again(
@@ -349,21 +323,6 @@ def test_max_turns_stops_a_longer_session_and_keeps_its_work(
     assert ended.diff_stat is not None and ended.diff_stat["files"] == 2
 
 
-def test_max_duration_ends_the_run_as_timed_out_with_its_work(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    marker = "[case:max-duration]"
-    fake_api.script(
-        marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
-    )
-    store = apply(settings, tmp_path, origin, f"Hang. {marker}", "    limits: {max_duration: 4s}\n")
-    ended = run_once(settings, store)
-    assert ended.status == "timed_out"
-    assert ended.error == "timed_out: stopped after 4 seconds (limits.max_duration)"
-    [kept] = ended.branches
-    assert git("show", f"{kept['branch']}:partial.txt", cwd=origin) == "partial"
-
-
 def test_any_agent_cli_gets_the_prompt_and_its_work_is_delivered(
     settings: Settings, origin: Path, tmp_path: Path
 ) -> None:
@@ -388,37 +347,6 @@ def test_any_agent_cli_gets_the_prompt_and_its_work_is_delivered(
     assert ended.summary == "working\nWrote both copies of the prompt."
     outputs = [e for e in stored_events(settings, ended.id) if e.kind == "agent.output"]
     assert outputs and outputs[0].data == {"lines": ["working", "Wrote both copies of the prompt."]}
-
-
-def test_each_repository_delivers_under_its_own_prefix(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    second = tmp_path / "second.git"
-    git("clone", "--quiet", "--bare", str(origin), str(second))
-    marker = "[case:prefixes]"
-    fake_api.script(
-        marker,
-        [
-            [
-                bash(
-                    'echo a > A.md && for d in ../*/; do [ "$d" = ../app/ ] || echo b > $d/B.md; done'
-                )
-            ],
-            [text("Both written.")],
-        ],
-    )
-    store = apply(
-        settings,
-        tmp_path,
-        origin,
-        f"Write in both. {marker}",
-        f"      - url: {second}\n        branch_prefix: bots/nightly/\n",
-    )
-    ended, _ = run_succeeds(settings, store)
-    by_repository = {Path(b["repository"]).name: b["branch"] for b in ended.branches}
-    assert by_repository["app.git"].startswith("claude/docs-nightly-")
-    assert by_repository["second.git"].startswith("bots/nightly/docs-nightly-")
-    assert git("show", f"{by_repository['second.git']}:B.md", cwd=second) == "b"
 
 
 def test_what_a_repository_commits_for_claude_code_is_honoured(
@@ -453,50 +381,6 @@ def test_what_a_repository_commits_for_claude_code_is_honoured(
     assert "rule-7f3a" in json.dumps(first.body)
 
 
-def test_a_setup_script_stopped_at_max_duration_leaves_its_output(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    store = apply(
-        settings,
-        tmp_path,
-        origin,
-        "Never starts. [case:setup-hangs]",
-        "    limits: {max_duration: 3s}\n"
-        "    environment:\n"
-        "      setup_script: |\n"
-        "        echo fetching the toolchain\n"
-        "        sleep 60\n",
-    )
-    ended = run_once(settings, store)
-    assert ended.status == "failed"
-    assert ended.error == (
-        "setup_failed: the setup script was still running when the run reached its max_duration"
-    )
-    [output] = [e for e in stored_events(settings, ended.id) if e.kind == "setup.output"]
-    assert output.reason == "the setup script was stopped at the run's max_duration"
-    assert output.data == {"lines": ["fetching the toolchain"]}
-
-
-def test_an_agent_cli_printing_an_endless_line_is_still_read_to_its_end(
-    settings: Settings, origin: Path, tmp_path: Path
-) -> None:
-    script = "python3 -c \"print('x' * 3000000)\"; echo finished > done.txt; echo ok"
-    store = apply(
-        settings,
-        tmp_path,
-        origin,
-        "Print a lot.",
-        f"    agent: {{command: [bash, -c, {json.dumps(script)}]}}\n",
-    )
-    ended, _ = run_succeeds(settings, store)
-    [kept] = ended.branches
-    assert git("show", f"{kept['branch']}:done.txt", cwd=origin) == "finished"
-    [output] = [e for e in stored_events(settings, ended.id) if e.kind == "agent.output"]
-    assert output.data is not None
-    long_line, last = output.data["lines"]
-    assert long_line == "x" * 65536 and last == "ok"
-
-
 def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
     settings: Settings,
     origin: Path,
@@ -518,7 +402,7 @@ def test_a_runs_unexpected_failure_is_logged_without_its_secrets(
     def broken(pushed: object) -> None:
         raise RuntimeError(f"a bug that quotes {value}")
 
-    monkeypatch.setattr("routined.runs.executor.delivery.total", broken)
+    monkeypatch.setattr("routined.runs.executor.push.total", broken)
     ended = run_once(settings, store)
     assert ended.status == "failed"
     assert ended.error == "internal_error: RuntimeError: a bug that quotes [redacted:API_TOKEN]"

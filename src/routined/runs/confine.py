@@ -54,9 +54,7 @@ def sandboxed(scope: Scope, layout: bubblewrap.Layout, program: Path) -> list[st
         folder = settings.runs_dir / scope.run_dir.name / "private"
         scope.namespaces = bubblewrap.run_namespaces(settings.sandbox_uid, folder)
     namespaces = scope.namespaces if scope.host.owner is not None else None
-    return bubblewrap.bwrap_command(
-        layout, program, uid=settings.sandbox_uid, namespaces=namespaces
-    )
+    return scope.host.sandboxes.command(layout, program, namespaces=namespaces)
 
 
 def finishing_sandbox(scope: Scope, cwd: Path) -> list[str]:
@@ -84,7 +82,7 @@ async def make_group(scope: Scope) -> resources.RunGroup:
             # An account's routine gets no more of the machine than the operator's
             # defaults give, whatever its file asks.
             caps = caps.at_most(resources.Caps.of(settings, {}))
-        return await asyncio.to_thread(resources.host().group, spec.run_id, caps)
+        return await asyncio.to_thread(scope.host.sandboxes.group, spec.run_id, caps)
     except (resources.ResourceError, ValueError) as error:
         raise RunFailure(Failure.SANDBOX_UNAVAILABLE, str(error)) from None
 

@@ -22,6 +22,7 @@ from routined.runs.failure import Failure, RunFailure
 from routined.runs.ledger import Ledger
 from routined.runs.scope import Host, Scope
 from routined.runs.state import Claim, RunStatus
+from routined.sandbox import bubblewrap
 from routined.secrets import redaction
 from routined.timeutil import Clock
 
@@ -31,8 +32,15 @@ log = logging.getLogger(__name__)
 class Executor:
     """Runs claimed runs for one worker; readies the next checkouts in the background."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
-        self.host = Host(store, settings, clock)
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        *,
+        sandboxes: bubblewrap.Sandboxes | None = None,
+    ) -> None:
+        self.host = Host(store, settings, clock, sandboxes)
         self._background: set[asyncio.Task[None]] = set()
         self._cancellable: dict[str, asyncio.Task[session.Ending]] = {}
         self._cancel_reasons: dict[str, str] = {}

@@ -210,10 +210,18 @@ def load(store: Store, run_id: str) -> RunSpec:
 class Host:
     """What one worker's runs share: settings, store, clock, and the machine's facts."""
 
-    def __init__(self, store: Store, settings: Settings, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        clock: Clock,
+        sandboxes: bubblewrap.Sandboxes | None = None,
+    ) -> None:
         self.store = store
         self.settings = settings
         self.clock = clock
+        # Bubblewrap and cgroups, unless a test stands in for them.
+        self.sandboxes = sandboxes or bubblewrap.Bubblewrap(settings.sandbox_uid)
         self._sandbox_checked: asyncio.Task[None] | None = None
 
     @functools.cached_property
@@ -236,7 +244,7 @@ class Host:
     @property
     def owner(self) -> int | None:
         """Who must own what the sandbox may change (None: routined's own user)."""
-        return bubblewrap.owner(self.settings.sandbox_uid)
+        return self.sandboxes.owner
 
     @property
     def seed_file(self) -> Path:
@@ -254,9 +262,7 @@ class Host:
     async def check_sandbox(self) -> None:
         # Once per worker: a machine that cannot sandbox fails every run the same way.
         if self._sandbox_checked is None:
-            self._sandbox_checked = asyncio.ensure_future(
-                bubblewrap.check_available(self.settings.sandbox_uid)
-            )
+            self._sandbox_checked = asyncio.ensure_future(self.sandboxes.check())
         try:
             await asyncio.shield(self._sandbox_checked)
         except bubblewrap.SandboxUnavailable as error:

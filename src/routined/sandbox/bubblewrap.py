@@ -40,8 +40,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from routined.errors import OutsideFailure
+from routined.sandbox import resources
 from routined.sandbox.egress import PROXY_PORT
 
 log = logging.getLogger(__name__)
@@ -704,3 +706,53 @@ async def check_available(uid: int = SANDBOX_UID) -> None:
             else "unprivileged user namespaces enabled"
         )
         raise SandboxUnavailable(f"bubblewrap cannot start a sandbox here: {said} (needs {need})")
+
+
+class Sandboxes(Protocol):
+    """What a run's stages ask of the machine to confine a process: whether it can,
+    whom what a sandbox may change must belong to, the command line that runs a
+    program in a sandbox, and the run's resource group. `Bubblewrap` is the real one;
+    `routined.testing.sandbox` has a stand-in without walls, for tests of the stages."""
+
+    @property
+    def owner(self) -> int | None:
+        """Who must own what the sandbox may change (None: routined's own user)."""
+        ...
+
+    async def check(self) -> None:
+        """Raise SandboxUnavailable, saying what is missing, if no sandbox can start."""
+        ...
+
+    def command(
+        self, layout: Layout, program: Path, *, namespaces: UserNamespaces | None
+    ) -> list[str]:
+        """The command line that runs `program` (arguments follow) as `layout` shows."""
+        ...
+
+    def group(self, name: str, caps: resources.Caps) -> resources.RunGroup:
+        """Make run `name`'s resource group; ResourceError if a cap cannot be had.
+        Blocks: call it in a thread."""
+        ...
+
+
+@dataclass(frozen=True)
+class Bubblewrap:
+    """The real sandboxes: bubblewrap, run as `uid` when routined is root, within
+    the run's cgroups (`routined.sandbox.resources`)."""
+
+    uid: int = SANDBOX_UID
+
+    @property
+    def owner(self) -> int | None:
+        return owner(self.uid)
+
+    async def check(self) -> None:
+        await check_available(self.uid)
+
+    def command(
+        self, layout: Layout, program: Path, *, namespaces: UserNamespaces | None
+    ) -> list[str]:
+        return bwrap_command(layout, program, uid=self.uid, namespaces=namespaces)
+
+    def group(self, name: str, caps: resources.Caps) -> resources.RunGroup:
+        return resources.host().group(name, caps)
