@@ -3,6 +3,9 @@
 Each setting is a `ROUTINED_…` variable (the model API keeps Anthropic's own names)
 with a default and a line of help. A secret may also come from a file named by the
 same variable with `_FILE` appended, and never prints its value.
+
+Over 500 lines and still one concept: every setting, its default and its help, in one
+list an operator can read top to bottom.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ the mirror has not moved since it was made (same refs, same HEAD), it is exactly
 the fresh clone the run would have made; if it has, it is brought up to the
 mirror in place (fetch, check out the default branch, drop other branches and
 anything untracked), which writes only the files that changed.
+
+Over 500 lines and still one concept: git as routined runs it (confined, bounded,
+credentials outside), with the mirrors and checkouts it makes.
 """
 
 from __future__ import annotations

@@ -68,6 +68,9 @@ events; keys longer than `KEY_MAX_CHARS` are refused too.
 `summary` gives a session the facts of a delivery; `summary_text` writes them one
 `key: value` per line, each value folded onto its line, since titles come from
 whoever opened the pull request.
+
+Over 500 lines and still one concept: every field, filter and operator of a GitHub
+trigger, each beside the events it applies to, as the docs list them.
 """
 
 from __future__ import annotations

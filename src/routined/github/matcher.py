@@ -13,6 +13,9 @@ only briefly: `prepare` reads, parses and matches a batch of deliveries in a
 read-only transaction; `decide_prepared` then claims each (one another matcher
 decided meanwhile is left alone) and, in a short transaction, writes the skips
 found and decides what may fire against the store as it is then.
+
+Over 500 lines and still one concept: reading, matching and deciding a delivery share
+its steps, and a decision must read the same way in `decide` and `replay`.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ hammering its proxy spends its own time waiting, not routined's CPU.
 Where a policy has a host's addresses judged (`EgressPolicy.judged`), the proxy
 resolves it with `routined.reach` and connects to an address it judged, so DNS
 cannot answer differently between the check and the connection.
+
+Over 500 lines and still one concept: the proxy is one wall, and its parts (parsing,
+the decision, re-framing each way, the pace) are safe only read together.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Disk has no cgroup: the workspace is a checkout on disk that must outlive the
 sandbox, so a size-capped tmpfs cannot hold it. `disk_used` measures what the
 run's folders hold, and each process in the sandbox may not write a file past
 the cap (RLIMIT_FSIZE, set on entering the group).
+
+Over 500 lines and still one concept: each cap by the kernel's means (cgroup v2, v1,
+rlimits, measuring), behind one `RunGroup`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Tests set state (`add_installation`, `add_repository` — optionally a bare git 
 
 Run by hand: `python -m routined.testing.fake_github --port 8766 --key-file app.pem
 --installation 7:acme:widgets,gadgets [--repo acme/widgets=/srv/git/widgets.git]`.
+
+Over 500 lines and still one concept: one stand-in for one API, its endpoints beside
+the state they share.
 """
 
 from __future__ import annotations
