@@ -1,3 +1,3 @@
-"""Routines as code; the old module's names stay here while it is split in two steps."""
-
-from routined.routines.spec import *  # noqa: F403
+"""Routines as code, in parts so that the format can be checked without the store: `spec`
+(the typed format), `load` (files into it) and `apply` (it into the store); each is
+imported from its own module."""
