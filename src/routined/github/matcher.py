@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from routined import admission, fires, jsonbody, limits, runs
 from routined.config import Settings
 from routined.db import table_of
-from routined.fires import Outcome, Overlap
+from routined.fires import Outcome
 from routined.github import events as github_events
 from routined.github import installations
 from routined.models import (
@@ -47,6 +47,7 @@ from routined.models import (
     Trigger,
     WebhookDelivery,
 )
+from routined.routines.policy import Overlap
 from routined.wakeup import Loop
 
 log = logging.getLogger(__name__)

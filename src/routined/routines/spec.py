@@ -16,15 +16,15 @@ from pydantic import (
     model_validator,
 )
 
+from routined import variables
 from routined.config import parse_size
 from routined.errors import BadInput
-from routined.fires import CatchUp, Overlap
 from routined.github import events as github_events
+from routined.routines.policy import CatchUp, Overlap
 from routined.sandbox import network
 from routined.sandbox.network import Level as NetworkLevel
 from routined.schedules import timing as schedule
 from routined.schedules.timing import Schedule, parse_duration, zone
-from routined.secrets import vault
 from routined.timeutil import format_duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -92,14 +92,14 @@ class RepositorySpec(_Strict):
 class SecretUse(_Strict):
     """A stored secret a routine's runs get as an environment variable."""
 
-    name: str = Field(pattern=vault.NAME_PATTERN)
+    name: str = Field(pattern=variables.NAME_PATTERN)
     # Given to the setup script only, and gone before the agent starts.
     setup_only: bool = False
 
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
-        vault.check_variable_name(value)
+        variables.check_variable_name(value)
         return value
 
 
@@ -140,7 +140,7 @@ class EnvironmentSpec(_Strict):
     @classmethod
     def _names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            vault.check_variable_name(name)
+            variables.check_variable_name(name)
         return value
 
     @field_validator("secrets", mode="before")
