@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import limits
+from routined import usage as usage_
 from routined.api_keys import Principal
 from routined.config import Settings
 from routined.errors import BadInput, Conflict
@@ -101,7 +101,7 @@ def usage(
         else list(session.scalars(visible_accounts(principal)))
     )
     rules = Limits.of(settings)
-    return [limits.usage(session, a, limits=rules, now=now) for a in found]
+    return [usage_.report(session, a, limits=rules, now=now) for a in found]
 
 
 def _check_name(field: str, name: str) -> None:
