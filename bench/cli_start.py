@@ -39,10 +39,12 @@ from typing import Any
 from sqlalchemy import select
 
 from benchkit import emit, machine, percentile, print_header, progress
-from routined import routines, runs
+from routined import runs
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine
+from routined.routines.apply import apply
+from routined.routines.load import parse_document
 from routined.runs import RunStatus
 
 ROUTINES = 20
@@ -65,9 +67,9 @@ def fill(store: Store, run_count: int, now: datetime) -> None:
             for number in range(ROUTINES)
         ]
     }
-    spec = routines.parse_document(document, source="bench", base=None, now=now)
+    spec = parse_document(document, source="bench", base=None, now=now)
     with store.transaction() as session:
-        routines.apply(session, spec, now=now)
+        apply(session, spec, now=now)
     with store.transaction() as session:
         found = list(session.scalars(select(Routine).order_by(Routine.name)))
         created = []

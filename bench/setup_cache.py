@@ -25,11 +25,13 @@ from typing import Any
 from sqlalchemy import select
 
 from benchkit import emit, machine, print_header, progress
-from routined import routines, runs
+from routined import runs
 from routined.config import Settings
 from routined.db import Store
 from routined.environment import cache_folder
 from routined.models import Routine, Run, RunEvent
+from routined.routines.apply import apply as apply_routines
+from routined.routines.load import parse_document
 from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, text
 from routined.timeutil import utcnow
@@ -68,9 +70,9 @@ def apply(store: Store, origin: Path) -> None:
             }
         ]
     }
-    spec = routines.parse_document(document, source="bench", base=None, now=utcnow())
+    spec = parse_document(document, source="bench", base=None, now=utcnow())
     with store.transaction() as session:
-        routines.apply(session, spec, now=utcnow())
+        apply_routines(session, spec, now=utcnow())
 
 
 async def one_run(store: Store, settings: Settings) -> dict[str, Any]:

@@ -226,8 +226,10 @@ def uvicorn_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.L
 def api_trigger(store: Store, tmp_path: Path) -> tuple[str, str]:
     """A routine named `target` with one API trigger, applied at T0; the trigger's id
     and a token for it. No run is executed: its repository is any folder."""
-    from routined import routines, trigger_tokens
+    from routined import trigger_tokens
     from routined.models import Trigger
+    from routined.routines.apply import apply
+    from routined.routines.load import load
 
     path = tmp_path / "routines.yaml"
     path.write_text(
@@ -236,7 +238,7 @@ def api_trigger(store: Store, tmp_path: Path) -> tuple[str, str]:
         " triggers: [{type: api}]}\n"
     )
     with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=T0), now=T0)
+        apply(session, load(path, now=T0), now=T0)
     with store.transaction() as session:
         [trigger_id] = session.scalars(select(Trigger.id)).all()
         return trigger_id, trigger_tokens.issue(session, trigger_id, now=T0)

@@ -23,7 +23,6 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from routined import routines
 from routined.api_keys import Principal
 from routined.config import Settings
 from routined.db import Store
@@ -31,6 +30,9 @@ from routined.github.matcher import Matcher
 from routined.github.webhooks import sign
 from routined.http.app import create_app
 from routined.models import Base, Fire, Run
+from routined.routines.apply import Change
+from routined.routines.apply import apply as apply_routines
+from routined.routines.load import load
 from tests.conftest import T0, git
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "github-webhooks"
@@ -95,10 +97,10 @@ def write_routines(
     return path
 
 
-def apply(store: Store, path: Path, *, now: datetime = T0) -> list[routines.Change]:
-    spec = routines.load(path, now=now)
+def apply(store: Store, path: Path, *, now: datetime = T0) -> list[Change]:
+    spec = load(path, now=now)
     with store.transaction() as session:
-        return routines.apply(session, spec, now=now)
+        return apply_routines(session, spec, now=now)
 
 
 def add_pull_head(origin: Path, tmp_path: Path, number: int = 2) -> str:

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from routined import routines, runs
+from routined import runs
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine, Run, RunEvent
+from routined.routines.apply import apply
+from routined.routines.load import load
 from routined.runs.executor import Executor
 from routined.runs.worker import Worker
 from routined.sandbox import resources
@@ -51,7 +53,7 @@ def apply_file(store: Store, path: Path) -> None:
     """What `routined apply -f PATH` does, in this process."""
     now = utcnow()
     with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=now), now=now)
+        apply(session, load(path, now=now), now=now)
 
 
 def write_routine(

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import routines, runs, trigger_tokens
+from routined import runs, trigger_tokens
 from routined.api_keys import Principal
 from routined.db import Store
 from routined.errors import Refused
@@ -28,6 +28,8 @@ from routined.models import Account, Fire, Routine, Run, Trigger
 from routined.operations.access import perform
 from routined.operations.accounts import create_account, update_account
 from routined.operations.runs import fire_by_hand
+from routined.routines.apply import apply
+from routined.routines.load import load
 from routined.schedules.scheduler import decide_due
 from tests.conftest import T0
 from tests.github_support import Clock, Hub, HubFactory, raw
@@ -328,7 +330,7 @@ def door(store: Store, tmp_path: Path, origin: Path) -> Iterator[Callable[[Rule]
         path = tmp_path / "routines.yaml"
         path.write_text(ROUTINES.format(origin=origin))
         with store.transaction() as session:
-            routines.apply(session, routines.load(path, now=T0), now=T0)
+            apply(session, load(path, now=T0), now=T0)
         with store.transaction() as session:
             api_trigger = session.scalars(
                 select(Trigger.id).where(

@@ -13,11 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from routined import routines, trigger_tokens
+from routined import trigger_tokens
 from routined.config import Settings
 from routined.db import Store
 from routined.http.app import create_app
 from routined.models import Run, RunEvent
+from routined.routines.apply import apply
+from routined.routines.load import load
 from tests.conftest import T0
 
 HEADERS = {
@@ -67,7 +69,7 @@ def api(store: Store, tmp_path: Path, origin: Path) -> Iterator[Fixture]:
         f"  - {{name: second, prompt: Go., repositories: [{{url: {origin}}}], triggers: [{{type: api}}]}}\n"
     )
     with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=T0), now=T0)
+        apply(session, load(path, now=T0), now=T0)
     with store.transaction() as session:
         from routined.models import Trigger
 

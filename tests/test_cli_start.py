@@ -23,12 +23,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from routined import db, routines, runs
+from routined import db, runs
 from routined.cli import app
 from routined.cli.local import Local
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine
+from routined.routines.apply import apply
+from routined.routines.load import parse_document
 
 # What the server, the runs and migrations need, and the listings do not; and what
 # only applying a routine (its spec: YAML, `regex` through GitHub's event filters,
@@ -75,9 +77,9 @@ def _fill(store: Store, origin: Path) -> None:
             }
         ]
     }
-    spec = routines.parse_document(document, source="test", base=None, now=now)
+    spec = parse_document(document, source="test", base=None, now=now)
     with store.transaction() as session:
-        routines.apply(session, spec, now=now)
+        apply(session, spec, now=now)
     with store.transaction() as session:
         routine = session.scalars(select(Routine)).one()
         for text in ("one", "two"):

@@ -11,7 +11,7 @@ from routined.github.events import KeyTemplateError
 from routined.jsonbody import UnfitJson
 from routined.limits import PlanError
 from routined.reach import Unreachable
-from routined.routines import SpecError
+from routined.routines.spec import SpecError
 from routined.sandbox.bubblewrap import SandboxUnavailable
 from routined.sandbox.resources import ResourceError
 from routined.schedules.timing import ScheduleError

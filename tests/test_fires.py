@@ -15,15 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from routined.fires import (
-    CatchUp,
     Decision,
     InFlight,
     Outcome,
-    Overlap,
     Plan,
     Policy,
     plan,
 )
+from routined.routines.policy import CatchUp, Overlap
 
 BERLIN = ZoneInfo("Europe/Berlin")
 GRACE = timedelta(minutes=5)

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from routined import fires, gate, routines, runs
+from routined import fires, gate, runs
 from routined.config import Settings
 from routined.db import Store
 from routined.models import Fire, Routine, Run, RunEvent, Trigger
+from routined.routines.apply import apply
+from routined.routines.load import load
 from routined.runs.worker import Worker
 from routined.testing.fake_anthropic import FakeAnthropic, api_error, text
 from tests.conftest import T0
@@ -102,7 +104,7 @@ def test_a_run_its_gate_turns_away_ends_skipped_with_the_answer(
         "    triggers: [{type: api, gate: {prompt: Only production alerts., on_error: closed}}]\n"
     )
     with store.transaction() as session:
-        routines.apply(session, routines.load(path, now=T0), now=T0)
+        apply(session, load(path, now=T0), now=T0)
     with store.transaction() as session:
         routine = session.scalar(select(Routine))
         trigger = session.scalar(select(Trigger))

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import uvicorn
 
-from routined import api_keys, routines
+from routined import api_keys
 from routined.agents.prompt import build_prompt
 from routined.api_keys import Scope
 from routined.config import Settings
@@ -37,6 +37,8 @@ from routined.http.app import create_app
 from routined.http.fire import ANTHROPIC_VERSION
 from routined.http.server import bind
 from routined.models import DEFAULT_ACCOUNT_ID
+from routined.routines.load import MAX_ALIASED_NODES, load, read
+from routined.routines.spec import SpecError
 from tests.conftest import T0, api_trigger
 from tests.github_support import SECRET, delivery_headers, row_counts
 
@@ -309,8 +311,8 @@ def test_a_billion_laughs_is_refused_at_once_without_being_expanded(tmp_path: Pa
     tracemalloc.start()
     started = time.monotonic()
     try:
-        with pytest.raises(routines.SpecError) as refused:
-            routines.load(path, now=T0)
+        with pytest.raises(SpecError) as refused:
+            load(path, now=T0)
         took = time.monotonic() - started
         _current, peak = tracemalloc.get_traced_memory()
     finally:
@@ -329,11 +331,11 @@ def test_aliases_are_bounded_by_what_they_add_exactly(tmp_path: Path) -> None:
 
     def with_aliases(count: int) -> Any:
         path.write_text(f"a: &a [{items}]\nb: [{', '.join(['*a'] * count)}]\n")
-        return routines.read(path)
+        return read(path)
 
-    assert len(with_aliases(routines.MAX_ALIASED_NODES // 1000)["b"]) == 100
-    with pytest.raises(routines.SpecError, match="aliases would repeat more than 100,000"):
-        with_aliases(routines.MAX_ALIASED_NODES // 1000 + 1)
+    assert len(with_aliases(MAX_ALIASED_NODES // 1000)["b"]) == 100
+    with pytest.raises(SpecError, match="aliases would repeat more than 100,000"):
+        with_aliases(MAX_ALIASED_NODES // 1000 + 1)
 
 
 def test_an_alias_inside_its_own_anchor_and_deep_nesting_are_refused_by_name(
@@ -341,12 +343,12 @@ def test_an_alias_inside_its_own_anchor_and_deep_nesting_are_refused_by_name(
 ) -> None:
     looping = tmp_path / "loop.yaml"
     looping.write_text("routines:\n  - &me {name: x, prompt: Go., again: [*me]}\n")
-    with pytest.raises(routines.SpecError, match=r"loop\.yaml:2:5: an alias refers to the node"):
-        routines.load(looping, now=T0)
+    with pytest.raises(SpecError, match=r"loop\.yaml:2:5: an alias refers to the node"):
+        load(looping, now=T0)
     deep = tmp_path / "deep.yaml"
     deep.write_text("routines: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    with pytest.raises(routines.SpecError, match=r"deep\.yaml: nested too deeply"):
-        routines.load(deep, now=T0)
+    with pytest.raises(SpecError, match=r"deep\.yaml: nested too deeply"):
+        load(deep, now=T0)
 
 
 def test_ordinary_anchors_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
@@ -365,7 +367,7 @@ def test_ordinary_anchors_aliases_and_merge_keys_still_work(tmp_path: Path) -> N
         "    repositories: *repos\n"
         "    triggers: [{type: schedule, cron: '0 9 * * *'}]\n"
     )
-    spec = routines.load(path, now=T0)
+    spec = load(path, now=T0)
     first, second, third = spec.routines
     assert (first.name, second.name, third.name) == ("first", "second", "third")
     assert second.prompt == first.prompt == "Tidy up."

@@ -44,7 +44,7 @@ from sqlalchemy import func
 from sqlalchemy import select as query
 from starlette.types import Receive, Scope, Send
 
-from routined import routines, trigger_tokens
+from routined import trigger_tokens
 from routined.api_fires import FireRequest
 from routined.config import Settings
 from routined.db import Store
@@ -56,6 +56,8 @@ from routined.http.problem import Problem
 from routined.http.server import BODY_WINDOW, HEAD_TIMEOUT, _BoundedHttp, bind, connection_cap
 from routined.limits import Limits
 from routined.models import Run, Trigger
+from routined.routines.apply import apply
+from routined.routines.load import load
 from routined.testing.fake_anthropic import FakeAnthropic
 from tests.conftest import T0, api_trigger, make_origin, poll_until
 from tests.github_support import SECRET, raw
@@ -330,7 +332,7 @@ def serve(tmp_path: Path, fake_api: FakeAnthropic) -> Iterator[Callable[..., Ser
     try:
         store.migrate()
         with store.transaction() as session:
-            routines.apply(session, routines.load(tmp_path / "routines.yaml", now=now), now=now)
+            apply(session, load(tmp_path / "routines.yaml", now=now), now=now)
         with store.transaction() as session:
             [trigger_id] = session.scalars(query(Trigger.id)).all()
             token = trigger_tokens.issue(session, trigger_id, now=now)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from routined import routines
 from routined.db import Store
+from routined.routines.load import load
+from routined.routines.spec import SpecError
 from tests.conftest import T0
 from tests.test_routines import apply_file, stored, write
 
@@ -176,8 +177,8 @@ def test_bad_environment_is_refused_naming_the_field(
     tmp_path: Path, origin: Path, lines: str, message: str
 ) -> None:
     path = write(tmp_path, HEAD.format(url=origin) + lines)
-    with pytest.raises(routines.SpecError) as raised:
-        routines.load(path, now=T0)
+    with pytest.raises(SpecError) as raised:
+        load(path, now=T0)
     assert message in str(raised.value)
 
 
@@ -198,7 +199,7 @@ def test_bad_environment_is_refused_naming_the_field(
 )
 def test_bad_push_rules_are_refused(tmp_path: Path, origin: Path, lines: str, message: str) -> None:
     path = write(tmp_path, HEAD.format(url=origin) + lines)
-    with pytest.raises(routines.SpecError) as raised:
-        routines.load(path, now=T0)
+    with pytest.raises(SpecError) as raised:
+        load(path, now=T0)
     assert "routines[0] (deps).repositories[0]" in str(raised.value)
     assert message in str(raised.value)

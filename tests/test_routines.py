@@ -8,9 +8,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from routined import routines
 from routined.db import Store
 from routined.models import Routine, Trigger
+from routined.routines.apply import apply
+from routined.routines.load import load
+from routined.routines.spec import SpecError
 from tests.conftest import T0
 
 EXAMPLE = """\
@@ -33,9 +35,9 @@ def write(tmp_path: Path, text: str, name: str = "routines.yaml") -> Path:
 
 
 def apply_file(store: Store, path: Path) -> list[str]:
-    spec = routines.load(path, now=T0)
+    spec = load(path, now=T0)
     with store.transaction() as session:
-        return [change.describe() for change in routines.apply(session, spec, now=T0)]
+        return [change.describe() for change in apply(session, spec, now=T0)]
 
 
 def stored(store: Store, name: str) -> Routine:
@@ -126,7 +128,7 @@ def test_invalid_files_name_the_file_and_field_and_change_nothing(
     path = write(
         tmp_path, text.replace("from the merged pull requests.", "") if by == "   " else text
     )
-    with pytest.raises(routines.SpecError) as caught:
+    with pytest.raises(SpecError) as caught:
         apply_file(store, path)
     assert str(caught.value).startswith(f"{path}: ")
     assert expected in str(caught.value)
@@ -136,19 +138,19 @@ def test_invalid_files_name_the_file_and_field_and_change_nothing(
 
 def test_yaml_errors_give_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "routines:\n  - name: [unclosed\n")
-    with pytest.raises(routines.SpecError, match=r"routines.yaml:3:1: not valid YAML"):
-        routines.load(path, now=T0)
+    with pytest.raises(SpecError, match=r"routines.yaml:3:1: not valid YAML"):
+        load(path, now=T0)
 
 
 def test_a_file_without_routines_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(routines.SpecError, match="expected a mapping with a `routines:` list"):
-        routines.load(write(tmp_path, "- just a list\n"), now=T0)
-    with pytest.raises(routines.SpecError, match="routines: required field is missing"):
-        routines.load(write(tmp_path, "routine: []\n"), now=T0)
+    with pytest.raises(SpecError, match="expected a mapping with a `routines:` list"):
+        load(write(tmp_path, "- just a list\n"), now=T0)
+    with pytest.raises(SpecError, match="routines: required field is missing"):
+        load(write(tmp_path, "routine: []\n"), now=T0)
 
 
 def test_duplicate_names_in_one_file_are_refused(tmp_path: Path, origin: Path) -> None:
     one = EXAMPLE.format(url=origin)
     twice = one + one.split("routines:\n", 1)[1]
-    with pytest.raises(routines.SpecError, match=r"routines\[1\] \(docs-nightly\).name: another"):
-        routines.load(write(tmp_path, twice), now=T0)
+    with pytest.raises(SpecError, match=r"routines\[1\] \(docs-nightly\).name: another"):
+        load(write(tmp_path, twice), now=T0)

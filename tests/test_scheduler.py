@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from routined import fires, routines, runs
+from routined import fires, runs
 from routined.config import Settings
 from routined.db import Store
 from routined.fires import Outcome
 from routined.models import Fire, Routine, Run, RunEvent, Trigger
+from routined.routines.apply import apply as apply_routines
+from routined.routines.load import load
+from routined.routines.spec import SpecError
 from routined.schedules.scheduler import decide_due
 from tests.conftest import T0
 
@@ -46,9 +49,9 @@ def apply(
         f"    triggers: [{trigger}]\n"
         + "".join(f"    {line}\n" for line in policy.split(";") if line)
     )
-    spec = routines.load(path, now=now)
+    spec = load(path, now=now)
     with store.transaction() as session:
-        routines.apply(session, spec, now=now)
+        apply_routines(session, spec, now=now)
 
 
 def decide(store: Store, settings: Settings, now: datetime) -> int:
@@ -210,7 +213,7 @@ def test_a_once_trigger_fires_once_then_shows_as_done(
 
 def test_a_once_in_the_past_is_refused_at_apply(store: Store, tmp_path: Path, origin: Path) -> None:
     with pytest.raises(
-        routines.SpecError, match=r"triggers\[0\].*'once 2026-11-01T09:00' \(UTC\) is in the past"
+        SpecError, match=r"triggers\[0\].*'once 2026-11-01T09:00' \(UTC\) is in the past"
     ):
         apply(store, tmp_path, origin, "{type: schedule, once: '2026-11-01T09:00'}")
     with store.transaction() as session:

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from routined import variables
 from routined.config import Settings
 from routined.db import Store
 from routined.models import DEFAULT_ACCOUNT_ID, Account, Secret
@@ -271,7 +272,7 @@ def test_a_key_made_meanwhile_by_another_process_is_kept(home: Path) -> None:
     "name", ["NPM_TOKEN", "_private", "a", "A" * 100, "GITHUB_TOKEN", "anthropic_key", "PATHS"]
 )
 def test_variable_names_that_are_allowed(name: str) -> None:
-    vault.check_variable_name(name)
+    variables.check_variable_name(name)
 
 
 @pytest.mark.parametrize(
@@ -295,16 +296,16 @@ def test_variable_names_that_are_allowed(name: str) -> None:
 )
 def test_variable_names_that_are_refused(name: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
-        vault.check_variable_name(name)
+        variables.check_variable_name(name)
 
 
 def test_reserved_names_are_the_sandboxs_own() -> None:
     assert {"PATH", "HOME", "TMPDIR", "LANG", "TERM", "SHELL", "USER", "IS_SANDBOX",
             "LD_PRELOAD", "LD_LIBRARY_PATH", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-            "https_proxy", "NO_PROXY", "no_proxy"} == vault.RESERVED  # fmt: skip
-    for name in vault.RESERVED:
+            "https_proxy", "NO_PROXY", "no_proxy"} == variables.RESERVED  # fmt: skip
+    for name in variables.RESERVED:
         with pytest.raises(ValueError):
-            vault.check_variable_name(name)
+            variables.check_variable_name(name)
 
 
 # Redaction

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from routined import limits as limits_
+from routined import usage
 from routined.config import Settings
 from routined.db import count_up_to, rows_at_most, table_of
 from routined.models import Account, Routine, Run
@@ -144,7 +145,7 @@ def admit(
 ) -> Admission:
     """Whether a run of `routine` started by `kind` may start at `now`; reads only.
 
-    The caller holds `account` (`limits.hold_account`) so that fires racing for its
+    The caller holds `account` (`usage.hold_account`) so that fires racing for its
     last run take turns. `runs_at_most` bounds the runs in the store
     (`db.rows_at_most`): a count that cannot reach its cap is not made.
     """
@@ -165,7 +166,7 @@ def admit(
             "the server's run queue is full (ROUTINED_MAX_QUEUED_RUNS); try again shortly",
         )
     if Rule.LIMITS in rules:
-        verdict = limits_.check(
+        verdict = usage.check(
             session,
             routine,
             account,

@@ -16,10 +16,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from routined import admission, fires, runs, trigger_tokens
-from routined import limits as limits_
 from routined.db import Store, rows_at_most, table_of
 from routined.errors import NotFound, OutsideFailure, Refused, RoutinedError, Unauthenticated
 from routined.models import Account, IdempotencyKey, Routine, Run, Trigger
+from routined.usage import holding
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class _FireBatch:
 def _triggers_held() -> Select[Trigger, Routine, Account]:
     """Triggers with their routines and accounts, the accounts held until commit;
     built once: building a statement costs more than running it."""
-    return limits_.holding(
+    return holding(
         select(Trigger, Routine, Account)
         .join(Routine, Routine.id == Trigger.routine_id)
         .join(Account, Account.id == Routine.account_id)

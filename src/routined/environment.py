@@ -40,7 +40,7 @@ OUTPUT_LINES = 200
 
 @dataclass(frozen=True)
 class Environment:
-    """A routine's `environment:` as its row keeps it (see `routines.EnvironmentSpec`)."""
+    """A routine's `environment:` as its row keeps it (see `routines.spec.EnvironmentSpec`)."""
 
     network: str = "trusted"
     allowed_hosts: tuple[str, ...] = ()

@@ -23,6 +23,7 @@ from sqlalchemy.sql.dml import ReturningInsert
 
 from routined.db import table_of
 from routined.models import Fire, Routine, Run
+from routined.routines.policy import CatchUp, Overlap
 from routined.runs import ACTIVE, RunStatus
 from routined.timeutil import format_duration
 
@@ -39,19 +40,6 @@ class Outcome(enum.StrEnum):
 
 
 STARTS_RUN = frozenset({Outcome.FIRED, Outcome.CAUGHT_UP})
-
-
-class CatchUp(enum.StrEnum):
-    LATEST = "latest"  # after downtime, fire the most recent missed slot once
-    SKIP = "skip"  # after downtime, fire nothing missed
-    ALL = "all"  # after downtime, fire every missed slot within the window
-
-
-class Overlap(enum.StrEnum):
-    SKIP = "skip"  # do not start while a run of the routine is queued or active
-    QUEUE_ONE = "queue_one"  # let one run wait for the active one; merge the rest into it
-    CANCEL_PREVIOUS = "cancel_previous"  # cancel the runs in flight, then start
-    ALLOW = "allow"  # start regardless
 
 
 @dataclass(frozen=True)

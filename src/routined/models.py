@@ -104,12 +104,12 @@ class Routine(Base):
     catch_up_window: Mapped[int] = mapped_column(default=604_800, server_default="604800")
     overlap: Mapped[str] = mapped_column(String(20), default="skip", server_default="skip")
     stagger: Mapped[int] = mapped_column(default=0, server_default="0")
-    # What routined does with a run's pushed branches; see `routined.routines.RoutineSpec`.
+    # What routined does with a run's pushed branches; see `routined.routines.spec.RoutineSpec`.
     pull_requests: Mapped[bool] = mapped_column(default=False, server_default=false())
     comment: Mapped[bool] = mapped_column(default=False, server_default=false())
     # What a run starts in and may spend, and which agent works: the routine file's
     # `environment:`, `limits:`, `agent:` and `connectors:` as checked by
-    # `routined.routines.RoutineSpec` (secret values are never here, only names).
+    # `routined.routines.spec.RoutineSpec` (secret values are never here, only names).
     environment: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     limits: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     agent: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")

@@ -42,11 +42,12 @@ def apply_(
     file: Annotated[Path, typer.Option("--file", "-f", help="Routines YAML file.")],
 ) -> None:
     """Create or update routines from a YAML file, by name."""
-    from routined import routines
+    from routined.routines.load import read, with_absolute_paths
+    from routined.routines.spec import SpecError
 
     try:
-        document = routines.with_absolute_paths(routines.read(file), file.parent)
-    except routines.SpecError as error:
+        document = with_absolute_paths(read(file), file.parent)
+    except SpecError as error:
         fail(str(error))
     with connect() as client:
         # The server checks the file; its messages name the place in it.

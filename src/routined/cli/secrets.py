@@ -40,10 +40,10 @@ def set_(
     account: AccountOption = None,
 ) -> None:
     """Store a secret, or replace its value; the value is read from stdin, never shown."""
-    from routined.secrets import vault
+    from routined.variables import check_variable_name
 
     try:
-        vault.check_variable_name(name)
+        check_variable_name(name)
     except ValueError as error:
         fail(f"NAME: {error}")
     value = _read_value(name)

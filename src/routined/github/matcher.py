@@ -34,10 +34,10 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from routined import admission, fires, jsonbody, limits, runs
+from routined import admission, fires, jsonbody, runs, usage
 from routined.config import Settings
 from routined.db import table_of
-from routined.fires import Outcome, Overlap
+from routined.fires import Outcome
 from routined.github import events as github_events
 from routined.github import installations
 from routined.models import (
@@ -47,6 +47,7 @@ from routined.models import (
     Trigger,
     WebhookDelivery,
 )
+from routined.routines.policy import Overlap
 from routined.wakeup import Loop
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ def decide_prepared(
     # Every account these deliveries may start runs of, held at once and in order, as
     # fires and the scheduler hold theirs: one at a time, the batch could deadlock
     # with them.
-    limits.hold_accounts(
+    usage.hold_accounts(
         session, (listener.account_id for one in prepared for listener in one.may_fire)
     )
     started = decided = 0
@@ -378,7 +379,7 @@ def evaluate(
     if isinstance(matched, Verdict):
         return matched
     routine = trigger.routine
-    account = limits.hold_account(session, routine)
+    account = usage.hold_account(session, routine)
     admitted = admission.admit(
         session,
         admission.Kind.GITHUB,

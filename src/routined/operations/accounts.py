@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import limits, routines
+from routined import usage as usage_
 from routined.api_keys import Principal
 from routined.config import Settings
 from routined.errors import BadInput, Conflict
@@ -18,6 +18,7 @@ from routined.ids import new_id
 from routined.limits import Limits, PlanError
 from routined.models import Account
 from routined.operations.access import find_account, require_operator, visible_accounts
+from routined.routines.spec import NAME_PATTERN
 from routined.schedules import scheduler
 from routined.timeutil import iso
 
@@ -100,11 +101,11 @@ def usage(
         else list(session.scalars(visible_accounts(principal)))
     )
     rules = Limits.of(settings)
-    return [limits.usage(session, a, limits=rules, now=now) for a in found]
+    return [usage_.report(session, a, limits=rules, now=now) for a in found]
 
 
 def _check_name(field: str, name: str) -> None:
-    if re.fullmatch(routines.NAME_PATTERN, name) is None:
+    if re.fullmatch(NAME_PATTERN, name) is None:
         raise BadInput(f"{field}: {name!r}; account names use letters, digits, '.', '_' and '-'")
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from routined import routines
 from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.operations.access import require
 from routined.operations.tenancy import for_principal
+from routined.routines.apply import apply
+from routined.routines.load import parse_document
 from routined.sandbox import resources
 
 
@@ -22,8 +23,8 @@ def apply_routines(
 ) -> list[dict[str, Any]]:
     """Create or update the document's routines by name, as `routined apply` does."""
     require(principal, Scope.WRITE)
-    # What the document gets wrong is a `routines.SpecError`: bad input, said as it is.
-    spec = routines.parse_document(
+    # What the document gets wrong is a `routines.spec.SpecError`: bad input, said as it is.
+    spec = parse_document(
         document,
         source="request",
         base=None,
@@ -38,7 +39,7 @@ def apply_routines(
         allowed=settings.allow_private_networks,
         caps=resources.Caps.of(settings, {}),
     )
-    changes = routines.apply(session, spec, now=now, public_only=not principal.operator)
+    changes = apply(session, spec, now=now, public_only=not principal.operator)
     return [
         {
             "name": c.name,

@@ -1,6 +1,6 @@
 """What an account's key may put in the routines it applies (`for_principal`): its own
 account's routines only, and nothing that would run with the server's own reach. What
-is refused is a `routines.SpecError` naming the field.
+is refused is a `routines.spec.SpecError` naming the field.
 """
 
 from __future__ import annotations
@@ -11,20 +11,21 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import reach, routines
+from routined import reach
 from routined.api_keys import Principal
 from routined.models import Account, Routine
+from routined.routines.spec import GitHubTriggerSpec, RoutinesFile, RoutineSpec, SpecError
 from routined.sandbox import resources
 
 
 def for_principal(
     session: Session,
     principal: Principal,
-    spec: routines.RoutinesFile,
+    spec: RoutinesFile,
     *,
     allowed: Sequence[reach.Network] = (),
     caps: resources.Caps | None = None,
-) -> routines.RoutinesFile:
+) -> RoutinesFile:
     """A key's routines are its account's: unnamed accounts become it, other accounts
     are unknown, and a name another account uses is taken.
 
@@ -45,16 +46,16 @@ def for_principal(
         if "account" not in routine.model_fields_set:
             routine = routine.model_copy(update={"account": own})
         elif routine.account != own:
-            raise routines.SpecError(f"{label}.account: there is no account {routine.account!r}")
+            raise SpecError(f"{label}.account: there is no account {routine.account!r}")
         holder = session.scalar(select(Routine.account_id).where(Routine.name == routine.name))
         if holder is not None and holder != principal.account_id:
-            raise routines.SpecError(f"{label}.name: the name is taken; choose another")
+            raise SpecError(f"{label}.name: the name is taken; choose another")
         if not principal.operator:
             named += _hosts_named(label, routine)
             _within_share(label, routine, caps)
         wanted.append(routine)
     _within_reach(named, allowed)
-    return routines.RoutinesFile(routines=wanted)
+    return RoutinesFile(routines=wanted)
 
 
 _REPOSITORIES = (
@@ -73,7 +74,7 @@ class _Named:
     rule: str
 
 
-def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
+def _hosts_named(label: str, routine: RoutineSpec) -> list[_Named]:
     """The hosts an account's routine would have the server reach, for
     `_within_reach`; what may not be named at all is refused here."""
     named = []
@@ -82,13 +83,13 @@ def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
         try:
             host, _port = reach.endpoint(repository.url, schemes=("https",))
         except reach.Unreachable as error:
-            raise routines.SpecError(f"{field}: {error}; {_REPOSITORIES}") from None
+            raise SpecError(f"{field}: {error}; {_REPOSITORIES}") from None
         named.append(_Named(field, host, _REPOSITORIES))
     for number, entry in enumerate(routine.environment.allowed_hosts):
         field = f"{label}.environment.allowed_hosts[{number}]"
         host, wildcard = reach.entry_host(entry)
         if wildcard and reach.names_this_machine(host):
-            raise routines.SpecError(f"{field}: {entry} names this machine; {_HOSTS}")
+            raise SpecError(f"{field}: {entry} names this machine; {_HOSTS}")
         if not wildcard:  # *.domain names no one host: judged at each connection
             named.append(_Named(field, host, _HOSTS))
     for name, connector in routine.connectors.items():
@@ -98,24 +99,24 @@ def _hosts_named(label: str, routine: routines.RoutineSpec) -> list[_Named]:
         try:
             host, _port = reach.endpoint(connector.url)
         except reach.Unreachable as error:
-            raise routines.SpecError(f"{field}: {error}; {_HOSTS}") from None
+            raise SpecError(f"{field}: {error}; {_HOSTS}") from None
         named.append(_Named(field, host, _HOSTS))
     for number, trigger in enumerate(routine.triggers):
-        if isinstance(trigger, routines.GitHubTriggerSpec):
-            raise routines.SpecError(
+        if isinstance(trigger, GitHubTriggerSpec):
+            raise SpecError(
                 f"{label}.triggers[{number}]: GitHub triggers are applied by the operator "
                 "(routined apply on the server, or an admin key of the default account)"
             )
     return named
 
 
-def _within_share(label: str, routine: routines.RoutineSpec, caps: resources.Caps | None) -> None:
+def _within_share(label: str, routine: RoutineSpec, caps: resources.Caps | None) -> None:
     """Refuse what an account's routine may not ask for: to act as the operator's
     GitHub App, or more of the machine than the server's caps (runs are held to
     them anyway)."""
     for field in ("pull_requests", "comment"):
         if getattr(routine, field):
-            raise routines.SpecError(
+            raise SpecError(
                 f"{label}.{field}: pull requests and comments are made as the operator's "
                 "GitHub App, which an account's key may not act as; ask the operator"
             )
@@ -129,7 +130,7 @@ def _within_share(label: str, routine: routines.RoutineSpec, caps: resources.Cap
     ):
         asked = getattr(routine.limits, field)
         if asked is not None and asked > most:
-            raise routines.SpecError(
+            raise SpecError(
                 f"{label}.limits.{field}: an account's routine may ask at most {shown} "
                 "(the server's default); ask the operator for more"
             )
@@ -143,4 +144,4 @@ def _within_reach(named: Sequence[_Named], allowed: Sequence[reach.Network]) -> 
     for place in named:
         why = refused.get(place.host)
         if why is not None:
-            raise routines.SpecError(f"{place.field}: {why}; {place.rule}")
+            raise SpecError(f"{place.field}: {why}; {place.rule}")

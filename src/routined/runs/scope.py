@@ -35,7 +35,7 @@ from routined.timeutil import Clock
 
 @dataclass(frozen=True)
 class Limits:
-    """The routine's `limits`, as stored (see `routined.routines.LimitsSpec`)."""
+    """The routine's `limits`, as stored (see `routined.routines.spec.LimitsSpec`)."""
 
     max_duration: float | None = None  # seconds
     max_turns: int | None = None

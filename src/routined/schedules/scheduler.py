@@ -19,12 +19,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from routined import admission, fires, runs
-from routined import limits as limits_
 from routined.config import Settings
 from routined.fires import Outcome, Policy
 from routined.models import Account, Fire, Routine, Trigger
 from routined.schedules.timing import Schedule, parse, stagger_offset
 from routined.timeutil import format_duration
+from routined.usage import hold_account, hold_accounts
 from routined.wakeup import Loop
 
 # Decisions of one batch commit together: small enough that the first run of a
@@ -108,7 +108,7 @@ def decide_due(session: Session, *, now: datetime, settings: Settings) -> tuple[
         query = query.with_for_update(skip_locked=True, key_share=True, of=[Trigger, Routine])
     due = session.scalars(query).all()
     # Their accounts are held for the daily limit.
-    accounts = limits_.hold_accounts(session, (trigger.routine.account_id for trigger in due))
+    accounts = hold_accounts(session, (trigger.routine.account_id for trigger in due))
     bounds = admission.Bounds.of(settings)
     started = 0
     for trigger in due:
@@ -304,7 +304,7 @@ def _supersede(session: Session, run_ids: list[str], *, now: datetime) -> str:
 
 def resume(session: Session, routine: Routine, *, now: datetime, settings: Settings) -> None:
     """Unpause a routine: slots that fell due while it was paused stay skipped."""
-    account = limits_.hold_account(session, routine)
+    account = hold_account(session, routine)
     for trigger in routine.triggers:
         if trigger.type == "schedule" and trigger.due_at is not None and trigger.due_at <= now:
             _decide(
