@@ -133,6 +133,15 @@ def standing(kind: Kind, *, routine: str, paused: bool, account: str, disabled: 
     return Admission(Code.ROUTINE_PAUSED, why)
 
 
+def admit_now(
+    session: Session, kind: Kind, routine: Routine, *, settings: Settings, now: datetime
+) -> Admission:
+    """`admit`, for a trigger that decides one fire at a time (a GitHub event, a fire by
+    hand): the routine's account is held first, until the transaction ends."""
+    account = usage.hold_account(session, routine)
+    return admit(session, kind, routine, account, bounds=Bounds.of(settings), now=now)
+
+
 def admit(
     session: Session,
     kind: Kind,

@@ -379,14 +379,8 @@ def evaluate(
     if isinstance(matched, Verdict):
         return matched
     routine = trigger.routine
-    account = usage.hold_account(session, routine)
-    admitted = admission.admit(
-        session,
-        admission.Kind.GITHUB,
-        routine,
-        account,
-        bounds=admission.Bounds.of(settings),
-        now=now,
+    admitted = admission.admit_now(
+        session, admission.Kind.GITHUB, routine, settings=settings, now=now
     )
     if not admitted.admitted:
         return _not_admitted(matched, admitted)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from routined import admission, fires, runs, usage
+from routined import admission, fires, runs
 from routined.api_keys import Principal, Scope
 from routined.config import Settings
 from routined.errors import BadInput, Conflict, Refused
@@ -35,14 +35,8 @@ def fire_by_hand(
     if text is not None and len(text) > runs.MAX_TEXT:
         raise BadInput(f"text: {len(text)} characters is over the limit of {runs.MAX_TEXT}")
     routine = find_routine(session, principal, name)
-    account = usage.hold_account(session, routine)
-    admitted = admission.admit(
-        session,
-        admission.Kind.MANUAL,
-        routine,
-        account,
-        bounds=admission.Bounds.of(settings),
-        now=now,
+    admitted = admission.admit_now(
+        session, admission.Kind.MANUAL, routine, settings=settings, now=now
     )
     if not admitted.admitted:
         fires.record(
