@@ -113,11 +113,13 @@ def test_a_run_walks_its_states_with_an_event_and_reason_for_each(store: Store) 
             runs.transition(
                 session,
                 run.id,
-                expected,
-                to,
-                now=T0 + timedelta(seconds=offset),
-                reason=reason,
-                lease=claim.lease,
+                runs.Move(
+                    expected,
+                    to,
+                    now=T0 + timedelta(seconds=offset),
+                    reason=reason,
+                    lease=claim.lease,
+                ),
             )
     recorded = events(store, run.id)
     assert [(e.seq, e.from_status, e.to_status) for e in recorded] == [
@@ -139,10 +141,14 @@ def test_a_run_walks_its_states_with_an_event_and_reason_for_each(store: Store) 
 def test_a_transition_from_the_wrong_state_changes_nothing(store: Store) -> None:
     run = queue(store, make_routine(store))
     with pytest.raises(TransitionRefused, match="was not running"), store.transaction() as session:
-        runs.transition(session, run.id, RunStatus.RUNNING, RunStatus.FINISHING, now=T0, reason="x")
+        runs.transition(
+            session, run.id, runs.Move(RunStatus.RUNNING, RunStatus.FINISHING, now=T0, reason="x")
+        )
     refused = pytest.raises(TransitionRefused, match="cannot go from queued to succeeded")
     with refused, store.transaction() as session:
-        runs.transition(session, run.id, RunStatus.QUEUED, RunStatus.SUCCEEDED, now=T0, reason="x")
+        runs.transition(
+            session, run.id, runs.Move(RunStatus.QUEUED, RunStatus.SUCCEEDED, now=T0, reason="x")
+        )
     assert [e.to_status for e in events(store, run.id)] == ["queued"]
 
 
@@ -153,7 +159,9 @@ def test_a_stale_lease_cannot_move_a_run(store: Store) -> None:
     assert claim is not None
     with pytest.raises(TransitionRefused, match="under lease 0"), store.transaction() as session:
         runs.transition(
-            session, run.id, RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x", lease=0
+            session,
+            run.id,
+            runs.Move(RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x", lease=0),
         )
     with store.transaction() as session:
         assert session.scalar(select(Run.status).where(Run.id == run.id)) == "preparing"
@@ -282,10 +290,7 @@ def test_a_held_run_fails_from_whatever_state_it_is_in(store: Store) -> None:
         claim = runs.claim(session, "w1", now=T0)
     assert claim is not None
     with store.transaction() as session:
-        runs.transition(
-            session, run.id, RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x",
-            lease=claim.lease,
-        )  # fmt: skip
+        runs.transition(session, run.id, runs.Move(RunStatus.PREPARING, RunStatus.RUNNING, now=T0, reason="x", lease=claim.lease))  # fmt: skip
     with store.transaction() as session:
         assert not runs.fail(session, runs.Claim(run.id, claim.lease + 1), now=T0, error="stale")
         assert runs.fail(session, claim, now=T0, error="interrupted: stopped")

@@ -113,12 +113,14 @@ class Ledger:
                 state.transition(
                     session,
                     self.claim.run_id,
-                    expected,
-                    to,
-                    now=self.clock(),
-                    reason=reason,
-                    lease=self.claim.lease,
-                    changes=changes,
+                    state.Move(
+                        expected,
+                        to,
+                        now=self.clock(),
+                        reason=reason,
+                        lease=self.claim.lease,
+                        changes=changes,
+                    ),
                 )
 
         await asyncio.to_thread(write)
@@ -131,12 +133,14 @@ class Ledger:
                 state.transition(
                     session,
                     self.claim.run_id,
-                    RunStatus.PREPARING,
-                    RunStatus.SKIPPED,
-                    now=self.clock(),
-                    reason=error,
-                    lease=self.claim.lease,
-                    changes={"error": error},
+                    state.Move(
+                        RunStatus.PREPARING,
+                        RunStatus.SKIPPED,
+                        now=self.clock(),
+                        reason=error,
+                        lease=self.claim.lease,
+                        changes={"error": error},
+                    ),
                 )
                 fires.skipped_by_gate(session, self.claim.run_id, said)
 

@@ -89,25 +89,18 @@ def add_event(
     now: datetime,
     reason: str | None = None,
     data: dict[str, Any] | None = None,
-    from_status: str | None = None,
-    to_status: str | None = None,
 ) -> RunEvent:
+    return _add_event(session, run_id, kind=kind, at=now, reason=reason, data=data)
+
+
+def _add_event(session: Session, run_id: str, **fields: Any) -> RunEvent:
     # The counter row is locked by this UPDATE until commit, so two writers of
     # one run's events can never take the same number.
     session.execute(update(Run).where(Run.id == run_id).values(event_seq=Run.event_seq + 1))
     seq = session.scalar(select(Run.event_seq).where(Run.id == run_id))
     if seq is None:
         raise LookupError(f"run {run_id} does not exist")
-    event = RunEvent(
-        run_id=run_id,
-        seq=seq,
-        at=now,
-        kind=kind,
-        reason=reason,
-        data=data,
-        from_status=from_status,
-        to_status=to_status,
-    )
+    event = RunEvent(run_id=run_id, seq=seq, **fields)
     session.add(event)
     return event
 
@@ -184,22 +177,27 @@ def insert_all(session: Session, created: Sequence[NewRun]) -> None:
         session.execute(insert(table_of(RunEvent)), [run.first_event for run in created])
 
 
-def transition(
-    session: Session,
-    run_id: str,
-    expected: RunStatus,
-    to: RunStatus,
-    *,
-    now: datetime,
-    reason: str,
-    lease: int | None = None,
-    data: dict[str, Any] | None = None,
-    changes: dict[str, Any] | None = None,
-) -> None:
-    """Move a run from `expected` to `to`, or refuse if it is not there (or not ours)."""
+@dataclass(frozen=True)
+class Move:
+    """One guarded move of a run: from `expected` to `to` at `now`, and why. With a
+    `lease`, only the worker holding it may make the move; `data` goes into the move's
+    event, `changes` into the run's row."""
+
+    expected: RunStatus
+    to: RunStatus
+    now: datetime
+    reason: str
+    lease: int | None = None
+    data: dict[str, Any] | None = None
+    changes: dict[str, Any] | None = None
+
+
+def transition(session: Session, run_id: str, move: Move) -> None:
+    """Make `move`, or refuse if the run is not where it expects (or not ours)."""
+    expected, to, now, lease = move.expected, move.to, move.now, move.lease
     if to not in ALLOWED[expected]:
         raise TransitionRefused(f"a run cannot go from {expected} to {to}")
-    values: dict[str, Any] = {"status": to, **(changes or {})}
+    values: dict[str, Any] = {"status": to, **(move.changes or {})}
     if to in TERMINAL:
         values.setdefault("finished_at", now)
     statement = update(Run).where(Run.id == run_id, Run.status == expected)
@@ -211,13 +209,13 @@ def transition(
         raise TransitionRefused(
             f"run {run_id} was not {expected}{held}; it stays as it is instead of becoming {to}"
         )
-    add_event(
+    _add_event(
         session,
         run_id,
-        "status",
-        now=now,
-        reason=reason,
-        data=data,
+        kind="status",
+        at=now,
+        reason=move.reason,
+        data=move.data,
         from_status=expected,
         to_status=to,
     )
@@ -279,11 +277,11 @@ def claim(
     ).first()
     if taken is None:
         return None
-    add_event(
+    _add_event(
         session,
         taken.id,
-        "status",
-        now=now,
+        kind="status",
+        at=now,
         reason=f"claimed by worker {worker_id}",
         from_status=RunStatus.QUEUED,
         to_status=RunStatus.PREPARING,
@@ -301,12 +299,14 @@ def fail(session: Session, held: Claim, *, now: datetime, error: str) -> bool:
     transition(
         session,
         held.run_id,
-        RunStatus(status),
-        RunStatus.FAILED,
-        now=now,
-        reason=error,
-        lease=held.lease,
-        changes={"error": error},
+        Move(
+            RunStatus(status),
+            RunStatus.FAILED,
+            now=now,
+            reason=error,
+            lease=held.lease,
+            changes={"error": error},
+        ),
     )
     return True
 
@@ -320,12 +320,14 @@ def end_cancelled(session: Session, held: Claim, *, now: datetime, reason: str) 
             transition(
                 session,
                 held.run_id,
-                status,
-                RunStatus.CANCELLED,
-                now=now,
-                reason=reason,
-                lease=held.lease,
-                changes={"error": f"{Failure.CANCELLED}: {reason}"},
+                Move(
+                    status,
+                    RunStatus.CANCELLED,
+                    now=now,
+                    reason=reason,
+                    lease=held.lease,
+                    changes={"error": f"{Failure.CANCELLED}: {reason}"},
+                ),
             )
         except TransitionRefused:
             continue
@@ -346,11 +348,13 @@ def cancel(session: Session, run_id: str, *, now: datetime, reason: str) -> str 
             transition(
                 session,
                 run_id,
-                RunStatus.QUEUED,
-                RunStatus.CANCELLED,
-                now=now,
-                reason=reason,
-                changes={"error": f"{Failure.CANCELLED}: {reason}"},
+                Move(
+                    RunStatus.QUEUED,
+                    RunStatus.CANCELLED,
+                    now=now,
+                    reason=reason,
+                    changes={"error": f"{Failure.CANCELLED}: {reason}"},
+                ),
             )
             return "cancelled"
         except TransitionRefused:
@@ -413,15 +417,15 @@ def end_lost(session: Session, *, now: datetime, lost_after: timedelta) -> list[
             transition(
                 session,
                 row.id,
-                RunStatus(row.status),
-                RunStatus.FAILED,
-                now=now,
-                lease=row.lease,
-                reason=(
-                    f"{Failure.LOST}: worker {row.worker_id} sent no heartbeat since "
-                    f"{row.heartbeat_at:%Y-%m-%dT%H:%M:%SZ}"
+                Move(
+                    RunStatus(row.status),
+                    RunStatus.FAILED,
+                    now=now,
+                    lease=row.lease,
+                    reason=f"{Failure.LOST}: worker {row.worker_id} sent no heartbeat since "
+                    f"{row.heartbeat_at:%Y-%m-%dT%H:%M:%SZ}",
+                    changes={"error": f"{Failure.LOST}: the worker running it stopped responding"},
                 ),
-                changes={"error": f"{Failure.LOST}: the worker running it stopped responding"},
             )
         except TransitionRefused:
             continue  # its worker moved it on after all
