@@ -25,6 +25,7 @@ os.environ.pop("COLUMNS", None)
 from routined.config import Settings
 from routined.db import Store
 from routined.testing.fake_anthropic import FakeAnthropic
+from tests.stage_support import Stages, stages_for
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "ROUTINED_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -58,6 +59,22 @@ def postgres_url() -> Iterator[str]:
     finally:
         with _admin_connect() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Async tests run on asyncio, as routined does (anyio would also try trio)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def stages(settings: Settings, origin: Path, tmp_path: Path) -> Iterator[Stages]:
+    """A run's stages on the fast harness (`tests/stage_support.py`)."""
+    found = stages_for(settings, origin, tmp_path)
+    try:
+        yield found
+    finally:
+        found.store.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -27,11 +27,6 @@ SESSION_URL = "http://routined.test/sessions/session_01TEST"
 ROUTINED = ("routined", "routined@localhost")  # who routined's and the agent's commits are by
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def work(
     *branches_: tuple[str, str],
     head: str | None = None,

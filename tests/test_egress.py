@@ -26,11 +26,6 @@ from routined.testing.fake_anthropic import FakeAnthropic
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize(
     ("rule", "host", "port", "allowed"),
     [

@@ -41,11 +41,6 @@ ALLOWED = re.compile(r"POST /v1/messages(/count_tokens)?(\?.*)?")
 GATEWAY = "127.0.0.1:3128"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Seen:
     """One request as the upstream parsed it."""

@@ -40,11 +40,6 @@ PERSON_COMMANDS = (("status",), ("log", "-p", "--all"), ("diff", "HEAD"))
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def run(origin: Path, tmp_path: Path) -> Run:
     return await make_run(origin, tmp_path)
 

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def run(origin: Path, tmp_path: Path) -> Run:
     return await make_run(origin, tmp_path)
 

@@ -29,11 +29,6 @@ EVERYWHERE = work(("claude/fix", "c1"), ("feature/x", "f1"), ("main", "m1"), hea
 FIX = Push("c1", "claude/fix", "branch claude/fix")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize(
     ("rules", "expected"),
     [

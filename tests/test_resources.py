@@ -54,11 +54,6 @@ def host() -> Iterator[Host]:
     assert not any((place.folder / found.owner).exists() for place in found.places)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _name() -> str:
     return f"run_test{secrets.token_hex(6)}"
 

@@ -29,11 +29,6 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Result:
     code: int

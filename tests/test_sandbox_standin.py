@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 ENV = {"PATH": bubblewrap.SYSTEM_PATH, "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Ran:
     code: int

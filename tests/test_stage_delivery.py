@@ -9,13 +9,10 @@ status, the failure code its error starts with) and the reasons its events give.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from routined.config import Settings
 from routined.ids import short
 from routined.runs.failure import Failure
 from routined.testing.fake_github import FakeGitHub, generate_app_key
@@ -25,24 +22,9 @@ from tests.stage_support import (
     Stages,
     agent,
     delivered,
-    stages_for,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def stages(settings: Settings, origin: Path, tmp_path: Path) -> Iterator[Stages]:
-    found = stages_for(settings, origin, tmp_path)
-    try:
-        yield found
-    finally:
-        found.store.dispose()
 
 
 # --- finish: delivery and what stays ------------------------------------------------------

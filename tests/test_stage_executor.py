@@ -10,7 +10,6 @@ status, the failure code its error starts with) and the reasons its events give.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from sqlalchemy import select
 
 from routined import runs
-from routined.config import Settings
 from routined.ids import short
 from routined.models import Run, Trigger
 from routined.runs import finish
@@ -33,25 +31,10 @@ from tests.stage_support import (
     alive,
     delivered,
     ended,
-    stages_for,
     worker,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def stages(settings: Settings, origin: Path, tmp_path: Path) -> Iterator[Stages]:
-    found = stages_for(settings, origin, tmp_path)
-    try:
-        yield found
-    finally:
-        found.store.dispose()
 
 
 # --- the executor, through every stage ---------------------------------------------------

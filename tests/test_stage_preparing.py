@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from routined import runs
-from routined.config import Settings
 from routined.runs.failure import Failure
 from routined.timeutil import utcnow
 from tests.conftest import branches, git, wait_until
@@ -31,25 +29,10 @@ from tests.stage_support import (
     alive,
     delivered,
     ended,
-    stages_for,
     worker,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def stages(settings: Settings, origin: Path, tmp_path: Path) -> Iterator[Stages]:
-    found = stages_for(settings, origin, tmp_path)
-    try:
-        yield found
-    finally:
-        found.store.dispose()
 
 
 # --- checkout -----------------------------------------------------------------------------

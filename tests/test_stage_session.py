@@ -10,14 +10,12 @@ status, the failure code its error starts with) and the reasons its events give.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from routined import runs
-from routined.config import Secret, Settings
+from routined.config import Secret
 from routined.runs.failure import Failure
 from routined.timeutil import utcnow
 from tests.conftest import branches, git, wait_until
@@ -29,25 +27,10 @@ from tests.stage_support import (
     alive,
     delivered,
     ended,
-    stages_for,
     worker,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def stages(settings: Settings, origin: Path, tmp_path: Path) -> Iterator[Stages]:
-    found = stages_for(settings, origin, tmp_path)
-    try:
-        yield found
-    finally:
-        found.store.dispose()
 
 
 # --- session: the agent -------------------------------------------------------------------

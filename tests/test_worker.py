@@ -30,11 +30,6 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def queue_unclonable(store: Store, tmp_path: Path, name: str = "gone") -> str:
     """A run whose repository is not there: it fails at once, without an agent."""
     with store.transaction() as session:

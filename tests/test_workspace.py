@@ -14,11 +14,6 @@ from tests.conftest import branches, git, push_commit
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def test_a_local_origin_is_its_own_mirror_and_clones_share_no_files(
     origin: Path, tmp_path: Path
 ) -> None:
