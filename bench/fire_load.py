@@ -148,7 +148,7 @@ WITHOUT_STORE = (
     sys.executable,
     "-c",
     "import sys\n"
-    "import routined.http.app as api\n"
+    "import routined.http.fire as api\n"
     "from routined.cli import main\n"
     "api._record_fires = lambda store, requests, **_: ['session_' + '0' * 26] * len(requests)\n"
     "sys.argv[0] = 'routined'\n"

@@ -85,11 +85,14 @@ def test_a_failing_setup_script_fails_the_run_with_its_output(
     settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
 ) -> None:
     marker = "[case:setup-fails]"
+    # On this harness the agent is a CLI: it would leave this file, had it started.
+    started = tmp_path / "the-agent-started"
     store = apply(
         settings,
         tmp_path,
         origin,
         f"Never starts. {marker}",
+        f"    agent: {{command: [touch, {json.dumps(str(started))}]}}\n"
         "    environment:\n"
         "      setup_script: |\n"
         "        echo installing the toolchain\n"
@@ -106,6 +109,7 @@ def test_a_failing_setup_script_fails_the_run_with_its_output(
     assert output.data is not None and output.data["exit_code"] == 3
     assert output.data["lines"] == ["installing the toolchain", "no such package: frobnicate"]
     assert not fake_api.conversations(marker)  # the agent never started
+    assert not started.exists()
     assert branches(origin).keys() == {"main"}
 
 

@@ -146,3 +146,18 @@ async def test_sandbox_stop_finds_a_runs_sandbox_by_its_folder(box: Box) -> None
     await bubblewrap.stop(f"{box.run_dir}/")
     assert await asyncio.wait_for(process.wait(), 10) != 0
     await wait_until(lambda: not alive(pid), 10)
+
+
+def test_the_stand_in_does_not_start_claude_code_under_another_name(tmp_path: Path) -> None:
+    """Claude Code reached by a link of another name still does not run unwalled."""
+    bundled = bubblewrap.claude_binary(None)
+    alias = tmp_path / "agent"
+    alias.symlink_to(bundled)
+    (tmp_path / "workspace" / "app").mkdir(parents=True)
+    layout = bubblewrap.finishing_layout(
+        run_dir=tmp_path, cwd=tmp_path / "workspace" / "app", readable=[], masked=[]
+    )
+    for program in (bundled, alias):
+        command = Unwalled(tmp_path / "scratch").command(layout, program, namespaces=None)
+        assert str(program) not in command
+        assert command[:2] == ["/bin/sh", "-c"] and "exit 125" in command[2]

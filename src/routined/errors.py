@@ -67,3 +67,9 @@ class Refused(RoutinedError):
 
 class OutsideFailure(RoutinedError):
     """Something outside routined failed: git, GitHub, the sandbox, the kernel, files."""
+
+
+class ServerFault(OutsideFailure):
+    """Something the server's operator must fix (its secret key, its configuration),
+    said to the caller, who can pass it on. Any other failure outside routined that
+    reaches a surface is a bug there: answered as an internal error, and logged."""

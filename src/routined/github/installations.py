@@ -17,10 +17,6 @@ from routined.models import Installation, InstallationRepository
 EVENTS = ("installation", "installation_repositories")
 
 
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def track(session: Session, event: str, payload: dict[str, Any], *, now: datetime) -> str:
     """Keep `installations` as GitHub tells: created, deleted, suspended, repositories
     added and removed."""
@@ -33,7 +29,8 @@ def track(session: Session, event: str, payload: dict[str, Any], *, now: datetim
         session.execute(delete(Installation).where(Installation.id == installation_id))
         return f"installation {installation_id} deleted"
     row = session.get(Installation, installation_id)
-    account = _mapping(installation.get("account"))
+    account = installation.get("account")
+    account = account if isinstance(account, dict) else {}
     if row is None:
         row = Installation(id=installation_id, updated_at=now)
         session.add(row)

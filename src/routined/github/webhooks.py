@@ -8,7 +8,7 @@ decides what the delivery starts, in the background. A delivery with a bad or mi
 signature leaves nothing behind but a counter; nor does a signed body that is not
 JSON the matcher can walk and the store can hold (too deep, or with a lone surrogate:
 see `jsonbody.parse_json`). The bytes of bodies being received count against
-the server's budget of bodies in flight (`api.BodyBudget`): a forger cannot make it
+the server's budget of bodies in flight (`http.app.BodyBudget`): a forger cannot make it
 hold more than that, however many bodies it leaves unfinished.
 """
 
@@ -68,7 +68,7 @@ async def signed_body(request: Request, secret: bytes, digest: str) -> bytes | N
     arrives, so that a forged one is dropped the moment it ends."""
     mac = hmac.new(secret, digestmod=hashlib.sha256)
     parts: list[bytes] = []
-    async for part in request.stream():  # at most MAX_BODY, within the budget: api._Guard
+    async for part in request.stream():  # at most MAX_BODY, within the budget: http.app._Guard
         mac.update(part)
         parts.append(part)
     if not hmac.compare_digest(mac.hexdigest(), digest):

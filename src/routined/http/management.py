@@ -77,7 +77,7 @@ class _JsonRequest(Request):
         except UnfitJson as error:
             raise StarletteHTTPException(400, str(error)) from None
         except json.JSONDecodeError:
-            raise  # FastAPI answers it, in `api._invalid`'s words
+            raise  # FastAPI answers it, in `http.app._invalid`'s words
         except ValueError:
             raise StarletteHTTPException(400, NOT_JSON) from None
 

@@ -19,9 +19,9 @@ from routined.errors import (
     Conflict,
     NotAllowed,
     NotFound,
-    OutsideFailure,
     Refused,
     RoutinedError,
+    ServerFault,
     Unauthenticated,
 )
 
@@ -46,7 +46,7 @@ STATUS: Mapping[type[RoutinedError], int] = {
     NotAllowed: 403,
     NotFound: 404,
     Conflict: 409,
-    OutsideFailure: 500,  # the server's to fix (its secret key, say), said in the message
+    ServerFault: 500,  # the operator's to fix (the secret key, say), said in the message
 }
 
 # How a refused fire is answered, by the rule that refused it; `admission.admit`
@@ -58,8 +58,10 @@ REFUSED_STATUS: Mapping[str, int] = {
     Code.OVER_LIMIT: 429,
 }
 
-# The kinds answered with their own message. An error of any other kind is a bug: the
-# app answers it as any other, 500 "internal error", with its traceback in the log.
+# The kinds answered with their own message. An error of any other kind is a bug where
+# it surfaced, whose message may hold what a caller must not see (a failing git
+# command's URL, say): the app answers it as any other, 500 "internal error", with its
+# traceback in the log.
 ANSWERED: tuple[type[RoutinedError], ...] = (*STATUS, Refused)
 
 

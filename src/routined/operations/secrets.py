@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from routined.api_keys import Principal, Scope
 from routined.config import Settings
-from routined.errors import BadInput, NotFound, OutsideFailure
+from routined.errors import BadInput, NotFound, ServerFault
 from routined.models import Account, Secret
 from routined.operations.access import find_account, require, require_operator
 from routined.secrets import vault
@@ -47,7 +47,7 @@ def set_secret(
         )
     except vault.VaultError as error:
         # The server's key is unusable: the operator's to fix, not the caller's input.
-        raise OutsideFailure(str(error)) from None
+        raise ServerFault(str(error)) from None
     except ValueError as error:
         message = str(error)
         raise BadInput(message if message.startswith("value:") else f"name: {message}") from None
@@ -68,7 +68,7 @@ def rotate_secrets(session: Session, principal: Principal, *, settings: Settings
     try:
         rotation = vault.rotate(session, settings)
     except vault.VaultError as error:
-        raise OutsideFailure(str(error)) from None  # the server's keys: the operator's to fix
+        raise ServerFault(str(error)) from None  # the server's keys: the operator's to fix
     names = {
         account_id: name for account_id, name in session.execute(select(Account.id, Account.name))
     }

@@ -2,7 +2,7 @@
 
 1. `routined.runs.outbox` brings what the agent left out of its sandbox into an
    outbox, a bare repository routined owns, every object checked by git's fsck
-   (work it refuses is never pushed: `finishing.UnsafeObjects`), each new commit
+   (work it refuses is never pushed: `outbox.UnsafeObjects`), each new commit
    naming its session.
 2. `plan` decides, from the repository's `PushRules`, what goes where and how:
    by default every target is a new branch under the prefix (`claude/`).

@@ -19,7 +19,7 @@ KEY = "Routine-Session"
 # More new commits than any agent session makes; past it work is delivered as it is
 # rather than spend minutes writing it again.
 MOST_STAMPED = 1000
-# delivery.MAX_PUSHES branches, the leftovers and a detached HEAD: with more refs, the
+# push.MAX_PUSHES branches, the leftovers and a detached HEAD: with more refs, the
 # work is not delivered at all.
 MAX_REFS = 52
 _SIGNATURES = (b"gpgsig ", b"gpgsig-sha256 ")

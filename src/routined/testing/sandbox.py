@@ -16,7 +16,7 @@ files they write where the stages look for them. As with a sandbox:
   `HOME` and `TMPDIR`) names an empty folder of this sandbox's instead.
 
 What it scripts: `unavailable` (the machine cannot sandbox: `check` raises as
-`sandbox.check_available` does), `refused` (the run's group cannot be made with its
+`sandbox.bubblewrap.check_available` does), `refused` (the run's group cannot be made with its
 caps), and `breach` (a cap the run goes past: the first program of the run, its
 setup script if it has one, else the agent, runs to its end and is then killed,
 as the kernel kills a process at a cap, and from then on the group's counters
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routined.sandbox import resources
-from routined.sandbox.bubblewrap import Layout, SandboxUnavailable, UserNamespaces
+from routined.sandbox.bubblewrap import Layout, SandboxUnavailable, UserNamespaces, claude_binary
 
 # $1: the sandbox's own /tmp, $2: its working folder; the program and its arguments
 # follow. The program gets a session (and process group) of its own; a watcher
@@ -142,7 +142,7 @@ class Unwalled:
         self.commands.append(
             Sandboxed(program, layout.cwd, layout.writable, layout.egress_socket is not None)
         )
-        if program.name == "claude":
+        if _is_claude(program):
             # Claude Code never runs without its walls, not even in a test: it would
             # have the host's network and files. It fails to start instead, at once.
             return ["/bin/sh", "-c", f"echo {_NO_CLAUDE} >&2; exit 125", "routined-sandbox"]
@@ -158,3 +158,18 @@ class Unwalled:
         return ScriptedGroup(
             name, caps, (), scripted=self.breach, reached=self.scratch / f"{name}.at-cap"
         )
+
+
+def _is_claude(program: Path) -> bool:
+    """Whether `program` is Claude Code: by its name, or as the very file the SDK
+    bundles, whatever it is called (by a link, say)."""
+    if program.name == "claude":
+        return True
+    try:
+        bundled = claude_binary(None)
+    except SandboxUnavailable:
+        return False
+    try:
+        return program.resolve().samefile(bundled)
+    except OSError:
+        return False
