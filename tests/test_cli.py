@@ -179,3 +179,44 @@ def test_a_servers_runs_reach_the_terminal_inert_and_json_stays_exact(
     assert "claude/x\\u009b2J" in shown and "\\u001b[1A\\u001b[2K" in shown
     as_json = runner.invoke(app, ["--server", hostile_server, "runs", "--json"])
     assert json.loads(inert(as_json.stdout)) == [hostile_run()]
+
+
+def test_a_listing_where_there_is_no_store_makes_none_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As seen: `routined list` run in another folder made an empty ./.routined there
+    and said "No routines yet", as if the routines were gone."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from routined.cli import common
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("ROUTINED_HOME")
+    said = StringIO()
+    monkeypatch.setattr(
+        common, "err", Console(file=said, force_terminal=True, color_system=None, soft_wrap=True)
+    )
+    for command in (["list"], ["runs"], ["account", "list"], ["show", "ghost"], ["events"]):
+        runner.invoke(app, command)
+    assert list(elsewhere.iterdir()) == []  # no store, no home
+    listed = runner.invoke(app, ["list"])
+    assert listed.exit_code == 0
+    assert f"No routines yet in {elsewhere / '.routined'}" in listed.output
+    assert f"no store at {elsewhere / '.routined' / 'routined.db'}" in said.getvalue()
+    assert "ROUTINED_HOME is not set: ./.routined in this folder" in said.getvalue()
+
+
+def test_only_a_command_that_may_change_something_starts_a_store(
+    tmp_path: Path, origin: Path, home: Path
+) -> None:
+    assert runner.invoke(app, ["list", "--json"]).output == "[]\n"
+    assert not home.exists()
+    assert runner.invoke(app, ["apply", "-f", str(routines_file(tmp_path, origin))]).exit_code == 0
+    assert (home / "routined.db").is_file()
+    assert [r["name"] for r in json.loads(runner.invoke(app, ["list", "--json"]).output)] == [
+        "nightly"
+    ]

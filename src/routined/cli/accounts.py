@@ -62,7 +62,7 @@ def enable(name: str) -> None:
 @accounts.command("list")
 def list_accounts(as_json: JsonFlag = False) -> None:
     """Accounts with their plans."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/accounts")
     if as_json:
         print_json(rows)
@@ -80,7 +80,7 @@ def usage_(
     as_json: JsonFlag = False,
 ) -> None:
     """Runs used in the current hour and day, and what remains, per account and routine."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/usage", params={"account": account})
     if as_json:
         print_json(rows)

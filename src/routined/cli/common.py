@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from routined import __version__
-from routined.config import ConfigError, Settings, secure_home
+from routined.config import ConfigError, Secret, Settings, secure_home
 
 # The HTTP client, the store and the server's app are loaded by the commands that use
 # them: a listing needs the store alone, `--help` none of them.
@@ -139,18 +141,60 @@ def loading() -> Iterator[None]:
 
 
 @contextmanager
-def opened(*, background_checkpoints: bool = False) -> Iterator[tuple[Settings, Store]]:
+def opened(
+    *, creates: bool = True, background_checkpoints: bool = False
+) -> Iterator[tuple[Settings, Store]]:
+    """The store here. Only a command that `creates` (one that may change something)
+    starts one where there is none: one that only reads, run in the wrong folder (the
+    default home is relative to it), says so and answers as an empty store would, from
+    a scratch one it then removes, leaving no store behind to mislead the next command."""
     with loading():
         from routined.db import Store
 
     config = settings()
-    secure_home(config.home)
-    store = Store(config.database_url.reveal(), background_checkpoints=background_checkpoints)
-    try:
-        store.migrate()
-        yield config, store
-    finally:
-        store.dispose()
+    where = store_file(config)
+    with contextlib.ExitStack() as scratch:
+        if where is not None and not where.exists():
+            # Said to a person at a terminal; a script reads the answer alone.
+            said = err.is_terminal
+            if creates and said:
+                err.print(f"starting a new store in {config.home} (ROUTINED_HOME)")
+            if not creates:
+                if said:
+                    err.print(_no_store(config, where))
+                folder = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+                config = dataclasses.replace(
+                    config, home=folder, database_url=Secret(f"sqlite:///{folder}/routined.db")
+                )
+        secure_home(config.home)
+        store = Store(config.database_url.reveal(), background_checkpoints=background_checkpoints)
+        try:
+            store.migrate()
+            yield config, store
+        finally:
+            store.dispose()
+
+
+def store_file(config: Settings) -> Path | None:
+    """The file of an SQLite store, whose existence can be checked; None for another."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(config.database_url.reveal())
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).absolute()
+
+
+def _no_store(config: Settings, where: Path) -> str:
+    home = (
+        f"ROUTINED_HOME is {config.home}"
+        if os.environ.get("ROUTINED_HOME")
+        else f"ROUTINED_HOME is not set: ./.routined in this folder, {config.home}"
+    )
+    return (
+        f"[yellow]no store at {where}[/] ({home}); answering as an empty store, and making "
+        "none. Run the command where `routined serve` runs, or set ROUTINED_HOME to its home."
+    )
 
 
 def print_json(value: Any) -> None:
@@ -234,8 +278,9 @@ def remote() -> bool:
 
 
 @contextmanager
-def connect() -> Iterator[Client]:
-    """A client of the server named by --server / ROUTINED_URL, or of the store here."""
+def connect(*, creates: bool = True) -> Iterator[Client]:
+    """A client of the server named by --server / ROUTINED_URL, or of the store here.
+    A command that only reads passes `creates=False`: it starts no store (`opened`)."""
     if _target.server:
         key = os.environ.get("ROUTINED_API_KEY", "")
         if not key:
@@ -252,7 +297,7 @@ def connect() -> Iterator[Client]:
     with loading():
         from routined.cli.local import Local
 
-    with opened() as (config, store):
+    with opened(creates=creates) as (config, store):
         local = Local(config, store)
         client = Client(local.app_client, local=local)
         try:

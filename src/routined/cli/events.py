@@ -36,7 +36,7 @@ def list_decisions(
     as_json: JsonFlag = False,
 ) -> None:
     """Every decision about a fire (fired, caught up, skipped, missed, dropped…) and why."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/events", params={"routine": routine, "limit": limit})
     if as_json:
         print_json(rows)
@@ -52,7 +52,7 @@ def list_decisions(
 @events.command("deliveries")
 def deliveries(limit: Limit = 20, as_json: JsonFlag = False) -> None:
     """GitHub deliveries: their headers of record, and what each routine decided."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/deliveries", params={"limit": limit})
     if as_json:
         print_json(rows)
@@ -73,7 +73,7 @@ def replay(
 ) -> None:
     """Decide a stored delivery again against today's routines, without starting
     anything: would it fire now, and if not, why not?"""
-    with connect() as client:
+    with connect(creates=False) as client:
         row = client.call("GET", f"/deliveries/{segment(delivery)}/replay")
     if as_json:
         print_json(row)

@@ -29,7 +29,7 @@ def inspect(
     """Show what is kept of a run that delivered nothing, and how to bring it into a clone."""
     from routined.runs import kept
 
-    with connect() as client:
+    with connect(creates=False) as client:
         found = client.call("GET", f"/runs/{segment(run)}")
         run_id = str(found["id"])
         if remote():

@@ -48,7 +48,7 @@ def list_keys(
     as_json: JsonFlag = False,
 ) -> None:
     """API keys, without their secrets."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/keys", params={"account": account})
     if as_json:
         print_json(rows)

@@ -9,7 +9,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from routined.cli.common import JsonFlag, app, connect, fail, out, print_json, segment, settings
+from routined.cli.common import (
+    JsonFlag,
+    app,
+    connect,
+    fail,
+    out,
+    print_json,
+    remote,
+    segment,
+    settings,
+)
 
 
 @app.command()
@@ -71,13 +81,14 @@ def apply_(
 @app.command("list")
 def list_(as_json: JsonFlag = False) -> None:
     """List routines with their triggers, next scheduled run (in its zone) and latest run."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/routines")
     if as_json:
         print_json(rows)
         return
     if not rows:
-        out.print("No routines yet. Write a YAML file and `routined apply -f FILE`.")
+        where = "" if remote() else f" in {settings().home}"
+        out.print(f"No routines yet{where}. Write a YAML file and `routined apply -f FILE`.")
         return
     table = Table("Routine", "Triggers", "Next run", "Last run")
     for row in rows:
@@ -93,7 +104,7 @@ def list_(as_json: JsonFlag = False) -> None:
 @app.command()
 def show(routine: str, as_json: JsonFlag = False) -> None:
     """Show one routine: policies, triggers with their next five runs, latest run."""
-    with connect() as client:
+    with connect(creates=False) as client:
         row = client.call("GET", f"/routines/{segment(routine)}")
     if as_json:
         print_json(row)

@@ -78,7 +78,7 @@ def runs_(
     as_json: JsonFlag = False,
 ) -> None:
     """List runs, newest first."""
-    with connect() as client:
+    with connect(creates=False) as client:
         rows = client.call("GET", "/runs", params={"routine": routine, "limit": limit})
     if as_json:
         print_json(rows)
@@ -115,7 +115,7 @@ def show_run(
     as_json: JsonFlag = False,
 ) -> None:
     """One run: its state, times, error, the agent's summary, what it pushed and spent."""
-    with connect() as client:
+    with connect(creates=False) as client:
         found = client.call("GET", f"/runs/{segment(run)}")
     if as_json:
         print_json(found)
@@ -224,7 +224,7 @@ def logs(
     as_json: JsonFlag = False,
 ) -> None:
     """Show a run's events: state changes, git work and every agent message."""
-    with connect() as client:
+    with connect(creates=False) as client:
         if follow:
             client.run(_follow(client, run, quiet=False, as_json=as_json))
             return

@@ -61,7 +61,7 @@ def set_(
 @secrets.command("list")
 def list_(account: AccountOption = None, as_json: JsonFlag = False) -> None:
     """The account's secrets: names and times, never values."""
-    with connect() as client:
+    with connect(creates=False) as client:
         owner = _owner(client, account)
         rows = client.call("GET", f"/accounts/{segment(owner)}/secrets")
     if as_json:
