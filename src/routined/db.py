@@ -109,6 +109,11 @@ class Store:
                 return
         self._upgrade(revision)
 
+    def revisions(self) -> tuple[str | None, str | None]:
+        """The revision the store is at (None: it has none yet), and the newest."""
+        with self.engine.connect() as connection, connection.begin():
+            return _stored_revision(connection), _head_revision()
+
     def _upgrade(self, revision: str) -> None:
         from alembic import command
         from alembic.runtime.migration import MigrationContext
