@@ -87,7 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
         "ROUTINED_PUBLIC_URL",
         None,
         "Base of the URLs routined hands out (sessions, fire endpoints); "
-        "default: the address `serve` listens on.",
+        "default: the address `serve` listens on, which it records in its home for "
+        "every other command on the same home.",
     ),
     Setting("ROUTINED_WORKERS", "2", "How many runs one process executes at once."),
     Setting(
@@ -364,7 +365,9 @@ class Settings:
             database_url=Secret(database_url),
             host=host,
             port=port,
-            public_url=(raw["ROUTINED_PUBLIC_URL"] or listen_url(host, port)).rstrip("/"),
+            public_url=(
+                raw["ROUTINED_PUBLIC_URL"] or served_at(home) or listen_url(host, port)
+            ).rstrip("/"),
             workers=number("ROUTINED_WORKERS", int, 1),
             poll_interval=number("ROUTINED_POLL_INTERVAL", float, 0.05),
             timezone=_zone("ROUTINED_TIMEZONE", raw["ROUTINED_TIMEZONE"] or "UTC"),
@@ -441,6 +444,26 @@ def secure_home(home: Path) -> None:
             continue
         if found.st_uid == os.geteuid() and not entry.is_symlink() and found.st_mode & 0o077:
             entry.chmod(found.st_mode & 0o7700)
+
+
+# Where `routined serve` writes the URL it serves at, so that every command on its
+# store prints the same session and fire URLs (a server on --port 54431, not 8080).
+SERVED_AT = "served-at"
+
+
+def served_at(home: Path) -> str | None:
+    """The URL the server of this home last served at, if it said; None otherwise."""
+    try:
+        said = (home / SERVED_AT).read_text(errors="replace")[:2048].strip()
+    except OSError:
+        return None
+    return said if urlsplit(said).scheme in ("http", "https") and "\n" not in said else None
+
+
+def record_served_at(home: Path, public_url: str) -> None:
+    partial = home / f".{SERVED_AT}.partial"
+    partial.write_text(public_url + "\n")
+    partial.replace(home / SERVED_AT)
 
 
 def listen_url(host: str, port: int) -> str:

@@ -17,7 +17,7 @@ from typing import IO
 
 from rich.console import Console
 
-from routined.config import Settings, secure_home
+from routined.config import Settings, record_served_at, secure_home
 from routined.db import Checkpointer, Store
 from routined.http.app import create_app
 from routined.http.server import bind, more_descriptors, uvicorn_server
@@ -41,6 +41,8 @@ def serve(
     more_descriptors()
     listener = bind(host, port)
     settings = settings.with_listen_address(host, listener.getsockname()[1], os.environ)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    record_served_at(settings.home, settings.public_url)
     store = Store(settings.database_url.reveal(), background_checkpoints=True)
     store.migrate()
     worker = Worker(store, settings)
