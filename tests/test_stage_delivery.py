@@ -142,6 +142,24 @@ async def test_a_file_left_uncommitted_over_max_file_mb_is_not_pushed_either(
     assert branches(stages.origin).keys() == {"main"}
 
 
+async def test_a_file_over_max_file_mb_removed_by_a_later_commit_is_still_refused(
+    stages: Stages,
+) -> None:
+    # The origin would receive every commit, so the file too: GitHub refuses such a push.
+    stages.routine(
+        agent(
+            "head -c 1200000 /dev/zero > big.bin && git add big.bin && git commit -qm add && "
+            "git rm -q big.bin && git commit -qm remove"
+        )
+        + "    limits: {max_file_mb: 1}\n"
+    )
+    run = await stages.run()
+
+    assert run.error is not None and run.error.startswith(f"{Failure.FILE_TOO_LARGE}: ")
+    assert "big.bin (1.1 MiB)" in run.error
+    assert branches(stages.origin).keys() == {"main"}
+
+
 async def test_a_file_over_half_of_max_file_mb_is_delivered_with_a_warning(
     stages: Stages,
 ) -> None:
