@@ -68,7 +68,9 @@ async def large_files(
     )  # fmt: skip
     found = []
     for line in checked.decode(errors="replace").splitlines():
-        # A path holding a newline comes as two lines; the second is "missing".
+        # rev-list writes a path as it is: one holding a newline comes as two lines,
+        # the second read as whatever it starts with. At worst a path is shown
+        # wrong; every new blob has a line of its own anyway.
         kind, _, rest = line.partition(" ")
         size, _, path = rest.partition(" ")
         if kind == "blob" and size.isdigit() and int(size) > over:
