@@ -68,9 +68,7 @@ async def large_files(
     )  # fmt: skip
     found = []
     for line in checked.decode(errors="replace").splitlines():
-        # rev-list writes a path as it is: one holding a newline comes as two lines,
-        # the second read as whatever it starts with. At worst a path is shown
-        # wrong; every new blob has a line of its own anyway.
+        # rev-list cuts a path at a newline (git 2.39): such a path is shown up to it.
         kind, _, rest = line.partition(" ")
         size, _, path = rest.partition(" ")
         if kind == "blob" and size.isdigit() and int(size) > over:
