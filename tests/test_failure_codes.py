@@ -7,7 +7,7 @@ import re
 import typing
 from pathlib import Path
 
-from routined.runs import outbox
+from routined.runs import large_files, outbox
 from routined.runs.failure import Failure
 from routined.sandbox import resources
 
@@ -38,6 +38,7 @@ def test_the_codes_the_helpers_emit_are_failure_codes() -> None:
     caps = typing.get_args(typing.get_type_hints(resources.Breach)["code"])
     assert set(caps) <= {code.value for code in Failure}
     assert outbox.UnsafeObjects.code in {code.value for code in Failure}
+    assert large_files.FileTooLarge.code in {code.value for code in Failure}
 
 
 def test_a_failure_code_formats_as_its_value() -> None:

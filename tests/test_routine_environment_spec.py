@@ -10,6 +10,7 @@ import pytest
 from routined.db import Store
 from routined.routines.load import load
 from routined.routines.spec import SpecError
+from routined.runs import scope
 from tests.conftest import T0
 from tests.test_routines import apply_file, stored, write
 
@@ -36,7 +37,7 @@ FULL = (
       setup_cache_files: [requirements.txt, web/package-lock.json, requirements.txt, tools/]
       env: {LOG_LEVEL: debug, RETRIES: 3, VERBOSE: true}
       secrets: [DEPLOY_TOKEN, {name: NPM_TOKEN, setup_only: true}]
-    limits: {max_duration: 45m, max_turns: 30, max_cost_usd: 2.5}
+    limits: {max_duration: 45m, max_turns: 30, max_cost_usd: 2.5, max_file_mb: 50}
     agent: {command: [aider, --yes-always]}
     connectors:
       tracker: {type: http, url: "https://mcp.tracker.example.com/mcp", headers: {X-Team: a}}
@@ -60,7 +61,13 @@ def test_everything_is_stored_as_written(store: Store, tmp_path: Path, origin: P
             {"name": "NPM_TOKEN", "setup_only": True},
         ],
     }
-    assert routine.limits == {"max_duration": 2700, "max_turns": 30, "max_cost_usd": 2.5}
+    assert routine.limits == {
+        "max_duration": 2700,
+        "max_turns": 30,
+        "max_cost_usd": 2.5,
+        "max_file_mb": 50,
+    }
+    assert scope.Limits.of(routine.limits).max_file_mb == 50
     assert routine.agent == {"type": "command", "command": ["aider", "--yes-always"]}
     assert routine.connectors == {
         "tracker": {
@@ -88,6 +95,7 @@ def test_defaults_are_trusted_network_claude_and_claude_branches(
     assert routine.environment["network"] == "trusted"
     assert "setup_cache_files" not in routine.environment  # as stored before it existed
     assert routine.limits == {} and routine.connectors == {}
+    assert scope.Limits.of(routine.limits).max_file_mb == 100  # GitHub's limit per file
     assert routine.agent == {"type": "claude"}
     [repository] = routine.repositories
     assert repository.branch_prefix == "claude/" and not repository.allow_unrestricted_push
@@ -161,6 +169,9 @@ def test_changes_are_reported_and_unchanged_stays_unchanged(
         ("    limits: {max_turns: 0}\n", "routines[0] (deps).limits.max_turns: "),
         ("    limits: {max_duration: soon}\n", "routines[0] (deps).limits.max_duration: "),
         ("    limits: {max_cost_usd: -1}\n", "routines[0] (deps).limits.max_cost_usd: "),
+        ("    limits: {max_file_mb: 0}\n", "routines[0] (deps).limits.max_file_mb: "),
+        ("    limits: {max_file_mb: 4096}\n", "routines[0] (deps).limits.max_file_mb: "),
+        ("    limits: {max_file_mb: 1.5}\n", "routines[0] (deps).limits.max_file_mb: "),
         ("    agent: {command: []}\n", "routines[0] (deps).agent"),
         ("    agent: codex\n", "routines[0] (deps).agent"),
         (

@@ -105,6 +105,97 @@ async def test_work_gits_fsck_refuses_is_neither_pushed_nor_kept(stages: Stages)
     assert kept is not None and "gitmodulesUrl" in kept
 
 
+async def test_work_adding_a_file_over_max_file_mb_is_not_pushed_but_kept(
+    stages: Stages,
+) -> None:
+    # 1.1 MiB of zeros: over a limit of 1 MiB, though it packs to almost nothing.
+    stages.routine(
+        agent(
+            "mkdir data && head -c 1200000 /dev/zero > data/big.bin && echo fix > FIX.md && "
+            "git add -A && git commit -qm 'add data'"
+        )
+        + "    limits: {max_file_mb: 1}\n"
+    )
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert run.status == "failed"
+    assert run.error is not None and run.error.startswith(f"{Failure.FILE_TOO_LARGE}: ")
+    assert "data/big.bin (1.1 MiB)" in run.error and "limits.max_file_mb" in run.error
+    assert stages.moves(run_id)[-1] == ("finishing", "failed", run.error)
+    assert run.branches == [] and branches(stages.origin).keys() == {"main"}
+    assert stages.said(run_id, "git.push") == []
+    [kept] = stages.said(run_id, "files.kept")
+    assert kept is not None and "its work is in the bundle" in kept
+    assert (stages.run_dir(run_id) / "kept" / "app.bundle").is_file()
+
+
+async def test_a_file_left_uncommitted_over_max_file_mb_is_not_pushed_either(
+    stages: Stages,
+) -> None:
+    stages.routine(agent("head -c 1200000 /dev/zero > big.bin") + "    limits: {max_file_mb: 1}\n")
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert run.error is not None and run.error.startswith(f"{Failure.FILE_TOO_LARGE}: ")
+    assert "big.bin (1.1 MiB)" in run.error
+    assert branches(stages.origin).keys() == {"main"}
+
+
+async def test_a_file_over_max_file_mb_removed_by_a_later_commit_is_still_refused(
+    stages: Stages,
+) -> None:
+    # The origin would receive every commit, so the file too: GitHub refuses such a push.
+    stages.routine(
+        agent(
+            "head -c 1200000 /dev/zero > big.bin && git add big.bin && git commit -qm add && "
+            "git rm -q big.bin && git commit -qm remove"
+        )
+        + "    limits: {max_file_mb: 1}\n"
+    )
+    run = await stages.run()
+
+    assert run.error is not None and run.error.startswith(f"{Failure.FILE_TOO_LARGE}: ")
+    assert "big.bin (1.1 MiB)" in run.error
+    assert branches(stages.origin).keys() == {"main"}
+
+
+async def test_a_file_over_half_of_max_file_mb_is_delivered_with_a_warning(
+    stages: Stages,
+) -> None:
+    # 0.7 MiB: over half of 1 MiB, not over it.
+    stages.routine(
+        agent("head -c 700000 /dev/zero > half.bin && echo note > NOTE.md")
+        + "    limits: {max_file_mb: 1}\n"
+    )
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert (run.status, run.error) == ("succeeded", None)
+    assert git("cat-file", "-s", f"{delivered(run)}:half.bin", cwd=stages.origin) == "700000"
+    [warning] = [e for e in stages.events(run_id) if e.kind == "git.large_file"]
+    assert warning.reason is not None
+    assert warning.reason.startswith(f"{stages.origin}: half.bin (0.7 MiB) is over half the limit")
+    assert "1 MiB per file (limits.max_file_mb)" in warning.reason
+    assert warning.data == {"repository": str(stages.origin), "path": "half.bin", "size": 700000}
+
+
+async def test_files_the_origin_already_has_are_not_measured_again(stages: Stages) -> None:
+    checkout = stages.tmp_path / "elsewhere"
+    git("clone", "--quiet", str(stages.origin), str(checkout))
+    (checkout / "half.bin").write_bytes(bytes(700000))
+    git("add", "half.bin", cwd=checkout)
+    git("commit", "--quiet", "-m", "add half.bin", cwd=checkout)
+    git("push", "--quiet", "origin", "HEAD:main", cwd=checkout)
+    stages.routine(agent("echo note > NOTE.md") + "    limits: {max_file_mb: 1}\n")
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert run.status == "succeeded"
+    assert git("show", f"{delivered(run)}:NOTE.md", cwd=stages.origin) == "note"
+    assert stages.said(run_id, "git.large_file") == []
+
+
 # --- publish: pull requests and comments on GitHub ----------------------------------------
 
 

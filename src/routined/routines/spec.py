@@ -200,6 +200,9 @@ class LimitsSpec(_Strict):
     pids: int | None = Field(default=None, ge=16, le=4_000_000)
     disk: int | None = None  # bytes; written as a size such as 10GiB
     cpu: float | None = Field(default=None, ge=0.05, le=1024)
+    # MiB per file the agent's work may add; default 100, GitHub's own limit. Past
+    # 2 GiB the work could not leave its sandbox anyway (`outbox.BUNDLE_LIMIT`).
+    max_file_mb: int | None = Field(default=None, ge=1, le=2048)
 
     @field_validator("max_duration", mode="before")
     @classmethod

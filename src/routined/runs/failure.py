@@ -28,6 +28,7 @@ class Failure(enum.StrEnum):
     DISK_FULL = "disk_full"  # the run's folders went past the disk cap
     DELIVERY_FAILED = "delivery_failed"  # the work could not be packed or pushed
     UNSAFE_OBJECTS = "unsafe_objects"  # git's fsck refused objects of the work
+    FILE_TOO_LARGE = "file_too_large"  # the work adds a file over limits.max_file_mb
     SKIPPED = "skipped"  # the trigger's gate turned the run away
     CANCELLED = "cancelled"  # stopped on request
     LOST = "lost"  # its worker stopped beating

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import select
@@ -20,8 +22,9 @@ from routined import workspace
 from routined.environment import Environment
 from routined.ids import short
 from routined.models import Routine, Run
-from routined.runs import checkout, confine, kept, outbox, push, state, trailers
+from routined.runs import checkout, confine, kept, large_files, outbox, push, state, trailers
 from routined.runs.failure import Failure, RunFailure
+from routined.runs.large_files import LargeFile
 from routined.runs.ledger import NO_SECRETS, Ledger
 from routined.runs.scope import Host, Scope
 from routined.sandbox import bubblewrap
@@ -52,8 +55,12 @@ async def deliver(scope: Scope) -> list[push.Pushed]:
                 rules=spec.push_rules[number],
             )
             scratch = run_dir / "private" / f"delivery-{number}"
-            delivered = await push.deliver(repository, packing, target, scratch=scratch)
-        except outbox.UnsafeObjects as error:
+            delivered = await push.deliver(
+                repository, packing, target, scratch=scratch,
+                max_file_mb=spec.limits.max_file_mb,
+                warn=functools.partial(_warn_large, scope, repository.shown_url),
+            )  # fmt: skip
+        except (outbox.UnsafeObjects, large_files.FileTooLarge) as error:
             raise RunFailure(Failure(error.code), str(error), pushed=pushed) from error
         except (workspace.GitError, TimeoutError) as error:
             raise RunFailure(
@@ -67,6 +74,21 @@ async def deliver(scope: Scope) -> list[push.Pushed]:
             )
         pushed += delivered
     return pushed
+
+
+async def _warn_large(scope: Scope, shown_url: str, large: Sequence[LargeFile]) -> None:
+    """Files over half the limit are delivered, and said: GitHub warns from 50 MiB,
+    and the same file a little larger in a later run is refused."""
+    limit = scope.spec.limits.max_file_mb
+    for file in large:
+        await scope.ledger.event(
+            "git.large_file",
+            f"{shown_url}: {file.shown()} is over half the limit of {limit} MiB per file "
+            "(limits.max_file_mb); delivered, but a file over the limit is not",
+            repository=shown_url,
+            path=file.path,
+            size=file.size,
+        )
 
 
 def _packing(scope: Scope) -> outbox.Packing:

@@ -4,6 +4,8 @@
    outbox, a bare repository routined owns, every object checked by git's fsck
    (work it refuses is never pushed: `outbox.UnsafeObjects`), each new commit
    naming its session.
+   Work adding a file over the routine's `limits.max_file_mb` is never pushed
+   either (`large_files.FileTooLarge`); one over half of it is said.
 2. `plan` decides, from the repository's `PushRules`, what goes where and how:
    by default every target is a new branch under the prefix (`claude/`).
 3. Pushes go from the outbox to the origin. A branch under the prefix is only
@@ -18,11 +20,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from routined.runs import large_files
+from routined.runs.large_files import DEFAULT_MAX_FILE_MB, LargeFile
 from routined.runs.outbox import AgentWork, Packing, outbox_of, pack
 from routined.workspace import Checkout, GitError, git, local_repository, remove
 
@@ -140,13 +144,20 @@ class Target:
 
 
 async def deliver(
-    checkout: Checkout, packing: Packing, target: Target, *, scratch: Path
+    checkout: Checkout,
+    packing: Packing,
+    target: Target,
+    *,
+    scratch: Path,
+    max_file_mb: int = DEFAULT_MAX_FILE_MB,
+    warn: Callable[[Sequence[LargeFile]], Awaitable[None]] | None = None,
 ) -> list[Pushed]:
     """Push what the agent left in `checkout` to its origin, as `target.rules` allow.
 
     `scratch` is a folder only routined can reach. Raises `outbox.UnsafeObjects` (a
-    GitError) when git's fsck refuses any object of the work, before anything is
-    pushed.
+    GitError) when git's fsck refuses any object of the work, and
+    `large_files.FileTooLarge` (a GitError) when it adds a file over `max_file_mb`
+    MiB, before anything is pushed; files over half of that are given to `warn`.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -164,10 +175,11 @@ async def deliver(
                 f"{checkout.shown_url}: the agent left {len(pushes)} branches to deliver; "
                 f"at most {MAX_PUSHES} are pushed per repository"
             )
+        outbox = outbox_of(scratch)
+        await _check_sizes(checkout, outbox, pushes, max_file_mb, warn)
         # Read once, before anything is pushed: a local origin is its own mirror,
         # and the pushes move it. Changes are measured before pushing too, so that
         # a failure leaves the origin as it was rather than half delivered.
-        outbox = outbox_of(scratch)
         view = await origin_view(checkout)
         changes = {sha: await diffstat(outbox, view, sha) for sha in {p.sha for p in pushes}}
         landed = await push(checkout, outbox, pushes, target=target, view=view)
@@ -177,6 +189,27 @@ async def deliver(
         ]
     finally:
         await remove(scratch)
+
+
+async def _check_sizes(
+    checkout: Checkout,
+    outbox: Path,
+    pushes: Sequence[Push],
+    max_file_mb: int,
+    warn: Callable[[Sequence[LargeFile]], Awaitable[None]] | None,
+) -> None:
+    """Refuse the work if what would be pushed adds a file over `max_file_mb` MiB (an
+    origin such as GitHub would refuse the push, and a half-delivered run helps no
+    one); give those over half of it to `warn` (GitHub warns from 50 MiB)."""
+    limit = max_file_mb * large_files.MIB
+    large = await large_files.large_files(
+        outbox, sorted({p.sha for p in pushes}), checkout.base, over=limit // 2
+    )
+    too_large = [file for file in large if file.size > limit]
+    if too_large:
+        raise large_files.refused(checkout.shown_url, too_large, max_file_mb)
+    if large and warn is not None:
+        await warn(large)
 
 
 def plan(

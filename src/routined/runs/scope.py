@@ -27,6 +27,7 @@ from routined.ids import short
 from routined.models import Repository, Routine, Run, Trigger
 from routined.runs import push
 from routined.runs.failure import Failure, RunFailure
+from routined.runs.large_files import DEFAULT_MAX_FILE_MB
 from routined.runs.ledger import Ledger
 from routined.sandbox import bubblewrap, resources
 from routined.secrets import redaction
@@ -45,12 +46,14 @@ class Limits:
     pids: int | None = None
     disk: int | str | None = None
     cpu: float | None = None
+    max_file_mb: int = DEFAULT_MAX_FILE_MB  # each file the work adds, at most
 
     @classmethod
     def of(cls, stored: Mapping[str, Any] | None) -> Limits:
         stored = stored or {}
         names = ("max_duration", "max_turns", "max_cost_usd", "memory", "pids", "disk", "cpu")
-        return cls(**{name: stored.get(name) for name in names})
+        max_file_mb = stored.get("max_file_mb") or DEFAULT_MAX_FILE_MB
+        return cls(**{name: stored.get(name) for name in names}, max_file_mb=max_file_mb)
 
     def caps(self) -> dict[str, Any]:
         """The caps as `resources.Caps.of` reads them: only those the routine gives."""
