@@ -178,6 +178,20 @@ def test_a_misspelt_field_is_answered_with_the_one_it_meant(
     assert f"{path}: routines[0] (docs-nightly).{expected}" in str(caught.value).splitlines()
 
 
+def test_a_file_url_is_checked_at_apply_as_a_path_is(tmp_path: Path, origin: Path) -> None:
+    # `file:///nope.git` used to be accepted, and every run then failed as clone_failed.
+    missing = write(tmp_path, EXAMPLE.format(url="file:///nope.git"))
+    with pytest.raises(SpecError) as caught:
+        load(missing, now=T0)
+    assert str(caught.value) == (
+        f"{missing}: routines[0] (docs-nightly).repositories[0].url: 'file:///nope.git' "
+        "names a repository on this machine, but /nope.git does not exist; give the path of "
+        "an existing repository, or a git URL"
+    )
+    there = load(write(tmp_path, EXAMPLE.format(url=f"file://{origin}")), now=T0)
+    assert there.routines[0].repositories[0].url == f"file://{origin}"
+
+
 def test_yaml_errors_give_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "routines:\n  - name: [unclosed\n")
     with pytest.raises(SpecError, match=r"routines.yaml:3:1: not valid YAML"):

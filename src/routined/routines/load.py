@@ -383,6 +383,16 @@ def _check(
                         f"git URL nor an existing path ({local} does not exist)"
                     )
                 url = str(local)
+            elif url.lower().startswith("file://"):
+                # git clones a file:// URL from this machine just as it does a path, so it
+                # is checked here as a path is, not found missing at the first run.
+                local = Path(url[len("file://") :])
+                if not local.is_absolute() or not local.exists():
+                    raise SpecError(
+                        f"{path}: {label}.repositories[{number}].url: {url!r} names a "
+                        f"repository on this machine, but {local} does not exist; give the "
+                        "path of an existing repository, or a git URL"
+                    )
             repositories.append(repository.model_copy(update={"url": url}))
         triggers: list[ApiTriggerSpec | ScheduleTriggerSpec | GitHubTriggerSpec] = []
         for number, trigger in enumerate(routine.triggers):
