@@ -166,6 +166,8 @@ def test_errors_come_in_file_order_each_saying_what_to_write(tmp_path: Path, ori
         ("      - url: {url}\n", "      - url: {url}\n        bramch_prefix: x/\n", "repositories[0].bramch_prefix: unknown field; did you mean `branch_prefix:`?"),
         ("      - type: api\n", "      - {type: schedule, scedule: hourly}\n", "triggers[0].scedule: unknown field; did you mean `schedule:`?"),
         ("      - type: api\n", "      - {type: api, gat: {prompt: x}}\n", "triggers[0].gat: unknown field; did you mean `gate:`?"),
+        ("    model: claude-sonnet-4-5", "    agent: claud", "agent: write 'claude', or a mapping with `command:`"),
+        ("    model: claude-sonnet-4-5", "    agent: {comand: [my-agent]}", "agent.comand: unknown field; did you mean `command:`?"),
         ("    model: claude-sonnet-4-5", "    model: [claude]\n    environment: [x]", "environment: expected fields (`key: value`), not a list"),
     ],
 )  # fmt: skip

@@ -66,14 +66,14 @@ def apply_(
 
 def _in_file(file: Path, message: str) -> str:
     """The server's message about the document, each line labelled with the file rather
-    than `request:` (the server only ever saw a request body)."""
-    return (
-        "\n".join(
-            f"{file}{line.removeprefix('request')}" if line.startswith("request:") else line
-            for line in message.splitlines()
-        )
-        if message.startswith("request:")
-        else f"{file}: {message}"
+    than `request:` (the server only ever saw a request body); any other message is
+    about the file as a whole."""
+    if not message.startswith("request:"):
+        return f"{file}: {message}"
+    lines = message.splitlines()
+    return "\n".join(
+        f"{file}{line.removeprefix('request')}" if line.startswith("request:") else line
+        for line in lines
     )
 
 

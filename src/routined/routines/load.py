@@ -219,15 +219,39 @@ def _describe(source: str, document: Any, exc: ValidationError) -> str:
             for meant in difflib.get_close_matches(key, missing, n=1):
                 misspelt[(*parent, meant)] = key
     lines: list[tuple[tuple[int, ...], str]] = []
+    said: set[tuple[Any, ...]] = set()  # fields of a choice (`agent:`) already answered
     for error in errors:
         if error["type"] == "missing" and tuple(error["loc"]) in misspelt:
             continue
         location = _location(document, error["loc"])
+        choice = _choice_at(error["loc"])
+        if choice is not None:
+            # A field that is either a word or a mapping (`agent: claude` or `agent:
+            # {command: …}`): pydantic answers for each form; say what was meant once.
+            given = _node_at(document, choice)
+            if isinstance(given, dict) and error["type"] == "literal_error":
+                continue  # fields were written: the mapping's own errors say what is wrong
+            if not isinstance(given, dict):
+                if choice not in said:
+                    said.add(choice)
+                    message = _either(errors, choice)
+                    lines.append((_position(document, choice), f"{source}: {location}: {message}"))
+                continue
         message = _message(error, location, misspelt)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
             location += ".type"
         lines.append((_position(document, error["loc"]), f"{source}: {location}: {message}"))
     return "\n".join(line for _, line in sorted(lines, key=lambda pair: pair[0]))
+
+
+def _either(errors: list[Any], choice: tuple[int | str, ...]) -> str:
+    """What a field that is either a word or a mapping (`agent:`) takes, when it was
+    given neither."""
+    words = [e for e in errors if e["type"] == "literal_error" and _choice_at(e["loc"]) == choice]
+    expected = " or ".join(str((e.get("ctx") or {}).get("expected")) for e in words)
+    fields = ", ".join(f"`{name}:`" for name in _fields_at(choice))
+    mapping = f"a mapping with {fields}" if fields else "fields (`key: value`)"
+    return f"write {expected}, or {mapping}" if expected else f"write {mapping}"
 
 
 def _message(error: Any, location: str, misspelt: dict[tuple[Any, ...], str]) -> str:
@@ -272,12 +296,39 @@ def _message(error: Any, location: str, misspelt: dict[tuple[Any, ...], str]) ->
     return str(error["msg"])
 
 
+# The labels pydantic puts in a location for the member of a union it tried (`literal['claude']`,
+# `CommandAgentSpec`): not fields of the file. Every model in `spec` is named …Spec.
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|[A-Z]\w*Spec)$")
+
+
+def _is_member(item: int | str) -> bool:
+    return isinstance(item, str) and _UNION_MEMBER.match(item) is not None
+
+
+def _choice_at(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """The location of the field whose union member `loc` goes through, if any."""
+    for index, item in enumerate(loc):
+        if _is_member(item):
+            return tuple(loc[:index])
+    return None
+
+
+def _node_at(document: Any, loc: tuple[int | str, ...]) -> Any:
+    node = document
+    for item in loc:
+        in_list = isinstance(node, list) and isinstance(item, int) and item < len(node)
+        if not (in_list or (isinstance(node, dict) and item in node)):
+            return None
+        node = node[item]
+    return node
+
+
 def _kind_of(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if value is None:
         return "nothing"
-    return f"{value!r}" if isinstance(value, str | int | float | bool) else "that"
+    return f"{value!r}" if isinstance(value, str | int | float | bool) else "a single value"
 
 
 def _position(document: Any, loc: tuple[int | str, ...]) -> tuple[int, ...]:
@@ -286,7 +337,9 @@ def _position(document: Any, loc: tuple[int | str, ...]) -> tuple[int, ...]:
     not in the file, is passed over."""
     position: list[int] = []
     node = document
-    for item in loc:
+    for index, item in enumerate(loc):
+        if _is_member(item) or (index >= 2 and loc[index - 2] == "triggers"):
+            continue
         if isinstance(node, list) and isinstance(item, int):
             position.append(item)
             node = node[item] if item < len(node) else None
@@ -304,7 +357,7 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     suggest the one a misspelt key meant."""
     models: list[type[BaseModel]] = [RoutinesFile]
     for item in loc:
-        if isinstance(item, int):
+        if isinstance(item, int) or _is_member(item):
             continue
         owners = [model for model in models if item in model.model_fields]
         if len(models) > 1 and all("type" in model.model_fields for model in models):
@@ -344,6 +397,8 @@ def _location(document: Any, loc: tuple[int | str, ...]) -> str:
             tag_next = parts[-1].startswith("triggers[")
         elif tag_next:
             tag_next = False  # the trigger type pydantic adds; not a field of the file
+        elif _is_member(item):
+            continue  # the member of a union pydantic tried; not a field of the file
         else:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, dict) else None
