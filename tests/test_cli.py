@@ -72,6 +72,23 @@ def test_an_invalid_file_exits_non_zero_and_changes_nothing(tmp_path: Path, orig
     assert json.loads(runner.invoke(app, ["list", "--json"]).output) == []
 
 
+def test_every_error_of_a_file_is_labelled_with_the_file(tmp_path: Path, origin: Path) -> None:
+    # What a new user saw (issue 16): the second and later lines said `request:`.
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        f"routines:\n  - name: nightly\n    promt: Tidy up.\n    repositories:\n      - {origin}\n"
+    )
+    result = runner.invoke(app, ["apply", "-f", str(path)])
+    assert result.exit_code == 1
+    lines = " ".join(result.output.split()).replace(f"{path}:", "\n" + f"{path}:").split("\n")
+    assert [line.strip() for line in lines[1:]] == [
+        f"{path}: routines[0] (nightly).promt: unknown field; did you mean `prompt:`?",
+        f"{path}: routines[0] (nightly).repositories[0]: a repository is a mapping; "
+        f"write `- url: {origin}`",
+    ]
+    assert "request" not in result.output
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

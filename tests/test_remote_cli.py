@@ -267,6 +267,24 @@ def test_the_cli_manages_a_server_as_it_manages_the_store(
     assert json.loads(ok(by_env)) == as_json(server.remote("runs", "--json"))
 
 
+def test_a_files_errors_from_the_server_each_name_the_file(
+    server: Server, tmp_path: Path, origin: Path
+) -> None:
+    # What a new user saw (issue 16): the server's lines after the first said `request:`.
+    path = tmp_path / "routines.yaml"
+    path.write_text(
+        f"routines:\n  - name: nightly\n    promt: Tidy up.\n    repositories:\n      - {origin}\n"
+    )
+    for result in (server.remote("apply", "-f", str(path)), server.local("apply", "-f", str(path))):
+        assert result.exit_code == 1
+        said = " ".join(result.output.split())
+        assert "request" not in said
+        assert said.index(f"{path}: routines[0] (nightly).promt: unknown field") < said.index(
+            f"{path}: routines[0] (nightly).repositories[0]: a repository is a mapping; "
+            f"write `- url: {origin}`"
+        )
+
+
 def test_a_missing_or_wrong_key_is_a_clear_error(server: Server) -> None:
     missing = runner.invoke(app, ["--server", server.url, "list"], env={"ROUTINED_API_KEY": None})
     assert missing.exit_code == 1

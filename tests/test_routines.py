@@ -136,6 +136,64 @@ def test_invalid_files_name_the_file_and_field_and_change_nothing(
         assert session.scalars(select(Routine)).all() == []
 
 
+# What a new user saw (issue 16): `promt:` for `prompt:` and `- /path` for `- url: /path`.
+FIRST_FILE = """\
+routines:
+  - name: nightly
+    promt: Tidy up.
+    repositories:
+      - {url}
+    triggers: [{{type: api}}]
+"""
+
+
+def test_errors_come_in_file_order_each_saying_what_to_write(tmp_path: Path, origin: Path) -> None:
+    path = write(tmp_path, FIRST_FILE.format(url=origin))
+    with pytest.raises(SpecError) as caught:
+        load(path, now=T0)
+    # The typo comes first, as in the file, with the spelling it meant; the `prompt`
+    # it made missing is not a second error; no line is pydantic's own text.
+    assert str(caught.value).splitlines() == [
+        f"{path}: routines[0] (nightly).promt: unknown field; did you mean `prompt:`?",
+        f"{path}: routines[0] (nightly).repositories[0]: a repository is a mapping; "
+        f"write `- url: {origin}`",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "expected"),
+    [
+        ("      - url: {url}\n", "      - url: {url}\n        bramch_prefix: x/\n", "repositories[0].bramch_prefix: unknown field; did you mean `branch_prefix:`?"),
+        ("      - type: api\n", "      - {type: schedule, scedule: hourly}\n", "triggers[0].scedule: unknown field; did you mean `schedule:`?"),
+        ("      - type: api\n", "      - {type: api, gat: {prompt: x}}\n", "triggers[0].gat: unknown field; did you mean `gate:`?"),
+        ("    model: claude-sonnet-4-5", "    agent: claud", "agent: write 'claude', or a mapping with `command:`"),
+        ("    model: claude-sonnet-4-5", "    agent: {comand: [my-agent]}", "agent.comand: unknown field; did you mean `command:`?"),
+        ("    model: claude-sonnet-4-5", "    model: [claude]\n    environment: [x]", "environment: expected fields (`key: value`), not a list"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_field_is_answered_with_the_one_it_meant(
+    tmp_path: Path, replace: str, by: str, expected: str
+) -> None:
+    path = write(tmp_path, EXAMPLE.replace(replace, by).replace("{url}", str(tmp_path)))
+    with pytest.raises(SpecError) as caught:
+        load(path, now=T0)
+    assert f"{path}: routines[0] (docs-nightly).{expected}" in str(caught.value).splitlines()
+
+
+def test_a_file_url_is_checked_at_apply_as_a_path_is(tmp_path: Path, origin: Path) -> None:
+    # `file:///nope.git` used to be accepted, and every run then failed as clone_failed.
+    missing = write(tmp_path, EXAMPLE.format(url="file:///nope.git"))
+    with pytest.raises(SpecError) as caught:
+        load(missing, now=T0)
+    assert str(caught.value) == (
+        f"{missing}: routines[0] (docs-nightly).repositories[0].url: 'file:///nope.git' "
+        "names a repository on this machine, but /nope.git does not exist; give the path of "
+        "an existing repository, or a git URL"
+    )
+    there = load(write(tmp_path, EXAMPLE.format(url=f"file://{origin}")), now=T0)
+    assert there.routines[0].repositories[0].url == f"file://{origin}"
+
+
 def test_yaml_errors_give_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "routines:\n  - name: [unclosed\n")
     with pytest.raises(SpecError, match=r"routines.yaml:3:1: not valid YAML"):
@@ -145,8 +203,11 @@ def test_yaml_errors_give_the_line(tmp_path: Path) -> None:
 def test_a_file_without_routines_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="expected a mapping with a `routines:` list"):
         load(write(tmp_path, "- just a list\n"), now=T0)
-    with pytest.raises(SpecError, match="routines: required field is missing"):
+    # `routine:` is the misspelling of the missing `routines:`, so it is said as that.
+    with pytest.raises(SpecError, match="routine: unknown field; did you mean `routines:`"):
         load(write(tmp_path, "routine: []\n"), now=T0)
+    with pytest.raises(SpecError, match="routines: required field is missing"):
+        load(write(tmp_path, "{}\n"), now=T0)
 
 
 def test_duplicate_names_in_one_file_are_refused(tmp_path: Path, origin: Path) -> None:

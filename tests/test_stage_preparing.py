@@ -117,6 +117,8 @@ async def test_a_secret_that_is_not_stored_fails_the_run_as_secrets_unavailable(
     assert run.error is not None
     assert run.error.startswith(f"{Failure.SECRETS_UNAVAILABLE}: ")
     assert "DEPLOY_TOKEN" in run.error
+    # The advice names the secret, ready to copy (issue 16), not `secret set NAME`.
+    assert "`routined secret set DEPLOY_TOKEN`" in run.error
     assert stages.moves(run_id)[-1] == ("preparing", "failed", run.error)
     assert stages.sandboxes.commands == []
 

@@ -118,8 +118,15 @@ def test_a_missing_secret_is_named_with_the_command_that_sets_it(
         )
     message = str(raised.value)
     assert "no secret NPM_TOKEN, PYPI_TOKEN stored" in message
-    assert "`routined secret set NAME --account acme`" in message
-    with pytest.raises(VaultError, match=r"`routined secret set NAME` \(the value on stdin\)"):
+    # Each missing secret's own command, not a placeholder to fill in (issue 16).
+    assert (
+        "store each with `routined secret set NPM_TOKEN --account acme`, "
+        "`routined secret set PYPI_TOKEN --account acme` (the value on stdin)"
+    ) in message
+    assert "NAME" not in message
+    with pytest.raises(
+        VaultError, match=r"store it with `routined secret set HAVE_IT` \(the value on stdin\)"
+    ):
         vault.reveal(session, settings, account_id=DEFAULT_ACCOUNT_ID, names=["HAVE_IT"])
 
 

@@ -65,17 +65,26 @@ def apply_(
             "PUT",
             "/routines",
             body=document,
-            explain=lambda message: (
-                f"{file}{message.removeprefix('request')}"
-                if message.startswith("request:")
-                else f"{file}: {message}"
-            ),
+            explain=lambda message: _in_file(file, message),
         )
     for change in changes:
         colour = {"created": "green", "updated": "yellow", "unchanged": "dim"}[change["action"]]
         out.print(f"[{colour}]{escape(change['description'])}[/]")
         for warning in change["warnings"]:
             out.print(f"  [yellow]{escape(warning)}[/]")
+
+
+def _in_file(file: Path, message: str) -> str:
+    """The server's message about the document, each line labelled with the file rather
+    than `request:` (the server only ever saw a request body); any other message is
+    about the file as a whole."""
+    if not message.startswith("request:"):
+        return f"{file}: {message}"
+    lines = message.splitlines()
+    return "\n".join(
+        f"{file}{line.removeprefix('request')}" if line.startswith("request:") else line
+        for line in lines
+    )
 
 
 @app.command("list")

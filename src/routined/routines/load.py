@@ -4,13 +4,14 @@ person who has to act on them."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from routined.routines.spec import (
     TRIGGER_TYPES,
@@ -200,35 +201,186 @@ def _is_path(url: str) -> bool:
 
 
 def _describe(source: str, document: Any, exc: ValidationError) -> str:
-    lines = []
-    for error in exc.errors():
+    """One line per error, each starting with `source`, in the order the file has them:
+    pydantic lists a model's errors in the order its fields are declared, so a typo
+    near the top would otherwise come after the errors it caused."""
+    errors = exc.errors()
+    # A misspelt field (`promt:`) also makes the field it meant missing; that follow-on
+    # error is said once, as the spelling to write instead.
+    misspelt: dict[tuple[Any, ...], str] = {}  # location of the missing field → the typo
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            parent, key = error["loc"][:-1], str(error["loc"][-1])
+            missing = [
+                str(other["loc"][-1])
+                for other in errors
+                if other["type"] == "missing" and other["loc"][:-1] == parent
+            ]
+            for meant in difflib.get_close_matches(key, missing, n=1):
+                misspelt[(*parent, meant)] = key
+    lines: list[tuple[tuple[int, ...], str]] = []
+    said: set[tuple[Any, ...]] = set()  # fields of a choice (`agent:`) already answered
+    for error in errors:
+        if error["type"] == "missing" and tuple(error["loc"]) in misspelt:
+            continue
         location = _location(document, error["loc"])
-        message = error["msg"]
+        choice = _choice_at(error["loc"])
+        if choice is not None:
+            # A field that is either a word or a mapping (`agent: claude` or `agent:
+            # {command: …}`): pydantic answers for each form; say what was meant once.
+            given = _node_at(document, choice)
+            if isinstance(given, dict) and error["type"] == "literal_error":
+                continue  # fields were written: the mapping's own errors say what is wrong
+            if not isinstance(given, dict):
+                if choice not in said:
+                    said.add(choice)
+                    message = _either(errors, choice)
+                    lines.append((_position(document, choice), f"{source}: {location}: {message}"))
+                continue
+        message = _message(error, location, misspelt)
         if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            tag = (error.get("ctx") or {}).get("tag")
             location += ".type"
-            message = (
-                f"unknown trigger type {tag!r}; supported: {TRIGGER_TYPES}"
-                if error["type"] == "union_tag_invalid"
-                else f"say which kind of trigger this is with `type:` (supported: {TRIGGER_TYPES})"
-            )
-        elif error["type"] == "extra_forbidden":
-            message = "unknown field; remove it or check its spelling"
-        elif error["type"] == "string_pattern_mismatch":
-            message = (
-                "names use letters, digits, '.', '_' and '-', start with a letter or "
-                "digit, and are at most 100 characters"
-            )
-        elif location.endswith("repositories") and error["type"] in ("list_type", "too_short"):
-            message = "list at least one repository, as `- url: <git URL or path>`"
-        elif error["type"] == "list_type" and error.get("input") is None:
-            message = "is empty; give a list (`- …`) or remove the key"
-        elif error["type"] == "value_error":
-            message = str((error.get("ctx") or {}).get("error", message))
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        lines.append(f"{source}: {location}: {message}")
-    return "\n".join(lines)
+        lines.append((_position(document, error["loc"]), f"{source}: {location}: {message}"))
+    return "\n".join(line for _, line in sorted(lines, key=lambda pair: pair[0]))
+
+
+def _either(errors: list[Any], choice: tuple[int | str, ...]) -> str:
+    """What a field that is either a word or a mapping (`agent:`) takes, when it was
+    given neither."""
+    words = [e for e in errors if e["type"] == "literal_error" and _choice_at(e["loc"]) == choice]
+    expected = " or ".join(str((e.get("ctx") or {}).get("expected")) for e in words)
+    fields = ", ".join(f"`{name}:`" for name in _fields_at(choice))
+    mapping = f"a mapping with {fields}" if fields else "fields (`key: value`)"
+    return f"write {expected}, or {mapping}" if expected else f"write {mapping}"
+
+
+def _message(error: Any, location: str, misspelt: dict[tuple[Any, ...], str]) -> str:
+    """What to write instead, in the file's words rather than pydantic's."""
+    kind = error["type"]
+    given = error.get("input")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag = (error.get("ctx") or {}).get("tag")
+        return (
+            f"unknown trigger type {tag!r}; supported: {TRIGGER_TYPES}"
+            if kind == "union_tag_invalid"
+            else f"say which kind of trigger this is with `type:` (supported: {TRIGGER_TYPES})"
+        )
+    if kind == "extra_forbidden":
+        key = str(error["loc"][-1])
+        meant = next((m[-1] for m, typo in misspelt.items() if typo == key), None)
+        if meant is None:
+            meant = next(iter(difflib.get_close_matches(key, _fields_at(error["loc"][:-1]))), None)
+        if meant is not None:
+            return f"unknown field; did you mean `{meant}:`?"
+        return "unknown field; remove it or check its spelling"
+    if kind == "string_pattern_mismatch":
+        return (
+            "names use letters, digits, '.', '_' and '-', start with a letter or "
+            "digit, and are at most 100 characters"
+        )
+    if location.endswith("repositories") and kind in ("list_type", "too_short"):
+        return "list at least one repository, as `- url: <git URL or path>`"
+    if re.search(r"repositories\[\d+\]$", location) and kind == "model_type":
+        # `- /path` where `- url: /path` was meant: the commonest slip in a new file.
+        if isinstance(given, str):
+            return f"a repository is a mapping; write `- url: {given}`"
+        return "a repository is a mapping; write `- url: <git URL or path>`"
+    if kind in ("model_type", "dict_type"):
+        return f"expected fields (`key: value`), not {_kind_of(given)}"
+    if kind == "list_type" and given is None:
+        return "is empty; give a list (`- …`) or remove the key"
+    if kind == "value_error":
+        return str((error.get("ctx") or {}).get("error", error["msg"]))
+    if kind == "missing":
+        return "required field is missing"
+    return str(error["msg"])
+
+
+# The labels pydantic puts in a location for the member of a union it tried (`literal['claude']`,
+# `CommandAgentSpec`): not fields of the file. Every model in `spec` is named …Spec.
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|[A-Z]\w*Spec)$")
+
+
+def _is_member(item: int | str) -> bool:
+    return isinstance(item, str) and _UNION_MEMBER.match(item) is not None
+
+
+def _choice_at(loc: tuple[int | str, ...]) -> tuple[int | str, ...] | None:
+    """The location of the field whose union member `loc` goes through, if any."""
+    for index, item in enumerate(loc):
+        if _is_member(item):
+            return tuple(loc[:index])
+    return None
+
+
+def _node_at(document: Any, loc: tuple[int | str, ...]) -> Any:
+    node = document
+    for item in loc:
+        in_list = isinstance(node, list) and isinstance(item, int) and item < len(node)
+        if not (in_list or (isinstance(node, dict) and item in node)):
+            return None
+        node = node[item]
+    return node
+
+
+def _kind_of(value: Any) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"{value!r}" if isinstance(value, str | int | float | bool) else "a single value"
+
+
+def _position(document: Any, loc: tuple[int | str, ...]) -> tuple[int, ...]:
+    """Where `loc` is in the file, as the index of each key or item on the way to it: a
+    field that is missing sorts after its mapping's keys; a trigger's type tag, which is
+    not in the file, is passed over."""
+    position: list[int] = []
+    node = document
+    for index, item in enumerate(loc):
+        if _is_member(item) or (index >= 2 and loc[index - 2] == "triggers"):
+            continue
+        if isinstance(node, list) and isinstance(item, int):
+            position.append(item)
+            node = node[item] if item < len(node) else None
+        elif isinstance(node, dict) and item in node:
+            position.append(list(node).index(item))
+            node = node[item]
+        elif isinstance(node, dict):
+            position.append(len(node))
+            node = None
+    return tuple(position)
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The fields the model at `loc` (pydantic's location of a mapping) accepts, to
+    suggest the one a misspelt key meant."""
+    models: list[type[BaseModel]] = [RoutinesFile]
+    for item in loc:
+        if isinstance(item, int) or _is_member(item):
+            continue
+        owners = [model for model in models if item in model.model_fields]
+        if len(models) > 1 and all("type" in model.model_fields for model in models):
+            # The tag pydantic adds for a trigger (`triggers[0].schedule`) picks the model.
+            tagged = [model for model in models if item in get_args(_annotation(model, "type"))]
+            if tagged:
+                models = tagged
+                continue
+        if not owners:
+            return []
+        models = [found for model in owners for found in _models_in(_annotation(model, item))]
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _annotation(model: type[BaseModel], field: str) -> Any:
+    return model.model_fields[field].annotation
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type holds: `list[RepositorySpec]` → [RepositorySpec]."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
 
 
 def _location(document: Any, loc: tuple[int | str, ...]) -> str:
@@ -245,6 +397,8 @@ def _location(document: Any, loc: tuple[int | str, ...]) -> str:
             tag_next = parts[-1].startswith("triggers[")
         elif tag_next:
             tag_next = False  # the trigger type pydantic adds; not a field of the file
+        elif _is_member(item):
+            continue  # the member of a union pydantic tried; not a field of the file
         else:
             parts.append(str(item))
             node = node.get(item) if isinstance(node, dict) else None
@@ -284,6 +438,16 @@ def _check(
                         f"git URL nor an existing path ({local} does not exist)"
                     )
                 url = str(local)
+            elif url.lower().startswith("file://"):
+                # git clones a file:// URL from this machine just as it does a path, so it
+                # is checked here as a path is, not found missing at the first run.
+                local = Path(url[len("file://") :])
+                if not local.is_absolute() or not local.exists():
+                    raise SpecError(
+                        f"{path}: {label}.repositories[{number}].url: {url!r} names a "
+                        f"repository on this machine, but {local} does not exist; give the "
+                        "path of an existing repository, or a git URL"
+                    )
             repositories.append(repository.model_copy(update={"url": url}))
         triggers: list[ApiTriggerSpec | ScheduleTriggerSpec | GitHubTriggerSpec] = []
         for number, trigger in enumerate(routine.triggers):

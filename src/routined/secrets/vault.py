@@ -96,10 +96,13 @@ def reveal(
     }
     missing = [name for name in dict.fromkeys(names) if name not in stored]
     if missing:
-        how = "routined secret set NAME" + _account_option(session, account_id)
+        # One command per secret, each with its real name, so that the advice can be
+        # copied as it is rather than filled in.
+        account = _account_option(session, account_id)
+        how = ", ".join(f"`routined secret set {name}{account}`" for name in missing)
         raise VaultError(
             f"no secret {', '.join(missing)} stored for this routine's account; "
-            f"store {'it' if len(missing) == 1 else 'each'} with `{how}` (the value on stdin)"
+            f"store {'it' if len(missing) == 1 else 'each'} with {how} (the value on stdin)"
         )
     fernet = _fernet(settings, create=False)
     values = {}
