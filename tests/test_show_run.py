@@ -24,7 +24,8 @@ from routined import runs
 from routined.cli import app
 from routined.config import Settings
 from routined.db import Store
-from routined.models import Run
+from routined.logview import SETUP_TAIL
+from routined.models import Run, RunEvent
 from tests.conftest import T0
 from tests.test_management_api import Api, assert_error, make_api
 
@@ -181,6 +182,71 @@ def test_show_run_of_a_failed_run_shows_its_error_and_omits_what_it_lacks(
     assert "Status    failed" in failed and "Duration  30 seconds" in failed
     assert "Error     clone failed: app.git: repository not found" in failed
     assert "Tokens    10 input" in failed and "Cost      $0.0000" in failed
+
+
+def test_a_failed_setup_shows_the_end_of_its_output_in_show_run_and_logs(
+    database: str, tmp_path: Path, origin: Path
+) -> None:
+    # Issue 16: `logs` said only "exited with status 1" and the error quoted pip's last
+    # line (its hint); the cause was only in `logs --json`.
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    said = [f"Collecting package {n}" for n in range(20)] + [
+        "error: externally-managed-environment",
+        "× This environment is externally managed",
+        "hint: See PEP 668 for the detailed specification.",
+    ]
+    error = (
+        "setup_failed: the setup script exited with status 1: "
+        "error: externally-managed-environment (its output is in the run's events)"
+    )
+    finish(database, run_id, status="failed", started_at=T0, finished_at=T0, error=error)
+    store = Store(database)
+    try:
+        with store.transaction() as session:
+            session.add(
+                RunEvent(
+                    run_id=run_id,
+                    seq=100,
+                    at=T0,
+                    kind="setup.output",
+                    reason="the setup script exited with status 1 after 2.5 s",
+                    data={
+                        "exit_code": 1,
+                        "seconds": 2.5,
+                        "lines": said,
+                        "error_line": "error: externally-managed-environment",
+                    },
+                )
+            )
+    finally:
+        store.dispose()
+
+    shown = ok(run("show-run", run_id))
+    assert "Error     setup_failed: the setup script exited with status 1: error: " in shown
+    assert "Setup     … 11 earlier lines (`routined logs --json`)" in shown
+    for line in said[-SETUP_TAIL:]:
+        assert line in shown, f"{line!r} not in:\n{shown}"
+    assert "Collecting package 7\n" not in shown
+
+    logged = ok(run("logs", run_id)).splitlines()
+    [headline] = [n for n, line in enumerate(logged) if "setup.output" in line]
+    assert logged[headline].endswith(
+        "setup.output: the setup script exited with status 1 after 2.5 s: "
+        "error: externally-managed-environment"
+    )
+    tail = logged[headline + 1 : headline + 2 + SETUP_TAIL]
+    assert [line.split("│ ", 1)[1] for line in tail] == [
+        "… 11 earlier lines (`routined logs --json`)",
+        *said[-SETUP_TAIL:],
+    ]
+    # `--json` keeps all of it.
+    [event] = [
+        e
+        for e in map(json.loads, ok(run("logs", run_id, "--json")).splitlines())
+        if e["kind"] == "setup.output"
+    ]
+    assert event["data"]["lines"] == said
 
 
 def test_show_run_of_an_unknown_run_says_where_to_look(database: str) -> None:

@@ -1,4 +1,5 @@
-"""One readable line per run event, for `routined logs`."""
+"""One readable line per run event, for `routined logs`, and below some the lines that
+explain it (the end of a setup script's output)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 from typing import Any
 
 _WIDTH = 160
+# How much of a setup script's output `logs` and `show-run` show: its end, where a
+# failure says why; all of it (the last 200 lines) is in `logs --json`.
+SETUP_TAIL = 12
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -34,7 +38,28 @@ def describe_event(event: dict[str, Any]) -> str:
         return f"result {data.get('subtype')}: {data.get('num_turns')} turns{spent}"
     if kind == "agent.stderr":
         return "agent stderr: " + _clip(" | ".join(data.get("lines", [])))
+    if kind == "setup.output" and data.get("error_line"):
+        return f"{kind}: {reason}: {_clip(str(data['error_line']))}"
     return f"{kind}: {reason or _clip(json.dumps(data))}"
+
+
+def event_details(event: dict[str, Any]) -> list[str]:
+    """The lines `logs` shows under `event`'s own: the end of a setup script's output
+    (the cause of a failed setup is seldom its last line), else none."""
+    if event["kind"] != "setup.output":
+        return []
+    return setup_tail(event["data"] or {})
+
+
+def setup_tail(data: dict[str, Any]) -> list[str]:
+    """The last `SETUP_TAIL` lines of a `setup.output` event's output, after a line that
+    says how many more it has."""
+    lines = [str(line) for line in data.get("lines") or []]
+    tail = [line[:_WIDTH] for line in lines[-SETUP_TAIL:]]
+    if len(lines) > SETUP_TAIL:
+        more = len(lines) - SETUP_TAIL
+        tail.insert(0, f"… {more} earlier line{'' if more == 1 else 's'} (`routined logs --json`)")
+    return tail
 
 
 def _block(block: Any) -> str:
