@@ -36,6 +36,8 @@ def describe_event(event: dict[str, Any]) -> str:
         cost = data.get("total_cost_usd")
         spent = f", ${cost:.4f}" if isinstance(cost, int | float) else ""
         return f"result {data.get('subtype')}: {data.get('num_turns')} turns{spent}"
+    if kind.startswith("agent.task_"):
+        return _task(kind.removeprefix("agent.task_"), data)
     if kind == "agent.stderr":
         return "agent stderr: " + _clip(" | ".join(data.get("lines", [])))
     if kind == "setup.output" and data.get("error_line"):
@@ -60,6 +62,41 @@ def setup_tail(data: dict[str, Any]) -> list[str]:
         more = len(lines) - SETUP_TAIL
         tail.insert(0, f"… {more} earlier line{'' if more == 1 else 's'} (`routined logs --json`)")
     return tail
+
+
+def _task(stage: str, data: dict[str, Any]) -> str:
+    """A sentence for a subagent's (a background task's) start, progress and end, which
+    Claude Code reports as system messages whose JSON says little at a glance."""
+    what = _clip(str(data.get("description") or data.get("task_id") or "a task"))
+    if stage == "started":
+        kind = data.get("task_type")
+        return f"task started{f' ({kind})' if kind else ''}: {what}"
+    if stage == "progress":
+        tool = data.get("last_tool_name")
+        return f"task running: {what}{f', last used {tool}' if tool else ''}{_task_usage(data)}"
+    if stage == "notification":
+        summary = _clip(str(data.get("summary") or data.get("task_id") or ""))
+        said = f": {summary}" if summary else ""
+        return f"task {data.get('status') or 'ended'}{said}{_task_usage(data)}"
+    if stage == "updated":
+        status = data.get("status") or (data.get("patch") or {}).get("status")
+        named = f" {data['task_id']}" if data.get("task_id") else ""
+        return f"task{named} {f'is {status}' if status else 'updated'}"
+    return f"task {stage}: {what}"
+
+
+def _task_usage(data: dict[str, Any]) -> str:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return ""
+    parts = []
+    if isinstance(usage.get("tool_uses"), int):
+        parts.append(f"{usage['tool_uses']} tool use{'' if usage['tool_uses'] == 1 else 's'}")
+    if isinstance(usage.get("total_tokens"), int):
+        parts.append(f"{usage['total_tokens']:,} tokens")
+    if isinstance(usage.get("duration_ms"), int | float):
+        parts.append(f"{usage['duration_ms'] / 1000:.0f} s")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _block(block: Any) -> str:
