@@ -9,6 +9,7 @@ written so, and end to end with a hostile agent CLI in the real sandbox.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -247,6 +248,38 @@ def test_a_failed_setup_shows_the_end_of_its_output_in_show_run_and_logs(
         if e["kind"] == "setup.output"
     ]
     assert event["data"]["lines"] == said
+
+
+LONG_BRANCH = "claude/nightly-update-the-changelog-from-the-merged-pull-requests-a1b2c3d4"
+
+
+def test_off_a_terminal_the_run_list_keeps_each_row_on_one_line(
+    database: str, tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: piped, `runs` was cut at 80 columns and a branch name folded over lines.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    error = "push_failed: " + "the remote said no to every branch it was offered " * 3
+    branch = {**BRANCHES[0], "branch": LONG_BRANCH}
+    finish(database, run_id, status="failed", branches=[branch], error=error.strip())
+    listed = ok(run("runs")).splitlines()
+    [row] = [line for line in listed if run_id in line]
+    assert LONG_BRANCH in row and "nightly" in row and "failed" in row
+    assert any(error.strip() in line for line in listed)
+    shown = ok(run("show-run", run_id))
+    assert any(LONG_BRANCH in line for line in shown.splitlines())
+
+
+def test_on_a_terminal_the_width_is_richs_own() -> None:
+    from rich.console import Console
+
+    from routined.cli.common import _Output
+
+    tty, wide = _Output(file=io.StringIO(), force_terminal=True), _Output(file=io.StringIO())
+    assert tty.width == Console(file=io.StringIO(), force_terminal=True).width
+    assert wide.width > 1000
+    assert _Output(file=io.StringIO(), width=60).width == 60
 
 
 def test_show_run_of_an_unknown_run_says_where_to_look(database: str) -> None:
