@@ -261,7 +261,7 @@ def test_off_a_terminal_the_run_list_keeps_each_row_on_one_line(
     apply(tmp_path, origin, "nightly")
     run_id = fire("nightly")
     error = "push_failed: " + "the remote said no to every branch it was offered " * 3
-    branch = {**BRANCHES[0], "branch": LONG_BRANCH}
+    branch = {"repository": "app", "branch": LONG_BRANCH, "sha": "0123456789abcdef"}
     finish(database, run_id, status="failed", branches=[branch], error=error.strip())
     listed = ok(run("runs")).splitlines()
     [row] = [line for line in listed if run_id in line]
