@@ -62,6 +62,19 @@ def test_apply_list_token_fire_runs(tmp_path: Path, origin: Path) -> None:
     assert "queued" in logs.output and "fired by hand" in logs.output
 
 
+def test_show_json_names_each_triggers_routine_as_the_trigger_list_does(
+    tmp_path: Path, origin: Path
+) -> None:
+    # Issue 16: `show --json` had `"routine": null` on every trigger.
+    triggers = "[{type: api}, {type: schedule, cron: '0 9 * * *', timezone: UTC}]"
+    path = routines_file(tmp_path, origin, triggers=triggers)
+    assert runner.invoke(app, ["apply", "-f", str(path)]).exit_code == 0
+    shown = json.loads(runner.invoke(app, ["show", "nightly", "--json"]).output)
+    assert [t["routine"] for t in shown["triggers"]] == ["nightly", "nightly"]
+    [listed] = json.loads(runner.invoke(app, ["list", "--json"]).output)
+    assert [t["routine"] for t in listed["triggers"]] == ["nightly", "nightly"]
+
+
 def test_an_invalid_file_exits_non_zero_and_changes_nothing(tmp_path: Path, origin: Path) -> None:
     path = routines_file(tmp_path, origin, triggers="[{type: cron}]")
     result = runner.invoke(app, ["apply", "-f", str(path)])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from routined.environment import Environment, SetupCache
+from routined.environment import Environment, SetupCache, error_line
 from tests.conftest import T0, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -116,3 +116,44 @@ def test_with_cache_files_the_key_follows_what_the_repository_has_there() -> Non
     assert locked.cache_key("100644 blob 1a2b\tuv.lock") == Environment(
         setup_script="uv sync", cache_files=("uv.lock",)
     ).cache_key("100644 blob 1a2b\tuv.lock")
+
+
+@pytest.mark.parametrize(
+    ("lines", "quoted"),
+    [
+        # pip (PEP 668): the error, then advice ending in a `hint:`.
+        (
+            [
+                "error: externally-managed-environment",
+                "",
+                "× This environment is externally managed",
+                "note: If you believe this is a mistake…",
+                "hint: See PEP 668 for the detailed specification.",
+            ],
+            "error: externally-managed-environment",
+        ),
+        # git: the last `fatal:` after earlier `error:` lines.
+        (
+            ["error: one", "fatal: repository 'x' not found", "  "],
+            "fatal: repository 'x' not found",
+        ),
+        # apt and npm write theirs otherwise.
+        (
+            ["Reading package lists...", "E: Unable to locate package frob"],
+            "E: Unable to locate package frob",
+        ),
+        (["npm ERR! code E404", "npm ERR! 404 Not Found", "done"], "npm ERR! 404 Not Found"),
+        # No error line: the last line that is not advice, else the last line.
+        (
+            ["installing", "no such package: frobnicate", "hint: try again"],
+            "no such package: frobnicate",
+        ),
+        (["hint: only advice"], "hint: only advice"),
+        (["", " "], ""),
+        ([], ""),
+    ],
+)
+def test_the_line_quoted_from_a_failed_script_is_the_one_most_likely_to_say_why(
+    lines: list[str], quoted: str
+) -> None:
+    assert error_line(lines) == quoted

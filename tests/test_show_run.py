@@ -9,6 +9,7 @@ written so, and end to end with a hostile agent CLI in the real sandbox.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from routined import runs
 from routined.cli import app
 from routined.config import Settings
 from routined.db import Store
-from routined.models import Run
+from routined.logview import SETUP_TAIL
+from routined.models import Run, RunEvent
 from tests.conftest import T0
 from tests.test_management_api import Api, assert_error, make_api
 
@@ -181,6 +183,103 @@ def test_show_run_of_a_failed_run_shows_its_error_and_omits_what_it_lacks(
     assert "Status    failed" in failed and "Duration  30 seconds" in failed
     assert "Error     clone failed: app.git: repository not found" in failed
     assert "Tokens    10 input" in failed and "Cost      $0.0000" in failed
+
+
+def test_a_failed_setup_shows_the_end_of_its_output_in_show_run_and_logs(
+    database: str, tmp_path: Path, origin: Path
+) -> None:
+    # Issue 16: `logs` said only "exited with status 1" and the error quoted pip's last
+    # line (its hint); the cause was only in `logs --json`.
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    said = [f"Collecting package {n}" for n in range(20)] + [
+        "error: externally-managed-environment",
+        "× This environment is externally managed",
+        "hint: See PEP 668 for the detailed specification.",
+    ]
+    error = (
+        "setup_failed: the setup script exited with status 1: "
+        "error: externally-managed-environment (its output is in the run's events)"
+    )
+    finish(database, run_id, status="failed", started_at=T0, finished_at=T0, error=error)
+    store = Store(database)
+    try:
+        with store.transaction() as session:
+            session.add(
+                RunEvent(
+                    run_id=run_id,
+                    seq=100,
+                    at=T0,
+                    kind="setup.output",
+                    reason="the setup script exited with status 1 after 2.5 s",
+                    data={
+                        "exit_code": 1,
+                        "seconds": 2.5,
+                        "lines": said,
+                        "error_line": "error: externally-managed-environment",
+                    },
+                )
+            )
+    finally:
+        store.dispose()
+
+    shown = ok(run("show-run", run_id))
+    assert "Error     setup_failed: the setup script exited with status 1: error: " in shown
+    assert "Setup     … 11 earlier lines (`routined logs --json`)" in shown
+    for line in said[-SETUP_TAIL:]:
+        assert line in shown, f"{line!r} not in:\n{shown}"
+    assert "Collecting package 7\n" not in shown
+
+    logged = ok(run("logs", run_id)).splitlines()
+    [headline] = [n for n, line in enumerate(logged) if "setup.output" in line]
+    assert logged[headline].endswith(
+        "setup.output: the setup script exited with status 1 after 2.5 s: "
+        "error: externally-managed-environment"
+    )
+    tail = logged[headline + 1 : headline + 2 + SETUP_TAIL]
+    assert [line.split("│ ", 1)[1] for line in tail] == [
+        "… 11 earlier lines (`routined logs --json`)",
+        *said[-SETUP_TAIL:],
+    ]
+    # `--json` keeps all of it.
+    [event] = [
+        e
+        for e in map(json.loads, ok(run("logs", run_id, "--json")).splitlines())
+        if e["kind"] == "setup.output"
+    ]
+    assert event["data"]["lines"] == said
+
+
+LONG_BRANCH = "claude/nightly-update-the-changelog-from-the-merged-pull-requests-a1b2c3d4"
+
+
+def test_off_a_terminal_the_run_list_keeps_each_row_on_one_line(
+    database: str, tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 16: piped, `runs` was cut at 80 columns and a branch name folded over lines.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    apply(tmp_path, origin, "nightly")
+    run_id = fire("nightly")
+    error = "push_failed: " + "the remote said no to every branch it was offered " * 3
+    branch = {"repository": "app", "branch": LONG_BRANCH, "sha": "0123456789abcdef"}
+    finish(database, run_id, status="failed", branches=[branch], error=error.strip())
+    listed = ok(run("runs")).splitlines()
+    [row] = [line for line in listed if run_id in line]
+    assert LONG_BRANCH in row and "nightly" in row and "failed" in row
+    assert any(error.strip() in line for line in listed)
+    shown = ok(run("show-run", run_id))
+    assert any(LONG_BRANCH in line for line in shown.splitlines())
+
+
+def test_on_a_terminal_the_width_is_richs_own() -> None:
+    from rich.console import Console
+
+    from routined.cli.common import _Output
+
+    tty, wide = _Output(file=io.StringIO(), force_terminal=True), _Output(file=io.StringIO())
+    assert tty.width == Console(file=io.StringIO(), force_terminal=True).width
+    assert wide.width > 1000
+    assert _Output(file=io.StringIO(), width=60).width == 60
 
 
 def test_show_run_of_an_unknown_run_says_where_to_look(database: str) -> None:

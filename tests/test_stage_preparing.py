@@ -10,6 +10,7 @@ status, the failure code its error starts with) and the reasons its events give.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -149,6 +150,48 @@ async def test_a_failing_setup_script_fails_the_run_and_the_agent_never_starts(
     assert output.data["lines"] == ["installing", "no such package: frobnicate"]
     assert [box.program for box in stages.asked()] == [Path("/bin/bash")]  # the script's
     assert branches(stages.origin).keys() == {"main"}
+
+
+# What pip prints when told to install into a system Python (PEP 668), shortened: the
+# error first, then advice, and last the least useful line of all.
+PEP_668 = [
+    "error: externally-managed-environment",
+    "",
+    "× This environment is externally managed",
+    "╰─> To install Python packages system-wide, try apt install",
+    "    python3-xyz, where xyz is the package you are trying to",
+    "    install.",
+    "",
+    "note: If you believe this is a mistake, please contact your Python installation or "
+    "OS distribution provider.",
+    "hint: See PEP 668 for the detailed specification.",
+]
+
+
+async def test_a_failing_setup_scripts_error_quotes_the_line_that_says_why(
+    stages: Stages,
+) -> None:
+    # Issue 16: the error ended `hint: See PEP 668 …`; the cause was only in `--json`.
+    printed = "".join(f"        echo {shlex.quote(line)}\n" for line in PEP_668)
+    stages.routine(
+        agent("echo never > NEVER.md") + "    environment:\n"
+        "      setup_script: |\n"
+        "        echo 'Collecting requests'\n"
+        "        {\n" + printed + "        } >&2\n"
+        "        exit 1\n"
+    )
+    run_id = stages.queue()
+    run = await stages.run(run_id)
+
+    assert run.status == "failed"
+    assert run.error == (
+        f"{Failure.SETUP_FAILED}: the setup script exited with status 1: "
+        "error: externally-managed-environment (its output is in the run's events)"
+    )
+    [output] = [e for e in stages.events(run_id) if e.kind == "setup.output"]
+    assert output.data is not None
+    assert output.data["lines"] == ["Collecting requests", *PEP_668]
+    assert output.data["error_line"] == "error: externally-managed-environment"
 
 
 async def test_a_setup_script_killed_at_a_cap_fails_the_run_named_by_the_cap(

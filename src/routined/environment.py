@@ -131,6 +131,27 @@ def output_lines(said: bytes | bytearray) -> list[str]:
     return bytes(said).decode(errors="replace").splitlines()[-OUTPUT_LINES:]
 
 
+# How a tool says what went wrong, at the start of a line: pip, cargo, npm, gcc and make
+# say `error:`/`ERROR:`/`npm ERR!`, git says `fatal:`. Advice lines after it (pip's
+# `hint:`, git's `hint:`, `note:`) are the least useful last line.
+_ERROR_STARTS = ("error", "fatal", "npm err!", "e: ")
+_ADVICE_STARTS = ("hint:", "note:", "help:")
+
+
+def error_line(lines: Sequence[str]) -> str:
+    """The line of a failed script's output most likely to say why: the last one that
+    starts like an error (`error: …`, `fatal: …`), else the last that is not advice
+    (`hint: …`) nor blank, else the last that is not blank ("" when none)."""
+    said = [line.strip() for line in lines if line.strip()]
+    for line in reversed(said):
+        if line.lower().startswith(_ERROR_STARTS):
+            return line
+    for line in reversed(said):
+        if not line.lower().startswith(_ADVICE_STARTS):
+            return line
+    return said[-1] if said else ""
+
+
 async def run_script(command: list[str], env: dict[str, str], said: bytearray) -> SetupOutcome:
     """Run the setup script `command` runs in its sandbox; what it printed (both
     streams, the end of it) is kept in `said` as it comes, so a caller that stops it

@@ -34,7 +34,9 @@ def routine_view(session: Session, routine: Routine, *, next_count: int) -> dict
     )
     triggers = []
     for trigger in routine.triggers:
-        item: dict[str, Any] = {"id": trigger.id, "type": trigger.type}
+        # Named here as `GET /triggers` names it: one trigger shape (`TriggerOut`)
+        # wherever a trigger is shown.
+        item: dict[str, Any] = {"id": trigger.id, "type": trigger.type, "routine": routine.name}
         if trigger.type == "api":
             item["has_token"] = trigger.id in live_tokens
         if trigger.type == "schedule":

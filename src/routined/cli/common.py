@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from routined import __version__
@@ -50,7 +50,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# How wide output is when it goes to no terminal: wider than any row, so that a
+# table piped to a file or a script keeps each row on one line.
+_UNBOUNDED = 10_000
+
+
+class _Output(Console):
+    """Rich's console, except that, writing to no terminal (a pipe, a file, a CI log)
+    and told no width (`COLUMNS`), it is as wide as its rows: Rich would cut tables at
+    80 columns and fold a branch name over four lines. On a terminal it is Rich's."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        told = self._width is not None or os.environ.get("COLUMNS", "").isdigit()
+        if self.is_terminal or told:
+            return size
+        return ConsoleDimensions(_UNBOUNDED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+out = _Output(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

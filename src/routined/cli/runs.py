@@ -24,7 +24,7 @@ from routined.cli.common import (
     segment,
     shown,
 )
-from routined.logview import describe_event
+from routined.logview import describe_event, event_details, setup_tail
 from routined.timeutil import format_duration
 
 _FOLLOW_POLL = 0.3
@@ -117,10 +117,22 @@ def show_run(
     """One run: its state, times, error, the agent's summary, what it pushed and spent."""
     with connect(creates=False) as client:
         found = client.call("GET", f"/runs/{segment(run)}")
+        setup = _failed_setup(client, found) if not as_json else None
     if as_json:
         print_json(found)
         return
-    out.print(_run_panel(found))
+    out.print(_run_panel(found, setup))
+
+
+def _failed_setup(client: Client, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The `setup.output` event of a run its setup script ended (the output says why
+    better than its error can), else None. Such a run has few events: the agent never
+    started."""
+    if not (run["error"] or "").split(": ", 1)[-1].startswith("the setup script "):
+        return None
+    events = client.call("GET", f"/runs/{segment(run['id'])}/events")["events"]
+    said = [event for event in events if event["kind"] == "setup.output"]
+    return said[-1]["data"] if said and said[-1]["data"] else None
 
 
 _STATUS_COLOURS = {
@@ -131,7 +143,7 @@ _STATUS_COLOURS = {
 }
 
 
-def _run_panel(run: dict[str, Any]) -> Panel:
+def _run_panel(run: dict[str, Any], setup: dict[str, Any] | None = None) -> Panel:
     # What the agent said and named (its summary, error, branches) is shown inert.
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
@@ -150,6 +162,8 @@ def _run_panel(run: dict[str, Any]) -> Panel:
         grid.add_row("Duration", duration)
     if run["error"]:
         grid.add_row("Error", f"[red]{shown(run['error'], lines=True)}[/]")
+    if setup is not None and setup.get("lines"):
+        grid.add_row("Setup", shown("\n".join(setup_tail(setup)), lines=True))
     if run.get("summary"):
         grid.add_row("Summary", shown(run["summary"], lines=True))
     if run["branches"]:
@@ -283,3 +297,5 @@ def _print_event(event: dict[str, Any], *, as_json: bool) -> None:
         return
     # Events hold what the agent said and strangers sent: shown inert.
     out.print(f"[dim]{event['at'][11:19]}[/] {shown(describe_event(event))}")
+    for line in event_details(event):
+        out.print(f"[dim]         │[/] {shown(line)}")

@@ -25,19 +25,16 @@ def list_triggers(
         else routines_of(session, principal)
     )
     return [
-        {**trigger, "routine": r.name}
-        for r in found
-        for trigger in routine_view(session, r, next_count=1)["triggers"]
+        trigger for r in found for trigger in routine_view(session, r, next_count=1)["triggers"]
     ]
 
 
 def get_trigger(session: Session, principal: Principal, trigger_id: str) -> dict[str, Any]:
     trigger = find_trigger(session, principal, trigger_id)
     routine = trigger.routine
-    view = next(
+    return next(
         t for t in routine_view(session, routine, next_count=5)["triggers"] if t["id"] == trigger.id
     )
-    return {**view, "routine": routine.name}
 
 
 def issue_token(

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from routined import workspace
 from routined.agents.home import seed_home
-from routined.environment import SetupCache, cache_folder, output_lines, run_script
+from routined.environment import SetupCache, cache_folder, error_line, output_lines, run_script
 from routined.runs import confine
 from routined.runs.failure import Failure, RunFailure
 from routined.runs.scope import Scope
@@ -191,21 +191,23 @@ async def set_up(scope: Scope) -> None:
             "setup.output", f"the setup script was stopped: {breach}", lines=outcome.lines
         )
         raise RunFailure(Failure(breach.code), f"the setup script was stopped: {breach.message}")
+    # The line most likely to say why (`error: externally-managed-environment`, not
+    # pip's closing `hint: See PEP 668 …`): quoted in the run's error and its event.
+    # Redacted before it is cut: a secret cut in two would not be known by its part.
+    cause = scope.redactor.text(error_line(outcome.lines)) if outcome.exit_code != 0 else ""
     await ledger.event(
         "setup.output",
         f"the setup script exited with status {outcome.exit_code} after {outcome.seconds:.1f} s",
         exit_code=outcome.exit_code,
         seconds=round(outcome.seconds, 3),
         lines=outcome.lines,
+        **({"error_line": cause[:500]} if cause else {}),
     )
     if outcome.exit_code != 0:
-        last = next((line for line in reversed(outcome.lines) if line.strip()), "")
-        # Redacted before it is cut: a secret cut in two would not be known by its part.
-        last = scope.redactor.text(last.strip())
         raise RunFailure(
             Failure.SETUP_FAILED,
             f"the setup script exited with status {outcome.exit_code}"
-            + (f": {last[:500]}" if last else "")
+            + (f": {cause[:500]}" if cause else "")
             + " (its output is in the run's events)",
         )
     try:
