@@ -28,7 +28,14 @@ from routined.config import Settings
 from routined.db import Store
 from routined.models import Routine, Run, RunEvent
 from routined.runs.worker import Worker
-from routined.testing.fake_anthropic import FakeAnthropic, api_error, bash, text, write_file
+from routined.testing.fake_anthropic import (
+    FakeAnthropic,
+    api_error,
+    bash,
+    stall,
+    text,
+    write_file,
+)
 from routined.timeutil import utcnow
 from tests.conftest import branches, git
 
@@ -386,6 +393,54 @@ def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
     assert ended.branches == [] and branches(origin).keys() == {"main"}
     kinds = [(e.kind, e.to_status) for e in stored_events(settings, ended.id)]
     assert ("cancel.requested", None) in kinds and kinds[-1] == ("status", "cancelled")
+    leftover = subprocess.run(
+        ["pgrep", "-f", f"{settings.runs_dir / ended.id}/"], capture_output=True, text=True
+    )
+    assert leftover.stdout == ""  # nothing of its sandbox survives
+
+
+def test_a_run_cancelled_while_the_model_is_mid_turn_ends_within_a_second(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    # Claude Code is waiting on a model answer that has begun and will not end; the
+    # Agent SDK alone would give it 5 s to exit after stdin closes before killing it.
+    marker = "[case:cancel-mid-turn]"
+    fake_api.script(marker, [[bash("echo partial > partial.txt")], [stall()]])
+    store = applied_store(settings, tmp_path, origin, f"Think. {marker}")
+
+    async def scenario() -> Run:
+        with store.transaction() as session:
+            routine = session.scalar(select(Routine))
+            assert routine is not None
+            run = runs.create(
+                session, routine, trigger_type="manual", trigger_id=None, text=None,
+                now=utcnow(), reason="test",
+            )  # fmt: skip
+        working = asyncio.create_task(Worker(store, settings).run_claimed(run.id))
+        # The second model request comes after the tool ran: its answer stalls.
+        assert await asyncio.to_thread(fake_api.wait_for_stall, timeout=60)
+        with store.transaction() as session:
+            assert runs.cancel(session, run.id, now=utcnow(), reason="test: mid-turn") == (
+                "requested"
+            )
+        async with asyncio.timeout(30):
+            assert await working
+        with store.transaction() as session:
+            ended = session.get(Run, run.id)
+            assert ended is not None
+            return ended
+
+    ended = asyncio.run(scenario())
+    assert (ended.status, ended.error) == ("cancelled", "cancelled: test: mid-turn")
+    assert ended.branches == [] and branches(origin).keys() == {"main"}
+    events = stored_events(settings, ended.id)
+    [asked] = [e for e in events if e.kind == "cancel.requested"]
+    last = events[-1]
+    assert (last.kind, last.to_status) == ("status", "cancelled")
+    took = (last.at - asked.at).total_seconds()
+    assert took < 1.0, f"cancelled {took:.2f} s after it was asked"
+    # What the agent had done before the cancel is kept, as after any cancel.
+    assert any(e.kind == "files.kept" for e in events)
     leftover = subprocess.run(
         ["pgrep", "-f", f"{settings.runs_dir / ended.id}/"], capture_output=True, text=True
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,10 @@ async def run_agent(scope: Scope) -> Ending:
                 on_stderr=on_stderr,
             )
             if command:
-                outcome = await run_command(launch, command, tmp=run_dir / "tmp", owner=host.owner)
+                agent = run_command(launch, command, tmp=run_dir / "tmp", owner=host.owner)
             else:
-                outcome = await run_session(launch, _claude_options(scope))
+                agent = run_session(launch, _claude_options(scope))
+            outcome = await _sandbox_first(agent, run_dir, timeout)
         ending.outcome = outcome
         if outcome.limit is not None:
             ending = Ending.failed(_budget_error(outcome, limits), outcome)
@@ -125,6 +127,32 @@ async def run_agent(scope: Scope) -> Ending:
             "agent.stderr", f"its last {len(stderr)} lines", lines=list(stderr)
         )
     return ending
+
+
+async def _sandbox_first(
+    agent: Coroutine[Any, Any, SessionOutcome], run_dir: Path, deadline: asyncio.Timeout
+) -> SessionOutcome:
+    """The session's outcome; if the run is cancelled meanwhile, its sandbox's
+    processes are ended before the session is.
+
+    Cancelled, the Agent SDK closes Claude Code's stdin and waits 5 s for it to exit
+    before it signals it, and Claude Code waiting on the model does not exit on EOF:
+    a cancel would take 5 s more. Killed first, the SDK finds it gone. The run's
+    deadline keeps the SDK's grace (Claude Code finishes writing its transcript); a
+    cap's breach kills at once already (`confine.enforce_caps`).
+    """
+    session = asyncio.ensure_future(agent)
+    try:
+        # Shielded: a cancel reaches this task first, so the sandbox can go first.
+        return await asyncio.shield(session)
+    except asyncio.CancelledError:
+        try:
+            if not deadline.expired():
+                await bubblewrap.stop(f"{run_dir}/")
+        finally:
+            session.cancel()
+            await asyncio.gather(session, return_exceptions=True)
+        raise
 
 
 def _claude_options(scope: Scope) -> ClaudeOptions:

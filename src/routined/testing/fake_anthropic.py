@@ -55,6 +55,12 @@ def api_error(status: int, kind: str, message: str) -> Block:
     return {"type": "api_error", "status": status, "error": {"type": kind, "message": message}}
 
 
+def stall() -> Block:
+    """Begin the answer (`message_start`, `ping`), then say nothing more until the fake
+    stops: a model mid-turn, for as long as a test needs one."""
+    return {"type": "stall"}
+
+
 def write_file(path: str, content: str) -> Block:
     return tool_use("Write", file_path="{cwd}/" + path, content=content)
 
@@ -91,6 +97,12 @@ class FakeAnthropic(Loopback):
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        self._stopping = threading.Event()  # ends the answers that stall
+        self._stalled = 0  # answers begun and left hanging
+
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -128,6 +140,11 @@ class FakeAnthropic(Loopback):
         with self._arrived:
             self._arrived.wait_for(lambda: arrival() is not None, timeout)
             return arrival()
+
+    def wait_for_stall(self, *, timeout: float) -> bool:
+        """Whether an answer scripted with `stall()` has begun (within `timeout` s)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: self._stalled > 0, timeout)
 
     def conversations(self, marker: str) -> list[RecordedRequest]:
         with self._lock:
@@ -259,6 +276,13 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
         self._event("ping", {"type": "ping"})
+        if any(b["type"] == "stall" for b in blocks):
+            with self.owner._arrived:
+                self.owner._stalled += 1
+                self.owner._arrived.notify_all()
+            self.owner._stopping.wait()
+            self.close_connection = True
+            return
         for index, block in enumerate(blocks):
             start: dict[str, Any]
             if block["type"] == "text":
