@@ -399,7 +399,7 @@ def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
     assert leftover.stdout == ""  # nothing of its sandbox survives
 
 
-def test_a_run_cancelled_while_the_model_is_mid_turn_ends_within_a_second(
+def test_a_run_cancelled_while_the_model_is_mid_turn_does_not_wait_for_the_agent(
     settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
 ) -> None:
     # Claude Code is waiting on a model answer that has begun and will not end; the
@@ -437,8 +437,10 @@ def test_a_run_cancelled_while_the_model_is_mid_turn_ends_within_a_second(
     [asked] = [e for e in events if e.kind == "cancel.requested"]
     last = events[-1]
     assert (last.kind, last.to_status) == ("status", "cancelled")
+    # Not a timing target (machines here are shared): what is caught is the SDK's 5 s
+    # wait for an agent that will not exit. About 0.3 s on a quiet machine.
     took = (last.at - asked.at).total_seconds()
-    assert took < 1.0, f"cancelled {took:.2f} s after it was asked"
+    assert took < 3.0, f"cancelled {took:.2f} s after it was asked"
     # What the agent had done before the cancel is kept, as after any cancel.
     assert any(e.kind == "files.kept" for e in events)
     leftover = subprocess.run(
