@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -352,17 +352,13 @@ def test_a_whole_run_on_postgresql(
         store.dispose()
 
 
-def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
-    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
-) -> None:
-    marker = "[case:cancel]"
-    fake_api.script(
-        marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
-    )
-    store = applied_store(settings, tmp_path, origin, f"Hang. {marker}")
+def cancelled_once(
+    store: Store, settings: Settings, started: Callable[[], bool], *, reason: str
+) -> Run:
+    """Run the store's routine once by hand on a worker, cancel it once `started` says
+    its agent is where the test wants it, and return the run as it ended."""
 
     async def scenario() -> Run:
-        since = time.time()
         with store.transaction() as session:
             routine = session.scalar(select(Routine))
             assert routine is not None
@@ -371,15 +367,9 @@ def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
                 now=utcnow(), reason="test",
             )  # fmt: skip
         working = asyncio.create_task(Worker(store, settings).run_claimed(run.id))
-        # Its first model request means the session runs inside the sandbox.
-        arrived = await asyncio.to_thread(
-            fake_api.wait_for_request, marker, after=since, timeout=60
-        )
-        assert arrived is not None
+        assert await asyncio.to_thread(started)
         with store.transaction() as session:
-            assert runs.cancel(session, run.id, now=utcnow(), reason="test: no longer wanted") == (
-                "requested"
-            )
+            assert runs.cancel(session, run.id, now=utcnow(), reason=reason) == "requested"
         async with asyncio.timeout(30):
             assert await working
         with store.transaction() as session:
@@ -387,7 +377,24 @@ def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
             assert ended is not None
             return ended
 
-    ended = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_cancelling_a_running_run_stops_its_agent_and_delivers_nothing(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    marker = "[case:cancel]"
+    fake_api.script(
+        marker, [[bash("echo partial > partial.txt && sleep 60")], [text("never reached")]]
+    )
+    store = applied_store(settings, tmp_path, origin, f"Hang. {marker}")
+    since = time.time()
+
+    def started() -> bool:
+        # Its first model request means the session runs inside the sandbox.
+        return fake_api.wait_for_request(marker, after=since, timeout=60) is not None
+
+    ended = cancelled_once(store, settings, started, reason="test: no longer wanted")
     assert ended.status == "cancelled"
     assert ended.error == "cancelled: test: no longer wanted"
     assert ended.branches == [] and branches(origin).keys() == {"main"}
@@ -408,29 +415,9 @@ def test_a_run_cancelled_while_the_model_is_mid_turn_does_not_wait_for_the_agent
     fake_api.script(marker, [[bash("echo partial > partial.txt")], [stall()]])
     store = applied_store(settings, tmp_path, origin, f"Think. {marker}")
 
-    async def scenario() -> Run:
-        with store.transaction() as session:
-            routine = session.scalar(select(Routine))
-            assert routine is not None
-            run = runs.create(
-                session, routine, trigger_type="manual", trigger_id=None, text=None,
-                now=utcnow(), reason="test",
-            )  # fmt: skip
-        working = asyncio.create_task(Worker(store, settings).run_claimed(run.id))
-        # The second model request comes after the tool ran: its answer stalls.
-        assert await asyncio.to_thread(fake_api.wait_for_stall, timeout=60)
-        with store.transaction() as session:
-            assert runs.cancel(session, run.id, now=utcnow(), reason="test: mid-turn") == (
-                "requested"
-            )
-        async with asyncio.timeout(30):
-            assert await working
-        with store.transaction() as session:
-            ended = session.get(Run, run.id)
-            assert ended is not None
-            return ended
-
-    ended = asyncio.run(scenario())
+    ended = cancelled_once(
+        store, settings, lambda: fake_api.wait_for_stall(timeout=60), reason="test: mid-turn"
+    )
     assert (ended.status, ended.error) == ("cancelled", "cancelled: test: mid-turn")
     assert ended.branches == [] and branches(origin).keys() == {"main"}
     events = stored_events(settings, ended.id)
