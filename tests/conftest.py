@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -259,3 +261,23 @@ def api_trigger(store: Store, tmp_path: Path) -> tuple[str, str]:
     with store.transaction() as session:
         [trigger_id] = session.scalars(select(Trigger.id)).all()
         return trigger_id, trigger_tokens.issue(session, trigger_id, now=T0)
+
+
+ROUTINED = str(Path(sys.executable).with_name("routined"))
+
+
+def start_serve(env: Mapping[str, str], *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`routined serve` on a free port, started as its user starts it: the process, and
+    the URL it says it serves at, once it listens."""
+    process = subprocess.Popen(
+        [ROUTINED, "serve", "--port", "0", *args],
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    found = re.search(r"serving at (http://\S+)", line)
+    assert found, f"serve printed {line!r}"
+    return process, found.group(1)

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import pytest
 
 from routined.http.fire import ANTHROPIC_VERSION
 from routined.testing.fake_anthropic import FakeAnthropic
+from tests.conftest import ROUTINED, start_serve
 
-ROUTINED = str(Path(sys.executable).with_name("routined"))
 URL = re.compile(r"https?://[^\s'\"\\]+")
 
 
@@ -41,20 +40,10 @@ def environment(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
 @pytest.fixture
 def served(environment: dict[str, str]) -> Iterator[str]:
     """`routined serve` on a free port (as `make run` starts it, but not on 8080)."""
-    process = subprocess.Popen(
-        [ROUTINED, "serve", "--port", "0"],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, url = start_serve(environment)
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"serving at (http://\S+)", line)
-        assert found, f"serve printed {line!r}"
-        assert not found.group(1).endswith(":8080")
-        yield found.group(1)
+        assert not url.endswith(":8080")
+        yield url
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +30,7 @@ from routined.config import Settings
 from routined.http import fire as fire_api
 from routined.testing.fake_anthropic import FakeAnthropic, bash, text
 from routined.timeutil import iso
+from tests.conftest import start_serve
 
 ROUTINED = str(Path(sys.executable).with_name("routined"))
 DEADLINE = 60.0
@@ -97,22 +96,12 @@ def server(
     """`routined serve` on a free port, and an admin key of the default account."""
     made = as_json(runner.invoke(app, ["key", "create", "ops", "--scope", "admin", "--json"]))
     assert made["account"] == "default" and made["key"].startswith("rtdk_")
-    process = subprocess.Popen(
-        [ROUTINED, "serve", "--port", "0"],
-        env={**os.environ, **environment},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, url = start_serve({**os.environ, **environment})
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"serving at (http://\S+)", line)
-        assert match, f"serve printed {line!r}"
         # The store's own commands name the server's URL as the server does (the
         # session URLs they print), as ROUTINED_PUBLIC_URL would in a deployment.
-        monkeypatch.setenv("ROUTINED_PUBLIC_URL", match.group(1))
-        yield Server(match.group(1), made["key"], settings)
+        monkeypatch.setenv("ROUTINED_PUBLIC_URL", url)
+        yield Server(url, made["key"], settings)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
