@@ -101,12 +101,10 @@ class Store:
         Every command opens the store, so the common case (nothing to do) is decided
         by comparing the stored revision with the newest one in `migrations/versions`,
         without loading alembic; alembic runs only when they differ."""
-        target = _head_revision() if revision == "head" else revision
-        with self.engine.connect() as connection:
-            with connection.begin():
-                current = _stored_revision(connection)
-            if target is not None and current == target:
-                return
+        current, newest = self.revisions()
+        target = newest if revision == "head" else revision
+        if target is not None and current == target:
+            return
         self._upgrade(revision)
 
     def revisions(self) -> tuple[str | None, str | None]:
