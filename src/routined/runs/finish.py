@@ -53,11 +53,11 @@ async def deliver(scope: Scope) -> list[push.Pushed]:
                 suffix=short(spec.run_id),
                 author_email=scope.settings.git_author_email,
                 rules=spec.push_rules[number],
+                max_file_mb=spec.limits.max_file_mb,
             )
             scratch = run_dir / "private" / f"delivery-{number}"
             delivered = await push.deliver(
                 repository, packing, target, scratch=scratch,
-                max_file_mb=spec.limits.max_file_mb,
                 warn=functools.partial(_warn_large, scope, repository.shown_url),
             )  # fmt: skip
         except (outbox.UnsafeObjects, large_files.FileTooLarge) as error:

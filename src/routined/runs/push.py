@@ -135,12 +135,13 @@ class Target:
     """Where a repository's work may land: `own_branch` is the run's branch, under
     `rules.prefix`; `suffix` sets a new branch apart when its name is taken;
     `author_email` is the one routined's commits carry (a branch with commits by
-    anyone else is not moved)."""
+    anyone else is not moved); no file over `max_file_mb` MiB lands at all."""
 
     own_branch: str
     suffix: str
     author_email: str
     rules: PushRules = RESTRICTED
+    max_file_mb: int = DEFAULT_MAX_FILE_MB
 
 
 async def deliver(
@@ -149,15 +150,15 @@ async def deliver(
     target: Target,
     *,
     scratch: Path,
-    max_file_mb: int = DEFAULT_MAX_FILE_MB,
     warn: Callable[[Sequence[LargeFile]], Awaitable[None]] | None = None,
 ) -> list[Pushed]:
     """Push what the agent left in `checkout` to its origin, as `target.rules` allow.
 
     `scratch` is a folder only routined can reach. Raises `outbox.UnsafeObjects` (a
     GitError) when git's fsck refuses any object of the work, and
-    `large_files.FileTooLarge` (a GitError) when it adds a file over `max_file_mb`
-    MiB, before anything is pushed; files over half of that are given to `warn`.
+    `large_files.FileTooLarge` (a GitError) when it adds a file over
+    `target.max_file_mb` MiB, before anything is pushed; files over half of that are
+    given to `warn`.
     """
     scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -176,7 +177,7 @@ async def deliver(
                 f"at most {MAX_PUSHES} are pushed per repository"
             )
         outbox = outbox_of(scratch)
-        await _check_sizes(checkout, outbox, pushes, max_file_mb, warn)
+        await _check_sizes(checkout, outbox, pushes, target.max_file_mb, warn)
         # Read once, before anything is pushed: a local origin is its own mirror,
         # and the pushes move it. Changes are measured before pushing too, so that
         # a failure leaves the origin as it was rather than half delivered.
