@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ from routined.testing.fake_anthropic import (
     write_file,
 )
 from routined.timeutil import utcnow
-from tests.conftest import branches, git
+from tests.conftest import branches, git, poll_until
 
 pytestmark = pytest.mark.agent
 ROUTINED = str(Path(sys.executable).with_name("routined"))
@@ -434,3 +435,35 @@ def test_a_run_cancelled_while_the_model_is_mid_turn_does_not_wait_for_the_agent
         ["pgrep", "-f", f"{settings.runs_dir / ended.id}/"], capture_output=True, text=True
     )
     assert leftover.stdout == ""  # nothing of its sandbox survives
+
+
+def test_a_set_id_file_the_agent_made_keeps_no_set_id_bit_when_its_run_is_cancelled(
+    settings: Settings, origin: Path, tmp_path: Path, fake_api: FakeAnthropic
+) -> None:
+    """The attack: a hostile agent leaves a set-user-id copy of a shell in its folders
+    and is then cancelled. Nothing of the run keeps the bit: stripped as its sandbox
+    stops, and again as the undelivered workspace is sealed (each alone suffices)."""
+    marker = "[case:cancel-setuid]"
+    shell = "cp /bin/sh planted && chmod 6755 planted && sleep 60"
+    fake_api.script(marker, [[bash(shell)], [text("never reached")]])
+    store = applied_store(settings, tmp_path, origin, f"Plant. {marker}")
+
+    def planted() -> bool:
+        poll_until(
+            "the agent's set-id shell",
+            lambda: any(
+                path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+                for path in settings.runs_dir.glob("*/workspace/*/planted")
+            ),
+        )
+        return True
+
+    ended = cancelled_once(store, settings, planted, reason="test: planted")
+    assert ended.status == "cancelled"
+    run_dir = settings.runs_dir / ended.id
+    set_id = [
+        path
+        for path in run_dir.rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & (stat.S_ISUID | stat.S_ISGID)
+    ]
+    assert set_id == []

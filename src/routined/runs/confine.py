@@ -94,6 +94,18 @@ async def enforce_caps(group: resources.RunGroup, run_dir: Path) -> resources.Br
     return breach
 
 
+async def stop(
+    enforcing: asyncio.Task[resources.Breach], group: resources.RunGroup, run_dir: Path
+) -> resources.Breach | None:
+    """The end of a program in the run's sandbox, on every path out (a cancel
+    included): the caps no longer watched, the sandbox stopped and its set-id bits
+    stripped; the cap the run went past, if any."""
+    try:
+        return await stop_enforcing(enforcing, group)
+    finally:
+        await stop_sandbox(run_dir)
+
+
 async def stop_enforcing(
     enforcing: asyncio.Task[resources.Breach], group: resources.RunGroup
 ) -> resources.Breach | None:

@@ -115,12 +115,7 @@ async def run_agent(scope: Scope) -> Ending:
                 RunStatus.TIMED_OUT, f"{Failure.TIMED_OUT}: stopped after {took} ({source})"
             )
     finally:
-        try:
-            breach = await confine.stop_enforcing(enforcing, group)
-        finally:
-            # Also when cancelled (stop_enforcing then raises): the sandbox is stopped
-            # and the set-id bits it left stripped on every path out.
-            await confine.stop_sandbox(run_dir)
+        breach = await confine.stop(enforcing, group, run_dir)
     if breach is not None:
         # Whatever the agent said as it was stopped, the cap is why it ended.
         ending = Ending.failed(str(breach), ending.outcome)

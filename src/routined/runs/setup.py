@@ -184,8 +184,7 @@ async def set_up(scope: Scope) -> None:
         )
         raise
     finally:
-        breach = await confine.stop_enforcing(enforcing, group)
-        await confine.stop_sandbox(run_dir)
+        breach = await confine.stop(enforcing, group, run_dir)
     if breach is not None:
         await ledger.event(
             "setup.output", f"the setup script was stopped: {breach}", lines=outcome.lines
