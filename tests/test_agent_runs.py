@@ -442,7 +442,7 @@ def test_a_set_id_file_the_agent_made_keeps_no_set_id_bit_when_its_run_is_cancel
 ) -> None:
     """The attack: a hostile agent leaves a set-user-id copy of a shell in its folders
     and is then cancelled. Nothing of the run keeps the bit: stripped as its sandbox
-    stops, and again as the undelivered workspace is sealed (each alone suffices)."""
+    stops, and again as the undelivered workspace is sealed."""
     marker = "[case:cancel-setuid]"
     shell = "cp /bin/sh planted && chmod 6755 planted && sleep 60"
     fake_api.script(marker, [[bash(shell)], [text("never reached")]])

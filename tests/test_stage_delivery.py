@@ -1,10 +1,8 @@
 """Delivering a run's work: what is pushed, what is refused and kept, and what is
 said on GitHub afterwards.
 
-On the fast harness (tests/stage_support.py): the real worker, executor, ledger, store
-and git with bare origins; an agent CLI where Claude Code would run; `Unwalled` where
-bubblewrap and the run's cgroups would be. Each test asserts how the run ended (its
-status, the failure code its error starts with) and the reasons its events give.
+On the fast harness (`tests/stage_support.py` says what is real); each test asserts how
+the run ended (its status, the failure code its error starts with) and its events' reasons.
 """
 
 from __future__ import annotations
